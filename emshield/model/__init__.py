@@ -1,0 +1,1 @@
+"""Model handling: safe loading, LoRA training, decoupling, merge and recovery."""

@@ -1,0 +1,1 @@
+"""Sealing: device keys, key providers, sealed-core format, mount in memory."""

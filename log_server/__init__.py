@@ -1,0 +1,1 @@
+"""The EMShield transparency log server (Flask app factory, storage, sequencer)."""

@@ -1,0 +1,6 @@
+"""Shared test set-up: no network to any hub, fixed seeds."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -1,0 +1,1 @@
+"""Public verifier and auditor: need only the public log, the suspect file and the backbone."""
