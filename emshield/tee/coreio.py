@@ -1,8 +1,9 @@
 """A core as safetensors bytes, and back as zero-copy arrays (spec/sealed.md §Core plaintext).
 
-Writing uses the `safetensors` library. Reading is our own strict parser because it must build
-arrays *over* the unsealed secret buffer (np.frombuffer) instead of copying tensors into ordinary,
-unwipeable heap memory, which `safetensors.numpy.load(bytes)` would do.
+Both directions are our own code over the safetensors layout: writing must be deterministic (the
+library orders metadata at random), and reading must build arrays *over* the unsealed secret buffer
+(np.frombuffer) instead of copying tensors into ordinary, unwipeable heap memory, which
+`safetensors.numpy.load(bytes)` would do. Tests check both against the `safetensors` library.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import math
 import struct
 
 import numpy as np
-from safetensors.numpy import save
 
 from emshield.core import Core, LoraFactors
 from emshield.tee.errors import MalformedCoreError
@@ -25,7 +25,14 @@ DTYPES = {"F16": np.dtype("<f2"), "F32": np.dtype("<f4"), "F64": np.dtype("<f8")
 
 
 def core_to_safetensors_bytes(core: Core) -> bytes:
-    """Tensors `<name>.lora_A` (r×in), `<name>.lora_B` (out×r); metadata `<name>.lora_scale` = repr(scale)."""
+    """Deterministic safetensors bytes of a core (spec/sealed.md §Core plaintext).
+
+    Tensors `<name>.lora_A` (r×in) and `<name>.lora_B` (out×r), little-endian, ordered by
+    descending item size then name (every tensor stays aligned);
+    metadata `emshield.core` = "v1" and `<name>.lora_scale` = repr(scale); header JSON with sorted
+    keys and no spaces, space-padded to a multiple of 8 bytes. Written here rather than with
+    `safetensors.numpy.save`, whose metadata order is random, so equal cores give equal bytes; the
+    tests check that the `safetensors` library reads it back."""
     tensors: dict[str, np.ndarray] = {}
     metadata = {CORE_FORMAT_KEY: CORE_FORMAT}
     for name, f in core.items():
@@ -35,7 +42,17 @@ def core_to_safetensors_bytes(core: Core) -> bytes:
         tensors[name + SUFFIX_A] = np.ascontiguousarray(f.a, dtype=f.a.dtype.newbyteorder("<"))
         tensors[name + SUFFIX_B] = np.ascontiguousarray(f.b, dtype=f.b.dtype.newbyteorder("<"))
         metadata[name + SUFFIX_SCALE] = repr(float(f.scale))
-    return save(tensors, metadata=metadata)
+    codes = {v: k for k, v in DTYPES.items()}
+    header: dict[str, object] = {"__metadata__": metadata}
+    order = sorted(tensors, key=lambda n: (-tensors[n].dtype.itemsize, n))  # wider dtypes first: aligned
+    offset = 0
+    for name in order:
+        arr = tensors[name]
+        header[name] = {"dtype": codes[arr.dtype], "shape": list(arr.shape), "data_offsets": [offset, offset + arr.nbytes]}
+        offset += arr.nbytes
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("ascii")
+    text += b" " * (-len(text) % 8)
+    return b"".join([struct.pack("<Q", len(text)), text, *(tensors[n].tobytes() for n in order)])
 
 
 def _fail(msg: str) -> MalformedCoreError:

@@ -76,6 +76,26 @@ def _try_memfd_secret(size: int) -> tuple[int, mmap.mmap] | str:
         return f"memfd_secret of {size} bytes refused ({why}; limit {_memlock_limit()})"
 
 
+def _new_memfd(size: int) -> tuple[int, mmap.mmap]:
+    fd = os.memfd_create("emshield-core", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, size)
+        return fd, _map(fd, size)
+    except OSError:
+        os.close(fd)
+        raise
+
+
+def _try_memfd_locked(size: int) -> tuple[int, mmap.mmap] | str:
+    fd, m = _new_memfd(size)
+    if _libc.mlock(_address(m), size) == 0:
+        return fd, m
+    why = os.strerror(ctypes.get_errno())
+    m.close()
+    os.close(fd)
+    return f"mlock of {size} bytes refused ({why}; limit {_memlock_limit()})"
+
+
 @dataclass
 class SecretBuffer:
     """Plaintext memory of exactly `size` bytes (mapping rounded up to whole pages)."""
@@ -88,32 +108,27 @@ class SecretBuffer:
     _closed: bool = False
 
     @classmethod
-    def allocate(cls, size: int, *, allow_unlocked: bool = False) -> SecretBuffer:
+    def allocate(cls, size: int, *, allow_unlocked: bool = False,
+                 kinds: tuple[str, ...] = (KIND_SECRET, KIND_LOCKED)) -> SecretBuffer:
+        """Try `kinds` in order (memfd_secret, then locked memfd); unlocked memfd only if allowed.
+
+        Pass ``kinds=(KIND_LOCKED,)`` to avoid memfd_secret, e.g. on hosts that must hibernate
+        (the kernel refuses to hibernate while secret memory exists)."""
         mapped = max(mmap.PAGESIZE, -(-size // mmap.PAGESIZE) * mmap.PAGESIZE)
-        got = _try_memfd_secret(mapped)
-        if not isinstance(got, str):
-            return cls(size, got[0], KIND_SECRET, got[1])
-        reasons = [got]
-        fd = os.memfd_create("emshield-core", os.MFD_CLOEXEC)
-        try:
-            os.ftruncate(fd, mapped)
-            m = _map(fd, mapped)
-        except OSError:
-            os.close(fd)
-            raise
-        if _libc.mlock(_address(m), mapped) == 0:
-            return cls(size, fd, KIND_LOCKED, m, _locked=True)
-        reasons.append(f"mlock of {mapped} bytes failed ({os.strerror(ctypes.get_errno())}; "
-                       f"limit {_memlock_limit()})")
+        reasons = []
+        for kind in kinds:
+            got = {KIND_SECRET: _try_memfd_secret, KIND_LOCKED: _try_memfd_locked}[kind](mapped)
+            if not isinstance(got, str):
+                return cls(size, got[0], kind, got[1], _locked=kind == KIND_LOCKED)
+            reasons.append(got)
         if not allow_unlocked:
-            m.close()
-            os.close(fd)
             raise InsecureMemoryError(
                 "no locked memory for the plaintext core: " + "; ".join(reasons)
                 + ". Raise the locked-memory limit (ulimit -l, LimitMEMLOCK= in systemd), run with "
                 "CAP_IPC_LOCK, or accept swappable memory explicitly (allow_unlocked / --allow-unlocked).")
         warnings.warn("plaintext core is held in UNLOCKED memory (may be swapped): " + "; ".join(reasons),
                       UnlockedMemoryWarning, stacklevel=2)
+        fd, m = _new_memfd(mapped)
         return cls(size, fd, KIND_UNLOCKED, m)
 
     @property
