@@ -1,5 +1,8 @@
 """Regenerate the EMShield tlog vectors: `python spec/vectors/tlog/make_vectors.py`.
 
+entries.json: log entries signed with a fixed test key (exact CBOR and leaf hash), and malformed
+encodings with the error each must give (a substring of the EntryError message).
+
 notes.json: published signed-note vectors from other implementations (copied data, origin
 cited in each record) and our checkpoint/cosignature notes from fixed seeds. Ed25519 (RFC 8032)
 is deterministic, so the same seed and text always give the same bytes; the tests re-sign and
@@ -10,8 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
+import uuid
 from pathlib import Path
 
+import cbor2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from emshield.tlog.checkpoint import (
@@ -20,6 +26,15 @@ from emshield.tlog.checkpoint import (
     NoteSigner,
     cosign_checkpoint,
     sign_checkpoint,
+)
+from emshield.tlog.entry import (
+    MAX_ENTRY_SIZE,
+    Issuance,
+    IssuerRegistration,
+    encode_entry,
+    issuer_key_id,
+    sign_entry,
+    signing_bytes,
 )
 from emshield.tlog.merkle import leaf_hash, root_from_leaf_hashes
 
@@ -101,7 +116,138 @@ def notes() -> dict:
     }
 
 
+# --- entries --------------------------------------------------------------------------------------
+
+
+def _head(major: int, n: int) -> bytes:
+    """A CBOR head in its shortest form (RFC 8949 §3)."""
+    if n < 24:
+        return bytes([major << 5 | n])
+    for ai, fmt in ((24, ">B"), (25, ">H"), (26, ">I"), (27, ">Q")):
+        if n < 1 << (8 * struct.calcsize(fmt)):
+            return bytes([major << 5 | ai]) + struct.pack(fmt, n)
+    raise ValueError(n)
+
+
+def _item(v: object) -> bytes:
+    return v if isinstance(v, RawItem) else cbor2.dumps(v)
+
+
+class RawItem(bytes):
+    """Bytes placed into a hand-built map as they are (to build non-canonical encodings)."""
+
+
+def _map(pairs: list[tuple[object, object]]) -> bytes:
+    """A definite-length map in exactly the given key order (the decoder must reject misorders)."""
+    return _head(5, len(pairs)) + b"".join(_item(k) + _item(v) for k, v in pairs)
+
+
+def entries() -> dict:
+    key = Ed25519PrivateKey.from_private_bytes(seed("emshield/test-vector/issuer-key/v1"))
+    pub = key.public_key().public_bytes_raw()
+    params = cbor2.dumps({"v": 1, "note": "test vector; spec/watermark.md defines the real map"}, canonical=True)
+    reg = sign_entry(IssuerRegistration(pub, "Example Issuer GmbH", params, 1_790_000_000), key)
+    device = uuid.UUID("0f8fad5b-d9cb-469f-a165-70867728950e").bytes
+    backbone = hashlib.sha256(b"example backbone").digest()
+    both = sign_entry(Issuance(device, backbone, hashlib.sha256(b"wm").digest(), hashlib.sha256(b"fp").digest(),
+                               "both", 1_790_000_100, issuer_key_id(pub)), key)
+    fp_only = sign_entry(Issuance(device, backbone, None, hashlib.sha256(b"fp").digest(), "fingerprint",
+                                  1_790_000_200, issuer_key_id(pub)), key)
+    valid = []
+    for label, signed in [("issuer registration", reg), ("issuance, policy both", both),
+                          ("issuance, policy fingerprint (no watermark_commitment)", fp_only)]:
+        data = encode_entry(signed)
+        valid.append({"desc": label, "cbor_hex": data.hex(), "leaf_hash_hex": leaf_hash(data).hex(),
+                      "signing_bytes_hex": signing_bytes(signed.entry).hex(), "type": signed.entry.TYPE})
+
+    good = cbor2.loads(encode_entry(both))  # a decoded valid issuance map, in canonical key order
+
+    def variant(**changes: object) -> list[tuple[object, object]]:
+        pairs = [(k, changes.get(k, v)) for k, v in good.items() if changes.get(k, v) is not DROP]
+        return pairs + [(k, v) for k, v in changes.items() if k not in good]
+
+    def canon(pairs: list[tuple[object, object]]) -> bytes:
+        return cbor2.dumps(dict(pairs), canonical=True)
+
+    sig = good["sig"]
+    bad = [
+        ("empty input", b"", "empty"),
+        ("over the size limit", b"\xa0" + b"\x00" * MAX_ENTRY_SIZE, "limit"),
+        ("trailing byte", encode_entry(both) + b"\x00", "trailing"),
+        ("not a map", cbor2.dumps([1, 2]), "must be a CBOR map"),
+        ("truncated", encode_entry(both)[:-1], "not well-formed"),
+        ("keys out of order", _map(list(reversed(list(good.items())))), "deterministic"),
+        ("non-shortest integer", _map([(k, RawItem(b"\x1b" + struct.pack(">Q", v)) if k == "issued_at" else v)
+                                       for k, v in good.items()]), "deterministic"),
+        ("indefinite-length byte string",
+         _map([(k, RawItem(b"\x5f" + cbor2.dumps(v) + b"\xff") if k == "backbone_id" else v) for k, v in good.items()]),
+         "indefinite"),
+        ("indefinite-length map", b"\xbf" + _map(list(good.items()))[1:] + b"\xff", "indefinite"),
+        ("duplicate key", _map(list(good.items()) + [("v", 1)]), "Duplicate"),
+        ("float instead of integer", canon(variant(issued_at=1790000100.0)), "unsigned integer"),
+        ("tagged time (tag 1)", _map(variant(issued_at=RawItem(b"\xc1" + cbor2.dumps(1_790_000_100)))),
+         "tag"),
+        ("bignum-tagged integer (tag 2)",
+         _map([(k, RawItem(b"\xc2\x44" + struct.pack(">I", v)) if k == "issued_at" else v) for k, v in good.items()]),
+         "deterministic"),
+        ("negative time", canon(variant(issued_at=-1)), "0..2^63-1"),
+        ("unknown field", canon(variant(extra=1)), "unknown field"),
+        ("missing field", canon(variant(issuer_key_id=DROP)), "missing field"),
+        ("missing signature", canon(variant(sig=DROP)), "missing field"),
+        ("missing version", canon(variant(v=DROP)), "no version"),
+        ("unknown version", canon(variant(v=2)), "unsupported entry version"),
+        ("unknown type", canon(variant(type="issuer-revocation")), "unknown entry type"),
+        ("wrong type: text for bytes", canon(variant(backbone_id="00" * 32)), "must be a byte string"),
+        ("wrong size: 15-byte device UUID", canon(variant(device_uuid=bytes(15))), "must be 16 bytes"),
+        ("short signature", canon(variant(sig=sig[:63])), "must be 64 bytes"),
+        ("unknown policy", canon(variant(policy="none")), "policy"),
+        ("policy forbids a field", canon(variant(policy="fingerprint")), "must be absent"),
+        ("policy needs a missing field", canon(variant(policy="both", fingerprint_hash=DROP)), "required with policy"),
+        ("null for an optional field", canon(variant(watermark_commitment=None, policy="fingerprint")),
+         "null"),
+        ("nested container", canon(variant(backbone_id=[1])), "must be a byte string"),
+        ("integer map key", canon([(1, 1)] + list(good.items())), "keys must be text"),
+        ("invalid UTF-8 text", _map([(k, RawItem(b"\x64\xff\xfe\xfd\xfc") if k == "policy" else v)
+                                     for k, v in good.items()]), "not well-formed"),
+        ("undefined simple value", _map(variant(policy=RawItem(b"\xf7"))), "unsupported item"),
+    ]
+    reg_map = cbor2.loads(encode_entry(reg))
+    bad_reg = [
+        ("name too long", {**reg_map, "name": "x" * 129}, "UTF-8 bytes"),
+        ("control character in name", {**reg_map, "name": "a\nb"}, "control"),
+        ("marking_params not CBOR", {**reg_map, "marking_params": b"\xff"}, "marking_params"),
+        ("marking_params non-canonical", {**reg_map, "marking_params": b"\x18\x01"}, "deterministic"),
+        ("marking_params with trailing bytes", {**reg_map, "marking_params": params + b"\x00"}, "trailing"),
+    ]
+    malformed = [{"desc": d, "cbor_hex": b.hex(), "error": e} for d, b, e in bad]
+    malformed += [{"desc": d, "cbor_hex": cbor2.dumps(m, canonical=True).hex(), "error": e} for d, m, e in bad_reg]
+
+    other = Ed25519PrivateKey.from_private_bytes(seed("emshield/test-vector/other-key/v1"))
+    flipped = bytes([sig[0] ^ 1]) + sig[1:]
+    bad_sigs = [
+        {"desc": "signature bit flipped", "cbor_hex": canon(variant(sig=flipped)).hex(),
+         "public_key_hex": pub.hex(), "error": "does not verify"},
+        {"desc": "issuance field changed after signing", "cbor_hex": canon(variant(issued_at=1_790_000_101)).hex(),
+         "public_key_hex": pub.hex(), "error": "does not verify"},
+        {"desc": "verified with a key that is not the issuer's", "cbor_hex": encode_entry(both).hex(),
+         "public_key_hex": other.public_key().public_bytes_raw().hex(), "error": "issuer_key_id"},
+    ]
+    return {
+        "produced_by": "spec/vectors/tlog/make_vectors.py",
+        "issuer_seed_hex": seed("emshield/test-vector/issuer-key/v1").hex(),
+        "issuer_public_key_hex": pub.hex(),
+        "issuer_key_id_hex": issuer_key_id(pub).hex(),
+        "valid": valid,
+        "malformed": malformed,
+        "bad_signatures": bad_sigs,
+    }
+
+
+DROP = object()
+
+
 def main() -> None:
+    (HERE / "entries.json").write_text(json.dumps(entries(), indent=2) + "\n", encoding="utf-8")
     (HERE / "notes.json").write_text(json.dumps(notes(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
