@@ -1,0 +1,273 @@
+"""48-bit watermark carried by keyed bilinear statistics of ΔW (spec/watermark.md).
+
+For each marked layer ℓ and code bit i the chaos FSM draws sign vectors u_iℓ ∈ {±1}^out/√out and
+v_iℓ ∈ {±1}^in/√in. The statistic s_iℓ = u_iℓᵀ·ΔW_ℓ·v_iℓ, normalised by the layer's RMS
+σ_ℓ = ‖ΔW_ℓ‖_F/√(out·in), is ~N(0, 1) for a core that was not marked with these directions;
+the bit is the sign of Z_i = Σ_ℓ (s_iℓ/σ_ℓ) / √L. The statistics depend on ΔW only, so they
+survive re-factorisation (B·R, R⁻¹·A) and merging, and from factors they cost (Bᵀu)ᵀ(A·v).
+
+Embedding moves each Z_i to at least τ on its bit's side by the smallest change of the LoRA factors
+(Gauss-Newton on balanced factors, rank unchanged); extraction is blind.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from emshield.core import Core, LoraFactors
+from emshield.marking import ecc
+from emshield.marking.chaos import ChaosStream
+from emshield.marking.params import LayerSpec, MarkingParams
+
+PURPOSE_U = "watermark-u"
+PURPOSE_V = "watermark-v"
+GN_ITERATIONS = 12
+GN_TOLERANCE = 1e-4
+MIN_MARGIN_FRACTION = 0.95  # of τ, or the core cannot carry the mark
+MAX_RELATIVE_CHANGE = 1.0  # a change larger than ΔW itself replaces the core rather than marking it
+
+DeltaSource = Mapping[str, np.ndarray] | Callable[[str], np.ndarray]
+"""Per-layer ΔW (out × in) by backbone tensor name; a callable lets the caller read tensors lazily."""
+
+
+@dataclass(frozen=True)
+class Directions:
+    u: np.ndarray  # [bits, out] float64, entries ±1/√out
+    v: np.ndarray  # [bits, in] float64, entries ±1/√in
+
+
+@functools.lru_cache(maxsize=128)
+def directions(params: MarkingParams, layer: LayerSpec) -> Directions:
+    """u_iℓ then v_iℓ: row-major sign draws from two chaos streams keyed by the verification key.
+
+    Cached (read-only arrays): the directions depend on the public parameters only.
+    """
+    n = params.code_bits
+    su = ChaosStream(params.verification_key, params.backbone_id, layer.name, PURPOSE_U)
+    sv = ChaosStream(params.verification_key, params.backbone_id, layer.name, PURPOSE_V)
+    u = su.rademacher(n * layer.out_features).reshape(n, layer.out_features)
+    v = sv.rademacher(n * layer.in_features).reshape(n, layer.in_features)
+    d = Directions(u / math.sqrt(layer.out_features), v / math.sqrt(layer.in_features))
+    d.u.flags.writeable = False
+    d.v.flags.writeable = False
+    return d
+
+
+class CapacityError(ValueError):
+    """The core's marked layers are too small (rank × size) to carry the code bits at margin τ."""
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """Blind read-out. ``accepted`` only when the code decodes and the chance match is below threshold."""
+
+    z: np.ndarray  # per code bit, ~N(0,1) for an unmarked core
+    bits: np.ndarray  # 1 where z > 0
+    payload: int | None
+    bit_errors: int | None  # raw bit errors against the decoded codeword
+    p_value: float  # chance an unmarked core yields ANY payload this close (union bound over 2^48)
+    p_value_payload: float  # chance an unmarked core is this close to THIS payload's codeword
+    accepted: bool
+    reason: str
+
+
+def _layer_stats_delta(delta: np.ndarray, d: Directions) -> tuple[np.ndarray, float]:
+    delta = np.asarray(delta, dtype=np.float64)
+    sigma = float(np.sqrt(np.mean(delta * delta)))
+    s = np.einsum("ij,ji->i", d.u, delta @ d.v.T)
+    return s, sigma
+
+
+def _layer_stats_factors(f: LoraFactors, d: Directions) -> tuple[np.ndarray, float]:
+    a = f.a.astype(np.float64)
+    b = f.b.astype(np.float64)
+    m, n = f.shape
+    sigma = abs(f.scale) * math.sqrt(max(float(np.sum((b.T @ b) * (a @ a.T))), 0.0) / (m * n))
+    s = f.scale * np.sum((b.T @ d.u.T) * (a @ d.v.T), axis=0)
+    return s, sigma
+
+
+def _combine(stats: list[tuple[np.ndarray, float]], names: list[str]) -> np.ndarray:
+    total = 0.0
+    for (s, sigma), name in zip(stats, names):
+        if not sigma > 0.0:
+            raise ValueError(f"layer {name}: ΔW is zero, nothing to read or mark")
+        total = total + s / sigma
+    return np.asarray(total) / math.sqrt(len(stats))
+
+
+def chance_p_values(bit_errors: int, n_bits: int) -> tuple[float, float]:
+    """(any-payload, this-payload) chance of ≤ bit_errors errors from fair coin bits."""
+    tail = sum(math.comb(n_bits, k) for k in range(bit_errors + 1))
+    p_payload = tail / 2.0**n_bits
+    return min(1.0, p_payload * 2.0**ecc.PAYLOAD_BITS), p_payload
+
+
+def _decide(z: np.ndarray, params: MarkingParams) -> Extraction:
+    bits = (z > 0).astype(np.uint8)
+    try:
+        dec = ecc.decode(bits, params.rs_nsym)
+    except ecc.DecodeRefused as exc:
+        return Extraction(z, bits, None, None, 1.0, 1.0, False, f"error correction refused: {exc}")
+    p_any, p_payload = chance_p_values(dec.corrected_bits, params.code_bits)
+    accepted = p_any <= 10.0**params.accept_log10_p
+    reason = "ok" if accepted else f"chance-match p-value {p_any:.3g} above 1e{params.accept_log10_p}"
+    return Extraction(z, bits, dec.payload, dec.corrected_bits, p_any, p_payload, accepted, reason)
+
+
+def extract_from_factors(core: Core, params: MarkingParams) -> Extraction:
+    """Read the mark from LoRA factors (cheap: no ΔW is formed)."""
+    stats = []
+    for layer in params.layers:
+        f = _layer(core, layer)
+        stats.append(_layer_stats_factors(f, directions(params, layer)))
+    return _decide(_combine(stats, [lay.name for lay in params.layers]), params)
+
+
+def extract_from_deltas(deltas: DeltaSource, params: MarkingParams) -> Extraction:
+    """Read the mark from per-layer ΔW = W_suspect − W_backbone (e.g. a merged model)."""
+    get = deltas if callable(deltas) else deltas.__getitem__
+    stats = []
+    for layer in params.layers:
+        delta = np.asarray(get(layer.name))
+        if delta.shape != (layer.out_features, layer.in_features):
+            raise ValueError(f"layer {layer.name}: ΔW shape {delta.shape} does not match parameters")
+        stats.append(_layer_stats_delta(delta, directions(params, layer)))
+    return _decide(_combine(stats, [lay.name for lay in params.layers]), params)
+
+
+def _layer(core: Core, layer: LayerSpec) -> LoraFactors:
+    if layer.name not in core:
+        raise ValueError(f"core has no layer {layer.name}")
+    f = core[layer.name]
+    if f.shape != (layer.out_features, layer.in_features):
+        raise ValueError(f"layer {layer.name}: core shape {f.shape} does not match parameters")
+    return f
+
+
+@dataclass(frozen=True)
+class EmbedReport:
+    signs: np.ndarray  # ±1 per code bit
+    z_before: np.ndarray
+    z_after: np.ndarray
+    relative_change: dict[str, float]  # ‖ΔW' − ΔW‖_F / ‖ΔW‖_F per layer
+    iterations: int
+
+    @property
+    def min_margin(self) -> float:
+        """Smallest Z on its bit's side after embedding (τ when the target was reached)."""
+        return float(np.min(self.signs * self.z_after))
+
+
+@dataclass
+class _Work:
+    """One layer during embedding: balanced factors ΔW = P·Q and its directions."""
+
+    p: np.ndarray
+    q: np.ndarray
+    gauge: np.ndarray | None  # G⁻¹ with B = P·G⁻¹ for the input factors (None if rank-deficient)
+    d: Directions
+    uu: np.ndarray  # U·Uᵀ
+    vv: np.ndarray  # V·Vᵀ
+
+
+def _balanced(f: LoraFactors) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """P (out×r), Q (r×in) with P·Q = ΔW and PᵀP = QQᵀ (the SVD split), and the gauge back to B.
+
+    Returns G⁻¹ with B = P·G⁻¹ and scale·A = G·Q, so the marked factors can be handed back in the
+    input's own gauge (a trained peft adapter keeps its A/B magnitudes); None when ΔW has lower
+    rank than the factors and the gauge is not invertible.
+    """
+    qb, rb = np.linalg.qr(f.b.astype(np.float64))
+    qa, ra = np.linalg.qr(f.a.astype(np.float64).T)
+    x, s, yt = np.linalg.svd(f.scale * (rb @ ra.T))
+    root = np.sqrt(s)
+    gauge = None
+    if s.size and s[-1] > 1e-10 * s[0]:
+        gauge = (x.T @ rb) / root[:, None]
+    return qb @ (x * root), (root[:, None] * yt) @ qa.T, gauge
+
+
+def embed(core: Core, payload: int, params: MarkingParams) -> tuple[dict[str, LoraFactors], EmbedReport]:
+    """Marked core (unmarked layers passed through) and a report of what changed.
+
+    Targets T_i = b_i·max(τ, b_i·Z_i) with b_i = ±1 the code bit: bits already on their side by τ
+    keep their value. Each Gauss-Newton step solves the linearised constraints Z(P+dP, Q+dQ) = T for
+    the smallest Σ_ℓ ‖dP_ℓ‖² + ‖dQ_ℓ‖² (Levenberg-Marquardt damped). Where the layers are too small
+    to carry the code bits at margin τ the report's ``min_margin`` says how far it got.
+    """
+    signs = ecc.encode(payload, params.rs_nsym).astype(np.float64) * 2 - 1
+    names = [lay.name for lay in params.layers]
+    work = []
+    for layer in params.layers:
+        f = _layer(core, layer)
+        d = directions(params, layer)
+        p, q, gauge = _balanced(f)
+        work.append(_Work(p, q, gauge, d, d.u @ d.u.T, d.v @ d.v.T))
+    big_l = len(work)
+
+    def current() -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray], list[float]]:
+        z = np.zeros(params.code_bits)
+        a_all, c_all, sig = [], [], []
+        for w in work:
+            a = w.q @ w.d.v.T  # [r, bits]
+            c = w.p.T @ w.d.u.T  # [r, bits]
+            m, n = w.p.shape[0], w.q.shape[1]
+            sigma = math.sqrt(max(float(np.sum((w.p.T @ w.p) * (w.q @ w.q.T))), 0.0) / (m * n))
+            if not sigma > 0.0:
+                raise ValueError("a marked layer has ΔW = 0 (zero): train the core before marking")
+            z += np.sum(a * c, axis=0) / sigma
+            a_all.append(a)
+            c_all.append(c)
+            sig.append(sigma)
+        return z / math.sqrt(big_l), a_all, c_all, sig
+
+    before = {name: w.p @ w.q for name, w in zip(names, work)}
+    z0, a_all, c_all, sig = current()
+    target = signs * np.maximum(params.tau, signs * z0)
+    z, iterations, damping = z0, 0, 1e-9
+    for iterations in range(1, GN_ITERATIONS + 1):
+        gram = np.zeros((params.code_bits, params.code_bits))
+        for w, a, c, sigma in zip(work, a_all, c_all, sig):
+            gram += (w.uu * (a.T @ a) + (c.T @ c) * w.vv) / (sigma * sigma * big_l)
+        scale = np.trace(gram) / len(gram)
+        residual = float(np.linalg.norm(target - z))
+        saved = [(w.p, w.q) for w in work]
+        while True:  # Levenberg-Marquardt: raise the damping until the step reduces the residual
+            lam = np.linalg.solve(gram + np.eye(len(gram)) * (damping * scale), target - z)
+            for w, a, c, sigma in zip(work, a_all, c_all, sig):
+                k = lam / (sigma * math.sqrt(big_l))
+                w.p = w.p + w.d.u.T @ (k[:, None] * a.T)
+                w.q = w.q + (c * k) @ w.d.v
+            new = current()
+            if float(np.linalg.norm(target - new[0])) < residual or damping > 1e6:
+                break
+            for w, (p0, q0) in zip(work, saved):
+                w.p, w.q = p0, q0
+            damping *= 10.0
+        z, a_all, c_all, sig = new
+        damping = max(damping / 10.0, 1e-9)
+        if np.max(np.abs(z - target)) < GN_TOLERANCE * params.tau:
+            break
+    out: dict[str, LoraFactors] = dict(core)
+    change = {}
+    for layer, w in zip(params.layers, work):
+        f = core[layer.name]
+        b, a = (w.p, w.q) if w.gauge is None else (w.p @ w.gauge, np.linalg.solve(w.gauge, w.q))
+        out[layer.name] = LoraFactors(a=(a / f.scale).astype(f.a.dtype), b=b.astype(f.b.dtype), scale=f.scale)
+        new = out[layer.name].delta()
+        change[layer.name] = float(np.linalg.norm(new - before[layer.name]) / np.linalg.norm(before[layer.name]))
+    report = EmbedReport(signs, z0, extract_from_factors(out, params).z, change, iterations)
+    worst = max(change.values())
+    if report.min_margin < MIN_MARGIN_FRACTION * params.tau or worst > MAX_RELATIVE_CHANGE:
+        raise CapacityError(
+            f"core cannot carry {params.code_bits} code bits at margin τ={params.tau}: reached "
+            f"{report.min_margin:.3f} with a relative ΔW change of up to {worst:.3f}; "
+            "use a fingerprint only, fewer parity bytes or a smaller τ"
+        )
+    return out, report
