@@ -164,12 +164,16 @@ def seal_cmd(plaintext: Path, blob: Path, recipient: Path, backbone_id: bytes, l
 def _check_core_file(path: Path, length: int) -> None:
     if length == 0:
         raise errors.MalformedCoreError("empty file is not a core")
+    problem = None
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
         view = memoryview(m)
         try:
             core_from_safetensors_buffer(view)
-        finally:
-            view.release()
+        except errors.MalformedCoreError as e:
+            problem = str(e)  # raised below: the traceback's frames hold views that keep the mmap open
+        view.release()
+    if problem:
+        raise errors.MalformedCoreError(problem)
 
 
 @device_group.command("mount", context_settings={"ignore_unknown_options": True})
