@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import click
 
-from emshield.notbuilt import not_built_command
+from . import keys
+
+MAX_ORIGIN_CHARS = 255
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -12,5 +18,125 @@ def main() -> None:
     """Run the EMShield transparency log (RFC 9162 Merkle log, C2SP checkpoints)."""
 
 
-main.add_command(not_built_command("init", 3, "Create the log store and the log's Ed25519 key; print the verifier key."))
-main.add_command(not_built_command("serve", 3, "Serve the log over HTTP (production WSGI server)."))
+@main.command()
+@click.option("--db", "db", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="SQLite file to create (must not exist).")
+@click.option("--origin", required=True,
+              help="The log's origin line, e.g. 'log.example.org/emshield' (also the signing key's name).")
+@click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the checkpoint signing key (mode 0600). Default: <db>.signer-key")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def init(db: Path, origin: str, key_file: Path | None, as_json: bool) -> None:
+    """Create the log store and the log's Ed25519 key; print the verifier key.
+
+    The operator credential (needed to register and revoke issuers) is taken from the environment
+    variable EMSHIELD_LOG_OPERATOR_TOKEN if set (at least 32 characters); otherwise a random one is
+    generated and printed ONCE. The store keeps only its hash; `emshield-log set-token` replaces it.
+    """
+    from emshield.tlog.checkpoint import NoteSigner, is_valid_key_name
+
+    from .sequencer import Sequencer
+    from .storage import SqliteStore, StoreError
+
+    # The origin is also the signing key's name (C2SP tlog-checkpoint recommends it), so it must be
+    # a valid signed-note key name: non-empty, no spaces, no '+', no control characters.
+    if not is_valid_key_name(origin) or len(origin) > MAX_ORIGIN_CHARS:
+        raise click.ClickException(f"origin must be 1-{MAX_ORIGIN_CHARS} characters without spaces, '+' or"
+                                   " control characters (it is also the signed-note key name)")
+    key_path = key_file or keys.default_key_path(db)
+    for p in (db, key_path):
+        if p.exists():
+            raise click.ClickException(f"{p} already exists; refusing to overwrite a log")
+    token, generated = _token_from_env_or_new()
+    signer = NoteSigner.generate(origin)
+    try:
+        keys.write_signer_key(key_path, signer)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write the signing key to {key_path}: {exc}") from exc
+    try:
+        store = SqliteStore.create(db, {"origin": origin.encode(), keys.TOKEN_META_KEY: keys.token_digest(token)})
+    except (StoreError, OSError) as exc:
+        key_path.unlink(missing_ok=True)
+        raise click.ClickException(str(exc)) from exc
+    # The signed checkpoint of the empty tree, so `GET /checkpoint` answers from the start.
+    Sequencer(store, signer, origin).sign_current()
+    store.close()
+    result = {"db": str(db), "key_file": str(key_path), "origin": origin, "verifier_key": signer.verifier_key(),
+              "operator_token": token if generated else None,
+              "operator_token_source": "generated" if generated else keys.TOKEN_ENV}
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"created log {origin!r} in {db}")
+    click.echo(f"signing key: {key_path} (mode 0600; back it up, keep it secret)")
+    click.echo(f"verifier key: {signer.verifier_key()}")
+    if generated:
+        click.echo(f"operator token (shown once, only its hash is stored): {token}")
+    else:
+        click.echo(f"operator token: taken from ${keys.TOKEN_ENV}")
+
+
+def _token_from_env_or_new() -> tuple[str, bool]:
+    env = os.environ.get(keys.TOKEN_ENV)
+    if env is None:
+        return keys.new_operator_token(), True
+    try:
+        keys.check_token_strength(env)
+    except ValueError as exc:
+        raise click.ClickException(f"${keys.TOKEN_ENV}: {exc}") from exc
+    return env, False
+
+
+@main.command("set-token")
+@click.option("--db", "db", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def set_token(db: Path, as_json: bool) -> None:
+    """Replace the operator credential (from $EMSHIELD_LOG_OPERATOR_TOKEN, or a new random one).
+
+    Takes effect immediately for running servers (they read the hash from the store).
+    """
+    from .storage import SqliteStore, StoreError
+
+    token, generated = _token_from_env_or_new()
+    try:
+        store = SqliteStore(db)
+        with store.write() as tx:
+            tx.set_meta(keys.TOKEN_META_KEY, keys.token_digest(token))
+        store.close()
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps({"operator_token": token if generated else None,
+                               "operator_token_source": "generated" if generated else keys.TOKEN_ENV}))
+    elif generated:
+        click.echo(f"new operator token (shown once): {token}")
+    else:
+        click.echo(f"operator token replaced with ${keys.TOKEN_ENV}")
+
+
+@main.command()
+@click.option("--db", "db", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The store created by `emshield-log init`.")
+@click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The checkpoint signing key. Default: <db>.signer-key")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64),
+              help="gunicorn worker processes (all share the store; the DB write lock serialises sequencing).")
+@click.option("--threads", default=16, show_default=True, type=click.IntRange(1, 1024),
+              help="request threads per worker.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error", "critical"]))
+def serve(db: Path, key_file: Path | None, host: str, port: int, workers: int, threads: int, log_level: str) -> None:
+    """Serve the log over HTTP with gunicorn (production WSGI server)."""
+    from .app import ServerConfig, create_app
+    from .keys import KeyFileError
+    from .serve import serve as run_server
+    from .storage import StoreError
+
+    config = ServerConfig(db_path=db, key_path=key_file)
+    try:  # fail here, with a clear message, rather than in every worker
+        create_app(config).extensions["emshield_log"].store.close()
+    except (StoreError, KeyFileError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    run_server(config, host, port, workers, threads, log_level)

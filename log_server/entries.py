@@ -1,0 +1,88 @@
+"""Admission checks for entries and side records, run in the request thread before sequencing.
+
+An entry is admitted only if `emshield.tlog.entry.decode_entry` accepts its exact bytes (strict,
+canonical, bounded) and its Ed25519 signature verifies: for an issuance with the registered,
+non-revoked issuer's key; for a registration with the key it registers (proof of possession;
+the operator credential is checked by the route). The admitted bytes are the leaf, unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from emshield.tlog.entry import EntryError, Issuance, IssuerRegistration, SignedEntry, decode_entry, verify_entry_signature
+from emshield.tlog.merkle import leaf_hash
+
+from .sequencer import IssuanceFields, PreparedEntry, RegistrationFields
+from .storage import IssuerRecord, LogStore
+
+
+class EntryRejected(Exception):
+    """Why an entry or side record is refused: an HTTP status, an error code and a sentence."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail = status, code, detail
+
+
+def _decode(body: bytes) -> SignedEntry:
+    try:
+        return decode_entry(body)
+    except EntryError as exc:
+        raise EntryRejected(400, "malformed_entry", str(exc)) from exc
+
+
+def _verify(signed: SignedEntry, public_key: bytes) -> None:
+    try:
+        verify_entry_signature(signed, Ed25519PublicKey.from_public_bytes(public_key))
+    except (EntryError, ValueError) as exc:
+        raise EntryRejected(400, "bad_signature", str(exc)) from exc
+
+
+def prepare_issuance(body: bytes, store: LogStore,
+                     issuers: MutableMapping[bytes, IssuerRecord | None] | None = None) -> PreparedEntry:
+    """Check an issuance entry; ``issuers`` caches issuer look-ups across one batch."""
+    signed = _decode(body)
+    entry = signed.entry
+    if not isinstance(entry, Issuance):
+        raise EntryRejected(400, "wrong_entry_type",
+                            f"{entry.TYPE} entries are not appended here (issuer registrations: POST /v1/issuers)")
+    cache = {} if issuers is None else issuers
+    if entry.issuer_key_id not in cache:
+        cache[entry.issuer_key_id] = store.issuer(entry.issuer_key_id)
+    issuer = cache[entry.issuer_key_id]
+    if issuer is None:
+        raise EntryRejected(403, "unknown_issuer", f"issuer {entry.issuer_key_id.hex()} is not registered")
+    if issuer.revoked_at is not None:
+        raise EntryRejected(403, "revoked_issuer", f"issuer {issuer.key_id.hex()} was revoked")
+    _verify(signed, issuer.public_key)
+    fields = IssuanceFields(entry.issuer_key_id, entry.device_uuid_text, entry.watermark_commitment,
+                            entry.fingerprint_hash)
+    return PreparedEntry(body, leaf_hash(body), entry.TYPE, issuance=fields)
+
+
+def prepare_registration(body: bytes) -> PreparedEntry:
+    """Check a self-signed issuer registration entry."""
+    signed = _decode(body)
+    entry = signed.entry
+    if not isinstance(entry, IssuerRegistration):
+        raise EntryRejected(400, "wrong_entry_type", f"expected an issuer-registration entry, got {entry.TYPE}")
+    _verify(signed, entry.issuer_public_key)
+    fields = RegistrationFields(entry.key_id, entry.issuer_public_key, entry.name, entry.registered_at)
+    return PreparedEntry(body, leaf_hash(body), entry.TYPE, registration=fields)
+
+
+def check_side_record(leaf: bytes, record: bytes) -> None:
+    """A side record is the full fingerprint the leaf's fingerprint_hash commits to (spec/fingerprint.md):
+    canonical CBOR whose SHA-256 under the fingerprint label equals that hash."""
+    from emshield.marking.fingerprint import Fingerprint, FingerprintError
+
+    entry = _decode(leaf).entry
+    if not isinstance(entry, Issuance) or entry.fingerprint_hash is None:
+        raise EntryRejected(400, "no_fingerprint_hash", "this entry commits to no fingerprint, so it has no side record")
+    try:
+        Fingerprint.from_cbor(record, expected_hash=entry.fingerprint_hash)
+    except FingerprintError as exc:
+        raise EntryRejected(400, "side_record_mismatch", str(exc)) from exc

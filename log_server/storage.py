@@ -1,0 +1,427 @@
+"""The log's storage interface and its SQLite implementation.
+
+Routes and the sequencer talk only to `LogStore` / `WriteTxn`, so a PostgreSQL store can be added
+by implementing these two protocols (BEGIN IMMEDIATE becomes an advisory lock or
+`SELECT ... FOR UPDATE` on a one-row table) without touching `app.py` or `sequencer.py`.
+
+What is kept, and why:
+- `leaves`: the exact leaf bytes by index (append-only; the index is the Merkle leaf index) and
+  their RFC 9162 leaf hash (UNIQUE: deduplication and inclusion proofs by hash).
+- `nodes`: every perfect subtree hash above the leaves, keyed (level, index); level 0 is the
+  leaf hash column of `leaves`. Any inclusion or consistency proof at any size needs at most
+  ~2·log2(n) of them, fetched with ONE indexed query: O(log n) reads.
+- `checkpoints`: every signed checkpoint note, one per integrated batch, keyed by tree size.
+- `issuers`, `issuances`: indexes derived from the leaves (issuers by key id; issuances by
+  watermark commitment, fingerprint hash and device UUID), written in the same transaction
+  as the leaf, so an index never points at a leaf that is not stored and vice versa.
+- `side_records`: bytes published beside a leaf (outside the tree) whose hash the leaf commits to.
+
+Durability: WAL with synchronous=FULL, so every COMMIT is fsync'ed before it returns; the server
+acknowledges an append only after its COMMIT returned.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 30_000
+
+NodeID = tuple[int, int]
+
+
+class StoreError(RuntimeError):
+    """The store is missing, of another version, or inconsistent."""
+
+
+@dataclass(frozen=True)
+class LeafRecord:
+    """One leaf as stored: its index, the exact leaf bytes and their RFC 9162 leaf hash."""
+
+    index: int
+    leaf_hash: bytes
+    data: bytes
+    kind: str
+
+
+@dataclass(frozen=True)
+class IssuerRecord:
+    """An issuer as the log knows it (from its registration entry plus operator revocation)."""
+
+    key_id: bytes
+    public_key: bytes
+    name: str
+    leaf_index: int
+    registered_at: int
+    revoked_at: float | None = None
+    revocation_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class IssuanceIndex:
+    """The searchable fields of one issuance entry."""
+
+    leaf_index: int
+    issuer_key_id: bytes
+    device_uuid: str
+    watermark_commitment: bytes | None
+    fingerprint_hash: bytes | None
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    size: int
+    root_hash: bytes
+    note: bytes
+    created_at: float
+
+
+LOOKUP_FIELDS = ("watermark_commitment", "fingerprint_hash", "device_uuid")
+
+
+class WriteTxn(Protocol):
+    """One exclusive write transaction (the only writer in the whole deployment while open)."""
+
+    def tree_size(self) -> int: ...
+    def latest_checkpoint(self) -> StoredCheckpoint | None: ...
+    def get_nodes(self, ids: Sequence[NodeID]) -> Mapping[NodeID, bytes]: ...
+    def indices_of(self, leaf_hashes: Sequence[bytes]) -> dict[bytes, int]: ...
+    def issuer(self, key_id: bytes) -> IssuerRecord | None: ...
+    def add_leaves(self, leaves: Sequence[LeafRecord]) -> None: ...
+    def add_issuances(self, rows: Sequence[IssuanceIndex]) -> None: ...
+    def add_issuer(self, issuer: IssuerRecord) -> None: ...
+    def add_nodes(self, nodes: Sequence[tuple[NodeID, bytes]]) -> None: ...
+    def add_checkpoint(self, cp: StoredCheckpoint) -> None: ...
+    def revoke_issuer(self, key_id: bytes, at: float, reason: str) -> None: ...
+    def put_side_record(self, leaf_index: int, data: bytes) -> None: ...
+    def set_meta(self, key: str, value: bytes) -> None: ...
+
+
+class LogStore(Protocol):
+    """Read access plus `write()`, which opens an exclusive `WriteTxn` (commit on normal exit)."""
+
+    def write(self) -> "_WriteCtx": ...
+    def meta(self, key: str) -> bytes | None: ...
+    def tree_size(self) -> int: ...
+    def latest_checkpoint(self) -> StoredCheckpoint | None: ...
+    def get_nodes(self, ids: Sequence[NodeID]) -> Mapping[NodeID, bytes]: ...
+    def leaves(self, start: int, end: int) -> list[LeafRecord]: ...
+    def leaf(self, index: int) -> LeafRecord | None: ...
+    def index_of(self, leaf_hash: bytes) -> int | None: ...
+    def issuer(self, key_id: bytes) -> IssuerRecord | None: ...
+    def issuers(self) -> list[IssuerRecord]: ...
+    def issuances(self, field: str, value: bytes | str, limit: int) -> list[IssuanceIndex]: ...
+    def side_record(self, leaf_index: int) -> bytes | None: ...
+    def close(self) -> None: ...
+
+
+class _WriteCtx(Protocol):
+    def __enter__(self) -> WriteTxn: ...
+    def __exit__(self, *exc: object) -> bool | None: ...
+
+
+_SCHEMA = """
+CREATE TABLE meta(key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE leaves(
+    idx INTEGER PRIMARY KEY,
+    leaf_hash BLOB NOT NULL UNIQUE,
+    data BLOB NOT NULL,
+    kind TEXT NOT NULL
+);
+CREATE TABLE nodes(
+    level INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY(level, idx)
+) WITHOUT ROWID;
+CREATE TABLE checkpoints(
+    size INTEGER PRIMARY KEY,
+    root BLOB NOT NULL,
+    note BLOB NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE issuers(
+    key_id BLOB PRIMARY KEY,
+    public_key BLOB NOT NULL,
+    name TEXT NOT NULL,
+    leaf_idx INTEGER NOT NULL UNIQUE REFERENCES leaves(idx),
+    registered_at INTEGER NOT NULL,
+    revoked_at REAL,
+    revocation_reason TEXT
+) WITHOUT ROWID;
+CREATE TABLE issuances(
+    leaf_idx INTEGER PRIMARY KEY REFERENCES leaves(idx),
+    issuer_key_id BLOB NOT NULL REFERENCES issuers(key_id),
+    device_uuid TEXT NOT NULL,
+    watermark_commitment BLOB,
+    fingerprint_hash BLOB
+);
+CREATE INDEX issuances_by_watermark ON issuances(watermark_commitment);
+CREATE INDEX issuances_by_fingerprint ON issuances(fingerprint_hash);
+CREATE INDEX issuances_by_device ON issuances(device_uuid);
+CREATE TABLE side_records(
+    leaf_idx INTEGER PRIMARY KEY REFERENCES leaves(idx),
+    data BLOB NOT NULL,
+    stored_at REAL NOT NULL
+);
+"""
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if mode.lower() != "wal":
+        raise StoreError(f"{path}: could not switch to WAL mode (got {mode})")
+    # FULL: the WAL is fsync'ed at every COMMIT, so an acknowledged append survives power loss,
+    # not only a process crash (NORMAL would only sync at checkpoints of the WAL).
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def _nodes_query(conn: sqlite3.Connection, ids: Sequence[NodeID]) -> dict[NodeID, bytes]:
+    """All requested perfect-subtree hashes in one indexed query.
+
+    Level-0 nodes are the leaf hashes, read from `leaves` (by its integer primary key) instead of
+    being stored twice; higher levels come from `nodes` (by its primary key).
+    """
+    wanted = list(dict.fromkeys((int(level), int(index)) for level, index in ids))
+    if not wanted:
+        return {}
+    out: dict[NodeID, bytes] = {}
+    # SQLite allows 32766 host parameters; a proof needs ~2*64 at most, a restart ~64.
+    for i in range(0, len(wanted), 8000):
+        chunk = wanted[i:i + 8000]
+        leaves = [index for level, index in chunk if level == 0]
+        inner = [x for level, index in chunk if level > 0 for x in (level, index)]
+        parts, args = [], []
+        if leaves:
+            parts.append(f"SELECT 0, idx, leaf_hash FROM leaves WHERE idx IN ({','.join('?' * len(leaves))})")
+            args.extend(leaves)
+        if inner:
+            # CROSS JOIN fixes the order: the constants outside, a primary-key SEARCH of nodes inside
+            # (a row-value IN here would make SQLite SCAN the whole table).
+            marks = ",".join("(?,?)" for _ in range(len(inner) // 2))
+            parts.append(f"SELECT nodes.level, nodes.idx, nodes.hash FROM (VALUES {marks}) AS wanted"
+                         " CROSS JOIN nodes ON nodes.level = wanted.column1 AND nodes.idx = wanted.column2")
+            args.extend(inner)
+        for level, index, h in conn.execute(" UNION ALL ".join(parts), args):
+            out[(level, index)] = bytes(h)
+    return out
+
+
+def _issuer_row(row: tuple | None) -> IssuerRecord | None:
+    if row is None:
+        return None
+    key_id, pub, name, leaf_idx, registered_at, revoked_at, reason = row
+    return IssuerRecord(bytes(key_id), bytes(pub), name, leaf_idx, registered_at, revoked_at, reason)
+
+
+_ISSUER_COLS = "key_id, public_key, name, leaf_idx, registered_at, revoked_at, revocation_reason"
+
+
+class _SqliteTxn:
+    """`WriteTxn` over one connection inside BEGIN IMMEDIATE."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._c = conn
+
+    def tree_size(self) -> int:
+        return _tree_size(self._c)
+
+    def latest_checkpoint(self) -> StoredCheckpoint | None:
+        return _latest_checkpoint(self._c)
+
+    def get_nodes(self, ids: Sequence[NodeID]) -> Mapping[NodeID, bytes]:
+        return _nodes_query(self._c, ids)
+
+    def indices_of(self, leaf_hashes: Sequence[bytes]) -> dict[bytes, int]:
+        out: dict[bytes, int] = {}
+        hashes = list(dict.fromkeys(leaf_hashes))
+        for i in range(0, len(hashes), 16000):
+            chunk = hashes[i:i + 16000]
+            marks = ",".join("?" * len(chunk))
+            for h, idx in self._c.execute(f"SELECT leaf_hash, idx FROM leaves WHERE leaf_hash IN ({marks})", chunk):
+                out[bytes(h)] = idx
+        return out
+
+    def issuer(self, key_id: bytes) -> IssuerRecord | None:
+        return _issuer_row(self._c.execute(f"SELECT {_ISSUER_COLS} FROM issuers WHERE key_id=?", (key_id,)).fetchone())
+
+    def add_leaves(self, leaves: Sequence[LeafRecord]) -> None:
+        self._c.executemany(
+            "INSERT INTO leaves(idx, leaf_hash, data, kind) VALUES (?,?,?,?)",
+            [(lf.index, lf.leaf_hash, lf.data, lf.kind) for lf in leaves],
+        )
+
+    def add_issuances(self, rows: Sequence[IssuanceIndex]) -> None:
+        self._c.executemany(
+            "INSERT INTO issuances(leaf_idx, issuer_key_id, device_uuid, watermark_commitment, fingerprint_hash)"
+            " VALUES (?,?,?,?,?)",
+            [(r.leaf_index, r.issuer_key_id, r.device_uuid, r.watermark_commitment, r.fingerprint_hash) for r in rows],
+        )
+
+    def add_issuer(self, issuer: IssuerRecord) -> None:
+        self._c.execute(
+            f"INSERT INTO issuers({_ISSUER_COLS}) VALUES (?,?,?,?,?,?,?)",
+            (issuer.key_id, issuer.public_key, issuer.name, issuer.leaf_index, issuer.registered_at,
+             issuer.revoked_at, issuer.revocation_reason),
+        )
+
+    def add_nodes(self, nodes: Sequence[tuple[NodeID, bytes]]) -> None:
+        # Level 0 is the leaf hash, already in `leaves` (added first, in the same transaction).
+        self._c.executemany("INSERT INTO nodes(level, idx, hash) VALUES (?,?,?)",
+                            [(lv, ix, h) for (lv, ix), h in nodes if lv > 0])
+
+    def add_checkpoint(self, cp: StoredCheckpoint) -> None:
+        self._c.execute("INSERT INTO checkpoints(size, root, note, created_at) VALUES (?,?,?,?)",
+                        (cp.size, cp.root_hash, cp.note, cp.created_at))
+
+    def revoke_issuer(self, key_id: bytes, at: float, reason: str) -> None:
+        self._c.execute("UPDATE issuers SET revoked_at=?, revocation_reason=? WHERE key_id=? AND revoked_at IS NULL",
+                        (at, reason, key_id))
+
+    def put_side_record(self, leaf_index: int, data: bytes) -> None:
+        self._c.execute("INSERT INTO side_records(leaf_idx, data, stored_at) VALUES (?,?,?)",
+                        (leaf_index, data, time.time()))
+
+    def set_meta(self, key: str, value: bytes) -> None:
+        self._c.execute("INSERT INTO meta(key, value) VALUES (?,?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                        (key, value))
+
+
+def _tree_size(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT max(idx) FROM leaves").fetchone()  # O(1): last key of the rowid B-tree
+    return 0 if row[0] is None else row[0] + 1
+
+
+def _latest_checkpoint(conn: sqlite3.Connection) -> StoredCheckpoint | None:
+    row = conn.execute("SELECT size, root, note, created_at FROM checkpoints"
+                       " WHERE size = (SELECT max(size) FROM checkpoints)").fetchone()
+    return None if row is None else StoredCheckpoint(row[0], bytes(row[1]), bytes(row[2]), row[3])
+
+
+class _SqliteWriteCtx:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> WriteTxn:
+        # IMMEDIATE takes the database's single write lock now, across processes: whoever holds it
+        # is the only sequencer for the duration of the transaction.
+        self._conn.execute("BEGIN IMMEDIATE")
+        return _SqliteTxn(self._conn)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self._conn.execute("COMMIT")
+        else:
+            self._conn.execute("ROLLBACK")
+
+
+class SqliteStore:
+    """`LogStore` on one SQLite file; one connection per thread (SQLite connections are not shared)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise StoreError(f"no log store at {self.path} (run `emshield-log init` first)")
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        version = self.meta("schema_version")
+        if version is None:
+            raise StoreError(f"{self.path} is not an EMShield log store")
+        if int(version) != SCHEMA_VERSION:
+            raise StoreError(f"{self.path}: store schema version {int(version)}, this server knows {SCHEMA_VERSION}")
+
+    @classmethod
+    def create(cls, path: str | Path, meta: Mapping[str, bytes]) -> "SqliteStore":
+        """A new, empty store (fails if the file exists)."""
+        p = Path(path)
+        if p.exists():
+            raise StoreError(f"{p} already exists; refusing to overwrite a log store")
+        conn = _connect(p)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA.split(";"):  # not executescript(): it would COMMIT first
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION).encode(),))
+            conn.executemany("INSERT INTO meta(key, value) VALUES (?,?)", list(meta.items()))
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        return cls(p)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path)
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def write(self) -> _SqliteWriteCtx:
+        return _SqliteWriteCtx(self._conn())
+
+    def meta(self, key: str) -> bytes | None:
+        row = self._conn().execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def tree_size(self) -> int:
+        return _tree_size(self._conn())
+
+    def latest_checkpoint(self) -> StoredCheckpoint | None:
+        return _latest_checkpoint(self._conn())
+
+    def get_nodes(self, ids: Sequence[NodeID]) -> Mapping[NodeID, bytes]:
+        return _nodes_query(self._conn(), ids)
+
+    def leaves(self, start: int, end: int) -> list[LeafRecord]:
+        rows = self._conn().execute(
+            "SELECT idx, leaf_hash, data, kind FROM leaves WHERE idx >= ? AND idx < ? ORDER BY idx", (start, end))
+        return [LeafRecord(i, bytes(h), bytes(d), k) for i, h, d, k in rows]
+
+    def leaf(self, index: int) -> LeafRecord | None:
+        got = self.leaves(index, index + 1)
+        return got[0] if got else None
+
+    def index_of(self, leaf_hash: bytes) -> int | None:
+        row = self._conn().execute("SELECT idx FROM leaves WHERE leaf_hash=?", (leaf_hash,)).fetchone()
+        return None if row is None else row[0]
+
+    def issuer(self, key_id: bytes) -> IssuerRecord | None:
+        return _issuer_row(self._conn().execute(
+            f"SELECT {_ISSUER_COLS} FROM issuers WHERE key_id=?", (key_id,)).fetchone())
+
+    def issuers(self) -> list[IssuerRecord]:
+        rows = self._conn().execute(f"SELECT {_ISSUER_COLS} FROM issuers ORDER BY leaf_idx")
+        return [r for r in map(_issuer_row, rows) if r is not None]
+
+    def issuances(self, field: str, value: bytes | str, limit: int) -> list[IssuanceIndex]:
+        if field not in LOOKUP_FIELDS:
+            raise ValueError(f"cannot look issuances up by {field!r}")
+        rows = self._conn().execute(
+            "SELECT leaf_idx, issuer_key_id, device_uuid, watermark_commitment, fingerprint_hash FROM issuances"
+            f" WHERE {field}=? ORDER BY leaf_idx LIMIT ?", (value, limit))
+        return [IssuanceIndex(i, bytes(k), d, None if w is None else bytes(w), None if f is None else bytes(f))
+                for i, k, d, w, f in rows]
+
+    def side_record(self, leaf_index: int) -> bytes | None:
+        row = self._conn().execute("SELECT data FROM side_records WHERE leaf_idx=?", (leaf_index,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()

@@ -1,0 +1,109 @@
+"""Round trips over real HTTP (`emshield-log serve`, gunicorn) with every answer verified by the
+pure core: checkpoint signatures, inclusion and consistency proofs, look-ups and side records."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from emshield.tlog import merkle
+from emshield.tlog.checkpoint import CheckpointError, NoteSigner, verify_checkpoint
+from emshield.tlog.client import LogClient, LogClientError
+from emshield.tlog.entry import decode_entry, issuer_key_id
+
+
+def test_round_trip_with_verified_proofs(log_files, server_factory, issuer_key, kit) -> None:
+    srv = server_factory(log_files.db)
+    log = LogClient(srv.url, operator_token=log_files.token)
+    verifier = log_files.verifier
+
+    cp0 = log.verified_checkpoint(verifier)
+    assert (cp0.size, cp0.root_hash) == (0, merkle.EMPTY_ROOT)
+
+    reg = kit.registration(issuer_key)
+    first = log.register_issuer(reg)
+    assert (first.index, first.created, first.leaf_hash) == (0, True, merkle.leaf_hash(reg))
+    assert log.register_issuer(reg) == first.__class__(0, first.leaf_hash, False)  # idempotent
+
+    singles = [kit.issuance(issuer_key, n) for n in range(5)]
+    results = [log.append(e) for e in singles]
+    assert [r.index for r in results] == [1, 2, 3, 4, 5] and all(r.created for r in results)
+    again = log.append(singles[2])
+    assert (again.index, again.created) == (3, False)
+
+    cp1 = log.verified_checkpoint(verifier)
+    assert cp1.size == 6
+    batch = [kit.issuance(issuer_key, n) for n in range(5, 40)] + [singles[0]]
+    got = log.append_batch(batch)
+    assert [r.index for r in got] == list(range(6, 41)) + [1]
+    assert [r.created for r in got] == [True] * 35 + [False]
+
+    cp2 = log.verified_checkpoint(verifier)
+    assert cp2.size == 41
+    all_leaves = [e.data for e in log.iter_entries(0, cp2.size)]
+    assert all_leaves == [reg, *singles, *batch[:-1]]
+    assert merkle.root_from_leaf_hashes([merkle.leaf_hash(d) for d in all_leaves]) == cp2.root_hash
+
+    # Inclusion of every leaf, by index and by hash, at the latest and at an older checkpoint.
+    for i, data in enumerate(all_leaves):
+        for cp in (cp1, cp2):
+            if i < cp.size:
+                p = log.inclusion_proof(i, cp.size)
+                merkle.verify_inclusion(merkle.leaf_hash(data), i, cp.size, list(p.hashes), cp.root_hash)
+        assert log.prove_inclusion(data, cp2).index == i
+    # Consistency from every earlier size to the latest, checked against roots of the leaf prefixes.
+    for m in range(1, cp2.size + 1):
+        root_m = merkle.root_from_leaf_hashes([merkle.leaf_hash(d) for d in all_leaves[:m]])
+        p = log.consistency_proof(m, cp2.size)
+        merkle.verify_consistency(m, cp2.size, list(p.hashes), root_m, cp2.root_hash)
+    log.prove_consistency(cp0, cp2)
+    log.prove_consistency(cp1, cp2)
+
+    # A proof that does not match is caught by the verified helper.
+    with pytest.raises(merkle.ProofError):
+        merkle.verify_inclusion(merkle.leaf_hash(all_leaves[1]), 2, cp2.size,
+                                list(log.inclusion_proof(2, cp2.size).hashes), cp2.root_hash)
+
+    # Look-ups by the indexed fields find exactly the issuance entry.
+    target = decode_entry(singles[3]).entry
+    for kw in ({"watermark_commitment": target.watermark_commitment}, {"device_uuid": target.device_uuid_text}):
+        hits = log.issuances(**kw)
+        assert [(h.index, h.leaf) for h in hits] == [(4, singles[3])]
+        assert hits[0].issuer_key_id == issuer_key_id(kit.public_bytes(issuer_key))
+    assert log.issuances(watermark_commitment=hashlib.sha256(b"none").digest()) == []
+
+    issuers = log.issuers()
+    assert [(i.index, i.name, i.revoked) for i in issuers] == [(0, "Acme Models", False)]
+    assert log.side_record(4) is None
+
+
+def test_checkpoint_is_a_c2sp_note_only_the_log_key_opens(log_files, server_factory, issuer_key, kit) -> None:
+    srv = server_factory(log_files.db, workers=1)
+    log = LogClient(srv.url, operator_token=log_files.token)
+    log.register_issuer(kit.registration(issuer_key))
+    note = log.checkpoint_note()
+    text = note.decode()
+    assert text.startswith(f"{kit.ORIGIN}\n1\n") and "\n\n\u2014 " + kit.ORIGIN + " " in text
+    assert verify_checkpoint(note, log_files.verifier).size == 1
+    other = NoteSigner.generate(kit.ORIGIN)
+    from emshield.tlog.checkpoint import NoteVerifier
+
+    with pytest.raises(CheckpointError):
+        verify_checkpoint(note, NoteVerifier.from_verifier_key(other.verifier_key()))
+    with pytest.raises(CheckpointError):
+        verify_checkpoint(note, log_files.verifier, origin="another.example/log")
+
+
+def test_client_reports_api_errors(log_files, server_factory, kit) -> None:
+    srv = server_factory(log_files.db, workers=1)
+    log = LogClient(srv.url)  # no operator token
+    with pytest.raises(LogClientError) as exc:
+        log.inclusion_proof(0, 5)
+    assert (exc.value.status, exc.value.code) == (400, "out_of_range")
+    with pytest.raises(LogClientError) as exc:
+        log.register_issuer(kit.registration(kit.ed25519_key("x")))
+    assert exc.value.code == "missing_credential"
+    with pytest.raises(LogClientError) as exc:
+        LogClient("http://127.0.0.1:1", timeout=2).checkpoint_note()
+    assert exc.value.code == "unreachable"
