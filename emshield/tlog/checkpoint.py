@@ -21,7 +21,7 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, Self
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -132,15 +132,17 @@ class Signer(Protocol):
     def sign(self, msg: bytes) -> bytes: ...
 
 
-class NoteVerifier:
-    """An Ed25519 (type 0x01) signed-note verifier key."""
+class _Ed25519Verifier:
+    """A named Ed25519 public key for one signature type; subclasses say what is signed."""
+
+    SIG_TYPE: int
 
     def __init__(self, name: str, public_key: Ed25519PublicKey) -> None:
         if not is_valid_key_name(name):
             raise NoteError(f"invalid key name {name!r}")
         self._name = name
         self.public_key = public_key
-        self._key_id = key_id(name, SIG_ED25519, _public_bytes(public_key))
+        self._key_id = key_id(name, self.SIG_TYPE, _public_bytes(public_key))
 
     @property
     def name(self) -> str:
@@ -151,13 +153,14 @@ class NoteVerifier:
         return self._key_id
 
     @classmethod
-    def from_verifier_key(cls, vkey: str) -> NoteVerifier:
-        return cls(*_parse_vkey(vkey, SIG_ED25519))
+    def from_verifier_key(cls, vkey: str) -> Self:
+        """Strict parse of ``name+hex8+base64(type||key)``; another signature type is an error."""
+        return cls(*_parse_vkey(vkey, cls.SIG_TYPE))
 
     def verifier_key(self) -> str:
-        return _format_vkey(self._name, SIG_ED25519, _public_bytes(self.public_key))
+        return _format_vkey(self._name, self.SIG_TYPE, _public_bytes(self.public_key))
 
-    def verify(self, msg: bytes, sig: bytes) -> bool:
+    def _verify_ed25519(self, sig: bytes, msg: bytes) -> bool:
         try:
             self.public_key.verify(sig, msg)
         except InvalidSignature:
@@ -165,23 +168,61 @@ class NoteVerifier:
         return True
 
 
-class NoteSigner:
-    """An Ed25519 (type 0x01) signed-note signer; its key string is Go's PRIVATE+KEY format."""
+class NoteVerifier(_Ed25519Verifier):
+    """An Ed25519 (type 0x01) signed-note verifier key: the signature is over the note text."""
+
+    SIG_TYPE = SIG_ED25519
+
+    def verify(self, msg: bytes, sig: bytes) -> bool:
+        return self._verify_ed25519(sig, msg)
+
+
+def _cosigned_message(timestamp: int, text: bytes) -> bytes:
+    return b"cosignature/v1\ntime %d\n" % timestamp + text
+
+
+class CosignatureVerifier(_Ed25519Verifier):
+    """A witness key (type 0x04, c2sp.org/tlog-cosignature): ``sig`` is timestamp(u64 BE) || Ed25519."""
+
+    SIG_TYPE = SIG_COSIGNATURE_ED25519
+
+    def verify(self, msg: bytes, sig: bytes) -> bool:
+        if len(sig) != 8 + 64 or cosignature_timestamp(sig) >= 1 << 63:
+            return False
+        return self._verify_ed25519(sig[8:], _cosigned_message(cosignature_timestamp(sig), msg))
+
+
+def cosignature_timestamp(sig: bytes) -> int:
+    """The POSIX time a type 0x04 cosignature states (its first 8 bytes, big-endian)."""
+    return struct.unpack(">Q", sig[:8])[0]
+
+
+class _Ed25519Signer:
+    """A named Ed25519 private key; ``verifier`` is the matching public key of the same type."""
+
+    VERIFIER: type[_Ed25519Verifier]
 
     def __init__(self, name: str, private_key: Ed25519PrivateKey) -> None:
-        if not is_valid_key_name(name):
-            raise NoteError(f"invalid key name {name!r}")
-        self._name = name
+        self.verifier = self.VERIFIER(name, private_key.public_key())  # checks the name
         self._private_key = private_key
-        self.verifier = NoteVerifier(name, private_key.public_key())
 
     @property
     def name(self) -> str:
-        return self._name
+        return self.verifier.name
 
     @property
     def key_id(self) -> bytes:
         return self.verifier.key_id
+
+    def verifier_key(self) -> str:
+        return self.verifier.verifier_key()
+
+
+class NoteSigner(_Ed25519Signer):
+    """An Ed25519 (type 0x01) signed-note signer; its key string is Go's PRIVATE+KEY format."""
+
+    VERIFIER = NoteVerifier
+    verifier: NoteVerifier
 
     @classmethod
     def generate(cls, name: str) -> NoteSigner:
@@ -212,83 +253,21 @@ class NoteSigner:
 
     def signer_key(self) -> str:
         seed = self._private_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-        return f"{_PRIVATE_PREFIX}{self._name}+{self.key_id.hex()}+{_b64encode(bytes([SIG_ED25519]) + seed)}"
-
-    def verifier_key(self) -> str:
-        return self.verifier.verifier_key()
+        return f"{_PRIVATE_PREFIX}{self.name}+{self.key_id.hex()}+{_b64encode(bytes([SIG_ED25519]) + seed)}"
 
     def sign(self, msg: bytes) -> bytes:
         return self._private_key.sign(msg)
 
 
-def _cosigned_message(timestamp: int, text: bytes) -> bytes:
-    return b"cosignature/v1\ntime %d\n" % timestamp + text
-
-
-class CosignatureVerifier:
-    """A witness key (type 0x04, c2sp.org/tlog-cosignature): ``sig`` is timestamp(u64 BE) || Ed25519."""
-
-    def __init__(self, name: str, public_key: Ed25519PublicKey) -> None:
-        if not is_valid_key_name(name):
-            raise NoteError(f"invalid key name {name!r}")
-        self._name = name
-        self.public_key = public_key
-        self._key_id = key_id(name, SIG_COSIGNATURE_ED25519, _public_bytes(public_key))
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def key_id(self) -> bytes:
-        return self._key_id
-
-    @classmethod
-    def from_verifier_key(cls, vkey: str) -> CosignatureVerifier:
-        return cls(*_parse_vkey(vkey, SIG_COSIGNATURE_ED25519))
-
-    def verifier_key(self) -> str:
-        return _format_vkey(self._name, SIG_COSIGNATURE_ED25519, _public_bytes(self.public_key))
-
-    def verify(self, msg: bytes, sig: bytes) -> bool:
-        if len(sig) != 8 + 64:
-            return False
-        (timestamp,) = struct.unpack(">Q", sig[:8])
-        if timestamp >= 1 << 63:
-            return False
-        try:
-            self.public_key.verify(sig[8:], _cosigned_message(timestamp, msg))
-        except InvalidSignature:
-            return False
-        return True
-
-
-def cosignature_timestamp(sig: bytes) -> int:
-    """The POSIX time a (verified) type 0x04 cosignature states."""
-    return struct.unpack(">Q", sig[:8])[0]
-
-
-class CosignatureSigner:
+class CosignatureSigner(_Ed25519Signer):
     """A witness signing key (type 0x04). ``clock`` gives the POSIX time put in each cosignature."""
 
+    VERIFIER = CosignatureVerifier
+    verifier: CosignatureVerifier
+
     def __init__(self, name: str, private_key: Ed25519PrivateKey, clock: Callable[[], float] = time.time) -> None:
-        if not is_valid_key_name(name):
-            raise NoteError(f"invalid key name {name!r}")
-        self._name = name
-        self._private_key = private_key
+        super().__init__(name, private_key)
         self._clock = clock
-        self.verifier = CosignatureVerifier(name, private_key.public_key())
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def key_id(self) -> bytes:
-        return self.verifier.key_id
-
-    def verifier_key(self) -> str:
-        return self.verifier.verifier_key()
 
     def sign(self, msg: bytes) -> bytes:
         timestamp = int(self._clock())
@@ -310,17 +289,21 @@ class NoteSignature:
         return f"{_SIG_PREFIX}{self.name} {_b64encode(self.key_id + self.signature)}\n"
 
 
-def _check_note_text(text: bytes) -> str:
+def _newline_terminated_utf8(data: bytes, what: str, error: type[ValueError]) -> str:
     try:
-        s = text.decode("utf-8")
+        s = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise NoteError("note text is not valid UTF-8") from exc
+        raise error(f"{what} is not valid UTF-8") from exc
     if not s.endswith("\n"):
-        raise NoteError("note text must end with a newline")
+        raise error(f"{what} must end with a newline")
+    return s
+
+
+def _check_note_text(text: bytes) -> None:
+    s = _newline_terminated_utf8(text, "note text", NoteError)
     if s.endswith("\n\n") or s == "\n":
         raise NoteError("note text must not end with an empty line (it would move the signature separator)")
     _check_text_chars(s, "note text")
-    return s
 
 
 def split_note(note: bytes) -> tuple[bytes, list[NoteSignature]]:
@@ -432,12 +415,7 @@ class Checkpoint:
     @classmethod
     def parse(cls, body: bytes) -> Checkpoint:
         """Strict parse of a checkpoint note text; ``parse(cp.body()) == cp`` and nothing else parses."""
-        try:
-            s = body.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise CheckpointError("checkpoint is not valid UTF-8") from exc
-        if not s.endswith("\n"):
-            raise CheckpointError("checkpoint must end with a newline")
+        s = _newline_terminated_utf8(body, "checkpoint", CheckpointError)
         lines = s[:-1].split("\n")
         if len(lines) < 3:
             raise CheckpointError("checkpoint needs origin, size and root hash lines")

@@ -190,3 +190,16 @@ def test_random_mutations_never_give_a_second_encoding() -> None:
         accepted += 1
         assert encode_entry(signed) == bytes(data)
     assert accepted > 0  # some mutations (inside byte strings) stay valid CBOR, checked above
+
+
+def test_cddl_schema_names_exactly_the_fields_the_code_uses() -> None:
+    import re
+    from dataclasses import fields
+
+    cddl = (Path(__file__).resolve().parents[2] / "spec" / "entry.cddl").read_text()
+    for cls in (IssuerRegistration, Issuance):
+        group = re.search(r"^" + cls.TYPE + r" = \{(.*?)^\}", cddl, re.S | re.M)
+        assert group, cls.TYPE
+        keys = set(re.findall(r'"([a-z_]+)":', group.group(1)))
+        assert keys == {"v", "type", "sig"} | {f.name for f in fields(cls)}
+        assert f'"type": "{cls.TYPE}"' in group.group(1)
