@@ -1,0 +1,140 @@
+"""Marking policy: watermark + fingerprint when the core tolerates the mark, fingerprint only otherwise.
+
+The fingerprint changes no weight, so every core gets one. The watermark is embedded, its cost is
+measured, and it is kept only when the cost is within the caller's tolerance:
+- with a task evaluation (a callable scoring a core: accuracy in [0, 1] and loss), the accuracy
+  drop in percentage points and the relative loss change;
+- without one, the relative weight perturbation ‖δΔW‖_F / ‖W‖_F per layer (the relative output
+  perturbation on isotropic inputs) when the backbone's weight norms are given, else the relative
+  change of ΔW itself.
+The decision and the figures behind it form a :class:`MarkRecord` for the issuance entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from emshield.core import Core, LoraFactors
+from emshield.marking import fingerprint, watermark
+from emshield.marking.params import MarkingParams, watermark_commitment
+
+MODE_BOTH = "watermark+fingerprint"
+MODE_FINGERPRINT = "fingerprint"
+
+TaskEval = Callable[[Core], tuple[float, float]]
+"""Scores a core on the task: (accuracy in [0, 1], mean loss)."""
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    max_accuracy_drop_pp: float = 0.5
+    max_loss_increase: float = 0.01  # relative
+    max_perturbation: float = 0.05  # relative output perturbation (or ΔW change) without a task eval
+
+
+@dataclass(frozen=True)
+class MarkRecord:
+    """What `emshield mark` decided and why (JSON-able; the entry carries commitment and hash)."""
+
+    mode: str
+    reason: str
+    metric: str
+    measured: float | None
+    tolerance: float
+    payload: int | None
+    watermark_commitment: str | None  # hex
+    fingerprint_hash: str  # hex
+    params_digest: str  # hex
+    relative_delta_change: float | None
+    min_margin: float | None
+    accuracy_unmarked: float | None = None
+    accuracy_marked: float | None = None
+    loss_unmarked: float | None = None
+    loss_marked: float | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class MarkResult:
+    core: dict[str, LoraFactors]  # the core to issue (marked or untouched)
+    fingerprint: fingerprint.Fingerprint
+    record: MarkRecord
+
+
+def output_perturbation(
+    before: Core, after: Core, backbone_norms: Mapping[str, float] | None = None
+) -> tuple[str, float]:
+    """(metric name, worst layer value): ‖δΔW‖_F / ‖W‖_F with backbone norms, else / ‖ΔW‖_F."""
+    worst = 0.0
+    for name, f in after.items():
+        change = float(np.linalg.norm(f.delta() - before[name].delta()))
+        if backbone_norms is None:
+            ref = float(np.linalg.norm(before[name].delta()))
+        elif name in backbone_norms and backbone_norms[name] > 0:
+            ref = backbone_norms[name]
+        else:
+            raise ValueError(f"no backbone weight norm for layer {name}")
+        if change > 0:
+            worst = max(worst, change / ref)
+    return ("relative weight perturbation" if backbone_norms is not None else "relative ΔW change"), worst
+
+
+def mark(
+    core: Core,
+    payload: int,
+    params: MarkingParams,
+    tolerance: Tolerance = Tolerance(),
+    task_eval: TaskEval | None = None,
+    backbone_norms: Mapping[str, float] | None = None,
+) -> MarkResult:
+    """Try the watermark, keep it if its measured cost is within tolerance; fingerprint the issued core."""
+    digest = params.digest().hex()
+
+    def fingerprint_only(reason: str, metric: str, measured: float | None, limit: float, **extra: float) -> MarkResult:
+        fp = fingerprint.fingerprint_factors(core, params)
+        record = MarkRecord(
+            MODE_FINGERPRINT, reason, metric, measured, limit, None, None, fp.hash().hex(), digest,
+            extra.pop("change", None), extra.pop("margin", None), **extra,
+        )
+        return MarkResult(dict(core), fp, record)
+
+    try:
+        marked, report = watermark.embed(core, payload, params)
+    except watermark.CapacityError as exc:
+        return fingerprint_only(f"watermark does not fit: {exc}", "capacity", None, tolerance.max_perturbation)
+    change = max(report.relative_change.values())
+    common = {"change": change, "margin": report.min_margin}
+    if task_eval is not None:
+        acc0, loss0 = task_eval(core)
+        acc1, loss1 = task_eval(marked)
+        drop_pp = 100.0 * (acc0 - acc1)
+        loss_rel = (loss1 - loss0) / abs(loss0) if loss0 else float("inf")
+        scores = {"accuracy_unmarked": acc0, "accuracy_marked": acc1, "loss_unmarked": loss0, "loss_marked": loss1}
+        if drop_pp > tolerance.max_accuracy_drop_pp:
+            return fingerprint_only(
+                f"watermark costs {drop_pp:.2f} pp accuracy", "accuracy drop (pp)", drop_pp,
+                tolerance.max_accuracy_drop_pp, **common, **scores,
+            )
+        if loss_rel > tolerance.max_loss_increase:
+            return fingerprint_only(
+                f"watermark raises the loss by {100 * loss_rel:.2f} %", "relative loss increase", loss_rel,
+                tolerance.max_loss_increase, **common, **scores,
+            )
+        metric, measured, limit = "accuracy drop (pp)", drop_pp, tolerance.max_accuracy_drop_pp
+    else:
+        scores = {}
+        metric, measured = output_perturbation(core, marked, backbone_norms)
+        limit = tolerance.max_perturbation
+        if measured > limit:
+            return fingerprint_only(f"watermark {metric} {measured:.4f} above {limit}", metric, measured, limit, **common)
+    fp = fingerprint.fingerprint_factors(marked, params)
+    record = MarkRecord(
+        MODE_BOTH, "within tolerance", metric, measured, limit, payload,
+        watermark_commitment(payload, params).hex(), fp.hash().hex(), digest, change, report.min_margin, **scores,
+    )
+    return MarkResult(marked, fp, record)
