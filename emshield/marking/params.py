@@ -70,7 +70,7 @@ class MarkingParams:
     accept_log10_p: int = -9
     fp_k: int = 8
     fp_probes: int = 16
-    fp_threshold_milli: int = 80
+    fp_threshold_milli: int = 150
 
     def __post_init__(self) -> None:
         if len(self.verification_key) != 32:
