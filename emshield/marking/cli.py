@@ -102,7 +102,10 @@ def _header(first8: bytes, read: Callable[[int], bytes], where: Path) -> dict:
 
 
 class LazyTensors:
-    """Reads single tensors from a safetensors file by seeking to them (F64/F32/F16/BF16 -> float64)."""
+    """Reads single tensors from a safetensors file by seeking to them.
+
+    F64 stays float64; F32, F16 and BF16 become float32 (exact), which is what the read-out needs.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -142,8 +145,8 @@ class LazyTensors:
         self._file.seek(self._base + start)
         raw = np.frombuffer(self._file.read(end - start), dtype=_DTYPES[dtype]).reshape(shape)
         if dtype == "BF16":
-            return (raw.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
-        return raw.astype(np.float64)
+            return (raw.astype(np.uint32) << 16).view(np.float32)
+        return raw if dtype == "F64" else raw.astype(np.float32)
 
 
 def _read_params(path: Path) -> MarkingParams:

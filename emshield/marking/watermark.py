@@ -85,18 +85,24 @@ class Extraction:
 
 
 def _layer_stats_delta(delta: np.ndarray, d: Directions) -> tuple[np.ndarray, float]:
-    """σ in binary64; the products in binary32 (the read-out's cost; z agrees with binary64 to ~1e-5)."""
-    delta = np.asarray(delta, dtype=np.float64)
-    sigma = float(np.sqrt(np.mean(delta * delta)))
-    s = np.einsum("ij,ji->i", d.u32, delta.astype(np.float32) @ d.v32.T)
+    """Statistics in binary32, the read-out's cost (z agrees with binary64 to ~1e-5); σ accumulated in binary64."""
+    delta32 = np.asarray(delta, dtype=np.float32)
+    sigma = float(np.linalg.norm(delta32.astype(np.float64).ravel()) / math.sqrt(delta32.size))
+    s = np.einsum("ij,ji->i", d.u32, delta32 @ d.v32.T)
     return s.astype(np.float64), sigma
+
+
+def _product_norm(x: np.ndarray, y: np.ndarray) -> float:
+    """‖X·Y‖_F from the thin factors, without forming X·Y: sqrt(Σ (XᵀX) ∘ (YYᵀ))."""
+    x, y = x.astype(np.float64), y.astype(np.float64)
+    return math.sqrt(max(float(np.sum((x.T @ x) * (y @ y.T))), 0.0))
 
 
 def _layer_stats_factors(f: LoraFactors, d: Directions) -> tuple[np.ndarray, float]:
     a = f.a.astype(np.float64)
     b = f.b.astype(np.float64)
     m, n = f.shape
-    sigma = abs(f.scale) * math.sqrt(max(float(np.sum((b.T @ b) * (a @ a.T))), 0.0) / (m * n))
+    sigma = abs(f.scale) * _product_norm(b, a) / math.sqrt(m * n)
     s = f.scale * np.sum((b.T @ d.u.T) * (a @ d.v.T), axis=0)
     return s, sigma
 
@@ -211,7 +217,6 @@ def embed(core: Core, payload: int, params: MarkingParams) -> tuple[dict[str, Lo
     to carry the code bits at margin τ the report's ``min_margin`` says how far it got.
     """
     signs = ecc.encode(payload, params.rs_nsym).astype(np.float64) * 2 - 1
-    names = [lay.name for lay in params.layers]
     work = []
     for layer in params.layers:
         f = _layer(core, layer)
@@ -227,7 +232,7 @@ def embed(core: Core, payload: int, params: MarkingParams) -> tuple[dict[str, Lo
             a = w.q @ w.d.v.T  # [r, bits]
             c = w.p.T @ w.d.u.T  # [r, bits]
             m, n = w.p.shape[0], w.q.shape[1]
-            sigma = math.sqrt(max(float(np.sum((w.p.T @ w.p) * (w.q @ w.q.T))), 0.0) / (m * n))
+            sigma = _product_norm(w.p, w.q) / math.sqrt(m * n)
             if not sigma > 0.0:
                 raise ValueError("a marked layer has ΔW = 0 (zero): train the core before marking")
             z += np.sum(a * c, axis=0) / sigma
@@ -236,7 +241,7 @@ def embed(core: Core, payload: int, params: MarkingParams) -> tuple[dict[str, Lo
             sig.append(sigma)
         return z / math.sqrt(big_l), a_all, c_all, sig
 
-    before = {name: w.p @ w.q for name, w in zip(names, work)}
+    before = [(w.p, w.q) for w in work]
     z0, a_all, c_all, sig = current()
     target = signs * np.maximum(params.tau, signs * z0)
     z, iterations, damping = z0, 0, 1e-9
@@ -265,12 +270,13 @@ def embed(core: Core, payload: int, params: MarkingParams) -> tuple[dict[str, Lo
             break
     out: dict[str, LoraFactors] = dict(core)
     change = {}
-    for layer, w in zip(params.layers, work):
+    for layer, w, (p0, q0) in zip(params.layers, work, before):
         f = core[layer.name]
         b, a = (w.p, w.q) if w.gauge is None else (w.p @ w.gauge, np.linalg.solve(w.gauge, w.q))
         out[layer.name] = LoraFactors(a=(a / f.scale).astype(f.a.dtype), b=b.astype(f.b.dtype), scale=f.scale)
-        new = out[layer.name].delta()
-        change[layer.name] = float(np.linalg.norm(new - before[layer.name]) / np.linalg.norm(before[layer.name]))
+        new = out[layer.name]
+        diff = _product_norm(np.hstack([new.b.astype(np.float64) * new.scale, -p0]), np.vstack([new.a, q0]))
+        change[layer.name] = diff / _product_norm(p0, q0)
     report = EmbedReport(signs, z0, extract_from_factors(out, params).z, change, iterations)
     worst = max(change.values())
     if report.min_margin < MIN_MARGIN_FRACTION * params.tau or worst > MAX_RELATIVE_CHANGE:
