@@ -22,7 +22,7 @@ import numpy as np
 
 from emshield.core import Core, LoraFactors
 from emshield.marking.chaos import ChaosStream
-from emshield.marking.params import FINGERPRINT_ALG, LayerSpec, MarkingParams
+from emshield.marking.params import FINGERPRINT_ALG, LayerSpec, MarkingParams, strict_cbor_map
 from emshield.marking.watermark import DeltaSource
 
 VERSION = 1
@@ -66,14 +66,7 @@ class Fingerprint:
 
     @classmethod
     def from_cbor(cls, blob: bytes, expected_hash: bytes | None = None) -> Fingerprint:
-        if len(blob) > MAX_FINGERPRINT_BYTES:
-            raise FingerprintError("fingerprint too large")
-        try:
-            obj = cbor2.loads(blob, allow_indefinite=False, allow_duplicate_keys=False, max_depth=4)
-        except Exception as exc:  # cbor2 raises several types for malformed input
-            raise FingerprintError(f"malformed CBOR: {exc}") from exc
-        if not isinstance(obj, dict) or set(obj) != {"v", "alg", "params", "layers"}:
-            raise FingerprintError("fingerprint must be a map with fields v, alg, params, layers")
+        obj = strict_cbor_map(blob, MAX_FINGERPRINT_BYTES, {"v", "alg", "params", "layers"}, "fingerprint", FingerprintError)
         if obj["v"] != VERSION or obj["alg"] != FINGERPRINT_ALG:
             raise FingerprintError("unsupported fingerprint version or algorithm")
         if type(obj["params"]) is not bytes or len(obj["params"]) != 32 or type(obj["layers"]) is not list:

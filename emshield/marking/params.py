@@ -51,6 +51,20 @@ class ParamsError(ValueError):
     """Malformed, non-canonical or unsupported marking parameters."""
 
 
+def strict_cbor_map(blob: bytes, limit: int, keys: set[str], what: str, error: type[ValueError]) -> dict:
+    """Bounded, strict CBOR decode of a map with exactly `keys` (canonical form is checked by the caller
+    re-encoding): no indefinite lengths, no duplicate keys, depth ≤ 4."""
+    if len(blob) > limit:
+        raise error(f"{what} larger than {limit} bytes")
+    try:
+        obj = cbor2.loads(blob, allow_indefinite=False, allow_duplicate_keys=False, max_depth=4)
+    except Exception as exc:  # cbor2 raises several types for malformed input
+        raise error(f"{what}: malformed CBOR: {exc}") from exc
+    if not isinstance(obj, dict) or set(obj) != keys:
+        raise error(f"{what} must be a map with exactly the fields {sorted(keys)}")
+    return obj
+
+
 @dataclass(frozen=True)
 class LayerSpec:
     """A marked layer: backbone weight tensor name and ΔW shape (out, in)."""
@@ -128,14 +142,7 @@ class MarkingParams:
     @classmethod
     def from_cbor(cls, blob: bytes) -> MarkingParams:
         """Strict decode: size bound, exact field set and types, known versions, canonical bytes."""
-        if len(blob) > MAX_PARAMS_BYTES:
-            raise ParamsError("marking parameters too large")
-        try:
-            obj = cbor2.loads(blob, allow_indefinite=False, allow_duplicate_keys=False, max_depth=4)
-        except Exception as exc:  # cbor2 raises several types for malformed input
-            raise ParamsError(f"malformed CBOR: {exc}") from exc
-        if not isinstance(obj, dict) or set(obj) != set(_FIELDS):
-            raise ParamsError("marking parameters must be a map with exactly the specified fields")
+        obj = strict_cbor_map(blob, MAX_PARAMS_BYTES, set(_FIELDS), "marking parameters", ParamsError)
         for key, typ in _FIELDS.items():
             if type(obj[key]) is not typ:
                 raise ParamsError(f"field {key!r} has the wrong type")

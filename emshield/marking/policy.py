@@ -21,7 +21,7 @@ from emshield.core import Core, LoraFactors
 from emshield.marking import fingerprint, watermark
 from emshield.marking.params import MarkingParams, watermark_commitment
 
-MODE_BOTH = "watermark+fingerprint"
+MODE_BOTH = "both"  # the log entry's policy values (spec/entry.md): "both" and "fingerprint"
 MODE_FINGERPRINT = "fingerprint"
 
 TaskEval = Callable[[Core], tuple[float, float]]
