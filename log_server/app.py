@@ -24,7 +24,7 @@ from emshield.tlog.entry import MAX_ENTRY_SIZE
 
 from . import keys
 from .batch import BatchFormatError, decode_batch
-from .entries import EntryRejected, prepare_issuance, prepare_registration, check_side_record
+from .entries import EntryRejected, IssuerKeys, check_side_record, prepare_issuance, prepare_registration
 from .sequencer import AppendRejected, Appended, Sequencer
 from .storage import LOOKUP_FIELDS, IssuerRecord, LogStore, SqliteStore
 
@@ -127,6 +127,7 @@ class _Log:
     config: ServerConfig
     store: LogStore
     sequencer: Sequencer
+    issuers: IssuerKeys
     origin: str
 
 
@@ -186,7 +187,7 @@ def create_app(config: ServerConfig | Mapping[str, Any]) -> Flask:
     app = Flask("emshield_log")
     app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes
     app.json.sort_keys = False
-    app.extensions["emshield_log"] = _Log(cfg, store, sequencer, origin)
+    app.extensions["emshield_log"] = _Log(cfg, store, sequencer, IssuerKeys(store), origin)
 
     @app.errorhandler(ApiError)
     def _api_error(e: ApiError) -> Response:
@@ -196,6 +197,13 @@ def create_app(config: ServerConfig | Mapping[str, Any]) -> Flask:
     def _http_error(e: HTTPException) -> Response:
         status = e.code or 500
         return _error(status, _HTTP_CODES.get(status, "http_error"), e.description or e.name)
+
+    @app.errorhandler(Exception)
+    def _internal_error(e: Exception) -> Response:
+        # A storage failure or a bug: nothing was acknowledged (the sequencer answers only after
+        # COMMIT), so a retry is safe; the details go to the server log, not to the client.
+        app.logger.exception("request failed: %s %s", request.method, request.path)
+        return _error(500, "internal_error", "the server could not complete the request; retrying is safe")
 
     @app.get("/checkpoint")
     def checkpoint() -> Response:
@@ -209,7 +217,7 @@ def create_app(config: ServerConfig | Mapping[str, Any]) -> Flask:
     @app.post("/v1/entries")
     def append_entry():
         _only_params()
-        prepared = _prepare(prepare_issuance, _body(CBOR, MAX_ENTRY_SIZE))
+        prepared = _prepare(lambda body: prepare_issuance(body, _log().issuers), _body(CBOR, MAX_ENTRY_SIZE))
         (done,) = _submit([prepared])
         return jsonify(_appended_json(done)), 201 if done.created else 200
 
@@ -221,11 +229,10 @@ def create_app(config: ServerConfig | Mapping[str, Any]) -> Flask:
             items = decode_batch(body, cfg.max_batch_entries, MAX_ENTRY_SIZE)
         except BatchFormatError as exc:
             raise ApiError(400, "malformed_batch", str(exc)) from exc
-        issuers: dict[bytes, IssuerRecord | None] = {}
         prepared = []
         for i, item in enumerate(items):
             try:
-                prepared.append(prepare_issuance(item, _log().store, issuers))
+                prepared.append(prepare_issuance(item, _log().issuers))
             except EntryRejected as rej:
                 raise ApiError(rej.status, rej.code, f"entry {i}: {rej.detail}") from rej
         done = _submit(prepared)
@@ -317,7 +324,7 @@ def create_app(config: ServerConfig | Mapping[str, Any]) -> Flask:
     def register_issuer():
         _only_params()
         _require_operator()
-        prepared = _prepare(lambda body, store: prepare_registration(body), _body(CBOR, MAX_ENTRY_SIZE))
+        prepared = _prepare(prepare_registration, _body(CBOR, MAX_ENTRY_SIZE))
         (done,) = _submit([prepared])
         out = _appended_json(done) | {"key_id": prepared.registration.key_id.hex()}
         return jsonify(out), 201 if done.created else 200
@@ -375,6 +382,6 @@ def create_app(config: ServerConfig | Mapping[str, Any]) -> Flask:
 
 def _prepare(fn, body: bytes):
     try:
-        return fn(body, _log().store)
+        return fn(body)
     except EntryRejected as rej:
         raise ApiError(rej.status, rej.code, rej.detail) from rej

@@ -8,8 +8,6 @@ the operator credential is checked by the route). The admitted bytes are the lea
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
-
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from emshield.tlog.entry import EntryError, Issuance, IssuerRegistration, SignedEntry, decode_entry, verify_entry_signature
@@ -34,30 +32,57 @@ def _decode(body: bytes) -> SignedEntry:
         raise EntryRejected(400, "malformed_entry", str(exc)) from exc
 
 
-def _verify(signed: SignedEntry, public_key: bytes) -> None:
+def _verify(signed: SignedEntry, public_key: Ed25519PublicKey) -> None:
     try:
-        verify_entry_signature(signed, Ed25519PublicKey.from_public_bytes(public_key))
-    except (EntryError, ValueError) as exc:
+        verify_entry_signature(signed, public_key)
+    except EntryError as exc:
         raise EntryRejected(400, "bad_signature", str(exc)) from exc
 
 
-def prepare_issuance(body: bytes, store: LogStore,
-                     issuers: MutableMapping[bytes, IssuerRecord | None] | None = None) -> PreparedEntry:
-    """Check an issuance entry; ``issuers`` caches issuer look-ups across one batch."""
+class IssuerKeys:
+    """Registered issuers and their parsed verification keys, cached per process.
+
+    A registration never changes once logged, so a cached record can only be stale about
+    revocation, and the sequencer re-checks revocation inside the commit transaction: a cached
+    entry cannot let a revoked issuer's entry in (it is refused with 403 at commit instead).
+    Unknown issuers are not cached, so a new registration is seen at once.
+    """
+
+    MAX_CACHED = 10_000
+
+    def __init__(self, store: LogStore) -> None:
+        self._store = store
+        self._cache: dict[bytes, tuple[IssuerRecord, Ed25519PublicKey]] = {}
+
+    def get(self, key_id: bytes) -> tuple[IssuerRecord, Ed25519PublicKey] | None:
+        hit = self._cache.get(key_id)
+        if hit is not None:
+            return hit
+        record = self._store.issuer(key_id)
+        if record is None:
+            return None
+        hit = (record, Ed25519PublicKey.from_public_bytes(record.public_key))
+        if record.revoked_at is None:
+            if len(self._cache) >= self.MAX_CACHED:
+                self._cache.clear()
+            self._cache[key_id] = hit
+        return hit
+
+
+def prepare_issuance(body: bytes, issuers: IssuerKeys) -> PreparedEntry:
+    """Check an issuance entry against the registered issuers."""
     signed = _decode(body)
     entry = signed.entry
     if not isinstance(entry, Issuance):
         raise EntryRejected(400, "wrong_entry_type",
                             f"{entry.TYPE} entries are not appended here (issuer registrations: POST /v1/issuers)")
-    cache = {} if issuers is None else issuers
-    if entry.issuer_key_id not in cache:
-        cache[entry.issuer_key_id] = store.issuer(entry.issuer_key_id)
-    issuer = cache[entry.issuer_key_id]
-    if issuer is None:
+    found = issuers.get(entry.issuer_key_id)
+    if found is None:
         raise EntryRejected(403, "unknown_issuer", f"issuer {entry.issuer_key_id.hex()} is not registered")
+    issuer, public_key = found
     if issuer.revoked_at is not None:
         raise EntryRejected(403, "revoked_issuer", f"issuer {issuer.key_id.hex()} was revoked")
-    _verify(signed, issuer.public_key)
+    _verify(signed, public_key)
     fields = IssuanceFields(entry.issuer_key_id, entry.device_uuid_text, entry.watermark_commitment,
                             entry.fingerprint_hash)
     return PreparedEntry(body, leaf_hash(body), entry.TYPE, issuance=fields)
@@ -69,7 +94,7 @@ def prepare_registration(body: bytes) -> PreparedEntry:
     entry = signed.entry
     if not isinstance(entry, IssuerRegistration):
         raise EntryRejected(400, "wrong_entry_type", f"expected an issuer-registration entry, got {entry.TYPE}")
-    _verify(signed, entry.issuer_public_key)
+    _verify(signed, Ed25519PublicKey.from_public_bytes(entry.issuer_public_key))
     fields = RegistrationFields(entry.key_id, entry.issuer_public_key, entry.name, entry.registered_at)
     return PreparedEntry(body, leaf_hash(body), entry.TYPE, registration=fields)
 

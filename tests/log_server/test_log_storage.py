@@ -9,7 +9,7 @@ import math
 from emshield.tlog import merkle
 from emshield.tlog.checkpoint import verify_checkpoint
 from log_server.app import create_app
-from log_server.entries import prepare_issuance, prepare_registration
+from log_server.entries import IssuerKeys, prepare_issuance, prepare_registration
 from log_server.keys import read_signer_key
 from log_server.sequencer import AppendRejected, Sequencer
 from log_server.storage import SqliteStore
@@ -32,7 +32,7 @@ def test_every_batch_is_integrated_and_signed(log_files, issuer_key, kit) -> Non
     for batch_size in (1, 2, 3, 7, 16, 1, 33, 64, 5):
         batch = [kit.issuance(issuer_key, n + i) for i in range(batch_size)]
         n += batch_size
-        (done,) = seq.integrate([[prepare_issuance(b, store) for b in batch]])
+        (done,) = seq.integrate([[prepare_issuance(b, IssuerKeys(store)) for b in batch]])
         assert [d.index for d in done] == list(range(len(leaves), len(leaves) + batch_size))
         leaves += batch
         cp = verify_checkpoint(store.latest_checkpoint().note, log_files.verifier)
@@ -62,7 +62,7 @@ def test_every_batch_is_integrated_and_signed(log_files, issuer_key, kit) -> Non
 def test_a_proof_request_is_a_constant_number_of_indexed_queries(log_files, issuer_key, kit) -> None:
     seq = _sequencer(log_files, kit)
     seq.integrate([[prepare_registration(kit.registration(issuer_key))]])
-    seq.integrate([[prepare_issuance(kit.issuance(issuer_key, n), seq.store) for n in range(300)]])
+    seq.integrate([[prepare_issuance(kit.issuance(issuer_key, n), IssuerKeys(seq.store)) for n in range(300)]])
     app = create_app({"db_path": log_files.db})
     store = app.extensions["emshield_log"].store
     conn = store._conn()  # the test client serves requests on this thread
@@ -91,10 +91,10 @@ def test_a_refused_request_does_not_disturb_its_batch(log_files, issuer_key, kit
     stranger = kit.ed25519_key("stranger")
     seq.integrate([[prepare_registration(kit.registration(issuer_key))],
                    [prepare_registration(kit.registration(stranger, "Stranger"))]])
-    good1 = [prepare_issuance(kit.issuance(issuer_key, 1), seq.store)]
-    bad = [prepare_issuance(kit.issuance(issuer_key, 2), seq.store),
+    good1 = [prepare_issuance(kit.issuance(issuer_key, 1), IssuerKeys(seq.store))]
+    bad = [prepare_issuance(kit.issuance(issuer_key, 2), IssuerKeys(seq.store)),
            prepare_registration(kit.registration(stranger, "Renamed"))]  # key already registered
-    good2 = [prepare_issuance(kit.issuance(issuer_key, 3), seq.store)]
+    good2 = [prepare_issuance(kit.issuance(issuer_key, 3), IssuerKeys(seq.store))]
     out = seq.integrate([good1, bad, good2])
     assert [r.index for r in out[0]] == [2]
     assert isinstance(out[1], AppendRejected) and out[1].code == "issuer_exists"
@@ -111,7 +111,7 @@ def test_two_sequencers_on_one_store_keep_one_tree(log_files, issuer_key, kit) -
     for round_ in range(6):
         for seq in (a, b, b, a):
             batch = [kit.issuance(issuer_key, 100 * round_ + len(leaves) + i) for i in range(round_ + 1)]
-            seq.integrate([[prepare_issuance(x, seq.store) for x in batch]])
+            seq.integrate([[prepare_issuance(x, IssuerKeys(seq.store)) for x in batch]])
             leaves += batch
             cp = verify_checkpoint(seq.store.latest_checkpoint().note, log_files.verifier)
             assert cp.root_hash == merkle.root_from_leaf_hashes([merkle.leaf_hash(x) for x in leaves])
@@ -121,7 +121,7 @@ def test_two_sequencers_on_one_store_keep_one_tree(log_files, issuer_key, kit) -
 def test_the_writer_thread_acknowledges_after_commit(log_files, issuer_key, kit) -> None:
     seq = _sequencer(log_files, kit)
     seq.submit([prepare_registration(kit.registration(issuer_key))])
-    done = seq.submit([prepare_issuance(kit.issuance(issuer_key, 1), seq.store)])
+    done = seq.submit([prepare_issuance(kit.issuance(issuer_key, 1), IssuerKeys(seq.store))])
     # What was acknowledged is visible to a fresh connection (another process would see it too).
     fresh = SqliteStore(log_files.db)
     assert fresh.index_of(done[0].leaf_hash) == 1 and fresh.latest_checkpoint().size == 2
