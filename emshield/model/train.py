@@ -1,0 +1,193 @@
+"""LoRA fine-tuning with peft from a YAML config: fixed seed, deterministic on CPU, progress bar.
+
+A plain torch loop (no ``Trainer``) keeps each step visible and reproducible: the seed fixes
+peft's initialisation of A, the batch order and nothing else is random (dropout defaults to 0).
+The loss covers the answer tokens only, so the prompt is context, not a target.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from emshield.model.adapter import read_peft_adapter, save_core
+from emshield.model.datasets import load_dataset
+from emshield.model.hf import load_causal_lm, load_tokenizer
+from emshield.model.io import backbone_id
+from emshield.model.prompt import prompt_of
+
+ADAPTER_DIR = "adapter"
+CORE_FILE = "core.safetensors"
+LOG_FILE = "train_log.json"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The YAML keys (all others are refused). Relative paths are relative to the YAML file."""
+
+    backbone: str
+    dataset: str
+    output_dir: str
+    lr: float = 2e-3
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 8
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    rslora: bool = False
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    max_length: int = 512
+    seed: int = 0
+    limit: int | None = None  # use only the first N records
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.lr > 0, "lr must be > 0"), (self.epochs >= 1, "epochs must be >= 1"),
+            (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"), (self.rank >= 1, "rank must be >= 1"),
+            (self.alpha > 0, "alpha must be > 0"), (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
+            (bool(self.target_modules), "target_modules must not be empty"),
+            (self.max_length >= 8, "max_length must be >= 8"),
+            (self.limit is None or self.limit >= 1, "limit must be >= 1"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"train config: {msg}")
+
+    @classmethod
+    def from_dict(cls, raw: object, base: Path = Path(".")) -> TrainConfig:
+        if not isinstance(raw, dict):
+            raise ValueError("train config must be a mapping")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise ValueError(f"train config: unknown keys {unknown}; known: {sorted(known)}")
+        missing = [k for k in ("backbone", "dataset", "output_dir") if k not in raw]
+        if missing:
+            raise ValueError(f"train config: missing keys {missing}")
+        types = {"lr": float, "alpha": float, "dropout": float, "epochs": int, "max_steps": int,
+                 "batch_size": int, "rank": int, "max_length": int, "seed": int, "limit": int,
+                 "rslora": bool, "backbone": str, "dataset": str, "output_dir": str}
+        vals = dict(raw)
+        for k, v in vals.items():
+            if k == "target_modules":
+                if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                    raise ValueError("train config: target_modules must be a list of strings")
+            elif v is None and k in ("max_steps", "limit"):
+                continue
+            elif types[k] is float and isinstance(v, int | float) and not isinstance(v, bool):
+                vals[k] = float(v)
+            elif not isinstance(v, types[k]) or (types[k] is int and isinstance(v, bool)):
+                raise ValueError(f"train config: {k} must be {types[k].__name__}, got {v!r}")
+        for k in ("backbone", "dataset", "output_dir"):
+            vals[k] = str((base / vals[k]) if not Path(vals[k]).is_absolute() else Path(vals[k]))
+        return cls(**vals)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"train config not found: {p}")
+        try:
+            raw = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ValueError(f"{p}: not valid YAML ({e})") from e
+        return cls.from_dict(raw, base=p.parent)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    output_dir: Path
+    adapter_dir: Path
+    core_path: Path
+    backbone_id: str
+    steps: int
+    first_loss: float
+    final_loss: float
+    seconds: float
+    seconds_per_step: float
+
+
+def encode(tokenizer, record: dict[str, str], max_length: int) -> tuple[list[int], list[int]]:
+    """Token ids and labels (prompt masked with -100); over-long prompts lose their start."""
+    prompt = tokenizer(prompt_of(record))["input_ids"]
+    answer = tokenizer(record["output"])["input_ids"] + [tokenizer.eos_token_id]
+    if len(answer) >= max_length:
+        raise ValueError(f"answer longer than max_length={max_length} tokens")
+    prompt = prompt[-(max_length - len(answer)):]
+    return prompt + answer, [-100] * len(prompt) + answer
+
+
+def _batch(encoded: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(ids) for ids, _ in encoded)
+    ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(encoded), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for i, (x, y) in enumerate(encoded):
+        ids[i, : len(x)], labels[i, : len(y)], mask[i, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def lora_model(model, cfg: TrainConfig):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(cfg.seed)  # peft draws lora_A from torch's generator
+    lcfg = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, use_rslora=cfg.rslora,
+                      target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM")
+    return get_peft_model(model, lcfg)
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
+    """Train, then write ``adapter/`` (peft), ``core.safetensors`` and ``train_log.json``."""
+    t0 = time.perf_counter()
+    records = load_dataset(cfg.dataset)[: cfg.limit]
+    tokenizer = load_tokenizer(cfg.backbone)
+    model = lora_model(load_causal_lm(cfg.backbone), cfg)
+    encoded = [encode(tokenizer, r, cfg.max_length) for r in records]
+    rng = np.random.default_rng(cfg.seed)
+    batches: list[list[int]] = []
+    for _ in range(cfg.epochs):
+        perm = rng.permutation(len(encoded)).tolist()
+        batches.extend(perm[i: i + cfg.batch_size] for i in range(0, len(perm), cfg.batch_size))
+    steps = len(batches) if cfg.max_steps is None else min(cfg.max_steps, len(batches))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    was_det = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    losses: list[float] = []
+    model.train()
+    t_loop = time.perf_counter()
+    try:
+        bar = tqdm(range(steps), desc="train LoRA", disable=not progress)
+        for step in bar:
+            loss = model(**_batch([encoded[i] for i in batches[step]], tokenizer.pad_token_id)).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    finally:
+        torch.use_deterministic_algorithms(was_det)
+    loop_s = time.perf_counter() - t_loop
+    model.eval()
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    adapter_dir = out / ADAPTER_DIR
+    model.save_pretrained(adapter_dir)
+    core_path = save_core(read_peft_adapter(adapter_dir), out / CORE_FILE)
+    bid = backbone_id(cfg.backbone)
+    result = TrainResult(out, adapter_dir, core_path, bid, steps, losses[0], losses[-1],
+                         time.perf_counter() - t0, loop_s / max(steps, 1))
+    (out / LOG_FILE).write_text(json.dumps({
+        "config": asdict(cfg), "backbone_id": bid, "steps": steps, "losses": [round(x, 6) for x in losses],
+        "seconds": round(result.seconds, 3), "seconds_per_step": round(result.seconds_per_step, 5),
+    }, indent=2) + "\n")
+    return result
