@@ -73,21 +73,24 @@ def _pub(key: Ed25519PrivateKey) -> bytes:
     return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
-def _issuances(args: tuple[bytes, int, int]) -> list[bytes]:
+def _issuance(seed: bytes, n: int, key: Ed25519PrivateKey, kid: bytes) -> tuple[bytes, str, bytes]:
+    """Signed issuance entry number ``n``: (encoded entry, device UUID text, watermark commitment)."""
+    wm = hashlib.sha256(seed + n.to_bytes(8, "big")).digest()
+    device = uuid.UUID(bytes=wm[:16])
+    entry = E.Issuance(device.bytes, hashlib.sha256(b"bench-backbone").digest(), wm, None, "watermark",
+                       1_700_000_000 + n, kid)
+    return E.sign_entry(entry, key).encode(), str(device), wm
+
+
+def _issuances(args: tuple[bytes, int, int]) -> list[tuple[bytes, str, bytes]]:
     """Signed issuance entries numbered [start, stop) for the issuer with this seed."""
     seed, start, stop = args
     key = _key(seed)
     kid = E.issuer_key_id(_pub(key))
-    backbone = hashlib.sha256(b"bench-backbone").digest()
-    out = []
-    for n in range(start, stop):
-        wm = hashlib.sha256(seed + n.to_bytes(8, "big")).digest()
-        entry = E.Issuance(uuid.UUID(bytes=wm[:16]).bytes, backbone, wm, None, "watermark", 1_700_000_000 + n, kid)
-        out.append(E.sign_entry(entry, key).encode())
-    return out
+    return [_issuance(seed, n, key, kid) for n in range(start, stop)]
 
 
-def make_entries(seed: bytes, start: int, stop: int, procs: int = 2) -> list[bytes]:
+def make_issuances(seed: bytes, start: int, stop: int, procs: int = 2) -> list[tuple[bytes, str, bytes]]:
     """Sign entries in parallel processes (signing is client work, done before the clock starts)."""
     step = max(1000, (stop - start) // (procs * 8) + 1)
     chunks = [(seed, a, min(a + step, stop)) for a in range(start, stop, step)]
@@ -95,6 +98,10 @@ def make_entries(seed: bytes, start: int, stop: int, procs: int = 2) -> list[byt
         return _issuances(chunks[0])
     with mp.get_context("fork").Pool(procs) as pool:
         return [e for part in pool.map(_issuances, chunks) for e in part]
+
+
+def make_entries(seed: bytes, start: int, stop: int) -> list[bytes]:
+    return [data for data, _, _ in make_issuances(seed, start, stop)]
 
 
 def registration(seed: bytes) -> bytes:
@@ -331,6 +338,27 @@ def proof_latency(url: str, size: int, samples: int, rng: random.Random) -> dict
     return out
 
 
+def proof_compute(db: Path, size: int, samples: int, rng: random.Random) -> dict:
+    """The same proofs computed in-process from the store (no HTTP): the storage + hashing cost."""
+    from log_server.storage import SqliteStore
+
+    store = SqliteStore(db)
+    out: dict[str, float] = {}
+    for kind in ("inclusion", "consistency"):
+        times = []
+        for _ in range(samples):
+            t0 = time.perf_counter()
+            if kind == "inclusion":
+                merkle.inclusion_proof(rng.randrange(size), size, store.get_nodes)
+            else:
+                merkle.consistency_proof(rng.randint(1, size), size, store.get_nodes)
+            times.append(time.perf_counter() - t0)
+        out[f"{kind}_compute_p50_ms"] = 1e3 * pct(times, 50)
+        out[f"{kind}_compute_p99_ms"] = 1e3 * pct(times, 99)
+    store.close()
+    return out
+
+
 def bulk_fill(db: Path, seed: bytes, start: int, stop: int, chunk: int = 50_000) -> float:
     """Append issuance entries [start, stop) straight through Sequencer.integrate; returns seconds."""
     from log_server.app import ServerConfig, create_app
@@ -342,13 +370,9 @@ def bulk_fill(db: Path, seed: bytes, start: int, stop: int, chunk: int = 50_000)
     kid = E.issuer_key_id(_pub(_key(seed)))
     t0 = time.perf_counter()
     for a in range(start, stop, chunk):
-        raw = make_entries(seed, a, min(a + chunk, stop))
-        prepared = []
-        for data in raw:
-            iss = E.decode_entry(data).entry
-            prepared.append(PreparedEntry(data, merkle.leaf_hash(data), iss.TYPE,
-                                          issuance=IssuanceFields(kid, iss.device_uuid_text, iss.watermark_commitment,
-                                                                  None)))
+        prepared = [PreparedEntry(data, merkle.leaf_hash(data), "issuance",
+                                  issuance=IssuanceFields(kid, device, wm, None))
+                    for data, device, wm in make_issuances(seed, a, min(a + chunk, stop))]
         (result,) = state.sequencer.integrate([prepared])
         if isinstance(result, Exception):
             raise result
@@ -507,13 +531,17 @@ def main() -> int:
                         print(f"bulk-filled {want - size:,} entries to {want:,} in {secs:.1f} s "
                               f"({(want - size) / secs:,.0f}/s incl. signing; direct Sequencer.integrate, no HTTP)")
                         size = want
-                    r = {"size": size} | proof_latency(server.url, size, args.proof_samples, rng)
+                    r = {"size": size} | proof_latency(server.url, size, args.proof_samples, rng) | \
+                        proof_compute(server.db, size, args.proof_samples, rng)
                     figures["proofs"].append(r)
                     print(f"proofs at {size:>9,} entries over HTTP: inclusion p50 {r['inclusion_p50_ms']:.2f} ms "
                           f"p99 {r['inclusion_p99_ms']:.2f} ms; consistency p50 {r['consistency_p50_ms']:.2f} ms "
                           f"p99 {r['consistency_p99_ms']:.2f} ms (p99 target 5 ms: "
                           f"x{max(r['inclusion_p99_ms'], r['consistency_p99_ms']) / TARGET_PROOF_P99_MS:.2f}; "
-                          f"GET /checkpoint baseline p99 {r['checkpoint_p99_ms']:.2f} ms)")
+                          f"GET /checkpoint baseline p99 {r['checkpoint_p99_ms']:.2f} ms); in-process without HTTP:"
+                          f" inclusion p50 {r['inclusion_compute_p50_ms']:.3f} p99 {r['inclusion_compute_p99_ms']:.3f} ms,"
+                          f" consistency p50 {r['consistency_compute_p50_ms']:.3f} p99 "
+                          f"{r['consistency_compute_p99_ms']:.3f} ms")
         finally:
             if server is not None:
                 server.stop()
