@@ -10,6 +10,9 @@
    the whole suspect file (safetensors.torch.load_file) in the same run; both warm (page cache).
 3. Attack sweeps on fixture-shaped random cores (several seeds): where each attack starts breaking
    the watermark (payload decoded and accepted) and the fingerprint (match).
+4. With --fidelity: the fixture task (fixtures/tiny-llama, financial). Trains a LoRA core (or takes
+   --fidelity-core), then runs the marking policy with the task evaluation (accuracy by answer
+   likelihood and mean answer loss on the test split) at several code sizes and margins.
 """
 
 from __future__ import annotations
@@ -198,11 +201,65 @@ def sweep(seeds: int) -> None:
               f"{np.max([v[4] for v in vals]):>9.4f}")
 
 
+def fidelity(core_path: str | None, steps: int) -> None:
+    """Marked vs unmarked accuracy and loss on the fixture task (needs the fixture backbone)."""
+    from emshield.marking import policy
+    from emshield.marking.params import LayerSpec, MarkingParams, verification_key
+    from emshield.model.adapter import load_core
+    from emshield.model.datasets import load_dataset
+    from emshield.model.evaluate import evaluate
+    from emshield.model.hf import load_causal_lm, load_tokenizer
+    from emshield.model.io import backbone_id
+    from emshield.model.train import TrainConfig, _batch, encode, train
+
+    backbone = str(ROOT / "fixtures" / "tiny-llama")
+    if core_path is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = TrainConfig(backbone=backbone, dataset=str(ROOT / "fixtures/data/financial-train.json"),
+                              output_dir=tmp, max_steps=steps)
+            t_train, res = timed(lambda: train(cfg, progress=False))
+            core = load_core(res.core_path)
+        print(f"trained {res.steps} steps in {t_train:.0f} s, loss {res.first_loss:.3f} -> {res.final_loss:.3f}")
+    else:
+        core = load_core(core_path)
+    tok, model = load_tokenizer(backbone), load_causal_lm(backbone)
+    test = load_dataset(ROOT / "fixtures/data/financial-test.json")
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def task_eval(c: dict) -> tuple[float, float]:
+        state = model.state_dict()
+        with torch.no_grad():
+            for k, v in original.items():
+                state[k].copy_(v)
+            for k, f in c.items():
+                state[k].add_(torch.from_numpy(f.delta()).to(state[k].dtype))
+            enc = [encode(tok, r, 512) for r in test]
+            loss = sum(model(**_batch(enc[i : i + 32], tok.pad_token_id)).loss.item() * len(enc[i : i + 32])
+                       for i in range(0, len(enc), 32)) / len(enc)
+        return evaluate(model, tok, test).accuracy, loss
+
+    bid = backbone_id(backbone)
+    layers = tuple(LayerSpec(n, *core[n].shape) for n in sorted(core))
+    print(f"== fidelity on the fixture task: {len(layers)} layers, rank {next(iter(core.values())).rank}, "
+          f"{len(test)} test records; tolerance 0.5 pp accuracy, 1 % loss")
+    print(f"{'code bits':>9}{'tau':>6}{'mode':>13}{'ΔW change':>11}{'acc':>8}{'acc marked':>11}{'loss':>8}{'loss marked':>12}")
+    for nsym, tau in ((10, 3000), (10, 2000), (4, 1500), (4, 1000)):
+        params = MarkingParams(bid, verification_key(bytes(32), bid), layers, rs_nsym=nsym, tau_milli=tau)
+        rec = policy.mark(core, PAYLOAD, params, policy.Tolerance(), task_eval).record
+        fmt = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
+        print(f"{params.code_bits:>9}{tau / 1000:>6}{rec.mode:>13}{fmt(rec.relative_delta_change):>11}"
+              f"{fmt(rec.accuracy_unmarked):>8}{fmt(rec.accuracy_marked):>11}{fmt(rec.loss_unmarked):>8}"
+              f"{fmt(rec.loss_marked):>12}   {rec.reason[:60]}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--big-layers", type=int, default=16, help="decoder layers of the ~1B config")
     ap.add_argument("--skip-big", action="store_true", help="skip the ~1B config (needs ~6 GB disk, ~8 GB RAM)")
     ap.add_argument("--seeds", type=int, default=5, help="random cores per attack sweep (0: no sweep)")
+    ap.add_argument("--fidelity", action="store_true", help="fixture-task fidelity (trains a core: minutes)")
+    ap.add_argument("--fidelity-core", help="use this trained core file instead of training one")
+    ap.add_argument("--fidelity-steps", type=int, default=250)
     args = ap.parse_args()
     torch.set_num_threads(2)
     chaos_throughput()
@@ -212,6 +269,8 @@ def main() -> None:
         big_model(args.big_layers)
     if args.seeds:
         sweep(args.seeds)
+    if args.fidelity or args.fidelity_core:
+        fidelity(args.fidelity_core, args.fidelity_steps)
 
 
 if __name__ == "__main__":

@@ -196,7 +196,7 @@ def mark_group() -> None:
 
     \b
     params       public marking parameters (deterministic CBOR) for a backbone and core layout
-    apply        mark a core for one device, choosing watermark+fingerprint or fingerprint only
+    apply        mark a core for one device, choosing "both" (watermark + fingerprint) or "fingerprint"
     extract      read the watermark from a core or a merged model (blind)
     fingerprint  compute a fingerprint, optionally compare with a published one
     """

@@ -119,10 +119,15 @@ def test_hostile_inputs_give_clear_errors(files: dict[str, Path], tmp_path: Path
     garbage.write_bytes(b"\xff" * 100)
     huge_header = tmp_path / "huge"
     huge_header.write_bytes((1 << 40).to_bytes(8, "little") + b"{}")
+    name = NAMES[0]
+    header = json.dumps({name: {"dtype": "F32", "shape": [128, 128], "data_offsets": [0, 1 << 30]}}).encode()
+    bad_offsets = tmp_path / "offsets"
+    bad_offsets.write_bytes(len(header).to_bytes(8, "little") + header + bytes(64))
     cases = [
         ("extract", "--params", str(garbage), "--core", str(files["core"])),
         ("extract", "--params", str(files["params"]), "--core", str(garbage)),
         ("extract", "--params", str(files["params"]), "--suspect", str(huge_header), "--backbone", str(files["backbone"])),
+        ("extract", "--params", str(files["params"]), "--suspect", str(bad_offsets), "--backbone", str(files["backbone"])),
         ("extract", "--params", str(files["params"])),
         ("extract", "--params", str(files["params"]), "--suspect", str(files["backbone"]), "--backbone", str(files["backbone"]),
          "--core", str(files["core"])),
