@@ -24,7 +24,7 @@ from emshield.tee.blobformat import CONTENT_CORE, Header, read_header
 from emshield.tee.coreio import core_from_safetensors_buffer
 from emshield.tee.device import Device
 from emshield.tee.errors import MalformedCoreError, SealError
-from emshield.tee.secmem import SecretBuffer, enter_undumpable, leave_undumpable
+from emshield.tee.secmem import KIND_LOCKED, KIND_SECRET, SecretBuffer, enter_undumpable, leave_undumpable
 from emshield.tee.seal import Progress, check_binding, decrypt_chunks, open_blob, unwrap_data_key
 
 ENV_FD, ENV_SIZE, ENV_KIND = "EMSHIELD_CORE_FD", "EMSHIELD_CORE_SIZE", "EMSHIELD_CORE_MEMORY"
@@ -48,8 +48,13 @@ class MountedCore:
 @contextmanager
 def mount(blob: str | os.PathLike | bytes | BinaryIO, device: Device, expected_backbone_id: bytes,
           expected_leaf_hash: bytes, *, allow_unlocked: bool = False,
+          memory_kinds: tuple[str, ...] = (KIND_SECRET, KIND_LOCKED),
           progress: Progress | None = None) -> Iterator[MountedCore]:
-    """Unseal `blob` for `device` into memory only; yield it; wipe it on exit (also on exceptions)."""
+    """Unseal `blob` for `device` into memory only; yield it; wipe it on exit (also on exceptions).
+
+    `memory_kinds`: secret-memory kinds to try in order (see emshield.tee.secmem); memfd_secret first.
+    Dropping it trades direct-map removal for speed (first touch of memfd_secret pages costs tens of
+    µs a page, spec/sealed.md §Performance) or allows hibernation."""
     src = open_blob(blob)
     try:
         header = read_header(src)
@@ -59,7 +64,7 @@ def mount(blob: str | os.PathLike | bytes | BinaryIO, device: Device, expected_b
         enter_undumpable()
         try:
             try:
-                buf = SecretBuffer.allocate(header.plaintext_length, allow_unlocked=allow_unlocked)
+                buf = SecretBuffer.allocate(header.plaintext_length, allow_unlocked=allow_unlocked, kinds=memory_kinds)
                 view = buf.view
                 try:
                     decrypt_chunks(src, header, data_key, view, progress)
