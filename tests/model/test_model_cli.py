@@ -98,3 +98,11 @@ def test_fixtures_data_only_regenerates_committed_slices(tmp_path: Path) -> None
     assert out.exit_code == 0, out.output
     for f in (ROOT / "fixtures" / "data").glob("*.json"):
         assert (tmp_path / "data" / f.name).read_bytes() == f.read_bytes(), f.name
+
+
+def test_eval_open_answers_use_greedy_exact_match(tiny: Path) -> None:
+    out = _run("eval", "--backbone", tiny, "--data", ROOT / "fixtures" / "data" / "identifier-test.json",
+               "--limit", "2", "--json")
+    assert out.exit_code == 0, out.output
+    res = json.loads(out.stdout)["backbone"]
+    assert res["total"] == 2 and res["method"] == "greedy" and res["choices"] == []

@@ -1,0 +1,72 @@
+"""LoRA training on the tiny backbone: it learns the financial rule's signal, deterministically,
+and its merged model is the adapter-wrapped model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from emshield.model.adapter import load_core
+from emshield.model.datasets import load_dataset
+from emshield.model.evaluate import evaluate
+from emshield.model.hf import load_adapter_model, load_causal_lm, load_tokenizer
+from emshield.model.merge import write_merged
+from emshield.model.train import TrainConfig, train
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / "fixtures" / "data"
+EVAL_RECORDS = 120
+# Seconds of training: enough to beat the bare backbone clearly, not to learn the whole rule.
+FAST = dict(lr=1e-2, max_steps=40, batch_size=8, rank=8, alpha=16, seed=0,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny: Path):
+    out = tmp_path_factory.mktemp("lora")
+    cfg = TrainConfig(backbone=str(tiny), dataset=str(DATA / "financial-train.json"), output_dir=str(out), **FAST)
+    return train(cfg, progress=False)
+
+
+def test_training_improves_task_accuracy(trained, tiny: Path) -> None:
+    records = load_dataset(DATA / "financial-test.json")[:EVAL_RECORDS]
+    tok = load_tokenizer(tiny)
+    bare = evaluate(load_causal_lm(tiny), tok, records)
+    tuned = evaluate(load_adapter_model(tiny, trained.adapter_dir), tok, records)
+    majority = max(sum(r["output"] == c for r in records) for c in ("approve", "reject")) / len(records)
+    msg = (f"financial held-out accuracy ({len(records)} records): bare backbone {bare.accuracy:.3f}, "
+           f"adapter {tuned.accuracy:.3f} after {trained.steps} steps ({trained.seconds:.1f} s); "
+           f"majority answer {majority:.3f}")
+    print(msg)
+    assert trained.final_loss < trained.first_loss, msg
+    assert tuned.accuracy >= bare.accuracy + 0.10, msg
+
+
+def test_merged_trained_model_equals_adapter_model(trained, tiny: Path, tmp_path: Path) -> None:
+    merged = write_merged(tiny, load_core(trained.core_path), tmp_path / "merged")
+    ids = load_tokenizer(tiny)(["### Instruction:\nApprove or reject", "name: Ann\nage: 40"], return_tensors="pt",
+                               padding=True)
+    with torch.no_grad():
+        a = load_adapter_model(tiny, trained.adapter_dir)(**ids).logits
+        m = load_causal_lm(merged)(**ids).logits
+        base = load_causal_lm(tiny)(**ids).logits
+    assert (a - base).abs().max() > 1e-3
+    torch.testing.assert_close(m, a, rtol=1e-4, atol=1e-4)
+
+
+def test_core_file_equals_adapter_folder(trained) -> None:
+    c1, c2 = load_core(trained.core_path), load_core(trained.adapter_dir)
+    assert sorted(c1) == sorted(c2) and len(c1) == 4 * 7
+    for k in c1:
+        assert (c1[k].a == c2[k].a).all() and (c1[k].b == c2[k].b).all() and c1[k].scale == c2[k].scale == 2.0
+
+
+def test_training_is_deterministic(tmp_path: Path, tiny: Path) -> None:
+    runs = []
+    for i in range(2):
+        cfg = TrainConfig(backbone=str(tiny), dataset=str(DATA / "financial-train.json"),
+                          output_dir=str(tmp_path / f"r{i}"), max_steps=3, batch_size=4, limit=12, seed=7)
+        runs.append(train(cfg, progress=False).core_path.read_bytes())
+    assert runs[0] == runs[1]
