@@ -148,18 +148,20 @@ def eval_cmd(backbone: Path, data: Path, adapter: Path | None, merged: Path | No
              as_json: bool) -> None:
     """Task accuracy of the backbone, and of the adapter-wrapped and merged models if given."""
     from emshield.model.datasets import load_dataset
-    from emshield.model.evaluate import evaluate
+    from emshield.model.evaluate import candidate_answers, evaluate
     from emshield.model.hf import load_adapter_model, load_causal_lm, load_tokenizer
 
     try:
-        records = load_dataset(data)[:limit]
+        all_records = load_dataset(data)
+        choices, records = candidate_answers(all_records) or (), all_records[:limit]
         tok = load_tokenizer(backbone)
         models = {"backbone": lambda: load_causal_lm(backbone)}
         if adapter:
             models["adapter"] = lambda: load_adapter_model(backbone, adapter)
         if merged:
             models["merged"] = lambda: load_causal_lm(merged)
-        results = {name: evaluate(load(), tok, records, progress=not as_json, desc=name)
+        results = {name: evaluate(load(), tok, records, choices=choices, progress=not as_json,
+                                       desc=name)
                    for name, load in models.items()}
     except _ERRORS as e:
         raise _fail(e) from e

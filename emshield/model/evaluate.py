@@ -58,13 +58,23 @@ def _greedy(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
     return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 
-def evaluate(model, tokenizer, records: list[dict[str, str]], *, batch_size: int = 16,
-             progress: bool = False, desc: str = "eval") -> EvalResult:
+def candidate_answers(records: list[dict[str, str]]) -> tuple[str, ...] | None:
+    """The task's possible answers if it has few (likelihood scoring), else None (greedy).
+    Take them from the whole evaluation file, so that evaluating a slice scores the same way."""
+    answers = tuple(sorted({r["output"] for r in records}))
+    return answers if len(answers) <= MAX_CHOICES else None
+
+
+def evaluate(model, tokenizer, records: list[dict[str, str]], *, choices: tuple[str, ...] | None = None,
+             batch_size: int = 16, progress: bool = False, desc: str = "eval") -> EvalResult:
+    """Accuracy over ``records``: likelihood over ``choices``, greedy exact match when ``choices``
+    is empty; ``None`` means :func:`candidate_answers` of ``records``."""
     if not records:
         raise ValueError("no records to evaluate")
     model.eval()
-    choices = tuple(sorted({r["output"] for r in records}))
-    if len(choices) <= MAX_CHOICES:
+    if choices is None:
+        choices = candidate_answers(records) or ()
+    if choices:
         prompts = [prompt_of(r) for r in records for _ in choices]
         answers = [c for _ in records for c in choices]
         scores = []
