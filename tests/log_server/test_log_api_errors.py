@@ -256,3 +256,28 @@ def test_revocation_stops_appends_but_keeps_history(env, issuer_key, kit) -> Non
     # Revoking twice keeps the first revocation.
     again = client.post(f"/v1/issuers/{key_id}/revoke", json={"reason": "other"}, headers=auth).json
     assert again["revocation_reason"] == "retired"
+
+
+def test_entries_are_paged_and_batches_deduplicate(log_files, issuer_key, kit) -> None:
+    app = create_app({"db_path": log_files.db, "max_page": 3})
+    client = app.test_client()
+    auth = {"Authorization": f"Bearer {kit.TOKEN}"}
+    assert client.post("/v1/issuers", data=kit.registration(issuer_key), content_type=CBOR, headers=auth).status_code == 201
+    a, b = kit.issuance(issuer_key, 1), kit.issuance(issuer_key, 2)
+    r = client.post("/v1/entries/batch", data=cbor2.dumps([a, b, a, b, a], canonical=True), content_type=CBOR)
+    assert r.status_code == 201 and r.json["created"] == 2
+    assert [(x["index"], x["created"]) for x in r.json["results"]] == [(1, True), (2, True), (1, False), (2, False),
+                                                                        (1, False)]
+    again = client.post("/v1/entries/batch", data=cbor2.dumps([b, a], canonical=True), content_type=CBOR)
+    assert again.status_code == 200 and [x["index"] for x in again.json["results"]] == [2, 1]
+    for n in range(3, 8):
+        client.post("/v1/entries", data=kit.issuance(issuer_key, n), content_type=CBOR)
+    seen, start = [], 0
+    while True:
+        page = client.get(f"/v1/entries?start={start}&end=100").json
+        assert len(page["entries"]) <= 3 and page["tree_size"] == 8
+        seen += [e["index"] for e in page["entries"]]
+        start = page["end"]
+        if start == page["tree_size"]:
+            break
+    assert seen == list(range(8))
