@@ -240,16 +240,45 @@ def fidelity(core_path: str | None, steps: int) -> None:
 
     bid = backbone_id(backbone)
     layers = tuple(LayerSpec(n, *core[n].shape) for n in sorted(core))
+    moments = input_moments(model, tok, core, load_dataset(ROOT / "fixtures/data/financial-train.json")[:200],
+                            task_eval, encode, _batch)
     print(f"== fidelity on the fixture task: {len(layers)} layers, rank {next(iter(core.values())).rank}, "
-          f"{len(test)} test records; tolerance 0.5 pp accuracy, 1 % loss")
-    print(f"{'code bits':>9}{'tau':>6}{'mode':>13}{'ΔW change':>11}{'acc':>8}{'acc marked':>11}{'loss':>8}{'loss marked':>12}")
-    for nsym, tau in ((10, 3000), (10, 2000), (4, 1500), (4, 1000)):
+          f"{len(test)} test records; tolerance 0.5 pp accuracy, 1 % loss; input moments from 200 train records")
+    print(f"{'mode':>12}{'bits':>5}{'tau':>5}{'policy':>12}{'ΔW chg':>8}{'out chg':>8}{'acc':>8}{'acc mark':>9}"
+          f"{'loss':>8}{'loss mark':>10}")
+    for aware, nsym, tau in ((False, 10, 3000), (False, 4, 1000), (True, 10, 3000), (True, 10, 2000)):
         params = MarkingParams(bid, verification_key(bytes(32), bid), layers, rs_nsym=nsym, tau_milli=tau)
-        rec = policy.mark(core, PAYLOAD, params, policy.Tolerance(), task_eval).record
+        res = policy.mark(core, PAYLOAD, params, policy.Tolerance(), task_eval, input_moments=moments if aware else None)
+        rec = res.record
+        out_chg = None
+        if aware and rec.mode == policy.MODE_BOTH:
+            out_chg = max(watermark.embed(core, PAYLOAD, params, moments)[1].relative_output_change.values())
         fmt = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
-        print(f"{params.code_bits:>9}{tau / 1000:>6}{rec.mode:>13}{fmt(rec.relative_delta_change):>11}"
-              f"{fmt(rec.accuracy_unmarked):>8}{fmt(rec.accuracy_marked):>11}{fmt(rec.loss_unmarked):>8}"
-              f"{fmt(rec.loss_marked):>12}   {rec.reason[:60]}")
+        print(f"{'input-aware' if aware else 'plain':>12}{params.code_bits:>5}{tau / 1000:>5}{rec.mode:>12}"
+              f"{fmt(rec.relative_delta_change):>8}{fmt(out_chg):>8}{fmt(rec.accuracy_unmarked):>8}"
+              f"{fmt(rec.accuracy_marked):>9}{fmt(rec.loss_unmarked):>8}{fmt(rec.loss_marked):>10}  {rec.reason[:50]}")
+
+
+def input_moments(model, tok, core: dict, records: list, load_core_into, encode, batch) -> dict[str, np.ndarray]:  # noqa: ANN001
+    """E[x·xᵀ] of each marked layer's inputs over prompt+answer tokens, with the unmarked core merged."""
+    load_core_into(core)  # task_eval leaves the model holding this core; its scores are not needed
+    modules = dict(model.named_modules())
+    sums: dict[str, list] = {}
+    hooks = []
+    for name in core:
+        def hook(_m, inp, _out, name=name) -> None:  # noqa: ANN001
+            x = inp[0].detach().double().reshape(-1, inp[0].shape[-1])
+            acc = sums.setdefault(name, [0.0, 0])
+            acc[0] = acc[0] + (x.T @ x).numpy()
+            acc[1] += x.shape[0]
+        hooks.append(modules[name.removesuffix(".weight")].register_forward_hook(hook))
+    enc = [encode(tok, r, 512) for r in records]
+    with torch.no_grad():
+        for i in range(0, len(enc), 32):
+            model(**batch(enc[i : i + 32], tok.pad_token_id))
+    for h in hooks:
+        h.remove()
+    return {k: v[0] / v[1] for k, v in sums.items()}
 
 
 def main() -> None:

@@ -4,7 +4,8 @@ The fingerprint changes no weight, so every core gets one. The watermark is embe
 measured, and it is kept only when the cost is within the caller's tolerance:
 - with a task evaluation (a callable scoring a core: accuracy in [0, 1] and loss), the accuracy
   drop in percentage points and the relative loss change;
-- without one, the relative weight perturbation ‖δΔW‖_F / ‖W‖_F per layer (the relative output
+- without one, in input-aware mode the relative change of the layer outputs on the task inputs;
+  otherwise the relative weight perturbation ‖δΔW‖_F / ‖W‖_F per layer (the relative output
   perturbation on isotropic inputs) when the backbone's weight norms are given, else the relative
   change of ΔW itself.
 The decision and the figures behind it form a :class:`MarkRecord` for the issuance entry.
@@ -91,8 +92,12 @@ def mark(
     tolerance: Tolerance = Tolerance(),
     task_eval: TaskEval | None = None,
     backbone_norms: Mapping[str, float] | None = None,
+    input_moments: Mapping[str, np.ndarray] | None = None,
 ) -> MarkResult:
-    """Try the watermark, keep it if its measured cost is within tolerance; fingerprint the issued core."""
+    """Try the watermark, keep it if its measured cost is within tolerance; fingerprint the issued core.
+
+    ``input_moments`` (per layer E[x·xᵀ] on task data) selects input-aware embedding.
+    """
     digest = params.digest().hex()
 
     def fingerprint_only(reason: str, metric: str, measured: float | None, limit: float, **extra: float) -> MarkResult:
@@ -104,7 +109,7 @@ def mark(
         return MarkResult(dict(core), fp, record)
 
     try:
-        marked, report = watermark.embed(core, payload, params)
+        marked, report = watermark.embed(core, payload, params, input_moments)
     except watermark.CapacityError as exc:
         return fingerprint_only(f"watermark does not fit: {exc}", "capacity", None, tolerance.max_perturbation)
     change = max(report.relative_change.values())
@@ -128,7 +133,10 @@ def mark(
         metric, measured, limit = "accuracy drop (pp)", drop_pp, tolerance.max_accuracy_drop_pp
     else:
         scores = {}
-        metric, measured = output_perturbation(core, marked, backbone_norms)
+        if report.relative_output_change:
+            metric, measured = "relative output change on task inputs", max(report.relative_output_change.values())
+        else:
+            metric, measured = output_perturbation(core, marked, backbone_norms)
         limit = tolerance.max_perturbation
         if measured > limit:
             return fingerprint_only(f"watermark {metric} {measured:.4f} above {limit}", metric, measured, limit, **common)

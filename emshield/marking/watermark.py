@@ -29,7 +29,8 @@ PURPOSE_V = "watermark-v"
 GN_ITERATIONS = 12
 GN_TOLERANCE = 1e-4
 MIN_MARGIN_FRACTION = 0.95  # of τ, or the core cannot carry the mark
-MAX_RELATIVE_CHANGE = 1.0  # a change larger than ΔW itself replaces the core rather than marking it
+MAX_RELATIVE_CHANGE = 1.0
+INPUT_RIDGE = 1e-2  # C + ridge·tr(C)/n·I in input-aware mode: keeps C⁻¹ bounded  # a change larger than ΔW itself replaces the core rather than marking it
 
 DeltaSource = Mapping[str, np.ndarray] | Callable[[str], np.ndarray]
 """Per-layer ΔW (out × in) by backbone tensor name; a callable lets the caller read tensors lazily."""
@@ -172,6 +173,7 @@ class EmbedReport:
     z_after: np.ndarray
     relative_change: dict[str, float]  # ‖ΔW' − ΔW‖_F / ‖ΔW‖_F per layer
     iterations: int
+    relative_output_change: dict[str, float] | None = None  # sqrt(E‖δΔW·x‖² / E‖ΔW·x‖²), input-aware mode
 
     @property
     def min_margin(self) -> float:
@@ -188,7 +190,9 @@ class _Work:
     gauge: np.ndarray | None  # G⁻¹ with B = P·G⁻¹ for the input factors (None if rank-deficient)
     d: Directions
     uu: np.ndarray  # U·Uᵀ
-    vv: np.ndarray  # V·Vᵀ
+    vv: np.ndarray  # V·Vᵀ, or V·C⁻¹·Vᵀ in input-aware mode
+    vc: np.ndarray | None = None  # V·C⁻¹ (input-aware mode only)
+    pinv: np.ndarray | None = None  # (PᵀP)⁻¹ (input-aware mode only; P stays fixed there)
 
 
 def _balanced(f: LoraFactors) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -208,13 +212,38 @@ def _balanced(f: LoraFactors) -> tuple[np.ndarray, np.ndarray, np.ndarray | None
     return qb @ (x * root), (root[:, None] * yt) @ qa.T, gauge
 
 
-def embed(core: Core, payload: int, params: MarkingParams) -> tuple[dict[str, LoraFactors], EmbedReport]:
+def _psd_root(moment: np.ndarray) -> np.ndarray:
+    """C^{1/2} of a symmetric positive semi-definite matrix (negative rounding noise clipped)."""
+    vals, vecs = np.linalg.eigh(np.asarray(moment, dtype=np.float64))
+    return (vecs * np.sqrt(np.clip(vals, 0.0, None))) @ vecs.T
+
+
+def _input_aware(w: _Work, moment: np.ndarray) -> None:
+    """Switch a layer to input-aware steps: only Q moves, along C⁻¹·v (C the inputs' second moment)."""
+    n = w.q.shape[1]
+    moment = np.asarray(moment, dtype=np.float64)
+    if moment.shape != (n, n) or not np.allclose(moment, moment.T) or not np.all(np.isfinite(moment)):
+        raise ValueError(f"input second moment must be a finite symmetric {n}×{n} matrix")
+    ridge = INPUT_RIDGE * max(float(np.trace(moment)) / n, 1e-300)
+    w.vc = np.linalg.solve(moment + ridge * np.eye(n), w.d.v.T).T
+    w.vv = w.vc @ w.d.v.T
+    ptp = w.p.T @ w.p
+    w.pinv = np.linalg.inv(ptp + 1e-12 * np.trace(ptp) * np.eye(len(ptp)))
+
+
+def embed(
+    core: Core, payload: int, params: MarkingParams, input_moments: Mapping[str, np.ndarray] | None = None
+) -> tuple[dict[str, LoraFactors], EmbedReport]:
     """Marked core (unmarked layers passed through) and a report of what changed.
 
     Targets T_i = b_i·max(τ, b_i·Z_i) with b_i = ±1 the code bit: bits already on their side by τ
     keep their value. Each Gauss-Newton step solves the linearised constraints Z(P+dP, Q+dQ) = T for
     the smallest Σ_ℓ ‖dP_ℓ‖² + ‖dQ_ℓ‖² (Levenberg-Marquardt damped). Where the layers are too small
     to carry the code bits at margin τ the report's ``min_margin`` says how far it got.
+
+    Input-aware mode (``input_moments``: per layer E[x·xᵀ] of the layer's inputs on task data): only
+    Q (the A side) moves, by the step that minimises the *output* change E‖P·dQ·x‖², i.e. along
+    C⁻¹·v: the mark goes where the task's inputs have little energy. Extraction is unchanged.
     """
     signs = ecc.encode(payload, params.rs_nsym).astype(np.float64) * 2 - 1
     work = []
@@ -222,7 +251,12 @@ def embed(core: Core, payload: int, params: MarkingParams) -> tuple[dict[str, Lo
         f = _layer(core, layer)
         d = directions(params, layer)
         p, q, gauge = _balanced(f)
-        work.append(_Work(p, q, gauge, d, d.u @ d.u.T, d.v @ d.v.T))
+        w = _Work(p, q, gauge, d, d.u @ d.u.T, d.v @ d.v.T)
+        if input_moments is not None:
+            if layer.name not in input_moments:
+                raise ValueError(f"no input second moment for layer {layer.name}")
+            _input_aware(w, input_moments[layer.name])
+        work.append(w)
     big_l = len(work)
 
     def current() -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray], list[float]]:
@@ -248,7 +282,10 @@ def embed(core: Core, payload: int, params: MarkingParams) -> tuple[dict[str, Lo
     for iterations in range(1, GN_ITERATIONS + 1):
         gram = np.zeros((params.code_bits, params.code_bits))
         for w, a, c, sigma in zip(work, a_all, c_all, sig):
-            gram += (w.uu * (a.T @ a) + (c.T @ c) * w.vv) / (sigma * sigma * big_l)
+            if w.pinv is None:
+                gram += (w.uu * (a.T @ a) + (c.T @ c) * w.vv) / (sigma * sigma * big_l)
+            else:
+                gram += ((c.T @ w.pinv @ c) * w.vv) / (sigma * sigma * big_l)
         scale = np.trace(gram) / len(gram)
         residual = float(np.linalg.norm(target - z))
         saved = [(w.p, w.q) for w in work]
@@ -256,8 +293,11 @@ def embed(core: Core, payload: int, params: MarkingParams) -> tuple[dict[str, Lo
             lam = np.linalg.solve(gram + np.eye(len(gram)) * (damping * scale), target - z)
             for w, a, c, sigma in zip(work, a_all, c_all, sig):
                 k = lam / (sigma * math.sqrt(big_l))
-                w.p = w.p + w.d.u.T @ (k[:, None] * a.T)
-                w.q = w.q + (c * k) @ w.d.v
+                if w.pinv is None:
+                    w.p = w.p + w.d.u.T @ (k[:, None] * a.T)
+                    w.q = w.q + (c * k) @ w.d.v
+                else:
+                    w.q = w.q + (w.pinv @ (c * k)) @ w.vc
             new = current()
             if float(np.linalg.norm(target - new[0])) < residual or damping > 1e6:
                 break
@@ -269,20 +309,25 @@ def embed(core: Core, payload: int, params: MarkingParams) -> tuple[dict[str, Lo
         if np.max(np.abs(z - target)) < GN_TOLERANCE * params.tau:
             break
     out: dict[str, LoraFactors] = dict(core)
-    change = {}
+    change, output_change = {}, {}
     for layer, w, (p0, q0) in zip(params.layers, work, before):
         f = core[layer.name]
         b, a = (w.p, w.q) if w.gauge is None else (w.p @ w.gauge, np.linalg.solve(w.gauge, w.q))
         out[layer.name] = LoraFactors(a=(a / f.scale).astype(f.a.dtype), b=b.astype(f.b.dtype), scale=f.scale)
         new = out[layer.name]
-        diff = _product_norm(np.hstack([new.b.astype(np.float64) * new.scale, -p0]), np.vstack([new.a, q0]))
-        change[layer.name] = diff / _product_norm(p0, q0)
-    report = EmbedReport(signs, z0, extract_from_factors(out, params).z, change, iterations)
-    worst = max(change.values())
+        x = np.hstack([new.b.astype(np.float64) * new.scale, -p0])
+        y = np.vstack([new.a, q0])
+        change[layer.name] = _product_norm(x, y) / _product_norm(p0, q0)
+        if input_moments is not None:
+            root = _psd_root(input_moments[layer.name])
+            output_change[layer.name] = _product_norm(x, y @ root) / _product_norm(p0, q0 @ root)
+    report = EmbedReport(signs, z0, extract_from_factors(out, params).z, change, iterations, output_change or None)
+    # The guard measures what the mark costs: ΔW itself, or in input-aware mode the layer outputs.
+    worst = max((output_change or change).values())
     if report.min_margin < MIN_MARGIN_FRACTION * params.tau or worst > MAX_RELATIVE_CHANGE:
         raise CapacityError(
             f"core cannot carry {params.code_bits} code bits at margin τ={params.tau}: reached "
-            f"{report.min_margin:.3f} with a relative ΔW change of up to {worst:.3f}; "
-            "use a fingerprint only, fewer parity bytes or a smaller τ"
+            f"{report.min_margin:.3f} with a relative {'output' if output_change else 'ΔW'} change of up to "
+            f"{worst:.3f}; use a fingerprint only, fewer parity bytes or a smaller τ"
         )
     return out, report

@@ -184,3 +184,40 @@ def test_too_small_or_empty_cores_are_refused() -> None:
         watermark.embed(zero, PAYLOAD, params)
     with pytest.raises(ValueError, match="no layer"):
         watermark.embed({}, PAYLOAD, params)
+
+
+def _anisotropic_moments(rng: np.random.Generator, dims: list[tuple[int, int]], names: list[str]) -> dict:
+    """Input second moments like real activations: eigenvalues k^-2 in a random basis."""
+    moments = {}
+    for name, (_, n) in zip(names, dims):
+        basis, _ = np.linalg.qr(rng.standard_normal((n, n)))
+        moments[name] = (basis * np.arange(1, n + 1) ** -2.0) @ basis.T
+    return moments
+
+
+def test_input_aware_embedding_moves_outputs_far_less(marked_setup: tuple) -> None:
+    """Same core and payload: input-aware mode puts the mark where the inputs have little energy."""
+    params, core, _, plain, backbone = marked_setup
+    moments = _anisotropic_moments(np.random.default_rng(61), FIXTURE_DIMS, list(core))
+    marked, report = watermark.embed(core, PAYLOAD, params, moments)
+    assert report.min_margin >= 0.999 * params.tau
+    _check(watermark.extract_from_factors(marked, params), "input-aware")
+    merged = {k: backbone[k] + marked[k].delta().astype(np.float32) for k in marked}
+    deltas = {k: bf16(w).astype(np.float64) - bf16(backbone[k]).astype(np.float64) for k, w in merged.items()}
+    _check(watermark.extract_from_deltas(deltas, params), "input-aware, merged bf16")
+
+    def output_change(m: dict) -> float:
+        worst = 0.0
+        for k, f in m.items():
+            d, d0 = f.delta() - core[k].delta(), core[k].delta()
+            worst = max(worst, math.sqrt(np.trace(d @ moments[k] @ d.T) / np.trace(d0 @ moments[k] @ d0.T)))
+        return worst
+
+    plain_marked = watermark.embed(core, PAYLOAD, params)[0]
+    assert report.relative_output_change is not None
+    assert abs(max(report.relative_output_change.values()) - output_change(marked)) < 1e-6
+    assert output_change(marked) < output_change(plain_marked) / 3, (output_change(marked), output_change(plain_marked))
+    with pytest.raises(ValueError, match="second moment"):
+        watermark.embed(core, PAYLOAD, params, {k: np.eye(3) for k in core})
+    with pytest.raises(ValueError, match="no input second moment"):
+        watermark.embed(core, PAYLOAD, params, {})
