@@ -210,7 +210,7 @@ def fidelity(core_path: str | None, steps: int) -> None:
     from emshield.model.evaluate import evaluate
     from emshield.model.hf import load_causal_lm, load_tokenizer
     from emshield.model.io import backbone_id
-    from emshield.model.train import TrainConfig, _batch, encode, train
+    from emshield.model.train import TrainConfig, collate, encode, train
 
     backbone = str(ROOT / "fixtures" / "tiny-llama")
     if core_path is None:
@@ -234,21 +234,24 @@ def fidelity(core_path: str | None, steps: int) -> None:
             for k, f in c.items():
                 state[k].add_(torch.from_numpy(f.delta()).to(state[k].dtype))
             enc = [encode(tok, r, 512) for r in test]
-            loss = sum(model(**_batch(enc[i : i + 32], tok.pad_token_id)).loss.item() * len(enc[i : i + 32])
+            loss = sum(model(**collate(enc[i : i + 32], tok.pad_token_id)).loss.item() * len(enc[i : i + 32])
                        for i in range(0, len(enc), 32)) / len(enc)
         return evaluate(model, tok, test).accuracy, loss
 
     bid = backbone_id(backbone)
     layers = tuple(LayerSpec(n, *core[n].shape) for n in sorted(core))
     moments = input_moments(model, tok, core, load_dataset(ROOT / "fixtures/data/financial-train.json")[:200],
-                            task_eval, encode, _batch)
+                            task_eval, encode, collate)
     print(f"== fidelity on the fixture task: {len(layers)} layers, rank {next(iter(core.values())).rank}, "
           f"{len(test)} test records; tolerance 0.5 pp accuracy, 1 % loss; input moments from 200 train records")
     print(f"{'mode':>12}{'bits':>5}{'tau':>5}{'policy':>12}{'ΔW chg':>8}{'out chg':>8}{'acc':>8}{'acc mark':>9}"
           f"{'loss':>8}{'loss mark':>10}")
+    kept, params_kept = None, None
     for aware, nsym, tau in ((False, 10, 3000), (False, 4, 1000), (True, 10, 3000), (True, 10, 2000)):
         params = MarkingParams(bid, verification_key(bytes(32), bid), layers, rs_nsym=nsym, tau_milli=tau)
         res = policy.mark(core, PAYLOAD, params, policy.Tolerance(), task_eval, input_moments=moments if aware else None)
+        if aware and tau == 3000:
+            params_kept = params
         rec = res.record
         out_chg = None
         if aware and rec.mode == policy.MODE_BOTH:
@@ -257,6 +260,63 @@ def fidelity(core_path: str | None, steps: int) -> None:
         print(f"{'input-aware' if aware else 'plain':>12}{params.code_bits:>5}{tau / 1000:>5}{rec.mode:>12}"
               f"{fmt(rec.relative_delta_change):>8}{fmt(out_chg):>8}{fmt(rec.accuracy_unmarked):>8}"
               f"{fmt(rec.accuracy_marked):>9}{fmt(rec.loss_unmarked):>8}{fmt(rec.loss_marked):>10}  {rec.reason[:50]}")
+        if aware and tau == 3000 and rec.mode == policy.MODE_BOTH:
+            kept = res.core
+    if kept is None or params_kept is None:
+        print("input-aware mark did not fit the fixture core: no robustness run")
+        return
+    print("== robustness of the input-aware mark on the trained fixture core (128 bits, τ = 3)")
+    rng = np.random.default_rng(3)
+    back = {k: model.state_dict()[k].detach().double().numpy() for k in kept}
+    merged = {k: (back[k] + kept[k].delta()).astype(np.float32) for k in kept}
+    attacks = {
+        "merged bf16": {k: bf16(w).astype(np.float64) - bf16(back[k].astype(np.float32)) for k, w in merged.items()},
+        "merged int8 (per row)": {k: int_rows(w, 8).astype(np.float64) - back[k] for k, w in merged.items()},
+        "prune 50% of ΔW": {k: prune(f.delta(), 0.5) for k, f in kept.items()},
+        "noise 10% of ΔW std": {k: noise(f.delta(), 0.1, rng) for k, f in kept.items()},
+    }
+    for name, deltas in attacks.items():
+        ex = watermark.extract_from_deltas(deltas, params_kept)
+        print(f"{name:<34} payload ok {ex.accepted and ex.payload == PAYLOAD}  raw bit errors {ex.bit_errors}")
+    for lr in (2e-4, 2e-3):
+        t_ft, tuned = timed(lambda lr=lr: finetune_fixture(kept, 100, lr, backbone))
+        ex = watermark.extract_from_factors(tuned, params_kept)
+        acc, loss = task_eval(tuned)
+        print(f"fine-tune 100 steps AdamW lr {lr:g} ({t_ft:.0f} s): payload ok {ex.accepted and ex.payload == PAYLOAD}, "
+              f"raw bit errors {ex.bit_errors}, min |z| {np.min(np.abs(ex.z)):.2f}, task acc {acc:.4f} loss {loss:.4f}")
+
+
+def finetune_fixture(core: dict, steps: int, lr: float, backbone: str) -> dict:
+    """Real further fine-tuning on the fixture task: peft LoRA initialised with the core, AdamW."""
+    from emshield.core import LoraFactors
+    from emshield.model.datasets import load_dataset
+    from emshield.model.hf import load_causal_lm, load_tokenizer
+    from emshield.model.train import TrainConfig, collate, encode, lora_model
+
+    cfg = TrainConfig(backbone=backbone, dataset=str(ROOT / "fixtures/data/financial-train.json"), output_dir="-", lr=lr)
+    tok = load_tokenizer(backbone)
+    model = lora_model(load_causal_lm(backbone), cfg)
+    state = model.state_dict()
+    keys = {}
+    for name, f in core.items():
+        assert abs(f.scale - cfg.alpha / cfg.rank) < 1e-9 and f.rank == cfg.rank
+        stem = "base_model.model." + name.removesuffix(".weight")
+        keys[name] = (f"{stem}.lora_A.default.weight", f"{stem}.lora_B.default.weight")
+        with torch.no_grad():
+            state[keys[name][0]].copy_(torch.from_numpy(np.asarray(f.a, dtype=np.float32)))
+            state[keys[name][1]].copy_(torch.from_numpy(np.asarray(f.b, dtype=np.float32)))
+    records = load_dataset(cfg.dataset)
+    rng = np.random.default_rng(7)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    model.train()
+    for _ in range(steps):
+        batch = [encode(tok, records[i], 512) for i in rng.choice(len(records), cfg.batch_size, replace=False)]
+        model(**collate(batch, tok.pad_token_id)).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    state = model.state_dict()
+    return {n: LoraFactors(state[a].detach().numpy().copy(), state[b].detach().numpy().copy(), core[n].scale)
+            for n, (a, b) in keys.items()}
 
 
 def input_moments(model, tok, core: dict, records: list, load_core_into, encode, batch) -> dict[str, np.ndarray]:  # noqa: ANN001
