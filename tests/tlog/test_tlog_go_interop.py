@@ -18,8 +18,10 @@ ROOT = Path(__file__).resolve().parents[2]
 GOCODE = Path("/usr/share/gocode")
 GO = shutil.which("go")
 
+# CI installs both (./run's system packages), so there a missing Go is a failure, not a skip.
 pytestmark = pytest.mark.skipif(
-    GO is None or not (GOCODE / "src/golang.org/x/mod/sumdb/note/note.go").is_file(),
+    os.environ.get("CI") != "true"
+    and (GO is None or not (GOCODE / "src/golang.org/x/mod/sumdb/note/note.go").is_file()),
     reason="Go and golang.org/x/mod are not installed (apt-get install golang-go golang-golang-x-mod-dev)",
 )
 
