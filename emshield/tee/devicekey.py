@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes, hpke
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from emshield.tee.errors import ProviderError
 
 SECRET_LEN = 32
 X25519_PUBLIC_LEN = 32
@@ -92,3 +96,14 @@ def new_secret() -> bytearray:
 def wipe(buf: bytearray) -> None:
     """Overwrite a secret held in a bytearray (best effort: earlier immutable copies may exist)."""
     buf[:] = bytes(len(buf))
+
+
+@contextmanager
+def held_secret(secret: bytearray, source: str) -> Iterator[bytearray]:
+    """Yield a device secret a provider just read, refusing a wrong length; wipe it afterwards."""
+    try:
+        if len(secret) != SECRET_LEN:
+            raise ProviderError(f"{source} holds {len(secret)} bytes, not a {SECRET_LEN}-byte device secret")
+        yield secret
+    finally:
+        wipe(secret)

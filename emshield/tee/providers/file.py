@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
-from emshield.tee.devicekey import SECRET_LEN, wipe
+from emshield.tee.devicekey import SECRET_LEN, held_secret, wipe
 from emshield.tee.errors import KeyFilePermissionError, ProviderError, UnsupportedVersionError
 
 KEY_FILE = "device.key"
@@ -86,10 +86,8 @@ class FileKeyProvider:
             secret = bytearray(raw[len(MAGIC) + 2: FILE_LEN])
         finally:
             wipe(raw)
-        try:
+        with held_secret(secret, f"key file {self.path}") as secret:
             yield secret
-        finally:
-            wipe(secret)
 
     def destroy(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
-from emshield.tee.devicekey import SECRET_LEN, wipe
+from emshield.tee.devicekey import held_secret
 from emshield.tee.errors import ProviderError, ProviderUnavailableError
 
 KEYRINGS = ("@u", "@s", "@us")
@@ -83,14 +83,8 @@ class KeyringKeyProvider:
                 f"no key {self._require_description()!r} in kernel keyring {self.keyring} "
                 "(keyring keys do not survive a reboot: re-provision the device)")
         out = self._keyctl("pipe", key_id)
-        secret = bytearray(out.stdout)
-        if len(secret) != SECRET_LEN:
-            wipe(secret)
-            raise ProviderError(f"keyring key {self.description!r} holds {len(out.stdout)} bytes, not {SECRET_LEN}")
-        try:
+        with held_secret(bytearray(out.stdout), f"keyring key {self.description!r}") as secret:
             yield secret
-        finally:
-            wipe(secret)
 
     def destroy(self) -> None:
         key_id = self._find()

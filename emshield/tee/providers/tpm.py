@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
-from emshield.tee.devicekey import SECRET_LEN, wipe
+from emshield.tee.devicekey import held_secret
 from emshield.tee.errors import ProviderError, ProviderUnavailableError
 
 DEFAULT_TCTI = "device:/dev/tpmrm0"
@@ -159,14 +159,8 @@ class TpmKeyProvider:
                 hint = " (PCR policy not satisfied: the platform state changed since the key was sealed)" \
                     if "policy" in str(e).lower() or "0x99d" in str(e).lower() else ""
                 raise ProviderError(f"TPM refused to unseal the device key: {e}{hint}") from None
-        secret = bytearray(bytes(data))
-        if len(secret) != SECRET_LEN:
-            wipe(secret)
-            raise ProviderError(f"TPM object holds {len(secret)} bytes, not a {SECRET_LEN}-byte device secret")
-        try:
+        with held_secret(bytearray(bytes(data)), "TPM object") as secret:
             yield secret
-        finally:
-            wipe(secret)
 
     def destroy(self) -> None:
         """Nothing lives inside the TPM (the object is loaded only while unsealing); forget the blobs."""
