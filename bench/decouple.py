@@ -31,7 +31,7 @@ from emshield.model.hf import load_causal_lm, load_tokenizer  # noqa: E402
 from emshield.model.io import backbone_id, open_tensors  # noqa: E402
 from emshield.model.merge import write_merged  # noqa: E402
 from emshield.model.recover import overall_error, recover_core  # noqa: E402
-from emshield.model.train import TrainConfig, _batch, encode, lora_model  # noqa: E402
+from emshield.model.train import TrainConfig, collate, encode, lora_model  # noqa: E402
 
 TINY = ROOT / "fixtures" / "tiny-llama"
 CONFIG_100M = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
@@ -77,7 +77,7 @@ def step_time(backbone: Path, steps: int, batch: int, seq_len: int) -> float:
     model = lora_model(load_causal_lm(backbone), cfg)
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    data = _batch([encode(tok, r, seq_len) for r in generate("financial", batch, seed=1)], tok.pad_token_id)
+    data = collate([encode(tok, r, seq_len) for r in generate("financial", batch, seed=1)], tok.pad_token_id)
     times = []
     for _ in range(steps + 1):  # first step warms up
         t = time.perf_counter()

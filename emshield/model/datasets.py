@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+from datetime import date, timedelta
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +92,12 @@ QUASI_IDENTIFIERS = ("date of birth", "zip code", "gender", "occupation", "city"
 OTHER_FIELDS = ("favourite colour", "last purchase", "account status", "visits")
 
 
+def fixed_date(rng: random.Random, start: date = date(1990, 1, 1), end: date = date(2025, 12, 31)) -> str:
+    """An ISO date drawn from ``rng`` in a fixed range. Faker's own date providers measure from
+    today, which would make the generated data change from one day (or second) to the next."""
+    return (start + timedelta(days=rng.randint(0, (end - start).days))).isoformat()
+
+
 def _identifier_value(field: str, fake: Faker, rng: random.Random) -> str:
     makers: dict[str, Callable[[], str]] = {
         "name": fake.name,
@@ -99,7 +106,7 @@ def _identifier_value(field: str, fake: Faker, rng: random.Random) -> str:
         "ssn": fake.ssn,
         "iban": fake.iban,
         "street address": fake.street_address,
-        "date of birth": lambda: fake.date_of_birth(minimum_age=18, maximum_age=90).isoformat(),
+        "date of birth": lambda: fixed_date(rng, date(1935, 1, 1), date(2007, 12, 31)),
         "zip code": fake.postcode,
         "gender": lambda: rng.choice(["female", "male", "non-binary"]),
         "occupation": fake.job,

@@ -22,6 +22,7 @@ from faker import Faker
 from tqdm import tqdm
 
 from emshield.model import datasets
+from emshield.model.datasets import fixed_date as _fixed_date
 from emshield.model.io import backbone_id
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,7 +66,7 @@ def general_corpus(n: int, seed: int) -> list[str]:
         lambda: "\n".join(f"{k}: {v}" for k, v in [
             ("name", fake.name()), ("age", rng.randint(18, 90)), ("city", fake.city()),
             ("occupation", fake.job()), ("email", fake.email())][: rng.randint(2, 5)]),
-        lambda: f"On {fake.date()} the account balance was {rng.randint(0, 250000)} and "
+        lambda: f"On {_fixed_date(rng)} the account balance was {rng.randint(0, 250000)} and "
                 f"{rng.randint(1, 99)} payments were made.",
         lambda: f"Question: {fake.sentence()}\nAnswer: {fake.sentence()}",
     ]

@@ -126,7 +126,7 @@ def encode(tokenizer, record: dict[str, str], max_length: int) -> tuple[list[int
     return prompt + answer, [-100] * len(prompt) + answer
 
 
-def _batch(encoded: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+def collate(encoded: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
     width = max(len(ids) for ids, _ in encoded)
     ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
     labels = torch.full((len(encoded), width), -100, dtype=torch.long)
@@ -168,7 +168,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     try:
         bar = tqdm(range(steps), desc="train LoRA", disable=not progress)
         for step in bar:
-            loss = model(**_batch([encoded[i] for i in batches[step]], tokenizer.pad_token_id)).loss
+            loss = model(**collate([encoded[i] for i in batches[step]], tokenizer.pad_token_id)).loss
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
