@@ -131,3 +131,4 @@ def test_demo_runs_and_names_unbuilt_stages() -> None:
                          timeout=600)
     assert out.returncode == 0, out.stderr
     assert "installation check: ok" in out.stdout
+    assert "signed checkpoint verified" in out.stdout
