@@ -21,6 +21,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from emshield.model.errors import ModelFileError
+
 SAFETENSORS_SINGLE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -37,10 +39,6 @@ DTYPE_NAMES: dict[torch.dtype, str] = {
     torch.uint8: "U8", torch.bool: "BOOL",
     torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
 }
-
-
-class ModelFileError(ValueError):
-    """A model file is missing, malformed, unsafe or not what the caller asked for."""
 
 
 class TensorSource:
