@@ -25,6 +25,8 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _util import timed  # noqa: E402
+
 from emshield.core import LoraFactors  # noqa: E402
 from emshield.model.datasets import generate  # noqa: E402
 from emshield.model.hf import load_causal_lm, load_tokenizer  # noqa: E402
@@ -37,15 +39,6 @@ TINY = ROOT / "fixtures" / "tiny-llama"
 CONFIG_100M = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
                    num_key_value_heads=12, vocab_size=32000, max_position_embeddings=1024,
                    tie_word_embeddings=True)
-
-
-def timed(fn, repeat: int = 1) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
 
 
 def make_100m(folder: Path) -> Path:

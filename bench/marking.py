@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -47,20 +46,13 @@ from marking_helpers import (  # noqa: E402
     refactorise,
 )
 
+from _util import timed  # noqa: E402
+
 from emshield.marking import fingerprint, watermark  # noqa: E402
 from emshield.marking.chaos import ChaosStream  # noqa: E402
 from emshield.marking.cli import LazyTensors  # noqa: E402
 
 PAYLOAD = 0x5EED0000BEEF
-
-
-def timed(fn, repeat: int = 1):  # noqa: ANN001, ANN201
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def chaos_throughput() -> None:

@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import random
-import time
 import warnings
-from collections.abc import Callable
+
+from _util import timed
 
 from emshield.tlog.merkle import CompactRange, leaf_hash, root_from_leaf_hashes
 
@@ -26,12 +26,6 @@ with warnings.catch_warnings():  # merkletools warns that its optional sha3 modu
     warnings.simplefilter("ignore")
     import merkletools
 import pymerkle
-
-
-def timed(fn: Callable[[], bytes]) -> tuple[float, bytes]:
-    t0 = time.perf_counter()
-    root = fn()
-    return time.perf_counter() - t0, root
 
 
 def bulk_ours(data: list[bytes]) -> bytes:
