@@ -15,6 +15,7 @@ import cbor2
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from emshield.cbor import strict_loads
 from emshield.marking import ecc
 
 VERSION = 1
@@ -52,14 +53,10 @@ class ParamsError(ValueError):
 
 
 def strict_cbor_map(blob: bytes, limit: int, keys: set[str], what: str, error: type[ValueError]) -> dict:
-    """Bounded, strict CBOR decode of a map with exactly `keys` (canonical form is checked by the caller
-    re-encoding): no indefinite lengths, no duplicate keys, depth ≤ 4."""
+    """Bounded, strict CBOR decode (emshield.cbor.strict_loads, depth ≤ 4) of a map with exactly `keys`."""
     if len(blob) > limit:
         raise error(f"{what} larger than {limit} bytes")
-    try:
-        obj = cbor2.loads(blob, allow_indefinite=False, allow_duplicate_keys=False, max_depth=4)
-    except Exception as exc:  # cbor2 raises several types for malformed input
-        raise error(f"{what}: malformed CBOR: {exc}") from exc
+    obj = strict_loads(blob, what, 4, error)
     if not isinstance(obj, dict) or set(obj) != keys:
         raise error(f"{what} must be a map with exactly the fields {sorted(keys)}")
     return obj

@@ -14,11 +14,11 @@ import uuid
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
-import cbor2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from emshield.cbor import canonical, strict_loads
 from emshield.tlog.merkle import leaf_hash
 
 VERSION = 1
@@ -41,40 +41,6 @@ def issuer_key_id(public_key: bytes) -> bytes:
     if len(public_key) != 32:
         raise EntryError(f"an Ed25519 public key is 32 bytes, got {len(public_key)}")
     return hashlib.sha256(ISSUER_KEY_ID_LABEL + public_key).digest()
-
-
-def _canonical(obj: Any) -> bytes:
-    """Deterministic CBOR. Every map here has text keys shorter than 24 bytes, for which cbor2's
-    canonical order (shorter first, then bytewise) is exactly RFC 8949 §4.2.1's bytewise order."""
-    return cbor2.dumps(obj, canonical=True)
-
-
-def _strict_loads(data: bytes, what: str, max_depth: int) -> Any:
-    """One definite-length CBOR item without duplicate keys; trailing bytes are an error."""
-    try:
-        obj = cbor2.loads(data, allow_indefinite=False, allow_duplicate_keys=False, max_depth=max_depth)
-    except Exception as exc:  # cbor2 raises several exception types on malformed input
-        raise EntryError(f"{what} is not well-formed CBOR: {exc}") from exc
-    _check_plain(obj, what)
-    encoded = _canonical(obj)
-    if encoded != data:
-        if data.startswith(encoded):
-            raise EntryError(f"{what} has {len(data) - len(encoded)} trailing bytes after the CBOR item")
-        raise EntryError(f"{what} is not in deterministic CBOR encoding (RFC 8949 §4.2.1)")
-    return obj
-
-
-def _check_plain(obj: Any, what: str) -> None:
-    """Only untagged CBOR data: tags decode to other Python types (datetime, CBORTag, ...)."""
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            _check_plain(k, what)
-            _check_plain(v, what)
-    elif isinstance(obj, list):
-        for v in obj:
-            _check_plain(v, what)
-    elif not (obj is None or type(obj) in (int, bool, float, bytes, str)):
-        raise EntryError(f"{what} contains a CBOR tag or an unsupported item ({type(obj).__name__})")
 
 
 # --- field checks ---------------------------------------------------------------------------------
@@ -109,7 +75,7 @@ def _marking_params(value: Any) -> None:
         raise EntryError("field 'marking_params' must be a byte string")
     if not 1 <= len(value) <= MAX_MARKING_PARAMS_SIZE:
         raise EntryError(f"field 'marking_params' must be 1..{MAX_MARKING_PARAMS_SIZE} bytes, got {len(value)}")
-    _strict_loads(value, "field 'marking_params'", MAX_MARKING_PARAMS_DEPTH)
+    strict_loads(value, "field 'marking_params'", MAX_MARKING_PARAMS_DEPTH, EntryError)
 
 
 # --- entry types ----------------------------------------------------------------------------------
@@ -193,7 +159,7 @@ def _to_map(entry: Entry) -> dict[str, Any]:
 
 def signing_bytes(entry: Entry) -> bytes:
     """What the issuer signs: the label, then the canonical CBOR map of the entry without "sig"."""
-    return SIGNATURE_LABEL + _canonical(_to_map(entry))
+    return SIGNATURE_LABEL + canonical(_to_map(entry))
 
 
 @dataclass(frozen=True)
@@ -219,7 +185,7 @@ class SignedEntry:
 
 def encode_entry(signed: SignedEntry) -> bytes:
     """The log leaf data: canonical CBOR of the entry map with "sig" added."""
-    data = _canonical({**_to_map(signed.entry), "sig": signed.signature})
+    data = canonical({**_to_map(signed.entry), "sig": signed.signature})
     if len(data) > MAX_ENTRY_SIZE:
         raise EntryError(f"entry is {len(data)} bytes, over the {MAX_ENTRY_SIZE}-byte limit")
     return data
@@ -234,7 +200,7 @@ def decode_entry(data: bytes) -> SignedEntry:
         raise EntryError(f"entry is {len(data)} bytes, over the {MAX_ENTRY_SIZE}-byte limit")
     if not data:
         raise EntryError("entry is empty")
-    obj = _strict_loads(data, "entry", max_depth=2)
+    obj = strict_loads(data, "entry", 2, EntryError)
     if not isinstance(obj, dict):
         raise EntryError("entry must be a CBOR map")
     if any(type(k) is not str for k in obj):
