@@ -15,11 +15,7 @@ from typing import BinaryIO
 
 import click
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load as st_load
-from safetensors.numpy import save as st_save
-
-from emshield.core import Core, LoraFactors
+from emshield.core import MAX_CORE_BYTES, Core, LoraFactors, ModelFileError, core_from_bytes, core_to_bytes
 from emshield.marking import fingerprint, policy, watermark
 from emshield.marking.params import (
     LayerSpec,
@@ -30,8 +26,6 @@ from emshield.marking.params import (
     watermark_commitment,
 )
 
-CORE_FORMAT = "emshield/core/v1"
-MAX_CORE_BYTES = 2 << 30
 MAX_HEADER_BYTES = 100 << 20
 MAX_SECRET_BYTES = 1024
 NO_MARK_EXIT = 4
@@ -43,46 +37,22 @@ _DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2"}
 
 
 def read_core(path: Path) -> dict[str, LoraFactors]:
-    """A core file: exactly `.lora_A`, `.lora_B` and a float64 scalar `.scale` per layer."""
+    """A core file (spec/decouple.md), read and validated by :func:`emshield.core.core_from_bytes`."""
     if not path.is_file():
         raise click.ClickException(f"no such core file: {path}")
     if path.stat().st_size > MAX_CORE_BYTES:
         raise click.ClickException(f"{path}: larger than {MAX_CORE_BYTES} bytes")
-    data = path.read_bytes()
-    header = _header(data[:8], lambda n: data[8 : 8 + n], path)
-    if (header.get("__metadata__") or {}).get("format") != CORE_FORMAT:
-        raise click.ClickException(f"{path}: not an EMShield core file (format {CORE_FORMAT!r})")
     try:
-        tensors = st_load(data)
-    except (SafetensorError, ValueError) as exc:
-        raise click.ClickException(f"{path}: not valid safetensors: {exc}") from exc
-    parts: dict[str, dict[str, np.ndarray]] = {}
-    for key, arr in tensors.items():
-        stem, _, part = key.rpartition(".")
-        if part not in ("lora_A", "lora_B", "scale"):
-            raise click.ClickException(f"{path}: unexpected tensor {key!r}")
-        parts.setdefault(stem, {})[part] = arr
-    core = {}
-    for name, p in sorted(parts.items()):
-        if set(p) != {"lora_A", "lora_B", "scale"} or p["scale"].shape != () or p["scale"].dtype != np.float64:
-            raise click.ClickException(f"{path}: layer {name!r} needs lora_A, lora_B and a float64 scalar scale")
-        try:
-            core[name] = LoraFactors(p["lora_A"], p["lora_B"], float(p["scale"]))
-        except ValueError as exc:
-            raise click.ClickException(f"{path}: layer {name!r}: {exc}") from exc
-    if not core:
-        raise click.ClickException(f"{path}: core file holds no layers")
-    return core
+        return core_from_bytes(path.read_bytes())
+    except ModelFileError as exc:
+        raise click.ClickException(f"{path}: {exc}") from exc
 
 
 def write_core(core: Core, path: Path) -> None:
-    tensors = {}
-    for name in sorted(core):
-        f = core[name]
-        tensors[f"{name}.lora_A"] = np.ascontiguousarray(f.a)
-        tensors[f"{name}.lora_B"] = np.ascontiguousarray(f.b)
-        tensors[f"{name}.scale"] = np.array(float(f.scale), dtype=np.float64)
-    path.write_bytes(st_save(tensors, metadata={"format": CORE_FORMAT}))
+    try:
+        path.write_bytes(core_to_bytes(core))
+    except ValueError as exc:
+        raise click.ClickException(f"cannot write core file {path}: {exc}") from exc
 
 
 def _header(first8: bytes, read: Callable[[int], bytes], where: Path) -> dict:

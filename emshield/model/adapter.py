@@ -21,91 +21,19 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from emshield.core import Core, LoraFactors
-from emshield.model.io import PEFT_CONFIG, PEFT_WEIGHTS, ModelFileError
+from emshield.core import (
+    MAX_CORE_BYTES,
+    Core,
+    LoraFactors,
+    ModelFileError,
+    core_from_bytes,
+    core_to_bytes,
+    weight_module,
+)
+from emshield.model.io import PEFT_CONFIG, PEFT_WEIGHTS
 
-CORE_FORMAT = "emshield/core/v1"
-CORE_META_KEY = "format"
-MAX_CORE_BYTES = 2 * 1024 * 1024 * 1024
 MAX_ADAPTER_CONFIG_BYTES = 1024 * 1024
-FACTOR_DTYPES = (np.float16, np.float32, np.float64)
-_SUFFIXES = {".lora_A": "a", ".lora_B": "b", ".scale": "scale"}
 PEFT_PREFIX = "base_model.model."
-
-
-def _module_of(weight_name: str) -> str:
-    if not weight_name.endswith(".weight"):
-        raise ModelFileError(f"core key {weight_name!r} must name a backbone weight (…'.weight')")
-    return weight_name[: -len(".weight")]
-
-
-# ---------------------------------------------------------------------------------------------
-# core file (safetensors bytes)
-
-def core_to_bytes(core: Core) -> bytes:
-    """Serialise a core to the core-file bytes (deterministic for a given core)."""
-    if not core:
-        raise ValueError("empty core")
-    tensors: dict[str, np.ndarray] = {}
-    for name in sorted(core):
-        _module_of(name)
-        f = core[name]
-        for part, arr in (("lora_A", f.a), ("lora_B", f.b)):
-            if arr.dtype not in FACTOR_DTYPES:
-                raise ValueError(f"{name}: factor dtype {arr.dtype} not in {FACTOR_DTYPES}")
-            tensors[f"{name}.{part}"] = np.ascontiguousarray(arr)
-        tensors[f"{name}.scale"] = np.array(float(f.scale), dtype=np.float64)
-    return st_save(tensors, metadata={CORE_META_KEY: CORE_FORMAT})
-
-
-def _header_metadata(data: bytes) -> dict:
-    if len(data) < 8:
-        raise ModelFileError("core file too short")
-    n = int.from_bytes(data[:8], "little")
-    if n > len(data) - 8:
-        raise ModelFileError("core file header length exceeds the file")
-    try:
-        header = json.loads(data[8: 8 + n])
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelFileError(f"core file header is not JSON: {e}") from e
-    return header.get("__metadata__") or {} if isinstance(header, dict) else {}
-
-
-def core_from_bytes(data: bytes) -> dict[str, LoraFactors]:
-    """Parse and validate core-file bytes: version, exactly A, B and scale per layer, shapes."""
-    if len(data) > MAX_CORE_BYTES:
-        raise ModelFileError(f"core file larger than {MAX_CORE_BYTES} bytes")
-    meta = _header_metadata(data)
-    if meta.get(CORE_META_KEY) != CORE_FORMAT:
-        raise ModelFileError(f"not an EMShield core file (format {meta.get(CORE_META_KEY)!r}, want {CORE_FORMAT!r})")
-    try:
-        tensors = st_load(data)
-    except (SafetensorError, ValueError) as e:
-        raise ModelFileError(f"core file is not valid safetensors: {e}") from e
-    parts: dict[str, dict[str, np.ndarray]] = {}
-    for key, arr in tensors.items():
-        for suffix, part in _SUFFIXES.items():
-            if key.endswith(suffix):
-                parts.setdefault(key[: -len(suffix)], {})[part] = arr
-                break
-        else:
-            raise ModelFileError(f"core file: unexpected tensor {key!r}")
-    core: dict[str, LoraFactors] = {}
-    for name, p in sorted(parts.items()):
-        _module_of(name)
-        if set(p) != {"a", "b", "scale"}:
-            raise ModelFileError(f"core file: layer {name!r} lacks {sorted({'a', 'b', 'scale'} - set(p))}")
-        if p["scale"].shape != () or p["scale"].dtype != np.float64:
-            raise ModelFileError(f"core file: {name}.scale must be a float64 scalar")
-        if p["a"].dtype not in FACTOR_DTYPES or p["b"].dtype not in FACTOR_DTYPES:
-            raise ModelFileError(f"core file: {name} factors must be float16/32/64")
-        try:
-            core[name] = LoraFactors(a=p["a"], b=p["b"], scale=float(p["scale"]))
-        except ValueError as e:
-            raise ModelFileError(f"core file: layer {name!r}: {e}") from e
-    if not core:
-        raise ModelFileError("core file holds no layers")
-    return core
 
 
 def save_core(core: Core, path: str | Path) -> Path:
@@ -210,7 +138,7 @@ def write_peft_adapter(core: Core, folder: str | Path, *, base_model: str | None
         raise ValueError("empty core")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    modules = {_module_of(name): f for name, f in sorted(core.items())}
+    modules = {weight_module(name): f for name, f in sorted(core.items())}
     ranks = {f.rank for f in modules.values()}
     scales = {f.scale for f in modules.values()}
     r = max(ranks)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from emshield.model.errors import ModelFileError
+from emshield.core import ModelFileError
 
 _EXISTING = click.Path(exists=True, path_type=Path)
 
