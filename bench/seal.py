@@ -32,9 +32,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from emshield.core import LoraFactors  # noqa: E402
+from emshield.core import LoraFactors, core_to_bytes  # noqa: E402
 from emshield.tee.blobformat import CONTENT_CORE, SUITES  # noqa: E402
-from emshield.tee.coreio import core_to_safetensors_bytes  # noqa: E402
 from emshield.tee.device import init_device  # noqa: E402
 from emshield.tee.errors import SealError  # noqa: E402
 from emshield.tee.mount import mount  # noqa: E402
@@ -155,7 +154,7 @@ def first_inference(args: argparse.Namespace) -> dict:
     merge_and_infer(core)  # warm-up (allocator, kernels)
     with tempfile.TemporaryDirectory() as tmp:
         device = init_device(Path(tmp) / "device", "file")
-        plaintext = core_to_safetensors_bytes(core)
+        plaintext = core_to_bytes(core)
         blob_path = Path(tmp) / "core.sealed"
         with open(blob_path, "wb") as f:
             seal_stream(io.BytesIO(plaintext), f, len(plaintext), device.record.public,

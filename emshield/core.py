@@ -12,12 +12,11 @@ other tensor.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 # The core file: one safetensors file of per-layer A/B factors and scales (spec/decouple.md,
@@ -89,34 +88,85 @@ def core_to_bytes(core: Core) -> bytes:
     return st_save(tensors, metadata={CORE_META_KEY: CORE_FORMAT})
 
 
-def _header_metadata(data: bytes) -> dict:
-    if len(data) < 8:
+_DTYPES = {"F16": np.dtype("<f2"), "F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ModelFileError(f"core file: duplicate key {k!r} in the safetensors header")
+        out[k] = v
+    return out
+
+
+def _read_header(view: memoryview) -> tuple[dict, int]:
+    if len(view) < 8:
         raise ModelFileError("core file too short")
-    n = int.from_bytes(data[:8], "little")
-    if n > len(data) - 8:
-        raise ModelFileError("core file header length exceeds the file")
+    n = int.from_bytes(view[:8], "little")
+    if n > min(MAX_HEADER_BYTES, len(view) - 8):
+        raise ModelFileError(f"core file header length {n} exceeds the file or {MAX_HEADER_BYTES} bytes")
     try:
-        header = json.loads(data[8: 8 + n])
+        header = json.loads(bytes(view[8: 8 + n]).decode("utf-8"), object_pairs_hook=_no_duplicates)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelFileError(f"core file header is not JSON: {e}") from e
-    return header.get("__metadata__") or {} if isinstance(header, dict) else {}
+        raise ModelFileError(f"core file header is not JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise ModelFileError("core file header is not a JSON object")
+    return header, 8 + n
 
 
-def core_from_bytes(data: bytes) -> dict[str, LoraFactors]:
-    """Parse and validate core-file bytes: version, exactly A, B and scale per layer, shapes."""
-    if len(data) > MAX_CORE_BYTES:
+def _tensor_range(name: str, spec: object) -> tuple[np.dtype, tuple[int, ...], int, int]:
+    """(dtype, shape, begin, end) of one header entry, checked as the safetensors library checks it."""
+    if not isinstance(spec, dict) or set(spec) != {"dtype", "shape", "data_offsets"}:
+        raise ModelFileError(f"core file: tensor {name!r} entry must have exactly dtype, shape, data_offsets")
+    dtype, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
+    if dtype not in _DTYPES:
+        raise ModelFileError(f"core file: {name} dtype {dtype!r}: factors must be float16/32/64, scales float64")
+    if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+        raise ModelFileError(f"core file: tensor {name!r} has a bad shape {shape!r}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int and o >= 0 for o in offsets)
+            and offsets[0] <= offsets[1]):
+        raise ModelFileError(f"core file: tensor {name!r} has bad data_offsets {offsets!r}")
+    if offsets[1] - offsets[0] != math.prod(shape) * _DTYPES[dtype].itemsize:
+        raise ModelFileError(f"core file: tensor {name!r} byte range does not match its shape and dtype")
+    return _DTYPES[dtype], tuple(shape), offsets[0], offsets[1]
+
+
+def core_view(buf: bytes | bytearray | memoryview) -> dict[str, LoraFactors]:
+    """Parse and validate core-file bytes into read-only arrays that are *views over* `buf`.
+
+    No tensor byte is copied: `emshield.tee.mount` parses the core inside the secret memory it was
+    decrypted into, so the only plaintext is the one it wipes. The caller keeps `buf` alive and
+    unchanged while the arrays are in use. Checks: version, the safetensors layout (exactly what
+    the `safetensors` library enforces: known dtypes, byte ranges matching shape × dtype, no gaps,
+    overlaps or trailing bytes), exactly A, B and scale per layer, matrix factors, matching ranks,
+    float64 scalar finite scales."""
+    view = memoryview(buf).cast("B")
+    if len(view) > MAX_CORE_BYTES:
         raise ModelFileError(f"core file larger than {MAX_CORE_BYTES} bytes")
-    meta = _header_metadata(data)
-    if meta.get(CORE_META_KEY) != CORE_FORMAT:
-        raise ModelFileError(f"not an EMShield core file (format {meta.get(CORE_META_KEY)!r}, want {CORE_FORMAT!r})")
-    try:
-        tensors = st_load(data)
-    except (SafetensorError, ValueError) as e:
-        raise ModelFileError(f"core file is not valid safetensors: {e}") from e
+    header, data_start = _read_header(view)
+    meta = header.pop("__metadata__", None)
+    if meta != {CORE_META_KEY: CORE_FORMAT}:
+        got = meta.get(CORE_META_KEY) if isinstance(meta, dict) else None
+        raise ModelFileError(f"not an EMShield core file (metadata {meta!r}: format {got!r}, want only "
+                             f"{CORE_META_KEY}={CORE_FORMAT!r})")
+    ranges = {name: _tensor_range(name, spec) for name, spec in header.items()}
+    end = 0
+    for begin, stop in sorted((r[2], r[3]) for r in ranges.values()):
+        if begin != end:
+            raise ModelFileError("core file: tensor byte ranges leave gaps or overlap")
+        end = stop
+    if data_start + end != len(view):
+        raise ModelFileError("core file: tensor data does not end where the file ends")
+
     parts: dict[str, dict[str, np.ndarray]] = {}
-    for key, arr in tensors.items():
+    for key, (dtype, shape, begin, _) in ranges.items():
         for suffix, part in _SUFFIXES.items():
             if key.endswith(suffix):
+                arr = np.frombuffer(view, dtype=dtype, count=math.prod(shape), offset=data_start + begin)
+                arr = arr.reshape(shape)
+                arr.flags.writeable = False
                 parts.setdefault(key[: -len(suffix)], {})[part] = arr
                 break
         else:
@@ -128,12 +178,15 @@ def core_from_bytes(data: bytes) -> dict[str, LoraFactors]:
             raise ModelFileError(f"core file: layer {name!r} lacks {sorted({'a', 'b', 'scale'} - set(p))}")
         if p["scale"].shape != () or p["scale"].dtype != np.float64:
             raise ModelFileError(f"core file: {name}.scale must be a float64 scalar")
-        if p["a"].dtype not in FACTOR_DTYPES or p["b"].dtype not in FACTOR_DTYPES:
-            raise ModelFileError(f"core file: {name} factors must be float16/32/64")
         try:
             core[name] = LoraFactors(a=p["a"], b=p["b"], scale=float(p["scale"]))
         except ValueError as e:
-            raise ModelFileError(f"core file: layer {name!r}: {e}") from e
+            raise ModelFileError(f"core file: layer {name!r}: {e}") from None
     if not core:
         raise ModelFileError("core file holds no layers")
     return core
+
+
+def core_from_bytes(data: bytes | bytearray | memoryview) -> dict[str, LoraFactors]:
+    """Parse and validate core-file bytes (:func:`core_view`) into writable arrays of their own."""
+    return {name: LoraFactors(a=f.a.copy(), b=f.b.copy(), scale=f.scale) for name, f in core_view(data).items()}

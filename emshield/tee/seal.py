@@ -24,8 +24,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from emshield.core import Core, core_to_bytes
 from emshield.tee import devicekey
 from emshield.tee.blobformat import (
+    CONTENT_CORE,
     CONTENT_OPAQUE,
     DEFAULT_CHUNK,
     DEFAULT_SUITE,
@@ -130,6 +132,17 @@ def seal_bytes(plaintext: bytes | bytearray | memoryview, recipient: DevicePubli
     out = io.BytesIO()
     seal_stream(io.BytesIO(plaintext), out, len(plaintext), recipient, binding, **options)
     return out.getvalue()
+
+
+def seal_core(core: Core, recipient: DevicePublicKey, binding: Binding, *, suite: str = DEFAULT_SUITE,
+              chunk_size: int = DEFAULT_CHUNK) -> bytes:
+    """The issuer's entry point: seal a core (as its core file, `emshield/core/v1`) to one device.
+
+    `recipient` is the device record's public keys (`DeviceRecord.load(path).public`); `binding`
+    names that device's UUID, the backbone id and the issuance's log leaf hash. The device opens the
+    blob with `mount(blob, device, backbone_id, leaf_hash)` and gets the same core back."""
+    return seal_bytes(core_to_bytes(core), recipient, binding, suite=suite, content_type=CONTENT_CORE,
+                      chunk_size=chunk_size)
 
 
 def check_binding(header: Header, expected: Binding) -> None:

@@ -6,11 +6,13 @@ import io
 import json
 import uuid
 
+import numpy as np
 import pytest
-from tee_helpers import VECTORS
+from tee_helpers import VECTORS, cores_equal
 
+from emshield.core import LoraFactors, core_from_bytes, core_to_bytes
 from emshield.tee import errors
-from emshield.tee.blobformat import FIXED_LEN, TAG_LEN, Binding, Header, read_header
+from emshield.tee.blobformat import CONTENT_CORE, FIXED_LEN, TAG_LEN, Binding, Header, read_header
 from emshield.tee.devicekey import DevicePublicKey, new_secret
 from emshield.tee.seal import check_binding, decrypt_chunks, encrypt_chunks, payload_key, seal_bytes, unwrap_data_key
 
@@ -150,7 +152,13 @@ def test_blob_vectors(vector: dict) -> None:
                       bytes.fromhex(meta["leaf_hash"]))
     blob = bytes.fromhex(vector["blob"])
     if vector["expect"] == "ok":
-        assert unseal(blob, secret, binding).hex() == vector["plaintext"]
+        plaintext = unseal(blob, secret, binding)
+        assert plaintext.hex() == vector["plaintext"]
+        if "core" in vector:  # a core blob's plaintext is exactly the core file of the listed core
+            assert read_header(io.BytesIO(blob)).content_type == CONTENT_CORE
+            core = {k: LoraFactors(np.array(t["a"], dtype=t["dtype"]), np.array(t["b"], dtype=t["dtype"]), t["scale"])
+                    for k, t in vector["core"].items()}
+            assert cores_equal(core_from_bytes(plaintext), core) and core_to_bytes(core) == plaintext
         with pytest.raises(errors.WrongDeviceError):
             unseal(blob, secret, Binding(uuid.UUID(_load("blobs.json")["other_device_uuid"]),
                                          binding.backbone_id, binding.leaf_hash))

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 from tee_helpers import BACKBONE, LEAF, make_core, require
 
+from emshield.core import core_to_bytes
 from emshield.tee.cli import device_group
-from emshield.tee.coreio import core_to_safetensors_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 IDS = ["--backbone-id", BACKBONE.hex(), "--leaf-hash", LEAF.hex()]
@@ -28,7 +28,7 @@ def cli(*args: str):
 def sealed(tmp_path: Path) -> tuple[Path, Path, bytes]:
     dev = tmp_path / "dev"
     assert cli("init", "--dir", str(dev)).exit_code == 0
-    plaintext = core_to_safetensors_bytes(make_core(seed=9))
+    plaintext = core_to_bytes(make_core(seed=9))
     core_file = tmp_path / "issuer-side-core.safetensors"  # the issuer's copy; the device never writes one
     core_file.write_bytes(plaintext)
     blob = tmp_path / "core.sealed"
@@ -124,7 +124,7 @@ def test_tpm_init_and_mount_through_the_cli(tmp_path, swtpm, core) -> None:
     assert r.exit_code == 0, r.output
     assert "sealed_private" not in r.output  # the public summary omits the TPM blobs
     core_file = tmp_path / "c.safetensors"
-    core_file.write_bytes(core_to_safetensors_bytes(core))
+    core_file.write_bytes(core_to_bytes(core))
     assert cli("seal", str(core_file), str(tmp_path / "c.sealed"), "--to", str(dev), *IDS).exit_code == 0
     r = cli("mount", str(tmp_path / "c.sealed"), *IDS, "--dir", str(dev))
     assert r.exit_code == 0 and "verified: True" in r.output

@@ -18,18 +18,16 @@ from tee_helpers import BACKBONE, LEAF, cores_equal
 
 from emshield.tee import errors
 from emshield.tee.blobformat import CONTENT_CORE
-from emshield.tee.coreio import core_to_safetensors_bytes
 from emshield.tee.device import init_device
 from emshield.tee.mount import mount
 from emshield.tee.secmem import KIND_LOCKED, KIND_SECRET, SecretBuffer
-from emshield.tee.seal import seal_bytes
+from emshield.tee.seal import seal_bytes, seal_core
 
 PR_GET_DUMPABLE = 3
 
 
 def _seal_core(device, core, **kw) -> bytes:
-    return seal_bytes(core_to_safetensors_bytes(core), device.record.public, device.binding(BACKBONE, LEAF),
-                      content_type=CONTENT_CORE, chunk_size=256, **kw)
+    return seal_core(core, device.record.public, device.binding(BACKBONE, LEAF), chunk_size=256, **kw)
 
 
 @pytest.mark.parametrize("suite", ["x25519", "mlkem768-x25519"])

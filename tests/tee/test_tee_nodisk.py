@@ -14,13 +14,11 @@ import numpy as np
 from click.testing import CliRunner
 from tee_helpers import BACKBONE, LEAF
 
-from emshield.core import LoraFactors
-from emshield.tee.blobformat import CONTENT_CORE
+from emshield.core import LoraFactors, core_to_bytes
 from emshield.tee.cli import device_group
-from emshield.tee.coreio import core_to_safetensors_bytes
 from emshield.tee.device import init_device
 from emshield.tee.mount import mount
-from emshield.tee.seal import seal_bytes
+from emshield.tee.seal import seal_core
 
 MAX_SCAN = 512 << 20
 
@@ -59,13 +57,12 @@ def test_no_plaintext_on_disk_or_in_output(tmp_path: Path, capfd) -> None:
     core = {f"layers.{i}.q_proj.weight": LoraFactors(rng.standard_normal((8, 512)).astype(np.float32),
                                                      rng.standard_normal((512, 8)).astype(np.float32), 2.0)
             for i in range(4)}
-    plaintext = core_to_safetensors_bytes(core)
-    needles = _needles(plaintext[plaintext.index(b"}") + 1:])
+    plaintext = core_to_bytes(core)
+    needles = _needles(plaintext[8 + int.from_bytes(plaintext[:8], "little"):])
     dev = tmp_path / "device"
     device = init_device(dev, "file")
     blob = tmp_path / "core.sealed"
-    blob.write_bytes(seal_bytes(plaintext, device.record.public, device.binding(BACKBONE, LEAF),
-                                content_type=CONTENT_CORE))
+    blob.write_bytes(seal_core(core, device.record.public, device.binding(BACKBONE, LEAF)))
     del plaintext
 
     with mount(blob, device, BACKBONE, LEAF) as m:  # use it: merge-style arithmetic on the core

@@ -2,7 +2,7 @@
 
     .venv/bin/python spec/vectors/tee/generate.py
 
-Deterministic parts (device keys, payload layer, core layout) come out identical on every run.
+Deterministic parts (device keys, payload layer) come out identical on every run.
 HPKE encapsulation is randomised, so the full blobs differ per run; they are kept as produced once
 and the tests check that they still open (and that each mutated copy fails with its named error).
 Run with --force to overwrite blobs.json too (only when the format version changes).
@@ -19,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from emshield.core import LoraFactors
+from emshield.core import LoraFactors, core_to_bytes
 from emshield.tee.blobformat import CONTENT_CORE, CONTENT_OPAQUE, FIXED_LEN, TAG_LEN, Binding, read_header
-from emshield.tee.coreio import core_to_safetensors_bytes
 from emshield.tee.devicekey import DevicePublicKey
 from emshield.tee.seal import encrypt_chunks, payload_key, seal_bytes
 
@@ -56,11 +55,10 @@ def sample_core() -> dict[str, LoraFactors]:
     }
 
 
-def core_vector() -> dict:
-    core = sample_core()
-    return {"tensors": {k: {"a": f.a.tolist(), "b": f.b.tolist(), "dtype": str(f.a.dtype), "scale": f.scale}
-                        for k, f in core.items()},
-            "safetensors": core_to_safetensors_bytes(core).hex()}
+def core_tensors() -> dict:
+    """The sample core as JSON: the core blob's plaintext is its core file (`emshield/core/v1`)."""
+    return {k: {"a": f.a.tolist(), "b": f.b.tolist(), "dtype": str(f.a.dtype), "scale": f.scale}
+            for k, f in sample_core().items()}
 
 
 def blob_vectors() -> list[dict]:
@@ -70,11 +68,11 @@ def blob_vectors() -> list[dict]:
     for suite, content, plaintext, chunk in [
         ("x25519", CONTENT_OPAQUE, det("plaintext-100", 100), 32),
         ("x25519", CONTENT_OPAQUE, b"", 16),
-        ("mlkem768-x25519", CONTENT_CORE, core_to_safetensors_bytes(sample_core()), 64),
+        ("mlkem768-x25519", CONTENT_CORE, core_to_bytes(sample_core()), 64),
     ]:
         blob = seal_bytes(plaintext, pub, binding, suite=suite, content_type=content, chunk_size=chunk)
         out.append({"name": f"{suite}-{len(plaintext)}B-chunk{chunk}", "expect": "ok", "blob": blob.hex(),
-                    "plaintext": plaintext.hex()})
+                    "plaintext": plaintext.hex(), **({"core": core_tensors()} if content == CONTENT_CORE else {})})
     return out
 
 
@@ -142,7 +140,6 @@ def main() -> None:
     good = blob_vectors_cached()
     files = {
         "device-keys.json": {"produced_by": "spec/vectors/tee/generate.py", "vectors": device_keys()},
-        "core.json": {"produced_by": "spec/vectors/tee/generate.py", **core_vector()},
         "payload.json": {"produced_by": "spec/vectors/tee/generate.py", **payload_vector()},
         "blobs.json": {"produced_by": "spec/vectors/tee/generate.py (HPKE is randomised: produced once)",
                        "binding": common, "other_device_uuid": str(UUIDS[1]),
