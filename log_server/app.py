@@ -21,8 +21,9 @@ from werkzeug.exceptions import HTTPException
 
 from emshield.tlog import merkle
 from emshield.tlog.entry import MAX_ENTRY_SIZE
+from emshield.tlog.tiles import TileError, parse_tile_path
 
-from . import keys
+from . import keys, tiles
 from .batch import BatchFormatError, decode_batch
 from .entries import EntryRejected, IssuerKeys, check_side_record, prepare_issuance, prepare_registration
 from .sequencer import AppendRejected, Appended, Sequencer
@@ -213,6 +214,20 @@ def create_app(config: ServerConfig | Mapping[str, Any]) -> Flask:
         if cp is None:
             raise ApiError(503, "no_checkpoint", "the log has no checkpoint yet")
         return Response(cp.note, mimetype="text/plain", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/tile/<path:tile_path>")
+    def tile(tile_path: str) -> Response:
+        """C2SP tlog-tiles: hash tiles /tile/<L>/<N>[.p/<W>] and entry bundles /tile/entries/<N>[.p/<W>]."""
+        _only_params()
+        try:
+            t = parse_tile_path(tile_path)
+        except TileError as exc:
+            raise ApiError(404, "bad_tile_path", str(exc)) from exc
+        try:
+            data = tiles.read(_log().store, t, _tree_size())
+        except tiles.TileNotFound as exc:
+            raise ApiError(404, "no_such_tile", str(exc)) from exc
+        return Response(data, mimetype="application/octet-stream", headers={"Cache-Control": tiles.cache_control(t)})
 
     @app.post("/v1/entries")
     def append_entry():

@@ -115,6 +115,7 @@ class LogStore(Protocol):
     def get_nodes(self, ids: Sequence[NodeID]) -> Mapping[NodeID, bytes]: ...
     def leaves(self, start: int, end: int) -> list[LeafRecord]: ...
     def leaf(self, index: int) -> LeafRecord | None: ...
+    def node_range(self, level: int, start: int, end: int) -> list[bytes]: ...
     def index_of(self, leaf_hash: bytes) -> int | None: ...
     def issuer(self, key_id: bytes) -> IssuerRecord | None: ...
     def issuers(self) -> list[IssuerRecord]: ...
@@ -441,6 +442,17 @@ class SqliteStore:
     def leaf(self, index: int) -> LeafRecord | None:
         got = self.leaves(index, index + 1)
         return got[0] if got else None
+
+    def node_range(self, level: int, start: int, end: int) -> list[bytes]:
+        """The stored perfect-node hashes (level, start) .. (level, end - 1) in order, one range
+        scan of a primary key (level 0: the leaf hashes); a tile is one such range."""
+        if level == 0:
+            rows = self._conn().execute("SELECT leaf_hash FROM leaves WHERE idx >= ? AND idx < ? ORDER BY idx",
+                                        (start, end))
+        else:
+            rows = self._conn().execute("SELECT hash FROM nodes WHERE level = ? AND idx >= ? AND idx < ? ORDER BY idx",
+                                        (level, start, end))
+        return [bytes(h) for (h,) in rows]
 
     def index_of(self, leaf_hash: bytes) -> int | None:
         row = self._conn().execute("SELECT idx FROM leaves WHERE leaf_hash=?", (leaf_hash,)).fetchone()

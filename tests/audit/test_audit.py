@@ -1,0 +1,181 @@
+"""`emshield-audit` against real `emshield-log serve` subprocesses and real SQLite files.
+
+The auditor must pass an honest log run after run, and catch, with evidence a third party can
+check: a database edited behind the server's back (row edited with the sqlite3 tool while the
+server is down), a fork (two servers holding the same key that diverge), a rollback, and a fork
+at equal size. Exit codes and the state file are checked too.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from emshield.tlog import merkle
+from emshield.tlog.checkpoint import NoteVerifier, verify_checkpoint
+from emshield.tlog.client import LogClient
+from verifier.audit_cli import main as audit_cli
+
+
+def run_audit(url: str, key: str, state: Path, *extra: str) -> tuple[int, dict]:
+    result = CliRunner().invoke(audit_cli, ["--log", url, "--key", key, "--state", str(state), "--json", *extra])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result.exit_code, json.loads(result.output)
+
+
+def _kinds(out: dict) -> set[str]:
+    return {f["kind"] for f in out["findings"]}
+
+
+@pytest.fixture
+def populated(log_files, server_factory, issuer_key, kit):
+    srv = server_factory(log_files.db)
+    log = LogClient(srv.url, operator_token=log_files.token)
+    log.register_issuer(kit.registration(issuer_key))
+    log.append_batch([kit.issuance(issuer_key, n) for n in range(300)])
+    return srv, log
+
+
+def test_honest_log_passes_run_after_run_and_state_advances(populated, log_files, issuer_key, kit, tmp_path) -> None:
+    srv, log = populated
+    key = log_files.verifier.verifier_key()
+    state = tmp_path / "audit.json"
+    code, out = run_audit(srv.url, key, state, "--replay", "--jobs", "2")
+    assert (code, out["ok"], out["replayed"], out["checkpoint"]["size"]) == (0, True, 301, 301), out
+    saved = json.loads(state.read_text())["logs"][kit.ORIGIN]
+    assert (saved["size"], saved["verifier_key"], saved["replayed_size"]) == (301, key, 301)
+    log.append_batch([kit.issuance(issuer_key, n) for n in range(300, 700)])
+    code, out = run_audit(srv.url, key, state)
+    assert code == 0 and out["previous"]["size"] == 301 and out["checkpoint"]["size"] == 701
+    code, out = run_audit(srv.url, key, state, "--replay", "--jobs", "1")
+    assert (code, out["replayed"]) == (0, 701)
+    cp = verify_checkpoint(json.loads(state.read_text())["logs"][kit.ORIGIN]["checkpoint"].encode(), log_files.verifier)
+    assert cp == log.verified_checkpoint(log_files.verifier)
+
+
+def test_key_pinning_state_and_reachability_errors(populated, log_files, kit, tmp_path) -> None:
+    srv, _ = populated
+    key = log_files.verifier.verifier_key()
+    state = tmp_path / "audit.json"
+    assert run_audit(srv.url, key, state)[0] == 0
+    before = state.read_bytes()
+    # Another key for the same origin: refused against the pin (5), state untouched.
+    (tmp_path / "other").mkdir()
+    other = kit.init_log(tmp_path / "other")
+    assert other.verifier.name == log_files.verifier.name and other.verifier.verifier_key() != key
+    code, out = run_audit(srv.url, other.verifier.verifier_key(), state)
+    assert code == 5 and "pinned" in out["error"]
+    # A fresh state with the wrong key: the checkpoint does not verify, nothing is concluded (4).
+    code, out = run_audit(srv.url, other.verifier.verifier_key(), tmp_path / "fresh.json")
+    assert code == 4 and not (tmp_path / "fresh.json").exists()
+    # Unreachable log: 4.
+    srv.stop()
+    code, out = run_audit(srv.url, key, state)
+    assert code == 4 and "cannot fetch" in out["error"]
+    assert state.read_bytes() == before
+    # Corrupt or tampered state files: 5.
+    state.write_text("{not json")
+    assert run_audit(srv.url, key, state)[0] == 5
+    doc = json.loads(before)
+    doc["logs"][kit.ORIGIN]["size"] += 1  # no longer matches the saved signed note
+    state.write_text(json.dumps(doc))
+    code, out = run_audit(srv.url, key, state)
+    assert code == 5 and "corrupt" in out["error"]
+
+
+def _sqlite(db: Path, sql: str) -> None:
+    """Edit the store with the sqlite3 command-line tool, as an attacker with file access would."""
+    subprocess.run(["sqlite3", str(db), sql], check=True, capture_output=True, timeout=30)
+
+
+def test_tampered_database_is_caught_by_replay(populated, log_files, server_factory, tmp_path) -> None:
+    srv, log = populated
+    key = log_files.verifier.verifier_key()
+    state = tmp_path / "audit.json"
+    assert run_audit(srv.url, key, state, "--replay")[0] == 0
+    victim = log.entries(42, 43)[0].data
+    srv.stop()
+    forged = bytearray(victim)
+    forged[-1] ^= 0x01  # one bit of the issuer's signature
+    _sqlite(log_files.db, f"UPDATE leaves SET data = X'{forged.hex()}' WHERE idx = 42")
+    srv2 = server_factory(log_files.db)
+    assert LogClient(srv2.url).entries(42, 43)[0].data == bytes(forged)
+    # Checkpoints and proofs come from the untouched tree nodes: without replay all looks fine.
+    code, out = run_audit(srv2.url, key, state)
+    assert code == 0, out
+    before = state.read_bytes()
+    code, out = run_audit(srv2.url, key, state, "--replay")
+    assert code == 1 and not out["ok"]
+    assert {"entry_hash_mismatch", "bad_entry", "rewritten_entries"} <= _kinds(out)
+    mismatch = next(f for f in out["findings"] if f["kind"] == "entry_hash_mismatch")
+    assert mismatch["evidence"]["index"] == 42
+    assert base64.b64decode(mismatch["evidence"]["entry"]) == bytes(forged)
+    assert base64.b64decode(mismatch["evidence"]["tile_leaf_hash"]) == merkle.leaf_hash(victim)
+    assert state.read_bytes() == before, "a failed audit must not move the saved state"
+    evidence = json.loads(Path(out["evidence_file"]).read_text())
+    assert evidence["findings"] == out["findings"]
+
+    # A smarter forger also rewrites the leaf hash: the tiles above and the root give it away.
+    srv2.stop()
+    _sqlite(log_files.db, f"UPDATE leaves SET leaf_hash = X'{merkle.leaf_hash(bytes(forged)).hex()}' WHERE idx = 42")
+    srv3 = server_factory(log_files.db)
+    code, out = run_audit(srv3.url, key, state, "--replay")
+    assert code == 1
+    assert "entry_hash_mismatch" not in _kinds(out)
+    assert {"tile_mismatch", "bad_entry", "rewritten_entries"} <= _kinds(out)
+    tile = next(f for f in out["findings"] if f["kind"] == "tile_mismatch")
+    assert tile["evidence"]["tile"] == "tile/1/000.p/1" and tile["evidence"]["position"] == 0
+
+
+def _fork(log_files, tmp_path: Path) -> Path:
+    """A second store holding the same key and the same history so far (a copied log)."""
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    src = sqlite3.connect(log_files.db)
+    dst = sqlite3.connect(twin / "log.db")
+    src.backup(dst)
+    src.close()
+    dst.close()
+    shutil.copy2(log_files.key_file, twin / "log.db.signer-key")
+    return twin / "log.db"
+
+
+def test_fork_between_two_servers_with_the_same_key(populated, log_files, server_factory, issuer_key, kit,
+                                                    tmp_path) -> None:
+    srv_a, log_a = populated
+    key = log_files.verifier.verifier_key()
+    srv_b = server_factory(_fork(log_files, tmp_path))
+    log_b = LogClient(srv_b.url)
+    log_a.append_batch([kit.issuance(issuer_key, n) for n in range(1000, 1050)])
+    log_b.append_batch([kit.issuance(issuer_key, n) for n in range(2000, 2080)])  # B diverges, grows larger
+
+    state = tmp_path / "audit.json"
+    assert run_audit(srv_a.url, key, state)[0] == 0
+    code, out = run_audit(srv_b.url, key, state)
+    assert code == 1 and _kinds(out) == {"fork"}
+    ev = out["findings"][0]["evidence"]
+    # The evidence convinces anyone with the log's key: two signed checkpoints, no consistency.
+    verifier = NoteVerifier.from_verifier_key(key)
+    old = verify_checkpoint(ev["saved_checkpoint"].encode(), verifier)
+    new = verify_checkpoint(ev["new_checkpoint"].encode(), verifier)
+    assert (old.size, new.size) == (351, 381)
+    with pytest.raises(merkle.ProofError):
+        merkle.verify_consistency(old.size, new.size, [base64.b64decode(h) for h in ev["consistency_proof"]],
+                                  old.root_hash, new.root_hash)
+
+    # A smaller view is a rollback; the same size with another root is a fork.
+    state_b = tmp_path / "audit-b.json"
+    assert run_audit(srv_b.url, key, state_b)[0] == 0
+    code, out = run_audit(srv_a.url, key, state_b)
+    assert code == 1 and _kinds(out) == {"rollback"}
+    log_a.append_batch([kit.issuance(issuer_key, n) for n in range(1050, 1080)])  # now both 381
+    code, out = run_audit(srv_a.url, key, state_b)
+    assert code == 1 and _kinds(out) == {"fork"}
+    assert "different roots" in out["findings"][0]["detail"]

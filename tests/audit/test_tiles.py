@@ -1,0 +1,144 @@
+"""C2SP tlog-tiles: path encoding and strict parsing, tile and bundle bytes against the vectors in
+spec/vectors/tiles/ (computed with a literal RFC 9162 MTH), and the read API of a real server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import pytest
+import requests
+
+from emshield.tlog import merkle
+from emshield.tlog.client import LogClient
+from emshield.tlog.tiles import (
+    Tile,
+    TileError,
+    bundles_for,
+    decode_entry_bundle,
+    encode_entry_bundle,
+    parse_tile_path,
+    tile_hashes,
+    tile_root,
+    tiles_at_level,
+)
+from log_server import tiles as server_tiles
+from log_server.storage import LeafRecord, SqliteStore
+
+VECTORS = json.loads((Path(__file__).resolve().parents[2] / "spec" / "vectors" / "tiles" / "tiles.json").read_text())
+
+
+def test_path_vectors_encode_and_parse() -> None:
+    for case in VECTORS["paths"]:
+        t = Tile(case["level"], case["index"], case["width"])
+        assert t.path() == case["path"]
+        assert parse_tile_path(case["path"].removeprefix("tile/")) == t
+    rng = random.Random(7)
+    for _ in range(2000):
+        t = Tile(rng.choice([None, 0, 1, 5, 63]), rng.randrange(1 << rng.randrange(1, 64)), rng.randrange(1, 257))
+        assert parse_tile_path(t.path().removeprefix("tile/")) == t
+
+
+def test_invalid_paths_are_refused() -> None:
+    assert VECTORS["invalid_paths"]
+    for case in VECTORS["invalid_paths"]:
+        with pytest.raises(TileError, match=case["reason"]):
+            parse_tile_path(case["path"])
+
+
+def test_tile_geometry_follows_the_spec_example() -> None:
+    tree = VECTORS["tree"]
+    # "a tree of size 70,000 will be represented by 273 full level 0 tiles, one partial level 0
+    # tile of width 112, one full level 1 tile, one partial level 1 tile of width 17, and one
+    # partial level 2 tile of width 1" (c2sp.org/tlog-tiles).
+    assert [t.width for t in tiles_at_level(0, 70_000)] == [256] * 273 + [112]
+    assert [t.width for t in tiles_at_level(1, 70_000)] == [256, 17]
+    assert [t.width for t in tiles_at_level(2, 70_000)] == [1]
+    assert tiles_at_level(3, 70_000) == []
+    assert {k: v for k, v in tree["tile_counts"].items()} == {"0": [256, 112], "1": [256, 17], "2": [1], "3": []}
+    assert [t.width for t in tiles_at_level(1, 256)] == [1]  # "a tree of size 256 ... partial level 1 tile of width 1"
+    assert [(b.index, b.width) for b in bundles_for(250, 600)] == [(0, 256), (1, 256), (2, 88)]
+
+
+def test_entry_bundle_encoding_is_strict() -> None:
+    small = next(b for b in VECTORS["tree"]["bundles"] if "hex" in b)
+    data = bytes.fromhex(small["hex"])
+    t = parse_tile_path(small["path"].removeprefix("tile/"))
+    entries = decode_entry_bundle(data, t)
+    assert entries == [b"emshield tile vector %d" % i for i in range(3)]
+    assert encode_entry_bundle(entries) == data
+    for bad, why in [(data[:-1], "truncated"), (data + b"\x00", "truncated"), (data + b"\x00\x00", "more than"),
+                     (data[:2 + len(entries[0])], "1 entries, want 3")]:
+        with pytest.raises(TileError, match=why):
+            decode_entry_bundle(bad, t)
+    with pytest.raises(TileError, match="at most 65535"):
+        encode_entry_bundle([b"x" * 65536])
+    with pytest.raises(TileError, match="bytes, want"):
+        tile_hashes(b"\x00" * 33, Tile(0, 0, 1))
+
+
+def test_server_store_reads_match_the_vectors(tmp_path: Path) -> None:
+    """The store's tiles (perfect nodes at level 8·L) equal tiles computed by literal RFC 9162 MTH."""
+    tree = VECTORS["tree"]
+    store = SqliteStore.create(tmp_path / "t.db", {"origin": b"vectors"})
+    rng = merkle.CompactRange()
+    leaves, nodes = [], []
+    for i in range(tree["size"]):
+        data = b"emshield tile vector %d" % i
+        lh = merkle.leaf_hash(data)
+        leaves.append(LeafRecord(i, lh, data, "vector"))
+        nodes.extend(rng.append(lh))
+    with store.write() as tx:
+        tx.add_leaves(leaves)
+        tx.add_nodes(nodes)
+    assert rng.root().hex() == tree["root"]
+    for case in tree["tiles"]:
+        t = parse_tile_path(case["path"].removeprefix("tile/"))
+        data = server_tiles.read(store, t, tree["size"])
+        assert (len(data) // 32, hashlib.sha256(data).hexdigest(), data[:32].hex()) == \
+            (case["width"], case["sha256"], case["first_hash"]), case["path"]
+    big = next(b for b in tree["bundles"] if "sha256" in b)
+    data = server_tiles.read(store, parse_tile_path(big["path"].removeprefix("tile/")), tree["size"])
+    assert hashlib.sha256(data).hexdigest() == big["sha256"]
+    with pytest.raises(server_tiles.TileNotFound):
+        server_tiles.read(store, Tile(0, 273, 113), tree["size"])
+    with pytest.raises(server_tiles.TileNotFound):
+        server_tiles.read(store, Tile(2, 0, 2), tree["size"])
+    store.close()
+
+
+def test_tile_api_of_a_real_server(log_files, server_factory, issuer_key, kit) -> None:
+    srv = server_factory(log_files.db)
+    log = LogClient(srv.url, operator_token=log_files.token)
+    log.register_issuer(kit.registration(issuer_key))
+    log.append_batch([kit.issuance(issuer_key, n) for n in range(599)])
+    cp = log.verified_checkpoint(log_files.verifier)
+    assert cp.size == 600
+    leaves = [e.data for e in log.iter_entries(0, cp.size)]
+    hashes = [merkle.leaf_hash(d) for d in leaves]
+
+    def get(path: str) -> requests.Response:
+        return requests.get(f"{srv.url}/{path}", timeout=10)
+
+    for t in tiles_at_level(0, cp.size):
+        r = get(t.path())
+        assert r.status_code == 200 and r.headers["Content-Type"] == "application/octet-stream"
+        assert tile_hashes(r.content, t) == hashes[t.index * 256:t.index * 256 + t.width]
+        assert ("immutable" in r.headers["Cache-Control"]) == t.full
+        b = Tile(None, t.index, t.width)
+        assert decode_entry_bundle(get(b.path()).content, b) == leaves[t.index * 256:t.index * 256 + t.width]
+    (top,) = tiles_at_level(1, cp.size)
+    assert (top.width, top.full) == (2, False)
+    assert tile_hashes(get(top.path()).content, top) == [tile_root(hashes[:256]), tile_root(hashes[256:512])]
+    # A partial tile of an earlier tree size is served too (its bytes never change).
+    assert tile_hashes(get("tile/0/002.p/7").content, Tile(0, 2, 7)) == hashes[512:519]
+    assert get("tile/checkpoint").status_code == 404
+    for path, code, error in [("tile/0/002.p/89", 404, "no_such_tile"), ("tile/0/003", 404, "no_such_tile"),
+                              ("tile/2/000.p/1", 404, "no_such_tile"), ("tile/0/02", 404, "bad_tile_path"),
+                              ("tile/0/x000/000", 404, "bad_tile_path"), ("tile/entries/000.p/256", 404, "bad_tile_path"),
+                              ("tile/0/000?x=1", 400, "unknown_parameter")]:
+        r = get(path)
+        assert (r.status_code, r.json()["error"]) == (code, error), path
+    assert requests.post(f"{srv.url}/tile/0/000", timeout=10).status_code == 405
