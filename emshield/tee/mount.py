@@ -2,10 +2,11 @@
 
 Order of operations (each step fails with a typed error before the next starts):
 read and range-check the header → compare its binding with the expected device, backbone and
-issuance → unlock the device secret, unwrap the data key, lock the secret away again → allocate
-secret memory of the declared plaintext size → decrypt every chunk into it, verifying each tag and
-the end of the stream → only then parse and yield. On any failure or on exit the plaintext memory
-is overwritten with zeros, so a caller never sees a partial core.
+issuance → allocate secret memory of the declared plaintext size and start faulting its pages in
+(a background thread: the dominant cost, spec/sealed.md §Performance) → unlock the device secret,
+unwrap the data key, lock the secret away again → decrypt every chunk into the memory, verifying
+each tag and the end of the stream → only then parse and yield. On any failure or on exit the
+plaintext memory is overwritten with zeros, so a caller never sees a partial core.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from emshield.tee.blobformat import CONTENT_CORE, Header, read_header
 from emshield.tee.coreio import core_from_safetensors_buffer
 from emshield.tee.device import Device
 from emshield.tee.errors import MalformedCoreError, SealError
-from emshield.tee.secmem import KIND_LOCKED, KIND_SECRET, SecretBuffer, enter_undumpable, leave_undumpable
+from emshield.tee.secmem import SHAREABLE_KINDS, SecretBuffer, enter_undumpable, leave_undumpable
 from emshield.tee.seal import Progress, check_binding, decrypt_chunks, open_blob, unwrap_data_key
 
 ENV_FD, ENV_SIZE, ENV_KIND = "EMSHIELD_CORE_FD", "EMSHIELD_CORE_SIZE", "EMSHIELD_CORE_MEMORY"
@@ -41,42 +42,46 @@ class MountedCore:
     header: Header
     plaintext: memoryview  # read-only, over secret memory
     memory_kind: str       # memfd_secret | memfd+mlock | memfd (unlocked)
-    fd: int                # the secret memory's fd (for a child process, see `emshield device mount`)
+    fd: int                # the secret memory's fd (for a child, see `emshield device mount`); -1 for anon+mlock
     core: Core | None      # zero-copy arrays over `plaintext` when the blob's content type is a core
 
 
 @contextmanager
 def mount(blob: str | os.PathLike | bytes | BinaryIO, device: Device, expected_backbone_id: bytes,
           expected_leaf_hash: bytes, *, allow_unlocked: bool = False,
-          memory_kinds: tuple[str, ...] = (KIND_SECRET, KIND_LOCKED),
+          memory_kinds: tuple[str, ...] = SHAREABLE_KINDS,
           progress: Progress | None = None) -> Iterator[MountedCore]:
     """Unseal `blob` for `device` into memory only; yield it; wipe it on exit (also on exceptions).
 
-    `memory_kinds`: secret-memory kinds to try in order (see emshield.tee.secmem); memfd_secret first.
-    Dropping it trades direct-map removal for speed (first touch of memfd_secret pages costs tens of
-    µs a page, spec/sealed.md §Performance) or allows hibernation."""
+    `memory_kinds`: secret-memory kinds to try in order (see emshield.tee.secmem); memfd_secret
+    first. The default kinds give an fd a child command can map; a caller that uses the core only
+    in-process can pass `IN_PROCESS_KINDS`, whose locked fallback (no memfd_secret) faults in far
+    faster. Dropping memfd_secret trades direct-map removal for speed (its first touch costs tens
+    of µs a page, spec/sealed.md §Performance) or allows hibernation."""
     src = open_blob(blob)
     try:
         header = read_header(src)
         check_binding(header, device.binding(expected_backbone_id, expected_leaf_hash))
-        with device.unlock() as secret:
-            data_key = unwrap_data_key(header, secret)
         enter_undumpable()
         try:
+            buf = SecretBuffer.allocate(header.plaintext_length, allow_unlocked=allow_unlocked, kinds=memory_kinds)
+            buf.start_prefault()
+            data_key = None
+            view = buf.view
             try:
-                buf = SecretBuffer.allocate(header.plaintext_length, allow_unlocked=allow_unlocked, kinds=memory_kinds)
-                view = buf.view
-                try:
-                    decrypt_chunks(src, header, data_key, view, progress)
-                except BaseException as e:
-                    if isinstance(e, SealError):
-                        e.__traceback__ = None  # its frames hold slices of the buffer; the message says it all
-                    view.release()
-                    buf.wipe_and_close()
-                    raise
+                with device.unlock() as secret:
+                    data_key = unwrap_data_key(header, secret)
+                decrypt_chunks(src, header, data_key, view, progress, ready=buf.wait_ready)
+            except BaseException as e:
+                if isinstance(e, SealError):
+                    e.__traceback__ = None  # its frames hold slices of the buffer; the message says it all
                 view.release()
+                buf.wipe_and_close()
+                raise
             finally:
-                devicekey.wipe(data_key)
+                if data_key is not None:
+                    devicekey.wipe(data_key)
+            view.release()
             try:
                 mounted = _parse(header, buf)
                 try:

@@ -8,10 +8,19 @@ child process by inheriting the fd, and the child maps it; nothing is ever writt
   mapping. The kernel charges them to RLIMIT_MEMLOCK (8 MiB here for unprivileged users; processes
   with CAP_IPC_LOCK, e.g. root, are not limited) and refuses larger mappings with EAGAIN.
 * ``memfd+mlock``: an anonymous memfd whose mapping is mlock'ed (no swap), same RLIMIT_MEMLOCK.
+* ``anon+mlock``: private anonymous memory, mlock'ed, ``MADV_DONTFORK`` (a child never inherits it)
+  and ``MADV_HUGEPAGE`` (2 MiB pages where the kernel's THP setting allows: ~500× fewer page
+  faults). It has no fd, so it only serves callers that use the core in-process; ask for it
+  explicitly (``IN_PROCESS_KINDS``).
 * ``memfd (unlocked)``: only when the caller passes ``allow_unlocked=True`` (CLI
   ``--allow-unlocked``); may be swapped. A warning says so. Never chosen silently.
 
 All mappings get MADV_DONTDUMP (no core dumps) and are overwritten with zeros on close.
+
+Locking uses ``mlock2(MLOCK_ONFAULT)``: the limit is charged for the whole range at once (so a
+refusal still comes before any plaintext exists), and each page is locked the moment it is first
+touched, so faulting the pages in can overlap decryption (:meth:`SecretBuffer.start_prefault`)
+instead of ``mlock`` populating all of them serially first.
 """
 
 from __future__ import annotations
@@ -33,11 +42,18 @@ PR_SET_DUMPABLE = 4
 
 KIND_SECRET = "memfd_secret"
 KIND_LOCKED = "memfd+mlock"
+KIND_PRIVATE = "anon+mlock"
 KIND_UNLOCKED = "memfd (unlocked)"
+SHAREABLE_KINDS = (KIND_SECRET, KIND_LOCKED)   # the default: an fd a child command can map
+IN_PROCESS_KINDS = (KIND_SECRET, KIND_PRIVATE)  # no fd; the locked fallback is far cheaper to fault in
+MLOCK_ONFAULT = 1
+MADV_HUGEPAGE = 14
+PREFAULT_STEP = 2 << 20
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
-_libc.mlock.argtypes = _libc.munlock.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+_libc.munlock.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+_libc.mlock2.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint)
 
 
 class UnlockedMemoryWarning(UserWarning):
@@ -86,14 +102,36 @@ def _new_memfd(size: int) -> tuple[int, mmap.mmap]:
         raise
 
 
+def _lock_on_fault(m: mmap.mmap, size: int, what: str) -> str | None:
+    """Lock the whole mapping (charged to RLIMIT_MEMLOCK now, pages locked as they fault in)."""
+    if _libc.mlock2(_address(m), size, MLOCK_ONFAULT) == 0:
+        return None
+    return f"mlock of {size} bytes of {what} refused ({os.strerror(ctypes.get_errno())}; limit {_memlock_limit()})"
+
+
 def _try_memfd_locked(size: int) -> tuple[int, mmap.mmap] | str:
     fd, m = _new_memfd(size)
-    if _libc.mlock(_address(m), size) == 0:
+    refused = _lock_on_fault(m, size, "memfd")
+    if refused is None:
         return fd, m
-    why = os.strerror(ctypes.get_errno())
     m.close()
     os.close(fd)
-    return f"mlock of {size} bytes refused ({why}; limit {_memlock_limit()})"
+    return refused
+
+
+def _try_private_locked(size: int) -> tuple[int, mmap.mmap] | str:
+    m = mmap.mmap(-1, size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, mmap.PROT_READ | mmap.PROT_WRITE)
+    m.madvise(mmap.MADV_DONTDUMP)
+    m.madvise(mmap.MADV_DONTFORK)
+    try:
+        m.madvise(MADV_HUGEPAGE)
+    except OSError:
+        pass  # THP disabled or not built in: 4 KiB pages, same protection, more page faults
+    refused = _lock_on_fault(m, size, "anonymous memory")
+    if refused is None:
+        return -1, m
+    m.close()
+    return refused
 
 
 @dataclass
@@ -101,15 +139,16 @@ class SecretBuffer:
     """Plaintext memory of exactly `size` bytes (mapping rounded up to whole pages)."""
 
     size: int
-    fd: int
+    fd: int  # -1 for KIND_PRIVATE
     kind: str
     _map: mmap.mmap = field(repr=False)
     _locked: bool = False
     _closed: bool = False
+    _prefault: _Prefault | None = field(default=None, repr=False)
 
     @classmethod
     def allocate(cls, size: int, *, allow_unlocked: bool = False,
-                 kinds: tuple[str, ...] = (KIND_SECRET, KIND_LOCKED)) -> SecretBuffer:
+                 kinds: tuple[str, ...] = SHAREABLE_KINDS) -> SecretBuffer:
         """Try `kinds` in order (memfd_secret, then locked memfd); unlocked memfd only if allowed.
 
         Pass ``kinds=(KIND_LOCKED,)`` to avoid memfd_secret, e.g. on hosts that must hibernate
@@ -117,9 +156,10 @@ class SecretBuffer:
         mapped = max(mmap.PAGESIZE, -(-size // mmap.PAGESIZE) * mmap.PAGESIZE)
         reasons = []
         for kind in kinds:
-            got = {KIND_SECRET: _try_memfd_secret, KIND_LOCKED: _try_memfd_locked}[kind](mapped)
+            got = {KIND_SECRET: _try_memfd_secret, KIND_LOCKED: _try_memfd_locked,
+                   KIND_PRIVATE: _try_private_locked}[kind](mapped)
             if not isinstance(got, str):
-                return cls(size, got[0], kind, got[1], _locked=kind == KIND_LOCKED)
+                return cls(size, got[0], kind, got[1], _locked=kind in (KIND_LOCKED, KIND_PRIVATE))
             reasons.append(got)
         if not allow_unlocked:
             raise InsecureMemoryError(
@@ -136,11 +176,24 @@ class SecretBuffer:
         """Writable view of exactly `size` bytes."""
         return memoryview(self._map)[: self.size]
 
+    def start_prefault(self) -> None:
+        """Fault the pages in, front to back, in a background thread (see :class:`_Prefault`); not
+        worth a thread for a buffer of one step or less."""
+        if self._prefault is None and not self._closed and self.size > PREFAULT_STEP:
+            self._prefault = _Prefault(_address(self._map), self.size)
+
+    def wait_ready(self, end: int) -> None:
+        """Block until bytes [0, end) are faulted in (at once if no prefault was started)."""
+        if self._prefault is not None:
+            self._prefault.wait_until(end)
+
     def wipe_and_close(self) -> bool:
         """Zero every byte, unlock, unmap and close. Returns False when views of the buffer were still
         alive (they now read zeros; the mapping is released when they die)."""
         if self._closed:
             return True
+        if self._prefault is not None:
+            self._prefault.stop()  # before the mapping goes: the thread writes through its address
         self._closed = True
         ctypes.memset(_address(self._map), 0, len(self._map))
         if self._locked:
@@ -150,10 +203,52 @@ class SecretBuffer:
             self._map.close()
         except BufferError:
             released = False
-        if released and self.kind != KIND_SECRET:
-            os.ftruncate(self.fd, 0)
-        os.close(self.fd)
+        if self.fd >= 0:
+            if released and self.kind != KIND_SECRET:
+                os.ftruncate(self.fd, 0)
+            os.close(self.fd)
         return released
+
+
+class _Prefault:
+    """A thread that writes zeros over the buffer, PREFAULT_STEP bytes at a time, front to back.
+
+    Why: the first touch of a page is most of the cost of unsealing. For memfd_secret the kernel
+    removes every new page from its direct map and flushes the TLB of every CPU (tens of µs a page
+    in a VM); locked memfd pages must be allocated and zeroed. Doing that here, one step ahead,
+    lets it overlap reading the blob, unwrapping the key and decrypting (`ctypes.memset` and
+    `AESGCM.decrypt_into` both run without the GIL). The decrypting thread waits until its range is
+    faulted, so it never faults pages itself and never writes where this thread does. Page faults
+    of one mapping do not go faster with more threads (measured), so there is one."""
+
+    def __init__(self, address: int, size: int) -> None:
+        self._address, self._size = address, size
+        self._done = 0
+        self._stopping = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="emshield-prefault", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        offset = 0
+        while offset < self._size and not self._stopping:
+            n = min(PREFAULT_STEP, self._size - offset)
+            ctypes.memset(self._address + offset, 0, n)
+            offset += n
+            with self._cond:
+                self._done = offset
+                self._cond.notify_all()
+        with self._cond:
+            self._done = self._size
+            self._cond.notify_all()
+
+    def wait_until(self, end: int) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._done >= end)
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._thread.join()
 
 
 _dumpable_lock = threading.Lock()
