@@ -335,6 +335,37 @@ def _prove(what: str, proof: TlogProof, entry: bytes, log_verifier: NoteVerifier
 # --- files -------------------------------------------------------------------------------------------
 
 
+class LogKeyError(ValueError):
+    """A log verifier key (or the file that should hold one) is unreadable or malformed."""
+
+
+MAX_KEY_FILE = 4096
+
+
+def parse_log_key(value: str) -> NoteVerifier:
+    """The log's verifier key, given as the key string itself (``origin+keyid+base64``, as
+    ``emshield-log init`` prints it) or as the path of a file holding it on one line."""
+    text = value
+    if "+" not in value or Path(value).is_file():
+        path = Path(value)
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(MAX_KEY_FILE + 1)
+        except OSError as exc:
+            raise LogKeyError(f"{value!r} is neither a verifier key nor a readable file ({exc.strerror})") from exc
+        if len(raw) > MAX_KEY_FILE:
+            raise LogKeyError(f"{path} is larger than {MAX_KEY_FILE} bytes")
+        try:
+            text = raw.decode("ascii").strip()
+        except UnicodeDecodeError as exc:
+            raise LogKeyError(f"{path} is not an ASCII verifier key") from exc
+    try:
+        return NoteVerifier.from_verifier_key(text)
+    except NoteError as exc:
+        raise LogKeyError(f"bad log verifier key: {exc}") from exc
+
+
+
 def read_bundle_file(path: str | os.PathLike) -> Bundle:
     """Read and parse a bundle file, refusing oversized files before reading them."""
     path = Path(path)

@@ -26,8 +26,10 @@ from pathlib import Path
 from emshield.bundle import (
     FILE_SUFFIX,
     Bundle,
+    LogKeyError,
     VerifiedBundle,
     parse_bundle,
+    parse_log_key,
     read_bundle_file,
     verify_bundle,
     write_bundle_file,
@@ -37,11 +39,10 @@ from emshield.tee.blobformat import CONTENT_CORE, Binding, read_header
 from emshield.tee.device import Device, load_device
 from emshield.tee.mount import mount
 from emshield.tee.seal import check_binding
-from emshield.tlog.checkpoint import NoteError, NoteVerifier
+from emshield.tlog.checkpoint import NoteVerifier
 
 PINNED_KEY_FILE = "log.vkey"
 INSTALLED_FILE = "core" + FILE_SUFFIX
-MAX_KEY_FILE = 4096
 DEFAULT_MAX_NEW_TOKENS = 32
 
 
@@ -57,31 +58,16 @@ class DeployError(Exception):
 # --- the pinned log key ----------------------------------------------------------------------------
 
 
-def parse_log_key(value: str) -> NoteVerifier:
-    """A log verifier key given as the key string itself or as the path of a file holding it."""
-    path = Path(value)
-    text = value
-    if "+" not in value or path.is_file():
-        try:
-            with open(path, "rb") as f:
-                raw = f.read(MAX_KEY_FILE + 1)
-        except OSError as exc:
-            raise DeployError("log-key", f"{value!r} is neither a verifier key nor a readable file ({exc.strerror})") from exc
-        if len(raw) > MAX_KEY_FILE:
-            raise DeployError("log-key", f"{path} is larger than {MAX_KEY_FILE} bytes")
-        try:
-            text = raw.decode("ascii").strip()
-        except UnicodeDecodeError as exc:
-            raise DeployError("log-key", f"{path} is not an ASCII verifier key") from exc
-    try:
-        return NoteVerifier.from_verifier_key(text)
-    except NoteError as exc:
-        raise DeployError("log-key", f"bad log verifier key: {exc}") from exc
-
-
 def pinned_log_key(directory: Path) -> NoteVerifier | None:
     path = Path(directory) / PINNED_KEY_FILE
-    return parse_log_key(str(path)) if path.is_file() else None
+    return _log_key(str(path)) if path.is_file() else None
+
+
+def _log_key(value: str) -> NoteVerifier:
+    try:
+        return parse_log_key(value)
+    except LogKeyError as exc:
+        raise DeployError("log-key", str(exc)) from exc
 
 
 def _resolve_log_key(directory: Path, given: str | None) -> tuple[NoteVerifier, bool]:
@@ -91,7 +77,7 @@ def _resolve_log_key(directory: Path, given: str | None) -> tuple[NoteVerifier, 
         if pinned is None:
             raise DeployError("log-key", f"no log key pinned in {directory}: give the log's verifier key once")
         return pinned, False
-    key = parse_log_key(given)
+    key = _log_key(given)
     if pinned is not None and pinned.verifier_key() != key.verifier_key():
         raise DeployError("log-key", f"the given log key differs from the one pinned in {directory / PINNED_KEY_FILE} "
                           f"({pinned.verifier_key()}); remove that file to trust another log")

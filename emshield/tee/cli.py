@@ -12,7 +12,6 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from emshield.notbuilt import not_built_command
 from emshield.tee import errors
 from emshield.tee.blobformat import CONTENT_CORE, CONTENT_OPAQUE, DEFAULT_CHUNK, MAX_CHUNK, MIN_CHUNK, SUITES, Binding
 from emshield.tee.coreio import core_from_safetensors_buffer
@@ -225,8 +224,78 @@ def mount_cmd(blob: Path, backbone_id: bytes, leaf_hash: bytes, directory: Path,
         sys.exit(rc if rc > 0 else 128 - rc)
 
 
-for _name, _help, _issue in [
-    ("install", "Verify a bundle offline and accept its sealed core.", 8),
-    ("run", "Mount the installed core, merge it with the backbone and answer a prompt.", 8),
-]:
-    device_group.add_command(not_built_command(_name, _issue, _help))
+def _deploy_fail(e: Exception) -> click.ClickException:
+    """Bundle, device-check and sealing failures as one clear line (the check's name first)."""
+    if isinstance(e, errors.SealError):
+        return _fail(e)
+    check = getattr(e, "check", None)
+    return click.ClickException(f"refused ({check}): {e.detail}" if check else f"refused: {e}")
+
+
+def _deploy_errors() -> tuple[type[Exception], ...]:
+    from emshield.bundle import BundleError, LogKeyError
+    from emshield.core import ModelFileError
+    from emshield.deploy import DeployError
+
+    return BundleError, LogKeyError, DeployError, ModelFileError, errors.SealError
+
+
+@device_group.command("install")
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_dir_option
+@click.option("--log-key", default=None, envvar="EMSHIELD_LOG_KEY",
+              help="The log's verifier key, or a file holding it; pinned on the first install "
+                   "(env EMSHIELD_LOG_KEY). Later installs use the pinned key; a different one is refused.")
+@click.option("--allow-unlocked", is_flag=True, help="Allow swappable memory for the trial unseal (with a warning).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was installed as JSON.")
+def install_cmd(bundle: Path, directory: Path, log_key: str | None, allow_unlocked: bool, as_json: bool) -> None:
+    """Verify BUNDLE offline (issuer signature, inclusion proofs, checkpoint signature by the pinned
+    log key, sealed core bound to this device and issuance) and install it (spec/bundle.md)."""
+    from emshield.bundle import MAX_BUNDLE_SIZE
+    from emshield.deploy import install_bundle
+
+    try:
+        if bundle.stat().st_size > MAX_BUNDLE_SIZE:
+            raise click.ClickException(f"{bundle} is larger than {MAX_BUNDLE_SIZE} bytes")
+        result = install_bundle(directory, bundle.read_bytes(), log_key, allow_unlocked=allow_unlocked)
+    except _deploy_errors() as e:
+        raise _deploy_fail(e) from None
+    v = result.verified
+    info = {"installed": str(result.path), "device_uuid": str(v.device_uuid), "issuer": v.registration.name,
+            "issuer_key_id": v.registration.key_id.hex(), "issuance_index": v.issuance_index,
+            "leaf_hash": v.issuance_leaf_hash.hex(), "policy": v.issuance.policy, "issued_at": v.issuance.issued_at,
+            "backbone_id": v.backbone_id.hex(), "checkpoint_size": v.checkpoint.size, "log": v.checkpoint.origin,
+            "log_key_pinned_now": result.pinned_now, "tensors": result.tensors, "trial_unseal_memory": result.memory_kind}
+    click.echo(json.dumps(info, indent=2) if as_json else "\n".join(f"{k}: {v}" for k, v in info.items()))
+
+
+@device_group.command("run")
+@click.option("--prompt", required=True, help="The instruction to answer.")
+@click.option("--input", "input_text", default="", help="The instruction's input (training template).")
+@click.option("--raw", is_flag=True, help="Feed --prompt to the model as is, without the template.")
+@click.option("--backbone", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              envvar="EMSHIELD_BACKBONE", help="The public backbone folder the core was issued for (env EMSHIELD_BACKBONE).")
+@click.option("--max-new-tokens", type=click.IntRange(1, 1024), default=32, show_default=True)
+@_dir_option
+@click.option("--allow-unlocked", is_flag=True, help="Allow swappable memory for the core (with a warning).")
+@click.option("--json", "as_json", is_flag=True, help="Print the answer and its provenance as JSON.")
+def run_cmd(prompt: str, input_text: str, raw: bool, backbone: Path, max_new_tokens: int, directory: Path,
+            allow_unlocked: bool, as_json: bool) -> None:
+    """Mount the installed core, merge it with the backbone in memory and answer a prompt."""
+    from emshield.deploy import run_prompt
+
+    with tqdm(total=5, desc="run", disable=None if not as_json else True, file=sys.stderr) as bar:
+        def stage(name: str) -> None:
+            bar.set_postfix_str(name)
+            bar.update(1)
+
+        try:
+            answer = run_prompt(directory, backbone, prompt, input_text=input_text, raw=raw,
+                                max_new_tokens=max_new_tokens, allow_unlocked=allow_unlocked, stage=stage)
+        except _deploy_errors() as e:
+            raise _deploy_fail(e) from None
+    if as_json:
+        click.echo(json.dumps({"answer": answer.text, "prompt": answer.prompt, "device_uuid": answer.device_uuid,
+                               "issuance_index": answer.issuance_index, "memory": answer.memory_kind}, indent=2))
+    else:
+        click.echo(answer.text)

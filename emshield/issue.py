@@ -1,0 +1,506 @@
+"""The issuance pipeline: issuer keys, registration, and issuing a marked, sealed core to devices.
+
+For one device (spec/issue.md): payload from the device UUID → refuse a payload collision with
+another device (the log's commitment index) → mark the core by policy → fingerprint → sign an
+Issuance entry → append it (the log answers only once the entry is in a signed checkpoint) →
+publish the fingerprint as the entry's side record → fetch and verify inclusion proofs for the
+issuance and the issuer's registration against the pinned log key → seal the marked core to the
+device, bound to the entry's leaf hash → write and re-verify the bundle (spec/bundle.md).
+
+Resumable: before issuing, the log is asked for earlier issuances to the device by this issuer for
+this backbone. If there is one, no second entry is made: the core is marked again (marking is
+deterministic), its fingerprint hash and commitment must equal the logged ones (else the device
+already holds a different core and issuance is refused), and a fresh bundle is built for the
+logged entry. A bundle already in the output folder that verifies is left alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import stat
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+    load_pem_private_key,
+)
+
+from emshield.bundle import (
+    FILE_SUFFIX,
+    Bundle,
+    BundleError,
+    TlogProof,
+    read_bundle_file,
+    verify_bundle,
+    write_bundle_file,
+)
+from emshield.core import Core, LoraFactors
+from emshield.marking import fingerprint as fp_mod
+from emshield.marking import policy as policy_mod
+from emshield.marking.params import (
+    LayerSpec,
+    MarkingParams,
+    ParamsError,
+    payload_for_device,
+    verification_key,
+    watermark_commitment,
+)
+from emshield.tee.blobformat import Binding
+from emshield.tee.devicekey import DevicePublicKey
+from emshield.tee.seal import seal_core
+from emshield.tlog.checkpoint import NoteVerifier, verify_checkpoint
+from emshield.tlog.client import LogClient
+from emshield.tlog.entry import (
+    EntryError,
+    Issuance,
+    IssuerRegistration,
+    decode_entry,
+    issuer_key_id,
+    sign_entry,
+    verify_entry_signature,
+)
+from emshield.tlog.merkle import leaf_hash
+
+ISSUER_KEY_FILE = "issuer.key"  # PEM PKCS#8 Ed25519 private key, 0600
+MARKING_SECRET_FILE = "marking.secret"  # 32 random bytes, 0600 (the file `emshield mark --secret-file` reads)
+ISSUER_PUBLIC_FILE = "issuer.pub"  # hex of the raw Ed25519 public key
+MARKING_SECRET_LEN = 32
+MAX_KEY_FILE = 4096
+POLICY_AUTO = "auto"
+POLICY_FINGERPRINT = "fingerprint"
+POLICIES = (POLICY_AUTO, POLICY_FINGERPRINT)
+MAX_DEVICES_CSV = 64 << 20
+DEVICE_COLUMNS = ("device_uuid", "x25519_public", "xwing_public")
+
+
+class IssueError(Exception):
+    """Issuance refused or impossible; ``reason`` is a short stable name (spec/issue.md, "Refusals")."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+# --- issuer keys -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IssuerKeys:
+    signing_key: Ed25519PrivateKey
+    marking_secret: bytes
+
+    @property
+    def public_key(self) -> bytes:
+        return self.signing_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    @property
+    def key_id(self) -> bytes:
+        return issuer_key_id(self.public_key)
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def init_issuer(directory: Path) -> IssuerKeys:
+    """Create the issuer's Ed25519 signing key and marking secret (0600, never overwritten)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    existing = [n for n in (ISSUER_KEY_FILE, MARKING_SECRET_FILE) if (directory / n).exists()]
+    if existing:
+        raise IssueError("exists", f"{directory} already holds {', '.join(existing)}; refusing to overwrite issuer keys")
+    keys = IssuerKeys(Ed25519PrivateKey.generate(), os.urandom(MARKING_SECRET_LEN))
+    pem = keys.signing_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    _write_new(directory / ISSUER_KEY_FILE, pem, 0o600)
+    _write_new(directory / MARKING_SECRET_FILE, keys.marking_secret, 0o600)
+    _write_new(directory / ISSUER_PUBLIC_FILE, (keys.public_key.hex() + "\n").encode(), 0o644)
+    return keys
+
+
+def _read_secret_file(path: Path) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise IssueError("issuer-keys", f"cannot open {path}: {exc.strerror} (run `emshield issuer init`)") from exc
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_mode & 0o077 or st.st_uid != os.geteuid():
+            raise IssueError("issuer-keys", f"{path} must be a regular file of this user with mode 0600")
+        data = f.read(MAX_KEY_FILE + 1)
+    if len(data) > MAX_KEY_FILE:
+        raise IssueError("issuer-keys", f"{path} is larger than {MAX_KEY_FILE} bytes")
+    return data
+
+
+def load_issuer(directory: Path) -> IssuerKeys:
+    directory = Path(directory)
+    pem = _read_secret_file(directory / ISSUER_KEY_FILE)
+    secret = _read_secret_file(directory / MARKING_SECRET_FILE)
+    try:
+        key = load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise IssueError("issuer-keys", f"{directory / ISSUER_KEY_FILE} is not a PEM private key") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise IssueError("issuer-keys", f"{directory / ISSUER_KEY_FILE} is not an Ed25519 key")
+    if len(secret) != MARKING_SECRET_LEN:
+        raise IssueError("issuer-keys", f"{directory / MARKING_SECRET_FILE} must hold {MARKING_SECRET_LEN} bytes")
+    return IssuerKeys(key, secret)
+
+
+# --- registration ----------------------------------------------------------------------------------
+
+
+def marking_params_for(keys: IssuerKeys, backbone_id: str, core: Core, *, rs_nsym: int = 10,
+                       tau: float = 3.0) -> MarkingParams:
+    """Public marking parameters for one backbone and core layout (what `emshield mark params` makes)."""
+    layers = tuple(LayerSpec(name, *core[name].shape) for name in sorted(core))
+    try:
+        return MarkingParams(backbone_id, verification_key(keys.marking_secret, backbone_id), layers,
+                             rs_nsym=rs_nsym, tau_milli=round(tau * 1000))
+    except ParamsError as exc:
+        raise IssueError("marking-params", str(exc)) from exc
+
+
+@dataclass(frozen=True)
+class LoggedRegistration:
+    index: int
+    entry: bytes  # exact leaf bytes
+    registration: IssuerRegistration
+    params: MarkingParams
+
+
+def fetch_registration(client: LogClient, key_id: bytes) -> LoggedRegistration | None:
+    """This issuer's registration as logged (None if not registered), its self-signature checked."""
+    info = next((i for i in client.issuers() if i.key_id == key_id), None)
+    if info is None:
+        return None
+    if info.revoked:
+        raise IssueError("revoked", f"issuer {key_id.hex()} was revoked by the log operator: {info.revocation_reason}")
+    (leaf,) = client.entries(info.index, info.index + 1)
+    try:
+        signed = decode_entry(leaf.data)
+        reg = signed.entry
+        if not isinstance(reg, IssuerRegistration) or reg.key_id != key_id:
+            raise EntryError(f"log entry {info.index} is not this issuer's registration")
+        verify_entry_signature(signed, Ed25519PublicKey.from_public_bytes(reg.issuer_public_key))
+        params = MarkingParams.from_cbor(reg.marking_params)
+    except (EntryError, ParamsError) as exc:
+        raise IssueError("bad-registration", f"registration at index {info.index}: {exc}") from exc
+    return LoggedRegistration(info.index, leaf.data, reg, params)
+
+
+@dataclass(frozen=True)
+class RegisterResult:
+    index: int
+    created: bool
+    key_id: bytes
+    params: MarkingParams
+
+
+def register_issuer(client: LogClient, keys: IssuerKeys, name: str, params: MarkingParams, *,
+                    now: int | None = None) -> RegisterResult:
+    """Publish the issuer key and marking parameters (needs the operator token on ``client``).
+
+    Idempotent: an issuer already registered with the same parameters gets its logged index back;
+    with other parameters it is refused (one registration per key: a new backbone or core layout
+    needs a new issuer key)."""
+    logged = fetch_registration(client, keys.key_id)
+    if logged is not None:
+        if logged.params != params:
+            raise IssueError("registered-otherwise", f"issuer {keys.key_id.hex()} is registered (index {logged.index}) "
+                             "with other marking parameters; use a new issuer key for another backbone or core layout")
+        return RegisterResult(logged.index, False, keys.key_id, logged.params)
+    try:
+        entry = IssuerRegistration(keys.public_key, name, params.to_cbor(), int(time.time()) if now is None else now)
+    except EntryError as exc:
+        raise IssueError("registration", str(exc)) from exc
+    result = client.register_issuer(sign_entry(entry, keys.signing_key).encode())
+    return RegisterResult(result.index, result.created, keys.key_id, params)
+
+
+# --- devices ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeviceTarget:
+    """What an issuer seals to: the device UUID and public keys (a device record, or a CSV row)."""
+
+    uuid: uuid.UUID
+    public: DevicePublicKey
+
+
+def read_devices_csv(path: Path) -> list[DeviceTarget]:
+    """Rows of ``device_uuid,x25519_public,xwing_public`` (header required; keys in hex), as
+    `emshield device show --json` prints them. Duplicate UUIDs are refused."""
+    try:
+        if path.stat().st_size > MAX_DEVICES_CSV:
+            raise IssueError("devices", f"{path} is larger than {MAX_DEVICES_CSV} bytes")
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise IssueError("devices", f"cannot read {path}: {exc}") from exc
+    rows = csv.DictReader(io.StringIO(text))
+    if rows.fieldnames is None or tuple(rows.fieldnames) != DEVICE_COLUMNS:
+        raise IssueError("devices", f"{path}: the header must be exactly {','.join(DEVICE_COLUMNS)}")
+    out: list[DeviceTarget] = []
+    seen: set[uuid.UUID] = set()
+    for n, row in enumerate(rows, 2):
+        try:
+            if None in row or any(v is None for v in row.values()):
+                raise ValueError("wrong number of fields")
+            dev = uuid.UUID(row["device_uuid"])
+            target = DeviceTarget(dev, DevicePublicKey(bytes.fromhex(row["x25519_public"]), bytes.fromhex(row["xwing_public"])))
+        except ValueError as exc:
+            raise IssueError("devices", f"{path} line {n}: {exc}") from exc
+        if dev in seen:
+            raise IssueError("devices", f"{path} line {n}: device {dev} is listed twice")
+        seen.add(dev)
+        out.append(target)
+    if not out:
+        raise IssueError("devices", f"{path} lists no devices")
+    return out
+
+
+def write_devices_csv(path: Path, devices: Iterable[DeviceTarget]) -> None:
+    """The CSV `read_devices_csv` reads (for scripts and the demo)."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(DEVICE_COLUMNS)
+        for d in devices:
+            w.writerow([str(d.uuid), d.public.x25519.hex(), d.public.xwing.hex()])
+
+
+# --- issuing ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Issuer:
+    """Everything that stays fixed across the devices of one issuance run."""
+
+    client: LogClient
+    log_verifier: NoteVerifier
+    keys: IssuerKeys
+    registration: LoggedRegistration
+    core: Core
+    backbone_id: bytes
+    policy: str = POLICY_AUTO
+    tolerance: policy_mod.Tolerance = field(default_factory=policy_mod.Tolerance)
+    backbone_norms: Mapping[str, float] | None = None
+
+    @property
+    def params(self) -> MarkingParams:
+        return self.registration.params
+
+
+def prepare_issuer(client: LogClient, log_verifier: NoteVerifier, keys: IssuerKeys, core: Core, backbone: Path, *,
+                   policy: str = POLICY_AUTO, tolerance: policy_mod.Tolerance | None = None) -> Issuer:
+    """Check that the issuer is registered for this backbone and core layout, and read the
+    backbone's weight norms for the core's layers (the policy's perturbation measure)."""
+    from emshield.model.io import backbone_id as backbone_id_of_path
+    from emshield.model.io import open_tensors
+
+    if policy not in POLICIES:
+        raise IssueError("policy", f"policy must be one of {', '.join(POLICIES)}")
+    logged = fetch_registration(client, keys.key_id)
+    if logged is None:
+        raise IssueError("not-registered", f"issuer {keys.key_id.hex()} is not registered in the log "
+                         "(run `emshield issuer register`)")
+    bid = backbone_id_of_path(backbone)
+    if logged.params.backbone_id != bid:
+        raise IssueError("wrong-backbone", f"{backbone} has backbone id {bid}; the issuer registered "
+                         f"{logged.params.backbone_id}")
+    want = {lay.name: (lay.out_features, lay.in_features) for lay in logged.params.layers}
+    have = {name: f.shape for name, f in core.items()}
+    if want != have:
+        raise IssueError("wrong-core-layout", "the core's layers and shapes differ from the registered marking "
+                         f"parameters ({len(have)} vs {len(want)} layers)")
+    with open_tensors(backbone) as bb:
+        norms = {name: float(bb.get(name).double().norm()) for name in core}
+    return Issuer(client, log_verifier, keys, logged, dict(core), bytes.fromhex(bid), policy,
+                  tolerance or policy_mod.Tolerance(), norms)
+
+
+@dataclass(frozen=True)
+class Marked:
+    core: dict[str, LoraFactors]
+    fingerprint: fp_mod.Fingerprint
+    policy: str  # the entry's policy: "both" or "fingerprint"
+    commitment: bytes | None
+    record: policy_mod.MarkRecord | None  # the policy's figures (None when fingerprint-only was asked for)
+
+
+def mark_for_device(issuer: Issuer, device: uuid.UUID) -> Marked:
+    """Deterministic: the same core, device and parameters always give the same marked core."""
+    params = issuer.params
+    if issuer.policy == POLICY_FINGERPRINT:
+        return Marked(dict(issuer.core), fp_mod.fingerprint_factors(issuer.core, params), "fingerprint", None, None)
+    payload = payload_for_device(issuer.keys.marking_secret, device.bytes)
+    result = policy_mod.mark(issuer.core, payload, params, issuer.tolerance, backbone_norms=issuer.backbone_norms)
+    commitment = watermark_commitment(payload, params) if result.record.mode == policy_mod.MODE_BOTH else None
+    return Marked(result.core, result.fingerprint, result.record.mode, commitment, result.record)
+
+
+def _check_no_collision(issuer: Issuer, device: uuid.UUID) -> None:
+    """48-bit payloads collide after ~2^24 devices: the commitment index must not name another device."""
+    if issuer.policy == POLICY_FINGERPRINT:
+        return
+    commitment = watermark_commitment(payload_for_device(issuer.keys.marking_secret, device.bytes), issuer.params)
+    others = sorted({h.device_uuid for h in issuer.client.issuances(watermark_commitment=commitment)} - {str(device)})
+    if others:
+        raise IssueError("payload-collision", f"device {device}'s watermark payload equals that of {others[0]} "
+                         "(commitment already in the log); issue it with --policy fingerprint")
+
+
+def _earlier_issuance(issuer: Issuer, device: uuid.UUID) -> tuple[int, bytes, Issuance] | None:
+    """This issuer's logged issuance to ``device`` for this backbone, if any (the first one)."""
+    for hit in issuer.client.issuances(device_uuid=str(device)):
+        if hit.issuer_key_id != issuer.keys.key_id:
+            continue
+        signed = decode_entry(hit.leaf)
+        entry = signed.entry
+        if isinstance(entry, Issuance) and entry.backbone_id == issuer.backbone_id:
+            return hit.index, hit.leaf, entry
+    return None
+
+
+def _seal(marked: Marked, device: DeviceTarget, backbone_id: bytes, leaf_hash: bytes) -> bytes:
+    """The one place the issuer seals a core (tee's `seal_core`: the plaintext is the core file)."""
+    return seal_core(marked.core, device.public, Binding(device.uuid, backbone_id, leaf_hash))
+
+
+def _proofs(issuer: Issuer, entry: bytes) -> tuple[TlogProof, TlogProof]:
+    """tlog-proofs for the registration and the entry against the latest checkpoint, both checked."""
+    note = issuer.client.checkpoint_note()
+    cp = verify_checkpoint(note, issuer.log_verifier)
+    out = []
+    for leaf in (issuer.registration.entry, entry):
+        proof = issuer.client.prove_inclusion(leaf, cp)
+        out.append(TlogProof(proof.index, proof.hashes, note))
+    return out[0], out[1]
+
+
+@dataclass(frozen=True)
+class IssueResult:
+    device_uuid: str
+    status: str  # issued | bundle-rebuilt (entry logged earlier) | up-to-date (bundle already there)
+    index: int
+    leaf_hash: str
+    policy: str
+    bundle: str
+    fingerprint_hash: str | None
+    watermark_commitment: str | None
+    mark: dict | None = None  # the policy's decision and figures, when marked in this run
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def bundle_path(out_dir: Path, device: uuid.UUID) -> Path:
+    return Path(out_dir) / f"{device}{FILE_SUFFIX}"
+
+
+def _result(status: str, index: int, leaf: bytes, entry: Issuance, path: Path, record=None) -> IssueResult:
+    return IssueResult(entry.device_uuid_text, status, index, leaf_hash(leaf).hex(), entry.policy, str(path),
+                       entry.fingerprint_hash.hex() if entry.fingerprint_hash else None,
+                       entry.watermark_commitment.hex() if entry.watermark_commitment else None,
+                       record.to_json() if record is not None else None)
+
+
+def _existing_bundle(issuer: Issuer, device: DeviceTarget, path: Path,
+                     logged: tuple[bytes, bytes | None]) -> IssueResult:
+    """A bundle already in the output folder: keep it if it verifies and carries this core's marks."""
+    try:
+        v = verify_bundle(read_bundle_file(path), issuer.log_verifier)
+    except BundleError as exc:
+        raise IssueError("bad-existing-bundle", f"{path} exists but does not verify ({exc}); "
+                         "move it away to rebuild it") from exc
+    if v.device_uuid != device.uuid or v.issuance.issuer_key_id != issuer.keys.key_id:
+        raise IssueError("bad-existing-bundle", f"{path} is another device's or issuer's bundle")
+    if (v.issuance.fingerprint_hash, v.issuance.watermark_commitment) != logged:
+        raise IssueError("issued-otherwise", f"device {device.uuid} was issued a different core at index "
+                         f"{v.issuance_index}; refusing a second issuance")
+    return _result("up-to-date", v.issuance_index, v.bundle.issuance_entry, v.issuance, path)
+
+
+def issue_to_device(issuer: Issuer, device: DeviceTarget, out_dir: Path, *, now: int | None = None) -> IssueResult:
+    """Issue (or resume issuing) the core to one device and write its bundle into ``out_dir``."""
+    out_dir = Path(out_dir)
+    path = bundle_path(out_dir, device.uuid)
+    earlier = _earlier_issuance(issuer, device.uuid)
+    if earlier is None:
+        _check_no_collision(issuer, device.uuid)
+    marked = mark_for_device(issuer, device.uuid)
+    logged = (marked.fingerprint.hash(), marked.commitment)
+    if path.exists():
+        return _existing_bundle(issuer, device, path, logged)
+    if earlier is not None:
+        index, leaf, entry = earlier
+        if (entry.fingerprint_hash, entry.watermark_commitment) != logged:
+            raise IssueError("issued-otherwise", f"device {device.uuid} was issued a different core at index {index}; "
+                             "refusing a second issuance")
+        status = "bundle-rebuilt"
+    else:
+        entry = Issuance(device.uuid.bytes, issuer.backbone_id, marked.commitment, logged[0], marked.policy,
+                         int(time.time()) if now is None else now, issuer.keys.key_id)
+        leaf = sign_entry(entry, issuer.keys.signing_key).encode()
+        index = issuer.client.append(leaf).index
+        status = "issued"
+    issuer.client.put_side_record(index, marked.fingerprint.to_cbor())  # idempotent
+    reg_proof, iss_proof = _proofs(issuer, leaf)
+    if iss_proof.index != index:
+        raise IssueError("log-misbehaving", f"the log proved the entry at index {iss_proof.index}, it said {index}")
+    bundle = Bundle(issuer.registration.entry, reg_proof, leaf, iss_proof,
+                    _seal(marked, device, issuer.backbone_id, leaf_hash(leaf)))
+    verify_bundle(bundle, issuer.log_verifier)  # what we hand out must verify
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_bundle_file(path, bundle)
+    return _result(status, index, leaf, entry, path, marked.record)
+
+
+def issue_many(issuer: Issuer, devices: list[DeviceTarget], out_dir: Path, *,
+               progress: bool = True) -> Iterator[IssueResult | IssueError]:
+    """Issue to each device in turn (tqdm bar); per-device refusals are yielded, not raised, so
+    one refused device does not stop the batch. Log or network failures raise: re-run to resume."""
+    from tqdm import tqdm
+
+    with tqdm(devices, desc="issue", unit="device", disable=not progress) as bar:
+        for device in bar:
+            try:
+                yield issue_to_device(issuer, device, out_dir)
+            except IssueError as exc:
+                yield exc
+
+
+# --- one call for tests, demos and scripts ---------------------------------------------------------
+
+
+def issue_core(log_url: str, log_verifier: NoteVerifier, issuer_dir: Path, core: Core, backbone: Path,
+               device: DeviceTarget, out_dir: Path, *, operator_token: str | None = None,
+               issuer_name: str = "EMShield issuer", policy: str = POLICY_AUTO,
+               tolerance: policy_mod.Tolerance | None = None) -> IssueResult:
+    """Create the issuer in ``issuer_dir`` if it has no keys, register it if needed (then the
+    operator token is required), and issue ``core`` to ``device``; returns the result (bundle path)."""
+    from emshield.model.io import backbone_id as backbone_id_of_path
+
+    issuer_dir = Path(issuer_dir)
+    keys = load_issuer(issuer_dir) if (issuer_dir / ISSUER_KEY_FILE).exists() else init_issuer(issuer_dir)
+    client = LogClient(log_url, operator_token=operator_token)
+    if fetch_registration(client, keys.key_id) is None:
+        register_issuer(client, keys, issuer_name, marking_params_for(keys, backbone_id_of_path(backbone), core))
+    issuer = prepare_issuer(client, log_verifier, keys, core, backbone, policy=policy, tolerance=tolerance)
+    return issue_to_device(issuer, device, out_dir)

@@ -1,0 +1,236 @@
+"""Issuance end to end on a real log server: issuer init/register, issue, device install and run."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from issue_helpers import BACKBONE, fixture_core
+
+from emshield.cli import main
+from emshield.core import core_to_bytes
+from emshield.deploy import INSTALLED_FILE, PINNED_KEY_FILE, merge_into_model
+from emshield.issue import (
+    DeviceTarget,
+    IssueError,
+    issue_to_device,
+    load_issuer,
+    mark_for_device,
+    prepare_issuer,
+)
+from emshield.marking import watermark
+from emshield.marking.fingerprint import Fingerprint
+from emshield.marking.params import watermark_commitment
+from emshield.marking.policy import Tolerance
+from emshield.tee.device import init_device
+from emshield.tlog.client import LogClient
+from emshield.tlog.entry import Issuance, decode_entry, sign_entry
+
+TOKEN_ENV = "EMSHIELD_LOG_OPERATOR_TOKEN"
+
+
+def cli(*args, env: dict | None = None, ok: bool = True):
+    result = CliRunner().invoke(main, [str(a) for a in args], env=env)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+def setup_issuer(tmp: Path, log, core, name: str = "Acme Models") -> tuple[Path, Path]:
+    """`emshield issuer init` + `register`; returns (issuer dir, core file)."""
+    core_file = tmp / "core.safetensors"
+    core_file.write_bytes(core_to_bytes(core))
+    issuer_dir = tmp / "issuer"
+    cli("issuer", "init", "--dir", issuer_dir, "--json")
+    out = json.loads(cli("issuer", "register", "--log", log.url, "--core", core_file, "--backbone", BACKBONE,
+                         "--name", name, "--dir", issuer_dir, "--json", env={TOKEN_ENV: log.token}).stdout)
+    assert out["created"] is True
+    return issuer_dir, core_file
+
+
+def issue_args(log, issuer_dir: Path, core_file: Path, out: Path, *extra) -> list:
+    return ["issue", "--log", log.url, "--log-key", log.verifier_key, "--core", core_file, "--backbone", BACKBONE,
+            "--out", out, "--dir", issuer_dir, "--tolerance", "0.5", "--json", *extra]
+
+
+def generate(model, prompt: str, n: int) -> str:
+    from emshield.model.hf import load_tokenizer
+
+    tok = load_tokenizer(BACKBONE)
+    ids = tok(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
+    return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def files_contain(root: Path, needle: bytes) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+def test_issue_install_run_end_to_end(tmp_path, log, core, device):
+    issuer_dir, core_file = setup_issuer(tmp_path, log, core)
+    out = tmp_path / "bundles"
+    issued = json.loads(cli(*issue_args(log, issuer_dir, core_file, out, "--device", device.directory)).stdout)
+    assert issued["refused"] == []
+    (res,) = issued["issued"]
+    assert res["status"] == "issued" and res["policy"] == "both" and res["device_uuid"] == str(device.uuid)
+
+    # The log holds the entry, indexed by device UUID and by commitment, with its fingerprint side record.
+    client = LogClient(log.url)
+    (hit,) = client.issuances(device_uuid=str(device.uuid))
+    assert hit.index == res["index"] and hit.leaf_hash.hex() == res["leaf_hash"] and hit.has_side_record
+    entry = decode_entry(hit.leaf).entry
+    assert isinstance(entry, Issuance) and entry.policy == "both"
+    assert [h.index for h in client.issuances(watermark_commitment=entry.watermark_commitment)] == [hit.index]
+    Fingerprint.from_cbor(client.side_record(hit.index), expected_hash=entry.fingerprint_hash)
+
+    # The issued (marked) core carries the device's payload: re-marking is deterministic.
+    issuer = prepare_issuer(client, log.verifier, load_issuer(issuer_dir), core, BACKBONE,
+                            tolerance=Tolerance(max_perturbation=0.5))
+    marked = mark_for_device(issuer, device.uuid)
+    ex = watermark.extract_from_factors(marked.core, issuer.params)
+    assert ex.accepted and watermark_commitment(ex.payload, issuer.params) == entry.watermark_commitment
+    assert marked.fingerprint.hash() == entry.fingerprint_hash
+
+    installed = json.loads(cli("device", "install", res["bundle"], "--dir", device.directory, "--log-key",
+                               log.verifier_key, "--json").stdout)
+    assert installed["log_key_pinned_now"] is True and installed["issuance_index"] == hit.index
+    assert installed["issuer"] == "Acme Models" and installed["tensors"] == len(core)
+    assert (device.directory / PINNED_KEY_FILE).read_text().strip() == log.verifier_key
+
+    ran = json.loads(cli("device", "run", "--prompt", "Decide the loan.", "--input", "income 5000", "--backbone",
+                         BACKBONE, "--dir", device.directory, "--max-new-tokens", "12", "--json").stdout)
+    assert ran["device_uuid"] == str(device.uuid) and ran["issuance_index"] == hit.index
+
+    # The device answered with the backbone + the marked core, and not with the bare backbone.
+    from emshield.model.hf import load_causal_lm
+
+    reference = load_causal_lm(BACKBONE)
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        bare = reference(ids).logits
+    merge_into_model(reference, marked.core)
+    with torch.no_grad():
+        assert not torch.allclose(reference(ids).logits, bare, atol=1e-4)
+    assert ran["answer"] == generate(reference, ran["prompt"], 12)
+
+    # No plaintext core on disk on the device side (only the sealed bundle).
+    for name, f in marked.core.items():
+        for arr in (f.a, f.b):
+            needle = arr.tobytes()[:64]
+            assert files_contain(device.directory, needle) == [] and files_contain(out, needle) == [], name
+
+
+def test_batch_issuance_is_resumable(tmp_path, log, core):
+    issuer_dir, core_file = setup_issuer(tmp_path, log, core)
+    devices = [init_device(tmp_path / f"dev{i}") for i in range(3)]
+    csv_path = tmp_path / "devices.csv"
+    from emshield.issue import write_devices_csv
+
+    write_devices_csv(csv_path, [DeviceTarget(d.uuid, d.record.public) for d in devices])
+    out = tmp_path / "bundles"
+    client = LogClient(log.url)
+
+    first = json.loads(cli(*issue_args(log, issuer_dir, core_file, out, "--devices", csv_path)).stdout)
+    assert [r["status"] for r in first["issued"]] == ["issued"] * 3
+    size = client.verified_checkpoint(log.verifier).size
+
+    again = json.loads(cli(*issue_args(log, issuer_dir, core_file, out, "--devices", csv_path)).stdout)
+    assert [r["status"] for r in again["issued"]] == ["up-to-date"] * 3
+    assert [r["index"] for r in again["issued"]] == [r["index"] for r in first["issued"]]
+
+    lost = Path(first["issued"][1]["bundle"])
+    lost.unlink()  # e.g. the run died after the log acknowledged the entry, before the bundle was written
+    third = json.loads(cli(*issue_args(log, issuer_dir, core_file, out, "--devices", csv_path)).stdout)
+    assert [r["status"] for r in third["issued"]] == ["up-to-date", "bundle-rebuilt", "up-to-date"]
+    assert third["issued"][1]["index"] == first["issued"][1]["index"]
+    assert client.verified_checkpoint(log.verifier).size == size  # nothing appended twice
+    assert [len(client.issuances(device_uuid=str(d.uuid))) for d in devices] == [1, 1, 1]
+
+    text = cli("device", "install", lost, "--dir", devices[1].directory, "--log-key", log.verifier_key).stdout
+    assert f"device_uuid: {devices[1].uuid}" in text
+
+    # A different core for an issued device is refused, with or without its bundle present.
+    other = tmp_path / "other-core.safetensors"
+    other.write_bytes(core_to_bytes(fixture_core(seed=5)))
+    refused = cli(*issue_args(log, issuer_dir, other, out, "--devices", csv_path), ok=False)
+    assert refused.exit_code == 4
+    assert {r["reason"] for r in json.loads(refused.stdout)["refused"]} == {"issued-otherwise"}
+    assert client.verified_checkpoint(log.verifier).size == size
+
+
+def test_payload_collision_with_another_device_is_refused(tmp_path, log, core, device):
+    issuer_dir, _ = setup_issuer(tmp_path, log, core)
+    keys = load_issuer(issuer_dir)
+    client = LogClient(log.url)
+    issuer = prepare_issuer(client, log.verifier, keys, core, BACKBONE, tolerance=Tolerance(max_perturbation=0.5))
+    # A device whose 48-bit payload equals ours (as happens by chance after ~2^24 devices) is in the log already.
+    from emshield.marking.params import payload_for_device
+
+    commitment = watermark_commitment(payload_for_device(keys.marking_secret, device.uuid.bytes), issuer.params)
+    twin = uuid.uuid4()
+    clash = Issuance(twin.bytes, issuer.backbone_id, commitment, os.urandom(32), "both", 1_800_000_000, keys.key_id)
+    client.append(sign_entry(clash, keys.signing_key).encode())
+    target = DeviceTarget(device.uuid, device.record.public)
+    with pytest.raises(IssueError) as exc:
+        issue_to_device(issuer, target, tmp_path / "out")
+    assert exc.value.reason == "payload-collision" and str(twin) in exc.value.detail
+    assert client.issuances(device_uuid=str(device.uuid)) == []
+    # The fingerprint-only policy carries no commitment, so it can still be issued.
+    issuer.policy = "fingerprint"
+    res = issue_to_device(issuer, target, tmp_path / "out")
+    assert res.status == "issued" and res.policy == "fingerprint" and res.watermark_commitment is None
+    entry = decode_entry(client.issuances(device_uuid=str(device.uuid))[0].leaf).entry
+    assert entry.watermark_commitment is None and entry.fingerprint_hash.hex() == res.fingerprint_hash
+
+
+def test_issuer_keys_and_registration_rules(tmp_path, log, core):
+    issuer_dir, core_file = setup_issuer(tmp_path, log, core)
+    again = cli("issuer", "init", "--dir", issuer_dir, ok=False)
+    assert again.exit_code == 1 and "refusing to overwrite" in again.output
+    assert {p.name: p.stat().st_mode & 0o777 for p in issuer_dir.iterdir()} == {
+        "issuer.key": 0o600, "marking.secret": 0o600, "issuer.pub": 0o644}
+    base = ["issuer", "register", "--log", log.url, "--core", core_file, "--backbone", BACKBONE, "--name", "Acme",
+            "--dir", issuer_dir, "--json"]
+    no_token = cli(*base, env={TOKEN_ENV: ""}, ok=False)
+    assert no_token.exit_code == 1 and TOKEN_ENV in no_token.output
+    same = json.loads(cli(*base, env={TOKEN_ENV: log.token}).stdout)
+    assert same["created"] is False
+    small = tmp_path / "small-core.safetensors"
+    small.write_bytes(core_to_bytes(dict(list(core.items())[:2])))
+    other = cli(*base[:5], small, *base[6:], env={TOKEN_ENV: log.token}, ok=False)
+    assert other.exit_code == 1 and "registered-otherwise" in other.output
+    os.chmod(issuer_dir / "issuer.key", 0o644)
+    dev = init_device(tmp_path / "d")
+    loose = cli(*issue_args(log, issuer_dir, core_file, tmp_path / "o", "--device", dev.directory), ok=False)
+    assert loose.exit_code == 1 and "mode 0600" in loose.output
+
+
+def test_issue_refuses_bad_inputs_clearly(tmp_path, log, core):
+    issuer_dir, core_file = setup_issuer(tmp_path, log, core)
+    bad_csv = tmp_path / "bad.csv"
+    for text, msg in [("uuid,key\n1,2\n", "header must be exactly"),
+                      ("device_uuid,x25519_public,xwing_public\nnot-a-uuid,00,00\n", "line 2"),
+                      ("device_uuid,x25519_public,xwing_public\n", "lists no devices")]:
+        bad_csv.write_text(text)
+        r = cli(*issue_args(log, issuer_dir, core_file, tmp_path / "o", "--devices", bad_csv), ok=False)
+        assert r.exit_code == 1 and msg in r.output, r.output
+    r = cli(*issue_args(log, issuer_dir, core_file, tmp_path / "o"), ok=False)
+    assert r.exit_code == 1 and "exactly one of --device and --devices" in r.output
+    args = issue_args(log, issuer_dir, core_file, tmp_path / "o", "--devices", bad_csv)
+    args[args.index("--log-key") + 1] = "not-a-key"
+    r = cli(*args, ok=False)
+    assert r.exit_code == 1 and "neither a verifier key nor a readable file" in r.output
+    unregistered = tmp_path / "unregistered"
+    cli("issuer", "init", "--dir", unregistered)
+    bad_csv.write_text("device_uuid,x25519_public,xwing_public\n")
+    dev = init_device(tmp_path / "d")
+    args = issue_args(log, unregistered, core_file, tmp_path / "o", "--device", dev.directory)
+    r = cli(*args, ok=False)
+    assert r.exit_code == 1 and "not-registered" in r.output
+    assert not (dev.directory / INSTALLED_FILE).exists()
