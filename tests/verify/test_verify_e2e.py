@@ -1,0 +1,177 @@
+"""`emshield-verify` end to end against a real log on 127.0.0.1: issued cores as adapters and as
+merged models, the marking suite's attacks, unmarked models and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from emshield.core import LoraFactors
+from emshield.model.adapter import save_core, write_peft_adapter
+from emshield.model.io import open_tensors, save_tensors
+from emshield.model.merge import write_merged
+from verifier.verify_cli import main as verify_main
+
+BIN = Path(sys.executable).parent
+
+
+def run_verify(world, suspect: Path, *extra: str, backbone: bool = True) -> tuple[int, dict]:
+    """The CLI in-process (the console script itself is run once, in test_text_output)."""
+    args = [str(suspect), "--log", world.url, "--log-key", world.log_key, "--json", *extra]
+    if backbone:
+        args += ["--backbone", str(world.backbone)]
+    result = CliRunner().invoke(verify_main, args)
+    try:
+        out = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        pytest.fail(f"not JSON (exit {result.exit_code}): {result.stdout!r} {result.stderr!r} {result.exception!r}")
+    assert out["exit_code"] == result.exit_code
+    return result.exit_code, out
+
+
+def merged_with(world, core: dict[str, LoraFactors], out: Path, transform=None, dtype=torch.float32) -> Path:
+    """Merge ``core`` into the backbone, apply ``transform`` to each merged marked weight (numpy, float64
+    ΔW in, attacked ΔW out) and store every tensor in ``dtype``."""
+    tensors = {}
+    with open_tensors(world.backbone) as bb:
+        for name in bb.keys():
+            w = bb.get(name).to(torch.float64)
+            if name in core:
+                delta = core[name].delta()
+                if transform is not None:
+                    delta = transform(delta, w.numpy())
+                w = w + torch.from_numpy(np.asarray(delta, dtype=np.float64))
+            tensors[name] = w.to(dtype)
+    return save_tensors(tensors, out)
+
+
+def assert_names(out: dict, issued, method: str) -> None:
+    assert out["verdict"] == "match", out
+    m = out["match"]
+    assert m["device_uuid"] == str(issued.device)
+    assert m["leaf_index"] == issued.index
+    assert m["method"] == method
+    assert m["issuer"] == "Acme Edge Models"
+    assert m["proofs"]["inclusion"].startswith(("inclusion proof at leaf", "full replay"))
+
+
+def test_adapter_folder_names_its_device(world, tmp_path: Path) -> None:
+    target = world.issued[1]
+    folder = write_peft_adapter(target.core, tmp_path / "adapter")
+    code, out = run_verify(world, folder, backbone=False)
+    assert code == 0
+    assert_names(out, target, "watermark")
+    wm = out["match"]["watermark"]
+    assert wm["bit_errors"] == 0 and wm["p_value"] <= wm["p_value_threshold"] <= 1e-9
+    fp = out["match"]["fingerprint"]
+    assert fp["match"] and fp["distance"] < 0.01 and fp["side_record"].startswith("verified")
+
+
+def test_merged_safetensors_folder_and_pt(world, tmp_path: Path) -> None:
+    target = world.issued[2]
+    folder = write_merged(world.backbone, target.core, tmp_path / "merged")
+    code, out = run_verify(world, folder)
+    assert code == 0
+    assert_names(out, target, "watermark")
+    pt = tmp_path / "merged.pt"
+    with open_tensors(folder) as src:
+        torch.save(dict(src.items()), pt)
+    code, out = run_verify(world, pt)
+    assert code == 0
+    assert_names(out, target, "watermark")
+
+
+def test_text_output(world, tmp_path: Path) -> None:
+    target = world.issued[0]
+    core_file = save_core(target.core, tmp_path / "core.safetensors")
+    proc = subprocess.run([str(BIN / "emshield-verify"), str(core_file), "--log", world.url, "--log-key",
+                           world.log_key], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"MATCH: device {target.device}" in proc.stdout
+    assert f"leaf {target.index}" in proc.stdout
+
+
+ATTACKS = {
+    # name: (ΔW transform on the merged weights, dtype the merged model is stored in)
+    "merged-bf16": (None, torch.bfloat16),
+    "merged-fp16": (None, torch.float16),
+    "int8": (lambda mh: (lambda d, w: mh.int8_rows((w + d).astype(np.float32)) - w), torch.float32),
+    "prune-50%": (lambda mh: (lambda d, w: mh.prune(d, 0.5)), torch.float32),
+    "noise-100%": (lambda mh: (lambda d, w: mh.noise(d, 1.0, np.random.default_rng(7))), torch.float32),
+}
+
+
+@pytest.mark.parametrize("attack", sorted(ATTACKS))
+def test_attacked_merged_models_still_name_their_device(world, helpers, tmp_path: Path, attack: str) -> None:
+    make, dtype = ATTACKS[attack]
+    target = world.issued[0]
+    suspect = merged_with(world, target.core, tmp_path / "suspect.safetensors",
+                          make(helpers) if make else None, dtype)
+    code, out = run_verify(world, suspect)
+    assert code == 0, out
+    assert_names(out, target, "watermark")
+    wm = out["match"]["watermark"]
+    assert wm["p_value"] <= wm["p_value_threshold"]
+
+
+def test_refactorised_adapter_names_its_device(world, helpers, tmp_path: Path) -> None:
+    target = world.issued[2]
+    rng = np.random.default_rng(11)
+    core = {name: helpers.refactorise(f, rng) for name, f in target.core.items()}
+    code, out = run_verify(world, write_peft_adapter(core, tmp_path / "adapter"), backbone=False)
+    assert code == 0
+    assert_names(out, target, "watermark")
+    assert out["match"]["fingerprint"]["match"]  # ΔW unchanged: the fingerprint agrees too
+
+
+def test_fingerprint_only_issuance_found_by_replay(world, helpers, tmp_path: Path) -> None:
+    target = world.issued[3]
+    assert target.mode == "fingerprint"
+    code, out = run_verify(world, write_peft_adapter(target.core, tmp_path / "adapter"), backbone=False)
+    assert code == 0
+    assert_names(out, target, "fingerprint")
+    assert out["match"]["proofs"]["inclusion"].startswith("full replay")
+    assert out["match"]["watermark"]["accepted"] is False
+    # merged in bf16: the fingerprint moves a little but stays within the calibrated threshold
+    code, out = run_verify(world, merged_with(world, target.core, tmp_path / "m.safetensors", dtype=torch.bfloat16))
+    assert code == 0
+    assert_names(out, target, "fingerprint")
+    fp = out["match"]["fingerprint"]
+    assert 0 < fp["distance"] <= fp["threshold"]
+
+
+def test_fingerprint_only_without_replay_needs_the_exact_fingerprint(world, tmp_path: Path) -> None:
+    target = world.issued[3]
+    code, out = run_verify(world, write_peft_adapter(target.core, tmp_path / "adapter"), "--no-scan", backbone=False)
+    assert code == 0  # the unchanged adapter has the logged fingerprint hash
+    assert_names(out, target, "fingerprint")
+    suspect = merged_with(world, target.core, tmp_path / "m.safetensors", dtype=torch.bfloat16)
+    code, out = run_verify(world, suspect, "--no-scan")
+    assert code == 1 and out["match"] is None
+
+
+@pytest.mark.parametrize("seed", [99, 100])
+def test_unmarked_models_match_nothing(world, helpers, tmp_path: Path, seed: int) -> None:
+    core = helpers.tiny_core(seed)
+    code, out = run_verify(world, merged_with(world, core, tmp_path / "m.safetensors"))
+    assert code == 1
+    assert out["verdict"] == "no_match" and out["match"] is None
+    assert "no watermark decodes" in out["reason"]
+    assert out["watermark_readings"][0]["accepted"] is False
+    assert "closest published fingerprint" in out["reason"]
+    code, out = run_verify(world, write_peft_adapter(core, tmp_path / "adapter"), backbone=False)
+    assert code == 1 and out["match"] is None
+
+
+def test_the_backbone_itself_matches_nothing(world) -> None:
+    code, out = run_verify(world, world.backbone)
+    assert code == 1 and out["match"] is None
+    assert "ΔW is zero" in out["watermark_readings"][0]["reason"]
