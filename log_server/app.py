@@ -28,6 +28,7 @@ from .batch import BatchFormatError, decode_batch
 from .entries import EntryRejected, IssuerKeys, check_side_record, prepare_issuance, prepare_registration
 from .sequencer import AppendRejected, Appended, Sequencer
 from .storage import LOOKUP_FIELDS, IssuerRecord, LogStore, SqliteStore
+from .witness import Cosigner, WitnessEndpoint, cosigned_note
 
 CBOR = "application/cbor"
 
@@ -44,6 +45,9 @@ class ServerConfig:
     max_lookup: int = 100
     max_side_record_bytes: int = 1 << 20
     max_sequencer_batch: int = 20_000
+    witnesses: tuple[str, ...] = ()  # "URL=VERIFIER_KEY" of C2SP tlog-witnesses to submit checkpoints to
+    witness_quorum: int = 0  # GET /checkpoint serves the latest checkpoint cosigned by this many of them
+    witness_poll_s: float = 0.2
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "ServerConfig":
@@ -52,7 +56,8 @@ class ServerConfig:
         if unknown:
             raise ValueError(f"unknown server config keys: {sorted(unknown)}")
         cfg = cls(**{k: v for k, v in values.items()})
-        return replace(cfg, db_path=Path(cfg.db_path), key_path=None if cfg.key_path is None else Path(cfg.key_path))
+        return replace(cfg, db_path=Path(cfg.db_path), key_path=None if cfg.key_path is None else Path(cfg.key_path),
+                       witnesses=tuple(cfg.witnesses))
 
 
 class ApiError(Exception):
@@ -130,6 +135,8 @@ class _Log:
     sequencer: Sequencer
     issuers: IssuerKeys
     origin: str
+    witnesses: list[WitnessEndpoint]
+    cosigner: Cosigner
 
 
 def _log() -> _Log:
@@ -184,11 +191,20 @@ def create_app(config: ServerConfig | Mapping[str, Any]) -> Flask:
     if signer.name != origin:
         raise RuntimeError(f"signing key name {signer.name!r} does not match the log origin {origin!r}")
     sequencer = Sequencer(store, signer, origin, max_batch=cfg.max_sequencer_batch)
+    witnesses = [WitnessEndpoint.parse(w) for w in cfg.witnesses]
+    if not 0 <= cfg.witness_quorum <= len(witnesses):
+        raise ValueError(f"witness quorum {cfg.witness_quorum} is not within 0..{len(witnesses)} (configured witnesses)")
+    if len({w.ident for w in witnesses}) != len(witnesses):
+        raise ValueError("a witness key is configured twice")
+    cosigner = Cosigner(store, witnesses, cfg.db_path.with_name(cfg.db_path.name + ".cosigner-lock"),
+                        poll_s=cfg.witness_poll_s)
 
     app = Flask("emshield_log")
     app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes
     app.json.sort_keys = False
-    app.extensions["emshield_log"] = _Log(cfg, store, sequencer, IssuerKeys(store), origin)
+    app.extensions["emshield_log"] = _Log(cfg, store, sequencer, IssuerKeys(store), origin, witnesses, cosigner)
+    # Started on the first request of each worker process (a thread does not survive a fork).
+    app.before_request(cosigner.ensure_started)
 
     @app.errorhandler(ApiError)
     def _api_error(e: ApiError) -> Response:
@@ -208,12 +224,15 @@ def create_app(config: ServerConfig | Mapping[str, Any]) -> Flask:
 
     @app.get("/checkpoint")
     def checkpoint() -> Response:
-        """The latest signed checkpoint (C2SP tlog-checkpoint in a signed note)."""
+        """The latest signed checkpoint (C2SP tlog-checkpoint in a signed note), with witness
+        cosignatures; with a witness quorum, the latest checkpoint that has reached it."""
         _only_params()
-        cp = _log().store.latest_checkpoint()
-        if cp is None:
-            raise ApiError(503, "no_checkpoint", "the log has no checkpoint yet")
-        return Response(cp.note, mimetype="text/plain", headers={"Cache-Control": "no-cache"})
+        lg = _log()
+        note = cosigned_note(lg.store, lg.witnesses, cfg.witness_quorum)
+        if note is None:
+            raise ApiError(503, "no_checkpoint", "the log has no checkpoint yet" if cfg.witness_quorum == 0 else
+                           f"no checkpoint is cosigned by {cfg.witness_quorum} witnesses yet")
+        return Response(note, mimetype="text/plain", headers={"Cache-Control": "no-cache"})
 
     @app.get("/tile/<path:tile_path>")
     def tile(tile_path: str) -> Response:

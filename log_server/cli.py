@@ -127,16 +127,22 @@ def set_token(db: Path, as_json: bool) -> None:
               help="request threads per worker.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error", "critical"]))
-def serve(db: Path, key_file: Path | None, host: str, port: int, workers: int, threads: int, log_level: str) -> None:
+@click.option("--witness", "witnesses", multiple=True, metavar="URL=VERIFIER_KEY",
+              help="A C2SP tlog-witness to submit new checkpoints to (repeatable); its cosignatures are"
+                   " attached to the served checkpoint. The URL must not contain '='.")
+@click.option("--witness-quorum", default=0, show_default=True, type=click.IntRange(0, 100),
+              help="Serve at /checkpoint only checkpoints cosigned by at least this many of the witnesses.")
+def serve(db: Path, key_file: Path | None, host: str, port: int, workers: int, threads: int, log_level: str,
+          witnesses: tuple[str, ...], witness_quorum: int) -> None:
     """Serve the log over HTTP with gunicorn (production WSGI server)."""
     from .app import ServerConfig, create_app
     from .keys import KeyFileError
     from .serve import serve as run_server
     from .storage import StoreError
 
-    config = ServerConfig(db_path=db, key_path=key_file)
+    config = ServerConfig(db_path=db, key_path=key_file, witnesses=witnesses, witness_quorum=witness_quorum)
     try:  # fail here, with a clear message, rather than in every worker
         create_app(config).extensions["emshield_log"].store.close()
-    except (StoreError, KeyFileError, RuntimeError) as exc:
+    except (StoreError, KeyFileError, RuntimeError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     run_server(config, host, port, workers, threads, log_level)

@@ -102,6 +102,7 @@ class WriteTxn(Protocol):
     def add_checkpoint(self, cp: StoredCheckpoint) -> None: ...
     def revoke_issuer(self, key_id: bytes, at: float, reason: str) -> None: ...
     def put_side_record(self, leaf_index: int, data: bytes) -> None: ...
+    def add_cosignatures(self, size: int, sigs: Sequence[tuple[str, bytes, bytes]]) -> None: ...
     def set_meta(self, key: str, value: bytes) -> None: ...
 
 
@@ -116,6 +117,9 @@ class LogStore(Protocol):
     def leaves(self, start: int, end: int) -> list[LeafRecord]: ...
     def leaf(self, index: int) -> LeafRecord | None: ...
     def node_range(self, level: int, start: int, end: int) -> list[bytes]: ...
+    def checkpoint(self, size: int) -> StoredCheckpoint | None: ...
+    def cosignatures(self, size: int) -> list[tuple[str, bytes, bytes]]: ...
+    def latest_cosigned(self, witnesses: Sequence[tuple[str, bytes]], quorum: int) -> StoredCheckpoint | None: ...
     def index_of(self, leaf_hash: bytes) -> int | None: ...
     def issuer(self, key_id: bytes) -> IssuerRecord | None: ...
     def issuers(self) -> list[IssuerRecord]: ...
@@ -128,6 +132,19 @@ class _WriteCtx(Protocol):
     def __enter__(self) -> WriteTxn: ...
     def __exit__(self, *exc: object) -> bool | None: ...
 
+
+# Witness cosignatures (spec/witness.md) of stored checkpoints, kept outside the signed note so a
+# checkpoint can gather them after it was committed. Added after schema version 1 shipped, so an
+# older store gets the table (and nothing else changes) when it is opened.
+_COSIGNATURES = """
+CREATE TABLE IF NOT EXISTS cosignatures(
+    size INTEGER NOT NULL REFERENCES checkpoints(size),
+    name TEXT NOT NULL,
+    key_id BLOB NOT NULL,
+    signature BLOB NOT NULL,
+    received_at REAL NOT NULL,
+    PRIMARY KEY(size, name, key_id)
+) WITHOUT ROWID"""
 
 _SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
@@ -291,6 +308,10 @@ class _SqliteTxn:
         self._c.execute("UPDATE issuers SET revoked_at=?, revocation_reason=? WHERE key_id=? AND revoked_at IS NULL",
                         (at, reason, key_id))
 
+    def add_cosignatures(self, size: int, sigs: Sequence[tuple[str, bytes, bytes]]) -> None:
+        self._c.executemany("INSERT OR REPLACE INTO cosignatures(size, name, key_id, signature, received_at)"
+                            " VALUES (?,?,?,?,?)", [(size, n, k, sig, time.time()) for n, k, sig in sigs])
+
     def put_side_record(self, leaf_index: int, data: bytes) -> None:
         self._c.execute("INSERT INTO side_records(leaf_idx, data, stored_at) VALUES (?,?,?)",
                         (leaf_index, data, time.time()))
@@ -389,6 +410,9 @@ class SqliteStore:
             raise StoreError(f"{self.path} is not an EMShield log store")
         if int(version) != SCHEMA_VERSION:
             raise StoreError(f"{self.path}: store schema version {int(version)}, this server knows {SCHEMA_VERSION}")
+        if self._conn().execute("SELECT 1 FROM sqlite_master WHERE name='cosignatures'").fetchone() is None:
+            with self.write():
+                self._conn().execute(_COSIGNATURES)
 
     @classmethod
     def create(cls, path: str | Path, meta: Mapping[str, bytes]) -> "SqliteStore":
@@ -399,7 +423,7 @@ class SqliteStore:
         conn = _connect(p)
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for statement in _SCHEMA.split(";"):  # not executescript(): it would COMMIT first
+            for statement in [*_SCHEMA.split(";"), _COSIGNATURES]:  # not executescript(): it would COMMIT first
                 if statement.strip():
                     conn.execute(statement)
             conn.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION).encode(),))
@@ -453,6 +477,28 @@ class SqliteStore:
             rows = self._conn().execute("SELECT hash FROM nodes WHERE level = ? AND idx >= ? AND idx < ? ORDER BY idx",
                                         (level, start, end))
         return [bytes(h) for (h,) in rows]
+
+    def checkpoint(self, size: int) -> StoredCheckpoint | None:
+        row = self._conn().execute("SELECT size, root, note, created_at FROM checkpoints WHERE size=?",
+                                   (size,)).fetchone()
+        return None if row is None else StoredCheckpoint(row[0], bytes(row[1]), bytes(row[2]), row[3])
+
+    def cosignatures(self, size: int) -> list[tuple[str, bytes, bytes]]:
+        """(witness name, key id, signature) of every cosignature stored for checkpoint ``size``."""
+        rows = self._conn().execute("SELECT name, key_id, signature FROM cosignatures WHERE size=? ORDER BY name, key_id",
+                                    (size,))
+        return [(n, bytes(k), bytes(sig)) for n, k, sig in rows]
+
+    def latest_cosigned(self, witnesses: Sequence[tuple[str, bytes]], quorum: int) -> StoredCheckpoint | None:
+        """The largest checkpoint cosigned by at least ``quorum`` of ``witnesses`` (name, key id)."""
+        if quorum <= 0:
+            return self.latest_checkpoint()
+        marks = ",".join("(?,?)" for _ in witnesses)
+        row = self._conn().execute(
+            f"SELECT size FROM cosignatures WHERE (name, key_id) IN (VALUES {marks})"
+            " GROUP BY size HAVING count(*) >= ? ORDER BY size DESC LIMIT 1",
+            [x for w in witnesses for x in w] + [quorum]).fetchone()
+        return None if row is None else self.checkpoint(row[0])
 
     def index_of(self, leaf_hash: bytes) -> int | None:
         row = self._conn().execute("SELECT idx FROM leaves WHERE leaf_hash=?", (leaf_hash,)).fetchone()

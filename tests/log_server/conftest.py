@@ -90,6 +90,8 @@ class ServerProcess:
     workers: int = 2
     threads: int = 8
     port: int = field(default_factory=free_port)
+    witnesses: list[str] = field(default_factory=list)  # URL=VERIFIER_KEY
+    witness_quorum: int = 0
     proc: subprocess.Popen | None = None
 
     @property
@@ -98,7 +100,10 @@ class ServerProcess:
 
     def start(self) -> "ServerProcess":
         cmd = [str(BIN / "emshield-log"), "serve", "--db", str(self.db), "--port", str(self.port),
-               "--workers", str(self.workers), "--threads", str(self.threads), "--log-level", "warning"]
+               "--workers", str(self.workers), "--threads", str(self.threads), "--log-level", "warning",
+               "--witness-quorum", str(self.witness_quorum)]
+        for w in self.witnesses:
+            cmd += ["--witness", w]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
