@@ -1,9 +1,17 @@
 """Transparency-log benchmark: durable appends over HTTP, batch appends, proof latency, integration latency.
 
-    python bench/log_append.py                       # own server on 127.0.0.1 with a temp store
+    python bench/log_append.py                       # own servers on 127.0.0.1 with temp stores
+    python bench/log_append.py --baseline-src DIR    # ... and first the log server of another source
+                                                     # tree (e.g. `git archive HEAD~ | tar -x -C DIR`)
     python bench/log_append.py --url http://host:port   # any running log; the operator token for
                                                         # registering the bench issuer comes from
                                                         # $EMSHIELD_LOG_OPERATOR_TOKEN
+
+Every own server gets a fresh log and the same signed entries: the baseline source tree (if given),
+then each WSGI server of --servers (default gunicorn, then granian) with this tree's code; each
+figure is printed with the 1-minute load average beside it, and later servers as ratios to the
+first. The clients are threads of this process on the same cores as the server (a raw-socket
+keep-alive HTTP/1.1 client, ~60 us of CPU per request), so client CPU is part of every figure.
 
 Figures (issue #3 targets in brackets):
 - durable single-entry appends/s with 1, 8 and 32 concurrent clients [>= 2,000/s with 32 clients
@@ -17,10 +25,10 @@ Figures (issue #3 targets in brackets):
 - integration latency: from an acknowledged append to the client holding a verified signed
   checkpoint that includes it, p50/p99 under the 32-client load [p99 <= 1 s].
 - inclusion and consistency proof latency over HTTP, p50/p99, at 10^4, 10^5 and 10^6 entries
-  [p99 <= 5 ms at 10^6]. Large trees are filled by direct bulk insert through the server's own
-  write path (`Sequencer.integrate`: leaves, nodes and a signed checkpoint per 50,000 entries)
-  with real signed entries, skipping HTTP and signature re-verification; --url mode measures
-  proofs at the remote log's current size instead.
+  [p99 <= 5 ms at 10^6], on the last server of --servers. Large trees are filled by direct bulk
+  insert through the server's own write path (`Sequencer.integrate`: leaves, nodes and a signed
+  checkpoint per 50,000 entries) with real signed entries, skipping HTTP and signature
+  re-verification; --url mode measures proofs at the remote log's current size instead.
 Tree building against merkletools/pymerkle is in bench/merkle_build.py.
 """
 
@@ -28,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import http.client
 import json
 import multiprocessing as mp
 import os
@@ -114,29 +121,74 @@ def registration(seed: bytes) -> bytes:
 
 
 class Conn:
-    """One keep-alive HTTP/1.1 connection (http.client: far less client CPU than requests)."""
+    """One keep-alive HTTP/1.1 connection on a raw socket.
+
+    The clients share the server's two cores, so their cost is part of every figure: http.client
+    spends ~400 us of CPU per request here (header parsing through email.parser), this ~60 us.
+    Enough HTTP/1.1 for the log's API: Content-Length bodies only (both servers send them)."""
 
     def __init__(self, url: str, token: str | None = None) -> None:
         u = urllib.parse.urlsplit(url)
-        self.host, self.port = u.hostname, u.port or 80
+        self.host, self.port = u.hostname or "127.0.0.1", u.port or 80
         self.token = token
-        self.c = http.client.HTTPConnection(self.host, self.port, timeout=120)
+        self.sock: socket.socket | None = None
+        self.buf = b""
+
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection((self.host, self.port), timeout=120)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+        return sock
+
+    def _recv(self) -> None:
+        data = self.sock.recv(1 << 16)
+        if not data:
+            raise ConnectionError("server closed the connection")
+        self.buf += data
+
+    def _exchange(self, request: bytes) -> tuple[int, bytes]:
+        if self.sock is None:
+            self.sock = self._connect()
+        self.sock.sendall(request)
+        while (end := self.buf.find(b"\r\n\r\n")) < 0:
+            self._recv()
+        lines = self.buf[:end].split(b"\r\n")
+        status = int(lines[0].split(b" ", 2)[1])
+        length = None
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding":
+                raise RuntimeError("chunked responses are not supported by this bench client")
+        if length is None:
+            raise RuntimeError(f"response without Content-Length: {lines[0]!r}")
+        start = end + 4
+        while len(self.buf) < start + length:
+            self._recv()
+        body, self.buf = self.buf[start:start + length], self.buf[start + length:]
+        return status, body
 
     def request(self, method: str, path: str, body: bytes | None = None, ctype: str | None = None,
                 auth: bool = False) -> tuple[int, bytes]:
-        headers = {}
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
         if ctype:
-            headers["Content-Type"] = ctype
+            head += f"Content-Type: {ctype}\r\n"
         if auth:
-            headers["Authorization"] = f"Bearer {self.token}"
+            head += f"Authorization: Bearer {self.token}\r\n"
+        if body is not None or method in ("POST", "PUT"):
+            head += f"Content-Length: {len(body or b'')}\r\n"
+        request = head.encode("latin-1") + b"\r\n" + (body or b"")
         for attempt in range(2):
             try:
-                self.c.request(method, path, body=body, headers=headers)
-                r = self.c.getresponse()
-                return r.status, r.read()
-            except (http.client.HTTPException, ConnectionError):
-                self.c.close()
-                self.c = http.client.HTTPConnection(self.host, self.port, timeout=120)
+                return self._exchange(request)
+            except (ConnectionError, OSError):
+                # a keep-alive connection the server closed: reconnect and send again (every
+                # request here is idempotent: re-submitting an entry returns its existing index)
+                if self.sock is not None:
+                    self.sock.close()
+                self.sock = None
                 if attempt:
                     raise
         raise AssertionError("unreachable")
@@ -163,22 +215,42 @@ def free_port() -> int:
 
 
 class OwnServer:
-    """`emshield-log init` + `emshield-log serve` in a temp directory."""
+    """A log in a temp directory: `emshield-log init`, then served by `log_server.serve.serve` (what
+    `emshield-log serve` runs after its checks) with the chosen WSGI server. With ``src``, the log
+    server of that other source tree (e.g. the previous version, extracted with `git archive`) is
+    initialised and served by its own `emshield-log serve` instead: the same-run baseline."""
 
-    def __init__(self, workdir: Path, workers: int, threads: int) -> None:
+    CLI = "import sys; sys.argv[0] = 'emshield-log'; from log_server.cli import main; main()"
+    LAUNCH = ("import sys; from pathlib import Path; from log_server.app import ServerConfig;"
+              " from log_server.serve import serve;"
+              " serve(ServerConfig(db_path=Path(sys.argv[1])), '127.0.0.1', int(sys.argv[2]), int(sys.argv[3]),"
+              " int(sys.argv[4]), 'warning', sys.argv[5])")
+
+    def __init__(self, workdir: Path, workers: int, threads: int, server: str = "gunicorn",
+                 src: Path | None = None) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
         self.db = workdir / "bench-log.db"
         self.token = "bench-operator-token-" + os.urandom(16).hex()
-        out = subprocess.run([str(BIN / "emshield-log"), "init", "--db", str(self.db), "--origin", "bench.emshield/log",
-                              "--json"], env=os.environ | {TOKEN_ENV: self.token}, capture_output=True, text=True,
+        env = os.environ | {TOKEN_ENV: self.token}
+        if src is not None:
+            env["PYTHONPATH"] = str(src)
+        out = subprocess.run([sys.executable, "-c", self.CLI, "init", "--db", str(self.db), "--origin",
+                              "bench.emshield/log", "--json"], env=env, cwd=src, capture_output=True, text=True,
                              check=True)
         self.verifier_key = json.loads(out.stdout)["verifier_key"]
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([str(BIN / "emshield-log"), "serve", "--db", str(self.db), "--port", str(self.port),
-                                      "--workers", str(workers), "--threads", str(threads), "--log-level", "warning"],
-                                     start_new_session=True)
+        if src is None:
+            cmd = ["-c", self.LAUNCH, str(self.db), str(self.port), str(workers), str(threads), server]
+        else:
+            cmd = ["-c", self.CLI, "serve", "--db", str(self.db), "--port", str(self.port), "--workers", str(workers),
+                   "--threads", str(threads), "--log-level", "warning"]
+        # cwd: `python -c` puts the working directory first on sys.path, before PYTHONPATH
+        self.proc = subprocess.Popen([sys.executable, *cmd], env=env, cwd=src, start_new_session=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"bench server exited with {self.proc.returncode}")
             try:
                 if Conn(self.url).request("GET", "/checkpoint")[0] == 200:
                     return
@@ -440,6 +512,52 @@ def _cpu_text(r: dict) -> str:
 # -- main --------------------------------------------------------------------------------------------
 
 
+def _single_text(r: dict, base: float) -> str:
+    return (f"durable single appends, {r['clients']:>2} clients: {r['per_s']:8,.0f}/s "
+            f"(x{r['per_s'] / r['baseline_get_checkpoint_per_s']:.2f} of GET /checkpoint's "
+            f"{r['baseline_get_checkpoint_per_s']:,.0f}/s, x{r['per_s'] / base:.2f} of one commit per entry, "
+            f"x{r['per_s'] / TARGET_APPENDS:.2f} of the 2,000/s target) latency p50 {r['latency_p50_ms']:.1f} ms p99 "
+            f"{r['latency_p99_ms']:.1f} ms; integration p50 {r['integration_p50_ms']:.1f} ms p99 "
+            f"{r['integration_p99_ms']:.1f} ms ({r['integration_samples']} samples){_cpu_text(r)}; "
+            f"load {r['load_1min']:.1f}")
+
+
+def measure_log(url: str, token: str, verifier: NoteVerifier | None, server: OwnServer | None, entries: list[bytes],
+                reg: bytes, args, clients: list[int], base: float, ceiling: float) -> dict:
+    """Single appends with each client count, then the batch path, against one log."""
+    Conn(url, token).json("POST", "/v1/issuers", body=reg, ctype="application/cbor", auth=True)
+    out: dict = {"single": []}
+    pos = 0
+    for c in clients:
+        floor = get_rate(url, 3000, c)
+        cpu = _cpu_start(server)
+        r = single_appends(url, entries[pos:pos + args.entries], c, verifier) | _cpu_used(server, cpu, args.entries)
+        pos += args.entries
+        r["baseline_get_checkpoint_per_s"] = floor
+        r["load_1min"] = os.getloadavg()[0]
+        out["single"].append(r)
+        print("  " + _single_text(r, base), flush=True)
+    cpu = _cpu_start(server)
+    b = batch_appends(url, entries[pos:pos + args.batch_entries], args.batch_size, args.batch_clients) | \
+        _cpu_used(server, cpu, args.batch_entries)
+    b["load_1min"] = os.getloadavg()[0]
+    out["batch"] = b
+    print(f"  batch appends ({args.batch_clients} clients x {args.batch_size}/request): {b['per_s']:,.0f} "
+          f"entries/s (x{b['per_s'] / TARGET_BATCH:.2f} of the 20,000/s target, "
+          f"x{b['per_s'] / ceiling:.2f} of one core's verification rate){_cpu_text(b)}; load {b['load_1min']:.1f}",
+          flush=True)
+    return out
+
+
+def compare(runs: list[dict]) -> None:
+    """Every run's figures as ratios to the first run's (the baseline of this run)."""
+    base = runs[0]
+    for run in runs[1:]:
+        parts = [f"{r['clients']} clients x{r['per_s'] / b['per_s']:.2f}" for r, b in zip(run["single"], base["single"])]
+        parts.append(f"batch x{run['batch']['per_s'] / base['batch']['per_s']:.2f}")
+        print(f"{run['label']} vs {base['label']}: " + ", ".join(parts))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--url", help="a running log (default: start one on 127.0.0.1 with a temp store)")
@@ -450,108 +568,100 @@ def main() -> int:
     ap.add_argument("--batch-clients", type=int, default=4, help="concurrent batch clients")
     ap.add_argument("--proof-sizes", default="10000,100000,1000000", help="tree sizes for proof latency (own server)")
     ap.add_argument("--proof-samples", type=int, default=2000)
-    ap.add_argument("--workers", type=int, default=2, help="own server: gunicorn workers")
-    ap.add_argument("--threads", type=int, default=16, help="own server: threads per worker")
+    ap.add_argument("--servers", default="gunicorn,granian",
+                    help="own server: WSGI servers to measure, each on a fresh log, in this order; proofs use the last")
+    ap.add_argument("--baseline-src", type=Path,
+                    help="own server: first measure the log server of this source tree (e.g. the previous commit,"
+                         " extracted with `git archive`) through its own `emshield-log serve`, as the baseline")
+    ap.add_argument("--workers", type=int, default=2, help="own server: worker processes")
+    ap.add_argument("--threads", type=int, default=16, help="own server: request threads per worker")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON at the end")
     args = ap.parse_args()
     clients = [int(c) for c in args.clients.split(",") if c]
+    servers = [s for s in args.servers.split(",") if s]
     run_seed = os.urandom(8)  # fresh entries every run: a re-run against the same log appends, not dedups
     rng = random.Random(1)
-    figures: dict = {"cores": os.cpu_count(), "load_average_at_start": os.getloadavg()}
+    figures: dict = {"cores": os.cpu_count(), "load_average_at_start": os.getloadavg(), "runs": []}
     print(f"{os.cpu_count()} cores; load average before the run {os.getloadavg()[0]:.2f} (other work on this"
-          " machine shares the cores)")
+          " machine shares the cores; the clients run on the same cores)")
+    if args.url and not os.environ.get(TOKEN_ENV):
+        ap.error(f"--url needs the operator token in ${TOKEN_ENV} to register the bench issuer")
 
     with tempfile.TemporaryDirectory(prefix="emshield-bench-") as tmp:
         workdir = Path(tmp)
-        server = None
+        total = args.entries * len(clients) + args.batch_entries
+        t0 = time.perf_counter()
+        entries = make_entries(run_seed, 0, total)  # the same entries go to every (fresh) log
+        print(f"signed {total} entries for the run in {time.perf_counter() - t0:.1f} s (client work, untimed)")
+        base = figures["baseline_sqlite_commit_per_entry_per_s"] = baseline_sqlite_commit_per_entry(
+            workdir, entries[:2000])
+        ceiling = figures["baseline_ed25519_verify_per_core_per_s"] = baseline_ed25519_verify(entries, run_seed)
+        print(f"baseline: one fsync'ed SQLite transaction per entry: {base:,.0f} entries/s")
+        print(f"baseline: decode + Ed25519 verify of an entry, one core: {ceiling:,.0f} entries/s")
+        reg = registration(run_seed)
+
         if args.url:
-            url, token = args.url.rstrip("/"), os.environ.get(TOKEN_ENV)
-            if not token:
-                ap.error(f"--url needs the operator token in ${TOKEN_ENV} to register the bench issuer")
-            verifier = None
+            url = args.url.rstrip("/")
+            print(f"log at {url}")
+            run = {"label": url} | measure_log(url, os.environ[TOKEN_ENV], None, None, entries, reg, args, clients,
+                                               base, ceiling)
+            figures["runs"].append(run)
+            size = checkpoint_size(Conn(url), None)
+            r = {"size": size} | proof_latency(url, size, args.proof_samples, rng)
+            r["load_1min"] = os.getloadavg()[0]
+            figures["proofs"] = [r]
+            print(f"proofs at {size:,}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items() if k != "size"))
         else:
-            server = OwnServer(workdir, args.workers, args.threads)
-            url, token = server.url, server.token
-            verifier = NoteVerifier.from_verifier_key(server.verifier_key)
-            print(f"own server: {url}, {args.workers} gunicorn workers x {args.threads} threads, store {server.db}")
-        try:
-            admin = Conn(url, token)
-            admin.json("POST", "/v1/issuers", body=registration(run_seed), ctype="application/cbor", auth=True)
-            total = args.entries * len(clients) + args.batch_entries
-            t0 = time.perf_counter()
-            entries = make_entries(run_seed, 0, total)
-            print(f"signed {total} entries for the run in {time.perf_counter() - t0:.1f} s (client work, untimed)")
-
-            figures["baseline_sqlite_commit_per_entry_per_s"] = baseline_sqlite_commit_per_entry(
-                workdir, entries[:2000])
-            figures["baseline_ed25519_verify_per_core_per_s"] = baseline_ed25519_verify(entries, run_seed)
-            base = figures["baseline_sqlite_commit_per_entry_per_s"]
-            print(f"baseline: one fsync'ed SQLite transaction per entry: {base:,.0f} entries/s")
-            print(f"baseline: decode + Ed25519 verify of an entry, one core: "
-                  f"{figures['baseline_ed25519_verify_per_core_per_s']:,.0f} entries/s")
-
-            pos = 0
-            figures["single"] = []
-            for c in clients:
-                floor = get_rate(url, 3000, c)
-                cpu = _cpu_start(server)
-                r = single_appends(url, entries[pos:pos + args.entries], c, verifier) | _cpu_used(server, cpu,
-                                                                                                  args.entries)
-                pos += args.entries
-                r["baseline_get_checkpoint_per_s"] = floor
-                figures["single"].append(r)
-                print(f"durable single appends, {c:>2} clients: {r['per_s']:8,.0f}/s "
-                      f"(x{r['per_s'] / floor:.2f} of GET /checkpoint's {floor:,.0f}/s, x{r['per_s'] / base:.2f} of one"
-                      f" commit per entry, x{r['per_s'] / TARGET_APPENDS:.2f} of the 2,000/s target) latency p50 {r['latency_p50_ms']:.1f} ms p99 "
-                      f"{r['latency_p99_ms']:.1f} ms; integration p50 {r['integration_p50_ms']:.1f} ms p99 "
-                      f"{r['integration_p99_ms']:.1f} ms ({r['integration_samples']} samples){_cpu_text(r)}")
-            cpu = _cpu_start(server)
-            b = batch_appends(url, entries[pos:pos + args.batch_entries], args.batch_size, args.batch_clients) | \
-                _cpu_used(server, cpu, args.batch_entries)
-            figures["batch"] = b
-            ceiling = figures["baseline_ed25519_verify_per_core_per_s"]
-            print(f"batch appends ({args.batch_clients} clients x {args.batch_size}/request): {b['per_s']:,.0f} "
-                  f"entries/s (x{b['per_s'] / TARGET_BATCH:.2f} of the 20,000/s target, "
-                  f"x{b['per_s'] / ceiling:.2f} of one core's verification rate){_cpu_text(b)}")
-
-            figures["proofs"] = []
-            if server is None:
-                size = checkpoint_size(admin, None)
-                r = {"size": size} | proof_latency(url, size, args.proof_samples, rng)
-                figures["proofs"].append(r)
-                print(f"proofs at {size:,}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items() if k != "size"))
-            else:
-                server.stop()  # proofs get a fresh log of exactly the requested sizes
-                (workdir / "proofs").mkdir()
-                server = OwnServer(workdir / "proofs", args.workers, args.threads)
-                fill_seed = run_seed + b"-fill"
-                Conn(server.url, server.token).json("POST", "/v1/issuers", body=registration(fill_seed),
-                                                    ctype="application/cbor", auth=True)
-                size = 1
-                for want in sorted(int(s) for s in args.proof_sizes.split(",") if s):
-                    if want > size:
-                        secs = bulk_fill(server.db, fill_seed, size - 1, want - 1)
-                        print(f"bulk-filled {want - size:,} entries to {want:,} in {secs:.1f} s "
-                              f"({(want - size) / secs:,.0f}/s incl. signing; direct Sequencer.integrate, no HTTP)")
-                        size = want
-                    r = {"size": size} | proof_latency(server.url, size, args.proof_samples, rng) | \
-                        proof_compute(server.db, size, args.proof_samples, rng)
-                    figures["proofs"].append(r)
-                    print(f"proofs at {size:>9,} entries over HTTP: inclusion p50 {r['inclusion_p50_ms']:.2f} ms "
-                          f"p99 {r['inclusion_p99_ms']:.2f} ms; consistency p50 {r['consistency_p50_ms']:.2f} ms "
-                          f"p99 {r['consistency_p99_ms']:.2f} ms (p99 target 5 ms: "
-                          f"x{max(r['inclusion_p99_ms'], r['consistency_p99_ms']) / TARGET_PROOF_P99_MS:.2f}; "
-                          f"GET /checkpoint baseline p99 {r['checkpoint_p99_ms']:.2f} ms); in-process without HTTP:"
-                          f" inclusion p50 {r['inclusion_compute_p50_ms']:.3f} p99 {r['inclusion_compute_p99_ms']:.3f} ms,"
-                          f" consistency p50 {r['consistency_compute_p50_ms']:.3f} p99 "
-                          f"{r['consistency_compute_p99_ms']:.3f} ms (CPU-time p99 {r['inclusion_compute_cpu_p99_ms']:.3f}"
-                          f" / {r['consistency_compute_cpu_p99_ms']:.3f} ms)")
-        finally:
-            if server is not None:
-                server.stop()
+            plan = [(f"baseline {args.baseline_src}", "gunicorn", args.baseline_src)] if args.baseline_src else []
+            plan += [(f"{s} (this tree)", s, None) for s in servers]
+            for n, (label, kind, src) in enumerate(plan):
+                server = OwnServer(workdir / f"run{n}", args.workers, args.threads, kind, src)
+                try:
+                    print(f"{label}: {server.url}, {kind}, {args.workers} workers x {args.threads} threads", flush=True)
+                    run = {"label": label, "server": kind} | measure_log(
+                        server.url, server.token, NoteVerifier.from_verifier_key(server.verifier_key), server,
+                        entries, reg, args, clients, base, ceiling)
+                    figures["runs"].append(run)
+                finally:
+                    server.stop()
+            compare(figures["runs"])
+            figures["proofs"] = proofs_on_fresh_log(workdir / "proofs", args, servers[-1], run_seed, rng)
     if args.json:
         print(json.dumps(figures, indent=2))
     return 0
+
+
+def proofs_on_fresh_log(workdir: Path, args, kind: str, run_seed: bytes, rng: random.Random) -> list[dict]:
+    """Proof latency on a fresh log bulk-filled to exactly each requested size."""
+    server = OwnServer(workdir, args.workers, args.threads, kind)
+    out = []
+    try:
+        fill_seed = run_seed + b"-fill"
+        Conn(server.url, server.token).json("POST", "/v1/issuers", body=registration(fill_seed),
+                                            ctype="application/cbor", auth=True)
+        size = 1
+        for want in sorted(int(s) for s in args.proof_sizes.split(",") if s):
+            if want > size:
+                secs = bulk_fill(server.db, fill_seed, size - 1, want - 1)
+                print(f"bulk-filled {want - size:,} entries to {want:,} in {secs:.1f} s "
+                      f"({(want - size) / secs:,.0f}/s incl. signing; direct Sequencer.integrate, no HTTP)", flush=True)
+                size = want
+            r = {"size": size, "server": kind} | proof_latency(server.url, size, args.proof_samples, rng) | \
+                proof_compute(server.db, size, args.proof_samples, rng)
+            r["load_1min"] = os.getloadavg()[0]
+            out.append(r)
+            print(f"proofs at {size:>9,} entries over HTTP ({kind}): inclusion p50 {r['inclusion_p50_ms']:.2f} ms "
+                  f"p99 {r['inclusion_p99_ms']:.2f} ms; consistency p50 {r['consistency_p50_ms']:.2f} ms "
+                  f"p99 {r['consistency_p99_ms']:.2f} ms (p99 target 5 ms: "
+                  f"x{max(r['inclusion_p99_ms'], r['consistency_p99_ms']) / TARGET_PROOF_P99_MS:.2f}; "
+                  f"GET /checkpoint baseline p99 {r['checkpoint_p99_ms']:.2f} ms); in-process without HTTP:"
+                  f" inclusion p50 {r['inclusion_compute_p50_ms']:.3f} p99 {r['inclusion_compute_p99_ms']:.3f} ms,"
+                  f" consistency p50 {r['consistency_compute_p50_ms']:.3f} p99 "
+                  f"{r['consistency_compute_p99_ms']:.3f} ms (CPU-time p99 {r['inclusion_compute_cpu_p99_ms']:.3f}"
+                  f" / {r['consistency_compute_cpu_p99_ms']:.3f} ms); load {r['load_1min']:.1f}", flush=True)
+    finally:
+        server.stop()
+    return out
 
 
 if __name__ == "__main__":
