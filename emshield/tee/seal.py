@@ -83,6 +83,25 @@ def _read_full(src: BinaryIO, view: memoryview) -> int:
     return got
 
 
+def _chunk_reader(src: BinaryIO, max_len: int) -> Callable[[int], memoryview]:
+    """read(n) for ciphertext chunks: slices of the blob itself when it is already in memory (a
+    BytesIO: no copy of 100 MiB through a bounce buffer), else readinto one reused buffer.
+
+    The slices view the bytes object that `getvalue()` returns (CPython shares, does not copy, the
+    bytes a BytesIO was made from), not the BytesIO, which can therefore still be closed."""
+    if isinstance(src, io.BytesIO):
+        whole = memoryview(src.getvalue())
+
+        def from_memory(n: int) -> memoryview:
+            pos = src.tell()
+            chunk = whole[pos: pos + n]
+            src.seek(pos + len(chunk))
+            return chunk
+        return from_memory
+    view = memoryview(bytearray(max_len))
+    return lambda n: view[: _read_full(src, view[:n])]
+
+
 def encrypt_chunks(src: BinaryIO, dst: BinaryIO, header: Header, data_key: bytes | bytearray,
                    progress: Progress | None = None) -> None:
     """Encrypt exactly header.plaintext_length bytes of src into dst as the blob's chunk sequence.
@@ -183,20 +202,18 @@ def decrypt_chunks(src: BinaryIO, header: Header, data_key: bytes | bytearray, o
         raise ValueError("output buffer does not match the plaintext length")
     hh = header.hash()
     aead = AESGCM(payload_key(data_key, hh))
-    inbuf = bytearray(header.chunk_size + TAG_LEN)
-    inview = memoryview(inbuf)
+    read_chunk = _chunk_reader(src, header.chunk_size + TAG_LEN)
     offset = 0
     for index in range(header.chunk_count):
         n = min(header.chunk_size, header.plaintext_length - offset)
-        got = _read_full(src, inview[: n + TAG_LEN])
-        if got != n + TAG_LEN:
+        chunk = read_chunk(n + TAG_LEN)
+        if len(chunk) != n + TAG_LEN:
             raise TruncatedBlobError(f"blob ends inside chunk {index} of {header.chunk_count}")
         final = index == header.chunk_count - 1
         if ready:
             ready(offset + n)
         try:
-            aead.decrypt_into(chunk_nonce(index), inview[: n + TAG_LEN], chunk_aad(hh, index, final),
-                              out[offset: offset + n])
+            aead.decrypt_into(chunk_nonce(index), chunk, chunk_aad(hh, index, final), out[offset: offset + n])
         except InvalidTag:
             raise TamperedBlobError(
                 f"chunk {index} of {header.chunk_count} failed authentication "

@@ -9,8 +9,8 @@ child process by inheriting the fd, and the child maps it; nothing is ever writt
   with CAP_IPC_LOCK, e.g. root, are not limited) and refuses larger mappings with EAGAIN.
 * ``memfd+mlock``: an anonymous memfd whose mapping is mlock'ed (no swap), same RLIMIT_MEMLOCK.
 * ``anon+mlock``: private anonymous memory, mlock'ed, ``MADV_DONTFORK`` (a child never inherits it)
-  and ``MADV_HUGEPAGE`` (2 MiB pages where the kernel's THP setting allows: ~500× fewer page
-  faults). It has no fd, so it only serves callers that use the core in-process; ask for it
+  and ``MADV_HUGEPAGE`` (2 MiB pages where THP is enabled, as it is by default for anonymous
+  memory: ~500× fewer page faults). It has no fd, so it only serves callers that use the core in-process; ask for it
   explicitly (``IN_PROCESS_KINDS``).
 * ``memfd (unlocked)``: only when the caller passes ``allow_unlocked=True`` (CLI
   ``--allow-unlocked``); may be swapped. A warning says so. Never chosen silently.
@@ -47,13 +47,14 @@ KIND_UNLOCKED = "memfd (unlocked)"
 SHAREABLE_KINDS = (KIND_SECRET, KIND_LOCKED)   # the default: an fd a child command can map
 IN_PROCESS_KINDS = (KIND_SECRET, KIND_PRIVATE)  # no fd; the locked fallback is far cheaper to fault in
 MLOCK_ONFAULT = 1
-MADV_HUGEPAGE = 14
+MADV_POPULATE_WRITE = 23  # Linux 5.14; not in Python 3.11's mmap module
 PREFAULT_STEP = 2 << 20
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 _libc.munlock.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
 _libc.mlock2.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint)
+_libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
 
 
 class UnlockedMemoryWarning(UserWarning):
@@ -77,6 +78,15 @@ def _map(fd: int, size: int) -> mmap.mmap:
     m = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
     m.madvise(mmap.MADV_DONTDUMP)
     return m
+
+
+def _ask_for_huge_pages(m: mmap.mmap) -> None:
+    """2 MiB pages where the kernel's THP settings allow them for this mapping (anonymous: `enabled`
+    = madvise/always; memfd: `shmem_enabled` = advise/always): ~500× fewer page faults to unseal."""
+    try:
+        m.madvise(mmap.MADV_HUGEPAGE)
+    except OSError:
+        pass  # THP not built in: 4 KiB pages, same protection, more page faults
 
 
 def _try_memfd_secret(size: int) -> tuple[int, mmap.mmap] | str:
@@ -111,6 +121,7 @@ def _lock_on_fault(m: mmap.mmap, size: int, what: str) -> str | None:
 
 def _try_memfd_locked(size: int) -> tuple[int, mmap.mmap] | str:
     fd, m = _new_memfd(size)
+    _ask_for_huge_pages(m)
     refused = _lock_on_fault(m, size, "memfd")
     if refused is None:
         return fd, m
@@ -123,10 +134,7 @@ def _try_private_locked(size: int) -> tuple[int, mmap.mmap] | str:
     m = mmap.mmap(-1, size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, mmap.PROT_READ | mmap.PROT_WRITE)
     m.madvise(mmap.MADV_DONTDUMP)
     m.madvise(mmap.MADV_DONTFORK)
-    try:
-        m.madvise(MADV_HUGEPAGE)
-    except OSError:
-        pass  # THP disabled or not built in: 4 KiB pages, same protection, more page faults
+    _ask_for_huge_pages(m)
     refused = _lock_on_fault(m, size, "anonymous memory")
     if refused is None:
         return -1, m
@@ -177,9 +185,12 @@ class SecretBuffer:
         return memoryview(self._map)[: self.size]
 
     def start_prefault(self) -> None:
-        """Fault the pages in, front to back, in a background thread (see :class:`_Prefault`); not
-        worth a thread for a buffer of one step or less."""
-        if self._prefault is None and not self._closed and self.size > PREFAULT_STEP:
+        """Fault the pages in, front to back, in a background thread (see :class:`_Prefault`).
+
+        Only for the memfd kinds, whose 4 KiB pages cost 10-35 µs each to fault in; anon+mlock
+        asks for 2 MiB pages, which fault in faster than the thread can be coordinated (on busy
+        cores it made unsealing ~2× slower, bench/seal.py). Not for a buffer of one step or less."""
+        if self._prefault is None and not self._closed and self.size > PREFAULT_STEP and self.kind != KIND_PRIVATE:
             self._prefault = _Prefault(_address(self._map), self.size)
 
     def wait_ready(self, end: int) -> None:
@@ -211,7 +222,10 @@ class SecretBuffer:
 
 
 class _Prefault:
-    """A thread that writes zeros over the buffer, PREFAULT_STEP bytes at a time, front to back.
+    """A thread that makes the buffer's pages present, PREFAULT_STEP bytes at a time, front to back:
+    with `madvise(MADV_POPULATE_WRITE)` where the kernel allows it (memfd, anonymous memory: no
+    second pass over a freshly zeroed huge page), else by writing zeros (memfd_secret refuses
+    populate requests, MAP_POPULATE and fallocate; only a first write faults its pages in).
 
     Why: the first touch of a page is most of the cost of unsealing. For memfd_secret the kernel
     removes every new page from its direct map and flushes the TLB of every CPU (tens of µs a page
@@ -219,7 +233,7 @@ class _Prefault:
     lets it overlap reading the blob, unwrapping the key and decrypting (`ctypes.memset` and
     `AESGCM.decrypt_into` both run without the GIL). The decrypting thread waits until its range is
     faulted, so it never faults pages itself and never writes where this thread does. Page faults
-    of one mapping do not go faster with more threads (measured), so there is one."""
+    of one mapping do not go faster with more threads (bench/seal.py), so there is one."""
 
     def __init__(self, address: int, size: int) -> None:
         self._address, self._size = address, size
@@ -231,9 +245,12 @@ class _Prefault:
 
     def _run(self) -> None:
         offset = 0
+        populate = True
         while offset < self._size and not self._stopping:
             n = min(PREFAULT_STEP, self._size - offset)
-            ctypes.memset(self._address + offset, 0, n)
+            if not populate or _libc.madvise(self._address + offset, n, MADV_POPULATE_WRITE) != 0:
+                populate = False
+                ctypes.memset(self._address + offset, 0, n)
             offset += n
             with self._cond:
                 self._done = offset
