@@ -37,6 +37,7 @@ from emshield.tlog.entry import EntryError, Issuance, IssuerRegistration, decode
 from emshield.tlog.tiles import TILE_WIDTH, Tile, bundles_for, tile_root, tiles_at_level
 
 from .tile_client import TileClient, TileFetchError
+from .witness_policy import WitnessPolicyError, parse_witness_keys, verify_witnessed
 
 STATE_VERSION = 1
 EXIT_OK, EXIT_MISBEHAVIOUR, EXIT_UNREACHABLE, EXIT_STATE = 0, 1, 4, 5
@@ -436,13 +437,17 @@ def write_evidence(directory: Path, report: AuditReport) -> Path:
 
 def audit(url: str, verifier_key: str, state_path: Path, *, do_replay: bool = False, jobs: int = 1,
           evidence_dir: Path | None = None, progress: Callable[[int], None] | None = None,
-          timeout: float = 30.0) -> AuditReport:
-    """One audit run against the log at ``url`` (spec/audit.md, "Procedure")."""
+          timeout: float = 30.0, witness_keys: Sequence[str] = (), quorum: int = 0) -> AuditReport:
+    """One audit run against the log at ``url`` (spec/audit.md, "Procedure"). With ``witness_keys``
+    the checkpoint must also carry ``quorum`` of their cosignatures (spec/witness.md)."""
     started = time.monotonic()
     try:
         verifier = NoteVerifier.from_verifier_key(verifier_key)
-    except NoteError as exc:
-        raise AuditError(EXIT_STATE, f"--key is not a signed-note verifier key: {exc}") from exc
+        witnesses = parse_witness_keys(witness_keys)
+    except (NoteError, WitnessPolicyError) as exc:
+        raise AuditError(EXIT_STATE, f"bad --key or --witness: {exc}") from exc
+    if not 0 <= quorum <= len(witnesses):
+        raise AuditError(EXIT_STATE, f"--quorum {quorum} is not within 0..{len(witnesses)} (the --witness keys)")
     origin = verifier.name
     with StateLock(state_path):
         logs = load_state(state_path)
@@ -460,6 +465,11 @@ def audit(url: str, verifier_key: str, state_path: Path, *, do_replay: bool = Fa
             cp = verify_checkpoint(report.note, verifier)
         except (CheckpointError, NoteError) as exc:
             raise AuditError(EXIT_UNREACHABLE, f"the checkpoint does not verify with the pinned key: {exc}") from exc
+        if quorum:
+            try:
+                verify_witnessed(report.note, verifier, witnesses, quorum)
+            except WitnessPolicyError as exc:
+                raise AuditError(EXIT_UNREACHABLE, f"witness policy not met: {exc}") from exc
         if cp.size == 0 and cp.root_hash != merkle.EMPTY_ROOT:
             report.add(Finding("bad_checkpoint", "a signed checkpoint of size 0 with a non-empty root",
                                {"checkpoint": report.note.decode()}))

@@ -44,10 +44,14 @@ class _Fail(click.ClickException):
               help="Where evidence of misbehaviour is written. Default: <state>.evidence/")
 @click.option("--timeout", type=click.FloatRange(0.1, 600), default=30.0, show_default=True,
               help="HTTP timeout in seconds.")
+@click.option("--witness", "witness_keys", multiple=True, metavar="WITNESS_KEY",
+              help="A witness verifier key (C2SP tlog-cosignature, repeatable); see --quorum.")
+@click.option("--quorum", type=click.IntRange(0, 100), default=0, show_default=True,
+              help="Require this many of the --witness keys to have cosigned the checkpoint.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def main(ctx: click.Context, log_url: str | None, key: str | None, state: Path | None, replay: bool, jobs: int,
-         evidence_dir: Path | None, timeout: float, as_json: bool) -> None:
+         evidence_dir: Path | None, timeout: float, witness_keys: tuple[str, ...], quorum: int, as_json: bool) -> None:
     """Fetch the log's latest checkpoint, verify its signature and its consistency with the
     last checkpoint this auditor verified, and report forks, rollbacks and rewritten entries
     with the evidence. `--replay` also re-checks every entry and the whole tree."""
@@ -63,7 +67,8 @@ def main(ctx: click.Context, log_url: str | None, key: str | None, state: Path |
     bar = tqdm(unit="entry", desc="replay", disable=as_json or None, file=sys.stderr) if replay else None
     try:
         report = audit(log_url, key, state_path, do_replay=replay, jobs=jobs, evidence_dir=evidence_dir,
-                       progress=None if bar is None else bar.update, timeout=timeout)
+                       progress=None if bar is None else bar.update, timeout=timeout, witness_keys=witness_keys,
+                       quorum=quorum)
     except AuditError as exc:
         if as_json:
             click.echo(json.dumps({"ok": False, "error": str(exc), "exit_code": exc.exit_code}))

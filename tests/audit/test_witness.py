@@ -220,6 +220,15 @@ def test_log_attaches_witness_cosignatures_and_verifiers_require_k_of_n(
         verify_witnessed(text + b"\n" + "".join(s.line() for s in forged).encode(), log_files.verifier, [k1, k2], 1)
     # The auditor and plain verifiers still accept the cosigned note (they ignore unknown signers).
     assert verify_checkpoint(note, log_files.verifier).size == 41
+    # The auditor can require the witnesses too (exit 4 when the policy is not met: nothing is proved).
+    state = Path(w1.state).parent / "audit.json"
+    base = ["--log", srv.url, "--key", vkey, "--state", str(state), "--json"]
+    ok = CliRunner().invoke(audit_cli, [*base, "--witness", k1.verifier_key(), "--witness", k2.verifier_key(),
+                                        "--quorum", "2"])
+    assert ok.exit_code == 0, ok.output
+    short = CliRunner().invoke(audit_cli, [*base, "--witness", k1.verifier_key(), "--witness", k2.verifier_key(),
+                                           "--witness", k3.verifier_key(), "--quorum", "3"])
+    assert short.exit_code == 4 and "witness policy not met" in json.loads(short.output)["error"]
     # The witnesses' own state follows the log.
     for w in (w1, w2):
         with sqlite3.connect(w.state) as db:

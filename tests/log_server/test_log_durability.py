@@ -11,6 +11,7 @@ import hashlib
 import threading
 
 from emshield.tlog import merkle
+from emshield.tlog.checkpoint import verify_checkpoint
 from emshield.tlog.client import LogClient, LogClientError
 from emshield.tlog.entry import decode_entry, issuer_key_id
 
@@ -87,6 +88,26 @@ def test_state_survives_a_clean_restart(log_files, server_factory, issuer_key, k
     log2.prove_consistency(cp, log2.verified_checkpoint(log_files.verifier))
 
 
+def _watch_checkpoints(url: str, stop: threading.Event) -> list[bytes]:
+    """Every distinct checkpoint note the server serves until it dies or ``stop`` is set."""
+    seen: list[bytes] = []
+    log = LogClient(url, timeout=5)
+
+    def poll() -> None:
+        while not stop.is_set():
+            try:
+                note = log.checkpoint_note()
+            except LogClientError:
+                return  # the server is gone
+            if not seen or seen[-1] != note:
+                seen.append(note)
+            stop.wait(0.01)
+
+    t = threading.Thread(target=poll, daemon=True)
+    t.start()
+    return seen  # filled by the thread as it goes
+
+
 def test_crash_during_concurrent_appends_loses_no_acknowledged_entry(log_files, server_factory, issuer_key, kit) -> None:
     srv = server_factory(log_files.db)
     log = LogClient(srv.url, operator_token=log_files.token)
@@ -94,12 +115,16 @@ def test_crash_during_concurrent_appends_loses_no_acknowledged_entry(log_files, 
     entries = [kit.issuance(issuer_key, n) for n in range(1200)]
     before = log.verified_checkpoint(log_files.verifier)
 
+    stop = threading.Event()
+    served = _watch_checkpoints(srv.url, stop)  # a reader watching checkpoints throughout
     killer = threading.Timer(1.5, srv.kill)  # SIGKILL master and workers while 8 clients append
     killer.start()
     acked, errors = _run_clients(srv.url, [entries[i::8] for i in range(8)])
     killer.join()
+    stop.set()
     assert acked, "nothing was acknowledged before the crash; the test proves nothing"
     assert errors, "the server was not killed during the appends; the test proves nothing"
+    assert len(served) >= 3, "the watcher saw too few checkpoints to prove anything"
 
     srv2 = server_factory(log_files.db)
     log2 = LogClient(srv2.url, operator_token=log_files.token)
@@ -108,6 +133,13 @@ def test_crash_during_concurrent_appends_loses_no_acknowledged_entry(log_files, 
         assert leaves[index] == data
     assert len(set(leaves)) == len(leaves)
     log2.prove_consistency(before, cp)
+    # Every checkpoint anyone was ever shown before the crash is a prefix of the recovered tree.
+    for note in served:
+        old = verify_checkpoint(note, log_files.verifier)
+        assert old.size <= cp.size
+        if old.size:
+            log2.prove_consistency(old, cp)
+            assert merkle.root_from_leaf_hashes([merkle.leaf_hash(d) for d in leaves[:old.size]]) == old.root_hash
     nxt = log2.append(kit.issuance(issuer_key, 5000))
     assert nxt.index == cp.size
 
