@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from emshield.marking import fingerprint as fpmod
 from emshield.marking.params import watermark_commitment
+from emshield.tlog.checkpoint import Checkpoint
 from emshield.tlog.entry import Issuance
 from verifier.verify_log import Issuer, LogMisbehaving, ProvedIssuance, VerifiedLog
 
@@ -33,6 +34,7 @@ EXIT_NO_MATCH = 1  # nothing in the log matches (or several match equally): nobo
 EXIT_BAD_INPUT = 2  # the suspect, backbone, key or options are unusable
 EXIT_LOG_MISBEHAVING = 3  # the log's answers contradict its signed checkpoint, its entries or each other
 EXIT_LOG_UNAVAILABLE = 4  # the log could not be reached or failed (5xx): nothing concluded
+EXIT_INTERNAL = 5  # a bug in the verifier: reported as such, never as "no match"
 
 VERDICT_VERSION = 1
 
@@ -73,7 +75,7 @@ class Match:
     issuer: str
     issuer_key_id: str
     issuer_registration_index: int
-    issuer_revoked: bool
+    issuer_revoked: bool | None  # None: unknown (offline)
     device_uuid: str
     leaf_index: int
     leaf_hash: str
@@ -110,6 +112,16 @@ def _iso(ts: int) -> str:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def reading_of(suspect: Suspect, issuer: Issuer) -> WatermarkReading:
+    """The blind watermark read-out under one issuer's parameters."""
+    assert issuer.params is not None
+    try:
+        ex = suspect.extract(issuer.params)
+    except Unreadable as exc:
+        return _unreadable(issuer, str(exc))
+    return _reading(issuer, ex)
+
+
 def _reading(issuer: Issuer, ex: Any) -> WatermarkReading:
     params = issuer.params
     assert params is not None
@@ -125,7 +137,7 @@ def _unreadable(issuer: Issuer, reason: str) -> WatermarkReading:
                             10.0 ** params.accept_log10_p, None)
 
 
-def _suspect_fingerprint(suspect: Suspect, issuer: Issuer,
+def suspect_fingerprint(suspect: Suspect, issuer: Issuer,
                          cache: dict[bytes, fpmod.Fingerprint | None]) -> fpmod.Fingerprint | None:
     """The suspect's fingerprint under one issuer's parameters (None: nothing to fingerprint)."""
     if issuer.key_id not in cache:
@@ -137,33 +149,44 @@ def _suspect_fingerprint(suspect: Suspect, issuer: Issuer,
     return cache[issuer.key_id]
 
 
-def _fingerprint_check(log: VerifiedLog, hit: ProvedIssuance, suspect_fp: fpmod.Fingerprint) -> FingerprintCheck:
+def fingerprint_check(published: fpmod.Fingerprint | None, hit: ProvedIssuance,
+                      suspect_fp: fpmod.Fingerprint) -> FingerprintCheck:
+    """Compare with the published fingerprint, which the caller checked against the entry's hash."""
     params = hit.issuer.params
     assert params is not None
     threshold = params.fp_threshold_milli / 1000.0
     if hit.entry.fingerprint_hash is None:
         return FingerprintCheck(None, threshold, False, "no fingerprint in entry")
-    published = log.side_fingerprint(hit)
     if published is None:
         return FingerprintCheck(None, threshold, False, "not published")
     cmp = fpmod.compare(published, suspect_fp, params)
     return FingerprintCheck(cmp.distance, cmp.threshold, cmp.match, "verified against the entry's fingerprint_hash")
 
 
-def _match(log: VerifiedLog, hit: ProvedIssuance, method: str, reading: WatermarkReading | None,
-           fp: FingerprintCheck | None) -> Match:
+def _fingerprint_check(log: VerifiedLog, hit: ProvedIssuance, suspect_fp: fpmod.Fingerprint) -> FingerprintCheck:
+    return fingerprint_check(log.side_fingerprint(hit), hit, suspect_fp)
+
+
+def make_match(cp: Checkpoint, hit: ProvedIssuance, method: str, reading: WatermarkReading | None,
+               fp: FingerprintCheck | None, registration_proof: str) -> Match:
+    """The named issuance with the evidence: ``hit`` must already be signature-checked and proved."""
     e: Issuance = hit.entry
-    cp = log.checkpoint
     proofs = {
         "checkpoint": f"signature verified with the pinned key ({cp.origin}, size {cp.size})",
         "checkpoint_root": cp.root_hash.hex(),
-        "issuer_registration": f"self-signature verified, included at leaf {hit.issuer.index}",
+        "issuer_registration": registration_proof,
         "entry_signature": "verified with the registered issuer key",
         "inclusion": hit.proof,
     }
     return Match(method, hit.issuer.name, hit.issuer.key_id.hex(), hit.issuer.index, hit.issuer.revoked,
                  e.device_uuid_text, hit.index, hit.leaf_hash.hex(), e.issued_at, _iso(e.issued_at), e.policy,
                  reading, fp, proofs)
+
+
+def _match(log: VerifiedLog, hit: ProvedIssuance, method: str, reading: WatermarkReading | None,
+           fp: FingerprintCheck | None) -> Match:
+    return make_match(log.checkpoint, hit, method, reading, fp,
+                      f"self-signature verified, included at leaf {hit.issuer.index}")
 
 
 def _fits(hit: ProvedIssuance, issuer: Issuer) -> bool:
@@ -198,24 +221,18 @@ def verify_suspect(suspect: Suspect, log: VerifiedLog, *, scan: bool = True, pro
     missing_commitments: set[bytes] = set()
     suspect_fps: dict[bytes, fpmod.Fingerprint | None] = {}
     for issuer in tqdm(candidates, desc="reading watermark", unit="issuer", disable=not progress, leave=False):
-        assert issuer.params is not None
-        try:
-            ex = suspect.extract(issuer.params)
-        except Unreadable as exc:
-            verdict.watermark_readings.append(_unreadable(issuer, str(exc)))
-            continue
-        reading = _reading(issuer, ex)
+        reading = reading_of(suspect, issuer)
         verdict.watermark_readings.append(reading)
-        if not ex.accepted:
+        if not reading.accepted:
             continue
         commitment = bytes.fromhex(reading.watermark_commitment or "")
         hits = [h for h in log.issuances(watermark_commitment=commitment) if _fits(h, issuer)]
         if not hits:
             missing_commitments.add(commitment)
-            verdict.notes.append(f"watermark of issuer {issuer.name!r} decoded (p={ex.p_value:.3g}), but the "
+            verdict.notes.append(f"watermark of issuer {issuer.name!r} decoded (p={reading.p_value:.3g}), but the "
                                  "log's commitment index has no proved issuance for it")
             continue
-        fp = _suspect_fingerprint(suspect, issuer, suspect_fps)
+        fp = suspect_fingerprint(suspect, issuer, suspect_fps)
         named += [_match(log, h, "watermark", reading, fp and _fingerprint_check(log, h, fp)) for h in hits]
     if len(named) == 1:
         verdict.match = named[0]
@@ -233,17 +250,17 @@ def verify_suspect(suspect: Suspect, log: VerifiedLog, *, scan: bool = True, pro
     else:
         found = []
         for issuer in candidates:
-            fp = _suspect_fingerprint(suspect, issuer, suspect_fps)
+            fp = suspect_fingerprint(suspect, issuer, suspect_fps)
             if fp is not None:
                 found += [(hit, _fingerprint_check(log, hit, fp))
                           for hit in log.issuances(fingerprint_hash=fp.hash()) if _fits(hit, issuer)]
         verdict.notes.append("full replay disabled: the fingerprint was compared only with issuances "
                              "whose logged fingerprint hash equals the suspect's")
     matches = [(hit, chk) for hit, chk in found if chk.match]
-    reading_of = {r.issuer_key_id: r for r in verdict.watermark_readings}
+    readings = {r.issuer_key_id: r for r in verdict.watermark_readings}
     if len(matches) == 1:
         hit, chk = matches[0]
-        verdict.match = _match(log, hit, "fingerprint", reading_of.get(hit.issuer.key_id.hex()), chk)
+        verdict.match = _match(log, hit, "fingerprint", readings.get(hit.issuer.key_id.hex()), chk)
     elif matches:
         verdict.reason = (f"the fingerprint is within threshold of {len(matches)} proved issuances (leaves "
                           f"{', '.join(str(h.index) for h, _ in matches)}), e.g. one core issued to several "
@@ -272,7 +289,7 @@ def _scan(log: VerifiedLog, suspect: Suspect, candidates: list[Issuer], suspect_
         if hit.entry.watermark_commitment in missing_commitments and _fits(hit, issuer):
             raise LogMisbehaving(f"the commitment index omitted the issuance at leaf {hit.index}, "
                                  "which the full replay shows")
-        fp = _suspect_fingerprint(suspect, issuer, suspect_fps)
+        fp = suspect_fingerprint(suspect, issuer, suspect_fps)
         if fp is not None and _fits(hit, issuer) and hit.entry.fingerprint_hash is not None:
             found.append((hit, _fingerprint_check(log, hit, fp)))
     return found

@@ -1,8 +1,9 @@
 """`emshield-verify`: which issuance did a suspect model come from?
 
 Exit codes (spec/verify.md): 0 a device is named with verified proofs; 1 no match (nobody named);
-2 bad input (suspect, backbone, key or options); 3 the log misbehaves (bad checkpoint signature,
-bad proof, an answer that contradicts its entries); 4 the log is unreachable or failing.
+2 bad input (suspect, backbone, bundle, key or options); 3 the log misbehaves (bad checkpoint
+signature, bad proof, an answer that contradicts its entries); 4 the log is unreachable or
+failing; 5 internal error (a bug: reported, never shown as "no match").
 """
 
 from __future__ import annotations
@@ -10,15 +11,18 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 import click
 
-from emshield.tlog.checkpoint import NoteError, NoteVerifier
+from emshield.bundle import LogKeyError, parse_log_key
+from emshield.marking import fingerprint as fpmod
+from emshield.tlog.checkpoint import NoteVerifier
 from emshield.tlog.client import LogClient
 from verifier.verify import (
     EXIT_BAD_INPUT,
+    EXIT_INTERNAL,
     EXIT_LOG_MISBEHAVING,
     EXIT_LOG_UNAVAILABLE,
     Verdict,
@@ -26,8 +30,8 @@ from verifier.verify import (
 )
 from verifier.verify_log import LogMisbehaving, LogUnavailable, VerifiedLog
 
-MAX_KEY_FILE_BYTES = 4096
-_KINDS = {EXIT_BAD_INPUT: "bad_input", EXIT_LOG_MISBEHAVING: "log_misbehaving", EXIT_LOG_UNAVAILABLE: "log_unavailable"}
+_KINDS = {EXIT_BAD_INPUT: "bad_input", EXIT_LOG_MISBEHAVING: "log_misbehaving", EXIT_LOG_UNAVAILABLE: "log_unavailable",
+          EXIT_INTERNAL: "internal_error"}
 
 
 def _fail(code: int, detail: str, as_json: bool) -> NoReturn:
@@ -37,22 +41,6 @@ def _fail(code: int, detail: str, as_json: bool) -> NoReturn:
                               indent=2, sort_keys=True))
     click.echo(f"emshield-verify: {_KINDS[code].replace('_', ' ')}: {detail}", err=True)
     sys.exit(code)
-
-
-def read_log_key(value: str) -> NoteVerifier:
-    """The pinned log verifier key: the key string itself (``name+hex8+base64``) or a file holding it."""
-    try:
-        return NoteVerifier.from_verifier_key(value.strip())
-    except NoteError as first:
-        path = Path(value)
-        if not path.is_file():
-            raise ValueError(f"--log-key is neither a verifier key nor a file: {first}") from first
-        if path.stat().st_size > MAX_KEY_FILE_BYTES:
-            raise ValueError(f"{path}: too large for a verifier key file") from first
-        try:
-            return NoteVerifier.from_verifier_key(path.read_text("utf-8").strip())
-        except (NoteError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{path}: not a log verifier key: {exc}") from exc
 
 
 def _text(verdict: Verdict) -> str:
@@ -95,45 +83,93 @@ def _text(verdict: Verdict) -> str:
               help="The log's verifier key (name+hex+base64, as `emshield-log init` prints), or a file holding it.")
 @click.option("--backbone", type=click.Path(path_type=Path), help="Public backbone (folder or file); needed for merged models.")
 @click.option("--bundle", "--offline", "bundle", type=click.Path(path_type=Path),
-              help="Verify offline against one issuance bundle instead of the log.")
+              help="Air-gapped: check the suspect against this one issuance bundle instead of asking the log.")
+@click.option("--side-record", type=click.Path(path_type=Path),
+              help="With --bundle: the issuance's published fingerprint (CBOR), for a fuzzy fingerprint match.")
 @click.option("--no-scan", is_flag=True, help="Never replay the whole log to search published fingerprints.")
 @click.option("--timeout", type=click.FloatRange(0.1, 600.0), default=30.0, show_default=True, help="Seconds per log request.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable verdict on stdout.")
 def main(model: Path, log_url: str | None, log_key: str | None, backbone: Path | None, bundle: Path | None,
-         no_scan: bool, timeout: float, as_json: bool) -> None:
+         side_record: Path | None, no_scan: bool, timeout: float, as_json: bool) -> None:
     """Extract the watermark and fingerprint from MODEL (a merged model: .pt state dict, safetensors
     or a Hugging Face folder, with --backbone; or a peft adapter folder), find the matching issuance
     in the public log, verify the issuer's signature, the inclusion proof and the log's checkpoint
     against the pinned key, and print a verdict.
 
     \b
-    Exit codes: 0 match verified, 1 no match, 2 bad input, 3 log misbehaving, 4 log unavailable.
+    Exit codes: 0 match verified, 1 no match, 2 bad input, 3 log misbehaving,
+    4 log unavailable, 5 internal error.
     """
-    if log_key is None:
-        _fail(EXIT_BAD_INPUT, "give the log's verifier key with --log-key (the key pins which log to trust)", as_json)
     try:
-        verifier = read_log_key(log_key)
-    except ValueError as exc:
-        _fail(EXIT_BAD_INPUT, str(exc), as_json)
-    if bundle is not None:
-        _fail(EXIT_BAD_INPUT, "offline verification (--bundle) is not built yet (issue #8)", as_json)
-    if not log_url:
-        _fail(EXIT_BAD_INPUT, "give the log's URL with --log (or --bundle FILE for offline verification)", as_json)
-    if urlsplit(log_url).scheme not in ("http", "https") or not urlsplit(log_url).netloc:
-        _fail(EXIT_BAD_INPUT, f"--log must be an http(s) URL, got {log_url!r}", as_json)
+        verdict = _verify(model, log_url, log_key, backbone, bundle, side_record, no_scan, timeout, as_json)
+    except _Failure as exc:
+        _fail(exc.code, exc.detail, as_json)
+    except Exception as exc:  # a bug must not read as "no match" (Python's own exit status is 1)
+        _fail(EXIT_INTERNAL, f"{type(exc).__name__}: {exc}", as_json)
+    click.echo(json.dumps(verdict.to_json(), indent=2, sort_keys=True) if as_json else _text(verdict))
+    sys.exit(verdict.exit_code)
+
+
+class _Failure(Exception):
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(detail)
+        self.code, self.detail = code, detail
+
+
+def _verify(model: Path, log_url: str | None, log_key: str | None, backbone: Path | None, bundle: Path | None,
+            side_record: Path | None, no_scan: bool, timeout: float, as_json: bool) -> Verdict:
+    if log_key is None:
+        raise _Failure(EXIT_BAD_INPUT, "give the log's verifier key with --log-key (the key pins which log to trust)")
+    try:
+        verifier = parse_log_key(log_key)
+    except LogKeyError as exc:
+        raise _Failure(EXIT_BAD_INPUT, str(exc)) from exc
+    if (bundle is None) == (not log_url):
+        raise _Failure(EXIT_BAD_INPUT, "give either --log URL (online) or --bundle FILE (offline)")
+    if side_record is not None and bundle is None:
+        raise _Failure(EXIT_BAD_INPUT, "--side-record goes with --bundle (online, the log publishes it)")
+    if log_url and (urlsplit(log_url).scheme not in ("http", "https") or not urlsplit(log_url).netloc):
+        raise _Failure(EXIT_BAD_INPUT, f"--log must be an http(s) URL, got {log_url!r}")
     from verifier.verify_suspect import BadSuspect, load_suspect  # torch: not needed for --help
 
     progress = not as_json and sys.stderr.isatty()
     try:
+        if bundle is not None:
+            vb, published = _read_bundle(bundle, side_record, verifier)
+            from verifier.verify_offline import verify_offline
+
+            with load_suspect(model, backbone) as suspect:
+                return verify_offline(suspect, vb, published)
+        assert log_url is not None
         with load_suspect(model, backbone) as suspect:
             log = VerifiedLog(LogClient(log_url, timeout=timeout), verifier, progress=progress)
-            verdict = verify_suspect(suspect, log, scan=not no_scan, progress=progress)
+            return verify_suspect(suspect, log, scan=not no_scan, progress=progress)
     except BadSuspect as exc:
-        _fail(EXIT_BAD_INPUT, str(exc), as_json)
+        raise _Failure(EXIT_BAD_INPUT, str(exc)) from exc
     except LogMisbehaving as exc:
-        _fail(EXIT_LOG_MISBEHAVING, str(exc), as_json)
+        raise _Failure(EXIT_LOG_MISBEHAVING, str(exc)) from exc
     except LogUnavailable as exc:
-        _fail(EXIT_LOG_UNAVAILABLE, str(exc), as_json)
-    out: Any = json.dumps(verdict.to_json(), indent=2, sort_keys=True) if as_json else _text(verdict)
-    click.echo(out)
-    sys.exit(verdict.exit_code)
+        raise _Failure(EXIT_LOG_UNAVAILABLE, str(exc)) from exc
+
+
+def _read_bundle(path: Path, side_record: Path | None, verifier: NoteVerifier):
+    """The verified bundle, and the side record checked against its issuance's fingerprint hash."""
+    from emshield.bundle import BundleError, read_bundle_file, verify_bundle
+
+    try:
+        vb = verify_bundle(read_bundle_file(path), verifier)
+    except BundleError as exc:
+        raise _Failure(EXIT_BAD_INPUT, f"bundle {path} does not verify: {exc}") from exc
+    if side_record is None:
+        return vb, None
+    expected = vb.issuance.fingerprint_hash
+    if expected is None:
+        raise _Failure(EXIT_BAD_INPUT, "--side-record given, but the bundle's issuance commits to no fingerprint")
+    try:
+        if side_record.stat().st_size > fpmod.MAX_FINGERPRINT_BYTES:
+            raise _Failure(EXIT_BAD_INPUT, f"{side_record}: larger than a fingerprint may be")
+        return vb, fpmod.Fingerprint.from_cbor(side_record.read_bytes(), expected)
+    except OSError as exc:
+        raise _Failure(EXIT_BAD_INPUT, f"cannot read {side_record}: {exc}") from exc
+    except fpmod.FingerprintError as exc:
+        raise _Failure(EXIT_BAD_INPUT, f"{side_record}: {exc}") from exc

@@ -57,7 +57,7 @@ class Issuer:
     name: str
     index: int  # leaf index of the registration entry
     registered_at: int
-    revoked: bool  # log-server state, not a logged fact (spec/api.md §2.6)
+    revoked: bool | None  # log-server state, not a logged fact (spec/api.md §2.6); None: unknown (offline)
     params: MarkingParams | None
     params_error: str | None  # why the published marking parameters are unusable, if they are
 

@@ -13,9 +13,11 @@ Everything here is local I/O; nothing trusts the log.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -99,27 +101,23 @@ class Suspect:
             self._deltas[name] = w - w0
         return self._deltas[name]
 
-    def extract(self, params: MarkingParams) -> watermark.Extraction:
-        """Blind watermark read-out under one issuer's parameters."""
+    def _read(self, params: MarkingParams, from_factors: Callable, from_deltas: Callable, what: str) -> Any:
         try:
             if self.core is not None:
-                return watermark.extract_from_factors(self.core, params)
-            return watermark.extract_from_deltas(self.delta, params)
+                return from_factors(self.core, params)
+            return from_deltas(self.delta, params)
         except BadSuspect:
             raise
         except ValueError as exc:  # e.g. a layer with ΔW = 0: nothing to read
-            raise Unreadable(f"cannot read a watermark: {exc}") from exc
+            raise Unreadable(f"cannot read {what}: {exc}") from exc
+
+    def extract(self, params: MarkingParams) -> watermark.Extraction:
+        """Blind watermark read-out under one issuer's parameters."""
+        return self._read(params, watermark.extract_from_factors, watermark.extract_from_deltas, "a watermark")
 
     def fingerprint(self, params: MarkingParams) -> fingerprint.Fingerprint:
         """The suspect's fingerprint under one issuer's parameters."""
-        try:
-            if self.core is not None:
-                return fingerprint.fingerprint_factors(self.core, params)
-            return fingerprint.fingerprint_deltas(self.delta, params)
-        except BadSuspect:
-            raise
-        except ValueError as exc:
-            raise Unreadable(f"cannot fingerprint: {exc}") from exc
+        return self._read(params, fingerprint.fingerprint_factors, fingerprint.fingerprint_deltas, "a fingerprint")
 
 
 def _is_core_file(path: Path) -> bool:

@@ -1,5 +1,6 @@
 """Verifier test set-up: a real log server on 127.0.0.1, an issuer registered with real marking
-parameters for the committed tiny Llama backbone, and cores issued to devices through it.
+parameters for the committed tiny Llama backbone, and cores issued to devices through the
+issuance pipeline (emshield.issue: mark, log, side record, seal, bundle).
 
 The log server helpers come from tests/log_server/conftest.py and the cores and attacks from
 tests/marking/marking_helpers.py (loaded by path: pytest's importlib mode keeps test directories
@@ -8,7 +9,9 @@ apart), so the verifier is tested against the same server and attacks as those s
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import sys
 import uuid
 from dataclasses import dataclass, field
@@ -17,13 +20,26 @@ from types import ModuleType, SimpleNamespace
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from emshield.core import LoraFactors
-from emshield.marking import policy
-from emshield.marking.params import LayerSpec, MarkingParams, payload_for_device, verification_key
-from emshield.model.io import backbone_id, open_tensors
-from emshield.tlog import entry as E
+from emshield.issue import (
+    POLICY_AUTO,
+    POLICY_FINGERPRINT,
+    DeviceTarget,
+    IssuerKeys,
+    issue_to_device,
+    mark_for_device,
+    marking_params_for,
+    prepare_issuer,
+    register_issuer,
+)
+from emshield.marking.params import MarkingParams
+from emshield.model.io import backbone_id
+from emshield.tee.devicekey import DevicePublicKey
+from emshield.tlog.checkpoint import NoteVerifier
 from emshield.tlog.client import LogClient
+from verifier.verify_cli import main as verify_main
 
 TESTS = Path(__file__).resolve().parents[1]
 ROOT = TESTS.parent
@@ -47,14 +63,16 @@ SECRET = bytes(range(100, 132))  # the issuer's marking secret (fixed: determini
 LAYERS = [f"model.layers.{i}.self_attn.{p}_proj.weight" for i in range(4) for p in ("q", "v")]
 RANK = 8
 ISSUED_AT = 1_795_000_000
+ISSUER_NAME = "Acme Edge Models"
 
 
 @dataclass
 class Issued:
     device: uuid.UUID
-    core: dict[str, LoraFactors]  # the core as issued (marked or not)
+    core: dict[str, LoraFactors]  # the core as issued (marked or not): what a device would leak
     index: int
     mode: str
+    bundle: Path
 
 
 @dataclass
@@ -64,17 +82,28 @@ class World:
     url: str
     log_key: str
     client: LogClient
+    issuer_keys: IssuerKeys
     params: MarkingParams
     backbone: Path
-    issuer_key: object
+    out: Path
     issued: list[Issued] = field(default_factory=list)
 
-
-def tiny_params() -> MarkingParams:
-    bid = backbone_id(TINY)
-    with open_tensors(TINY) as src:
-        layers = tuple(LayerSpec(n, *src.get(n).shape) for n in LAYERS)
-    return MarkingParams(bid, verification_key(SECRET, bid), layers)
+    def verify(self, suspect: Path, *extra: str, log: str | None = "", backbone: bool = False,
+               log_key: str | None = None) -> tuple[int, dict]:
+        """`emshield-verify SUSPECT --json` in-process: (exit code, JSON). ``log``: URL to use, "" for
+        this world's log, None for none (offline)."""
+        args = [str(suspect), "--log-key", log_key or self.log_key, "--json", *extra]
+        if log is not None:
+            args += ["--log", log or self.url]
+        if backbone:
+            args += ["--backbone", str(self.backbone)]
+        result = CliRunner().invoke(verify_main, args)
+        try:
+            out = json.loads(result.stdout)
+        except json.JSONDecodeError:
+            pytest.fail(f"not JSON (exit {result.exit_code}): {result.stdout!r} {result.stderr!r} {result.exception!r}")
+        assert out["exit_code"] == result.exit_code
+        return result.exit_code, out
 
 
 def tiny_core(seed: int) -> dict[str, LoraFactors]:
@@ -85,39 +114,38 @@ def tiny_core(seed: int) -> dict[str, LoraFactors]:
     return {name: core[f"layers.{i}.weight"] for i, name in enumerate(LAYERS)}
 
 
-def issue(world: World, core: dict[str, LoraFactors], device: uuid.UUID, *, watermark: bool = True) -> Issued:
-    """Mark, log and publish one issuance with the library primitives."""
-    tolerance = policy.Tolerance(max_perturbation=1.0 if watermark else 0.0)
-    result = policy.mark(core, payload_for_device(SECRET, device.bytes), world.params, tolerance)
-    rec = result.record
-    assert rec.mode == (policy.MODE_BOTH if watermark else policy.MODE_FINGERPRINT), rec.reason
-    key = world.issuer_key
-    entry = E.Issuance(
-        device.bytes, bytes.fromhex(world.params.backbone_id),
-        bytes.fromhex(rec.watermark_commitment) if rec.watermark_commitment else None,
-        result.fingerprint.hash(), rec.mode, ISSUED_AT + len(world.issued), E.issuer_key_id(logsrv.public_bytes(key)))
-    res = world.client.append(E.sign_entry(entry, key).encode())
-    world.client.put_side_record(res.index, result.fingerprint.to_cbor())
-    issued = Issued(device, result.core, res.index, rec.mode)
-    world.issued.append(issued)
-    return issued
+def device_target(device: uuid.UUID) -> DeviceTarget:
+    """A device's public keys from a fixed secret (the verifier never needs the device itself)."""
+    return DeviceTarget(device, DevicePublicKey.from_secret(hashlib.sha256(device.bytes).digest()))
+
+
+def issue(world: World, core: dict[str, LoraFactors], devices: list[uuid.UUID], policy: str = POLICY_AUTO) -> None:
+    """Issue ``core`` to ``devices`` with the issuance pipeline (emshield.issue), keeping what each got."""
+    issuer = prepare_issuer(world.client, NoteVerifier.from_verifier_key(world.log_key), world.issuer_keys,
+                            core, world.backbone, policy=policy)
+    for device in devices:
+        res = issue_to_device(issuer, device_target(device), world.out, now=ISSUED_AT + len(world.issued))
+        marked = mark_for_device(issuer, device)  # deterministic: the core that was sealed into the bundle
+        world.issued.append(Issued(device, marked.core, res.index, res.policy, Path(res.bundle)))
 
 
 @pytest.fixture(scope="session")
 def world(tmp_path_factory: pytest.TempPathFactory):
-    """The log server, the issuer, and four issuances: three watermarked, one fingerprint-only."""
-    files = logsrv.init_log(tmp_path_factory.mktemp("verify-log"))
+    """The log server and one issuer. Issued: one core to three devices with the watermark (as in the
+    demo), one core fingerprint-only to one device, and one core fingerprint-only to two devices."""
+    tmp = tmp_path_factory.mktemp("verify-world")
+    files = logsrv.init_log(tmp)
     server = logsrv.ServerProcess(files.db, workers=1, threads=4).start()
     try:
         client = LogClient(server.url, operator_token=files.token)
-        key = logsrv.ed25519_key("verify-issuer")
-        params = tiny_params()
-        reg = E.IssuerRegistration(logsrv.public_bytes(key), "Acme Edge Models", params.to_cbor(), ISSUED_AT - 100)
-        client.register_issuer(E.sign_entry(reg, key).encode())
-        w = World(server.url, files.verifier.verifier_key(), client, params, TINY, key)
-        for n in range(3):
-            issue(w, tiny_core(n), uuid.UUID(int=0x1000 + n))
-        issue(w, tiny_core(3), uuid.UUID(int=0x2000), watermark=False)
+        keys = IssuerKeys(logsrv.ed25519_key("verify-issuer"), SECRET)
+        params = marking_params_for(keys, backbone_id(TINY), tiny_core(0))
+        register_issuer(client, keys, ISSUER_NAME, params, now=ISSUED_AT - 100)
+        w = World(server.url, files.verifier.verifier_key(), client, keys, params, TINY, tmp / "bundles")
+        issue(w, tiny_core(0), [uuid.UUID(int=0x1000 + n) for n in range(3)])
+        assert [i.mode for i in w.issued] == ["both"] * 3
+        issue(w, tiny_core(3), [uuid.UUID(int=0x2000)], POLICY_FINGERPRINT)
+        issue(w, tiny_core(4), [uuid.UUID(int=0x3000), uuid.UUID(int=0x3001)], POLICY_FINGERPRINT)
         yield w
     finally:
         server.stop()
@@ -127,4 +155,4 @@ def world(tmp_path_factory: pytest.TempPathFactory):
 def helpers() -> SimpleNamespace:
     """The marking suite's attacks and this directory's core maker (tests cannot import this conftest)."""
     return SimpleNamespace(refactorise=mh.refactorise, int8_rows=mh.int8_rows, prune=mh.prune, noise=mh.noise,
-                           tiny_core=tiny_core, issue=issue)
+                           tiny_core=tiny_core)

@@ -6,35 +6,23 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from emshield.core import LoraFactors
 from emshield.model.adapter import save_core, write_peft_adapter
 from emshield.model.io import open_tensors, save_tensors
 from emshield.model.merge import write_merged
-from verifier.verify_cli import main as verify_main
 
 BIN = Path(sys.executable).parent
 
 
 def run_verify(world, suspect: Path, *extra: str, backbone: bool = True) -> tuple[int, dict]:
     """The CLI in-process (the console script itself is run once, in test_text_output)."""
-    args = [str(suspect), "--log", world.url, "--log-key", world.log_key, "--json", *extra]
-    if backbone:
-        args += ["--backbone", str(world.backbone)]
-    result = CliRunner().invoke(verify_main, args)
-    try:
-        out = json.loads(result.stdout)
-    except json.JSONDecodeError:
-        pytest.fail(f"not JSON (exit {result.exit_code}): {result.stdout!r} {result.stderr!r} {result.exception!r}")
-    assert out["exit_code"] == result.exit_code
-    return result.exit_code, out
+    return world.verify(suspect, *extra, backbone=backbone)
 
 
 def merged_with(world, core: dict[str, LoraFactors], out: Path, transform=None, dtype=torch.float32) -> Path:
@@ -175,3 +163,21 @@ def test_the_backbone_itself_matches_nothing(world) -> None:
     code, out = run_verify(world, world.backbone)
     assert code == 1 and out["match"] is None
     assert "ΔW is zero" in out["watermark_readings"][0]["reason"]
+
+
+def test_one_core_fingerprinted_for_two_devices_names_nobody(world, tmp_path: Path) -> None:
+    first, second = world.issued[4], world.issued[5]
+    assert first.mode == second.mode == "fingerprint"
+    code, out = run_verify(world, write_peft_adapter(first.core, tmp_path / "adapter"), backbone=False)
+    assert code == 1 and out["match"] is None
+    assert "ambiguous" in out["reason"] and f"{first.index}, {second.index}" in out["reason"]
+    assert str(first.device) not in json.dumps(out) and str(second.device) not in json.dumps(out)
+
+
+def test_sibling_devices_are_told_apart(world, tmp_path: Path) -> None:
+    """The same core went to three devices; each leaked copy names its own device only."""
+    for n, target in enumerate(world.issued[:3]):
+        suspect = merged_with(world, target.core, tmp_path / f"m{n}.safetensors", dtype=torch.bfloat16)
+        code, out = run_verify(world, suspect)
+        assert code == 0
+        assert_names(out, target, "watermark")

@@ -1,0 +1,97 @@
+"""`emshield-verify --bundle`: air-gapped verification of a suspect against one issuance bundle
+(made by the issuance pipeline), with the pinned log key and no network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from emshield.bundle import parse_bundle
+from emshield.model.adapter import write_peft_adapter
+from emshield.model.io import open_tensors, save_tensors
+from emshield.tlog.checkpoint import NoteSigner
+
+
+def offline(world, suspect: Path, bundle: Path, *extra: str, log_key: str | None = None,
+            backbone: bool = False) -> tuple[int, dict]:
+    return world.verify(suspect, "--bundle", str(bundle), *extra, log=None, backbone=backbone, log_key=log_key)
+
+
+def merged_bf16(world, core, out: Path) -> Path:
+    with open_tensors(world.backbone) as bb:
+        tensors = {n: (bb.get(n).double() + (torch.from_numpy(core[n].delta()) if n in core else 0)).to(torch.bfloat16)
+                   for n in bb.keys()}
+    return save_tensors(tensors, out)
+
+
+def test_leaked_copy_matches_its_own_bundle_only(world, tmp_path: Path) -> None:
+    mine, sibling = world.issued[0], world.issued[1]
+    suspect = merged_bf16(world, mine.core, tmp_path / "leak.safetensors")
+    code, out = offline(world, suspect, mine.bundle, backbone=True)
+    assert code == 0, out
+    m = out["match"]
+    assert (m["device_uuid"], m["leaf_index"], m["method"]) == (str(mine.device), mine.index, "watermark")
+    assert m["proofs"]["inclusion"].startswith(f"bundle tlog-proof at leaf {mine.index} verified")
+    assert out["log"]["mode"] == "offline" and m["issuer_revoked"] is None
+    assert m["watermark"]["p_value"] <= m["watermark"]["p_value_threshold"]
+    code, out = offline(world, suspect, sibling.bundle, backbone=True)
+    assert code == 1 and out["match"] is None
+    assert "another issuance" in out["reason"]
+
+
+def test_fingerprint_only_bundle(world, tmp_path: Path) -> None:
+    target = world.issued[3]
+    code, out = offline(world, write_peft_adapter(target.core, tmp_path / "adapter"), target.bundle)
+    assert code == 0 and out["match"]["method"] == "fingerprint"  # unchanged adapter: exact fingerprint hash
+    suspect = merged_bf16(world, target.core, tmp_path / "leak.safetensors")
+    code, out = offline(world, suspect, target.bundle, backbone=True)
+    assert code == 1 and "--side-record" in out["reason"]
+    side = tmp_path / "side.cbor"
+    side.write_bytes(world.client.side_record(target.index))
+    code, out = offline(world, suspect, target.bundle, "--side-record", str(side), backbone=True)
+    assert code == 0 and out["match"]["method"] == "fingerprint"
+    assert 0 < out["match"]["fingerprint"]["distance"] <= out["match"]["fingerprint"]["threshold"]
+    other = tmp_path / "other.cbor"
+    other.write_bytes(world.client.side_record(world.issued[0].index))
+    code, out = offline(world, suspect, target.bundle, "--side-record", str(other), backbone=True)
+    assert code == 2 and "fingerprint hash" in out["detail"]
+
+
+def test_unmarked_model_does_not_match_a_bundle(world, helpers, tmp_path: Path) -> None:
+    suspect = write_peft_adapter(helpers.tiny_core(77), tmp_path / "adapter")
+    code, out = offline(world, suspect, world.issued[0].bundle)
+    assert code == 1 and out["match"] is None and "no watermark decodes" in out["reason"]
+
+
+def _tampered(bundle: Path, tmp: Path) -> dict[str, Path]:
+    data = bundle.read_bytes()
+    b = parse_bundle(data)
+    out = {}
+    flipped = bytearray(data)
+    flipped[len(data) - len(b.sealed_core) - 40] ^= 1  # inside the issuance proof's checkpoint signature
+    out["checkpoint signature"] = flipped
+    entry_at = data.index(b.issuance_entry)
+    flipped = bytearray(data)
+    flipped[entry_at + len(b.issuance_entry) - 5] ^= 1  # the issuance entry's signature
+    out["entry signature"] = flipped
+    out["truncated"] = data[:-3]
+    paths = {}
+    for name, raw in out.items():
+        paths[name] = tmp / f"{name.replace(' ', '-')}.emshield-bundle"
+        paths[name].write_bytes(bytes(raw))
+    return paths
+
+
+def test_tampered_or_foreign_bundle_is_bad_input(world, tmp_path: Path) -> None:
+    target = world.issued[0]
+    suspect = write_peft_adapter(target.core, tmp_path / "adapter")
+    for name, path in _tampered(target.bundle, tmp_path).items():
+        code, out = offline(world, suspect, path)
+        assert code == 2 and out["error"] == "bad_input", (name, out)
+        assert "does not verify" in out["detail"], out["detail"]
+    stranger = NoteSigner.generate(world.log_key.split("+", 1)[0]).verifier.verifier_key()
+    code, out = offline(world, suspect, target.bundle, log_key=stranger)
+    assert code == 2 and "checkpoint" in out["detail"]
+    code, out = world.verify(suspect, "--bundle", str(target.bundle))  # and --log: one or the other
+    assert code == 2 and "either --log" in out["detail"]
