@@ -24,7 +24,6 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from emshield.tlog.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
@@ -80,10 +79,25 @@ class Appended:
     created: bool
 
 
+def _held_lock() -> threading.Lock:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
 @dataclass
 class _Unit:
+    """One request's entries and its answer. ``done`` is released by the writer once ``outcome`` is
+    set: a bare lock, because the writer thread is the serial part of every append and a
+    concurrent.futures.Future costs it ~50 us per answer (Condition, notify_all) against ~1 us."""
+
     entries: Sequence[PreparedEntry]
-    future: Future = field(default_factory=Future)
+    outcome: list[Appended] | BaseException | None = None
+    done: threading.Lock = field(default_factory=_held_lock)
+
+    def answer(self, outcome: list[Appended] | BaseException) -> None:
+        self.outcome = outcome
+        self.done.release()
 
 
 _STOP = object()
@@ -98,7 +112,7 @@ class Sequencer:
         self.origin = origin
         self.max_batch = max_batch
         self._range: CompactRange | None = None
-        self._queue: queue.Queue = queue.Queue()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()  # C-implemented: cheap put/get
         self._thread: threading.Thread | None = None
         self._pid = 0
         self._start_lock = threading.Lock()
@@ -110,7 +124,13 @@ class Sequencer:
         self._ensure_started()
         unit = _Unit(entries)
         self._queue.put(unit)
-        return unit.future.result(timeout=timeout)
+        if not unit.done.acquire(timeout=timeout):
+            # Not answered in time: the entries may still be committed later (a retry is safe:
+            # appends are idempotent), but this request gives up waiting.
+            raise TimeoutError(f"the sequencer did not answer within {timeout} s")
+        if isinstance(unit.outcome, BaseException):
+            raise unit.outcome
+        return unit.outcome
 
     def _ensure_started(self) -> None:
         # Started lazily and per process: a thread does not survive gunicorn's fork.
@@ -118,7 +138,7 @@ class Sequencer:
             return
         with self._start_lock:
             if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
-                self._queue = queue.Queue()
+                self._queue = queue.SimpleQueue()
                 self._range = None
                 self._pid = os.getpid()
                 self._thread = threading.Thread(target=self._run, name="emshield-sequencer", daemon=True)
@@ -155,13 +175,10 @@ class Sequencer:
             except Exception as exc:  # storage failure: nobody is acknowledged
                 log.exception("sequencer batch failed")
                 for u in group:
-                    u.future.set_exception(exc)
+                    u.answer(exc)
                 continue
             for u, outcome in zip(group, outcomes):
-                if isinstance(outcome, AppendRejected):
-                    u.future.set_exception(outcome)
-                else:
-                    u.future.set_result(outcome)
+                u.answer(outcome)
 
     def integrate(self, units: Sequence[Sequence[PreparedEntry]]) -> list[list[Appended] | AppendRejected]:
         """One transaction: sequence every acceptable unit, extend the tree, sign one checkpoint.

@@ -146,6 +146,7 @@ class Issuance:
 
 Entry = IssuerRegistration | Issuance
 _TYPES: dict[str, type[IssuerRegistration] | type[Issuance]] = {t.TYPE: t for t in (IssuerRegistration, Issuance)}
+_FIELD_NAMES = {t: tuple(f.name for f in fields(t)) for t in _TYPES.values()}
 
 
 def _to_map(entry: Entry) -> dict[str, Any]:
@@ -183,6 +184,25 @@ class SignedEntry:
         return self.entry.issuer_public_key if isinstance(self.entry, IssuerRegistration) else None
 
 
+# "v": 1 and the head of the "sig" item (a 64-byte byte string), as deterministic CBOR writes them.
+_VERSION_ITEM = b"\x61v" + bytes([VERSION])
+_SIG_ITEM_HEAD = b"\x63sig\x58\x40"
+
+
+def _signed_part(data: bytes, items: int, signature: bytes) -> bytes | None:
+    """``signing_bytes`` of a decoded entry, cut from its canonical leaf bytes without re-encoding.
+
+    Deterministic CBOR orders map keys by encoded length first, so "v" (the only 1-character key)
+    comes first and "sig" (the only 3-character key) second; dropping the "sig" item and counting
+    one item less in the map head (one byte: an entry has fewer than 24 fields) therefore gives
+    exactly the canonical encoding of the map without "sig". None if the bytes are not laid out
+    so (never for bytes ``decode_entry`` accepted; the caller then encodes)."""
+    head = bytes([0xA0 | items]) + _VERSION_ITEM + _SIG_ITEM_HEAD + signature
+    if items >= 24 or not data.startswith(head):
+        return None
+    return SIGNATURE_LABEL + bytes([0xA0 | (items - 1)]) + _VERSION_ITEM + data[len(head):]
+
+
 def encode_entry(signed: SignedEntry) -> bytes:
     """The log leaf data: canonical CBOR of the entry map with "sig" added."""
     data = canonical({**_to_map(signed.entry), "sig": signed.signature})
@@ -217,7 +237,7 @@ def decode_entry(data: bytes) -> SignedEntry:
     cls = _TYPES.get(obj["type"]) if type(obj["type"]) is str else None
     if cls is None:
         raise EntryError(f"unknown entry type {obj['type']!r}")
-    names = [f.name for f in fields(cls)]
+    names = _FIELD_NAMES[cls]
     optional = {"watermark_commitment", "fingerprint_hash"} if cls is Issuance else set()
     allowed = {"v", "type", "sig", *names}
     unknown = sorted(set(obj) - allowed)
@@ -227,7 +247,11 @@ def decode_entry(data: bytes) -> SignedEntry:
     if missing:
         raise EntryError(f"missing field(s) in {cls.TYPE} entry: {', '.join(missing)}")
     entry = cls(**{n: obj.get(n) for n in names})  # field checks run in __post_init__
-    return SignedEntry(entry, obj["sig"])
+    signed = SignedEntry(entry, obj["sig"])
+    # Cache what the signature covers (an attribute, not a field: equality and repr are unchanged;
+    # the entry is frozen, so it cannot go stale). verify_entry_signature then needs no re-encode.
+    object.__setattr__(signed, "_signed_part", _signed_part(data, len(obj), signed.signature))
+    return signed
 
 
 def sign_entry(entry: Entry, private_key: Ed25519PrivateKey) -> SignedEntry:
@@ -251,7 +275,8 @@ def verify_entry_signature(signed: SignedEntry, public_key: Ed25519PublicKey) ->
         raise EntryError("a registration is verified with the key it registers")
     if isinstance(entry, Issuance) and issuer_key_id(public) != entry.issuer_key_id:
         raise EntryError("key does not match the issuance's issuer_key_id")
+    message = signed.__dict__.get("_signed_part") or signing_bytes(entry)
     try:
-        public_key.verify(signed.signature, signing_bytes(entry))
+        public_key.verify(signed.signature, message)
     except InvalidSignature as exc:
         raise EntryError("entry signature does not verify") from exc

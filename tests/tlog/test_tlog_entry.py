@@ -107,6 +107,26 @@ def test_issuance_round_trip(policy: str) -> None:
     assert ("fingerprint_hash" in present) == (policy != "watermark")
 
 
+def test_decoded_entries_are_verified_over_the_same_bytes_without_re_encoding() -> None:
+    """decode_entry keeps the signed part cut from the leaf bytes; it must equal signing_bytes exactly."""
+    rnd = random.Random(3)
+    entries = [decode_entry(bytes.fromhex(v["cbor_hex"])) for v in VECTORS["valid"]]
+    for n in range(50):
+        policy = rnd.choice(["watermark", "fingerprint", "both"])
+        entries.append(decode_entry(sign_entry(_issuance(policy, issued_at=rnd.randrange(2 ** 63)), KEY).encode()))
+        name = "".join(rnd.choice("abcé漢 -") for _ in range(rnd.randint(1, 40))).strip() or "x"
+        entries.append(decode_entry(sign_entry(IssuerRegistration(PUB, name, PARAMS, n), KEY).encode()))
+    for signed in entries:
+        assert signed.__dict__["_signed_part"] == signing_bytes(signed.entry)
+        verify_entry_signature(signed, KEY.public_key())
+    # a wrong signature is still refused when the signed part comes from the leaf bytes
+    data = entries[-1].encode()
+    forged = decode_entry(data.replace(entries[-1].signature, bytes(64)))
+    assert forged.__dict__["_signed_part"] == signing_bytes(forged.entry)
+    with pytest.raises(EntryError, match="does not verify"):
+        verify_entry_signature(forged, KEY.public_key())
+
+
 def test_registration_is_signed_by_the_registered_key() -> None:
     reg = IssuerRegistration(PUB, "Issuer", PARAMS, 5)
     signed = sign_entry(reg, KEY)
