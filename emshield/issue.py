@@ -17,6 +17,7 @@ logged entry. A bundle already in the output folder that verifies is left alone.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 import stat
@@ -44,7 +45,7 @@ from emshield.bundle import (
     verify_bundle,
     write_bundle_file,
 )
-from emshield.core import Core, LoraFactors
+from emshield.core import Core, LoraFactors, core_to_bytes
 from emshield.marking import fingerprint as fp_mod
 from emshield.marking import policy as policy_mod
 from emshield.marking.params import (
@@ -421,9 +422,21 @@ def _result(status: str, index: int, leaf: bytes, entry: Issuance, path: Path, r
                        record.to_json() if record is not None else None)
 
 
-def _existing_bundle(issuer: Issuer, device: DeviceTarget, path: Path,
-                     logged: tuple[bytes, bytes | None]) -> IssueResult:
-    """A bundle already in the output folder: keep it if it verifies and carries this core's marks."""
+INPUTS_LABEL = b"emshield/issue-inputs/v1\x00"
+INPUTS_SUFFIX = ".inputs"
+
+
+def inputs_digest(issuer: Issuer) -> str:
+    """What decides the issued core besides the device: the core, the parameters, policy and tolerance."""
+    h = hashlib.sha256(INPUTS_LABEL + issuer.params.digest())
+    h.update(f"{issuer.policy}\x00{issuer.tolerance!r}\x00".encode())
+    h.update(core_to_bytes(issuer.core))
+    return h.hexdigest()
+
+
+def _existing_bundle(issuer: Issuer, device: DeviceTarget, path: Path) -> IssueResult:
+    """A bundle already in the output folder: kept if it verifies, is this device's and issuer's, and
+    was made from the same inputs (its `.inputs` file) or carries the marks those inputs give now."""
     try:
         v = verify_bundle(read_bundle_file(path), issuer.log_verifier)
     except BundleError as exc:
@@ -431,9 +444,13 @@ def _existing_bundle(issuer: Issuer, device: DeviceTarget, path: Path,
                          "move it away to rebuild it") from exc
     if v.device_uuid != device.uuid or v.issuance.issuer_key_id != issuer.keys.key_id:
         raise IssueError("bad-existing-bundle", f"{path} is another device's or issuer's bundle")
-    if (v.issuance.fingerprint_hash, v.issuance.watermark_commitment) != logged:
-        raise IssueError("issued-otherwise", f"device {device.uuid} was issued a different core at index "
-                         f"{v.issuance_index}; refusing a second issuance")
+    inputs, digest = path.with_name(path.name + INPUTS_SUFFIX), inputs_digest(issuer)
+    if not inputs.is_file() or inputs.read_bytes()[:100].strip() != digest.encode():
+        marked = mark_for_device(issuer, device.uuid)
+        if (v.issuance.fingerprint_hash, v.issuance.watermark_commitment) != (marked.fingerprint.hash(), marked.commitment):
+            raise IssueError("issued-otherwise", f"device {device.uuid} was issued a different core at index "
+                             f"{v.issuance_index}; refusing a second issuance")
+        inputs.write_text(digest + "\n", encoding="ascii")
     return _result("up-to-date", v.issuance_index, v.bundle.issuance_entry, v.issuance, path)
 
 
@@ -441,13 +458,13 @@ def issue_to_device(issuer: Issuer, device: DeviceTarget, out_dir: Path, *, now:
     """Issue (or resume issuing) the core to one device and write its bundle into ``out_dir``."""
     out_dir = Path(out_dir)
     path = bundle_path(out_dir, device.uuid)
+    if path.exists():
+        return _existing_bundle(issuer, device, path)
     earlier = _earlier_issuance(issuer, device.uuid)
     if earlier is None:
         _check_no_collision(issuer, device.uuid)
     marked = mark_for_device(issuer, device.uuid)
     logged = (marked.fingerprint.hash(), marked.commitment)
-    if path.exists():
-        return _existing_bundle(issuer, device, path, logged)
     if earlier is not None:
         index, leaf, entry = earlier
         if (entry.fingerprint_hash, entry.watermark_commitment) != logged:
@@ -469,6 +486,7 @@ def issue_to_device(issuer: Issuer, device: DeviceTarget, out_dir: Path, *, now:
     verify_bundle(bundle, issuer.log_verifier)  # what we hand out must verify
     out_dir.mkdir(parents=True, exist_ok=True)
     write_bundle_file(path, bundle)
+    path.with_name(path.name + INPUTS_SUFFIX).write_text(inputs_digest(issuer) + "\n", encoding="ascii")
     return _result(status, index, leaf, entry, path, marked.record)
 
 
