@@ -33,7 +33,6 @@ import time
 import uuid
 from pathlib import Path
 
-import cbor2
 import requests
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat

@@ -372,10 +372,12 @@ def replay(log: LogClient, tiles: TileClient, cp: Checkpoint, report: AuditRepor
     rep = _Replayer(report)
     served_level0: dict[int, list[bytes]] = {}
     try:
-        fetched = zip(tiles.fetch_many(bundles), tiles.fetch_many(level0), strict=True)
         pool = ProcessPoolExecutor(jobs, initializer=_init_worker, initargs=(hints,)) if jobs > 1 else None
         if pool is None:
             _init_worker(hints)
+        else:  # fork every worker now, before the fetch threads exist (no lock is copied held)
+            pool.submit(len, ()).result()
+        fetched = zip(tiles.fetch_many(bundles), tiles.fetch_many(level0), strict=True)
         try:
             pending: deque = deque()  # (chunk, checks or their future), in log order
             for chunk in _chunked(fetched, CHUNK_BUNDLES):

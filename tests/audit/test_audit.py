@@ -179,3 +179,14 @@ def test_fork_between_two_servers_with_the_same_key(populated, log_files, server
     code, out = run_audit(srv_a.url, key, state_b)
     assert code == 1 and _kinds(out) == {"fork"}
     assert "different roots" in out["findings"][0]["detail"]
+
+
+def test_a_log_that_cannot_serve_its_tiles_proves_nothing(populated, log_files, server_factory, tmp_path) -> None:
+    """A tile the server fails to produce (its node row deleted) is an error to retry (exit 4), not a finding."""
+    srv, _ = populated
+    srv.stop()
+    _sqlite(log_files.db, "DELETE FROM nodes WHERE level = 8")
+    srv2 = server_factory(log_files.db)
+    state = tmp_path / "audit.json"
+    code, out = run_audit(srv2.url, log_files.verifier.verifier_key(), state, "--replay")
+    assert code == 4 and "tile/1/000.p/1" in out["error"] and not state.exists()
