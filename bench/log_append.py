@@ -27,8 +27,9 @@ Figures (issue #3 targets in brackets):
 - inclusion and consistency proof latency over HTTP, p50/p99, at 10^4, 10^5 and 10^6 entries
   [p99 <= 5 ms at 10^6], on the last server of --servers. Large trees are filled by direct bulk
   insert through the server's own write path (`Sequencer.integrate`: leaves, nodes and a signed
-  checkpoint per 50,000 entries) with real signed entries, skipping HTTP and signature
-  re-verification; --url mode measures proofs at the remote log's current size instead.
+  checkpoint per 50,000 entries, one log per size; --proof-logs keeps them for later runs) with
+  real signed entries, skipping HTTP and signature re-verification; --url mode measures proofs at
+  the remote log's current size instead.
 Tree building against merkletools/pymerkle is in bench/merkle_build.py.
 """
 
@@ -227,17 +228,20 @@ class OwnServer:
               " int(sys.argv[4]), 'warning', sys.argv[5])")
 
     def __init__(self, workdir: Path, workers: int, threads: int, server: str = "gunicorn",
-                 src: Path | None = None) -> None:
+                 src: Path | None = None, existing: dict | None = None) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.db = workdir / "bench-log.db"
-        self.token = "bench-operator-token-" + os.urandom(16).hex()
-        env = os.environ | {TOKEN_ENV: self.token}
+        env = dict(os.environ)
         if src is not None:
             env["PYTHONPATH"] = str(src)
-        out = subprocess.run([sys.executable, "-c", self.CLI, "init", "--db", str(self.db), "--origin",
-                              "bench.emshield/log", "--json"], env=env, cwd=src, capture_output=True, text=True,
-                             check=True)
-        self.verifier_key = json.loads(out.stdout)["verifier_key"]
+        if existing is not None:  # a log an earlier run left (see proof_log)
+            self.token, self.verifier_key = existing["token"], existing["verifier_key"]
+        else:
+            self.token = "bench-operator-token-" + os.urandom(16).hex()
+            out = subprocess.run([sys.executable, "-c", self.CLI, "init", "--db", str(self.db), "--origin",
+                                  "bench.emshield/log", "--json"], env=env | {TOKEN_ENV: self.token}, cwd=src,
+                                 capture_output=True, text=True, check=True)
+            self.verifier_key = json.loads(out.stdout)["verifier_key"]
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         if src is None:
@@ -568,6 +572,9 @@ def main() -> int:
     ap.add_argument("--batch-clients", type=int, default=4, help="concurrent batch clients")
     ap.add_argument("--proof-sizes", default="10000,100000,1000000", help="tree sizes for proof latency (own server)")
     ap.add_argument("--proof-samples", type=int, default=2000)
+    ap.add_argument("--proof-logs", type=Path,
+                    help="own server: keep the bulk-filled proof logs (one per size) in this directory and reuse"
+                         " them on later runs (default: fresh ones in the temp directory)")
     ap.add_argument("--servers", default="gunicorn,granian",
                     help="own server: WSGI servers to measure, each on a fresh log, in this order; proofs use the last")
     ap.add_argument("--baseline-src", type=Path,
@@ -625,42 +632,59 @@ def main() -> int:
                 finally:
                     server.stop()
             compare(figures["runs"])
-            figures["proofs"] = proofs_on_fresh_log(workdir / "proofs", args, servers[-1], run_seed, rng)
+            figures["proofs"] = proofs(args.proof_logs or workdir / "proofs", args, servers[-1], run_seed, rng)
     if args.json:
         print(json.dumps(figures, indent=2))
     return 0
 
 
-def proofs_on_fresh_log(workdir: Path, args, kind: str, run_seed: bytes, rng: random.Random) -> list[dict]:
-    """Proof latency on a fresh log bulk-filled to exactly each requested size."""
+def proof_log(workdir: Path, size: int, args, kind: str, seed: bytes) -> OwnServer:
+    """A served log of exactly ``size`` entries in ``workdir``: bulk-filled there the first time
+    (setup, untimed), reused as it is when an earlier run left one (--proof-logs)."""
+    meta = workdir / "bench-proof-log.json"
+    if meta.exists():
+        server = OwnServer(workdir, args.workers, args.threads, kind, existing=json.loads(meta.read_text()))
+        have = checkpoint_size(Conn(server.url), NoteVerifier.from_verifier_key(server.verifier_key))
+        if have != size:
+            server.stop()
+            raise RuntimeError(f"{workdir} holds a log of {have:,} entries, not {size:,}")
+        print(f"reusing the {size:,}-entry log in {workdir}", flush=True)
+        return server
     server = OwnServer(workdir, args.workers, args.threads, kind)
-    out = []
     try:
-        fill_seed = run_seed + b"-fill"
-        Conn(server.url, server.token).json("POST", "/v1/issuers", body=registration(fill_seed),
+        Conn(server.url, server.token).json("POST", "/v1/issuers", body=registration(seed),
                                             ctype="application/cbor", auth=True)
-        size = 1
-        for want in sorted(int(s) for s in args.proof_sizes.split(",") if s):
-            if want > size:
-                secs = bulk_fill(server.db, fill_seed, size - 1, want - 1)
-                print(f"bulk-filled {want - size:,} entries to {want:,} in {secs:.1f} s "
-                      f"({(want - size) / secs:,.0f}/s incl. signing; direct Sequencer.integrate, no HTTP)", flush=True)
-                size = want
+        secs = bulk_fill(server.db, seed, 0, size - 1)
+    except BaseException:
+        server.stop()
+        raise
+    print(f"bulk-filled {size - 1:,} entries in {secs:.1f} s ({(size - 1) / secs:,.0f}/s incl. signing; direct "
+          "Sequencer.integrate, no HTTP)", flush=True)
+    meta.write_text(json.dumps({"token": server.token, "verifier_key": server.verifier_key}))
+    return server
+
+
+def proofs(workdir: Path, args, kind: str, run_seed: bytes, rng: random.Random) -> list[dict]:
+    """Proof latency on a log of exactly each requested size (one log per size)."""
+    out = []
+    for size in sorted(int(s) for s in args.proof_sizes.split(",") if s):
+        server = proof_log(workdir / str(size), size, args, kind, run_seed + b"-fill")
+        try:
             r = {"size": size, "server": kind} | proof_latency(server.url, size, args.proof_samples, rng) | \
                 proof_compute(server.db, size, args.proof_samples, rng)
-            r["load_1min"] = os.getloadavg()[0]
-            out.append(r)
-            print(f"proofs at {size:>9,} entries over HTTP ({kind}): inclusion p50 {r['inclusion_p50_ms']:.2f} ms "
-                  f"p99 {r['inclusion_p99_ms']:.2f} ms; consistency p50 {r['consistency_p50_ms']:.2f} ms "
-                  f"p99 {r['consistency_p99_ms']:.2f} ms (p99 target 5 ms: "
-                  f"x{max(r['inclusion_p99_ms'], r['consistency_p99_ms']) / TARGET_PROOF_P99_MS:.2f}; "
-                  f"GET /checkpoint baseline p99 {r['checkpoint_p99_ms']:.2f} ms); in-process without HTTP:"
-                  f" inclusion p50 {r['inclusion_compute_p50_ms']:.3f} p99 {r['inclusion_compute_p99_ms']:.3f} ms,"
-                  f" consistency p50 {r['consistency_compute_p50_ms']:.3f} p99 "
-                  f"{r['consistency_compute_p99_ms']:.3f} ms (CPU-time p99 {r['inclusion_compute_cpu_p99_ms']:.3f}"
-                  f" / {r['consistency_compute_cpu_p99_ms']:.3f} ms); load {r['load_1min']:.1f}", flush=True)
-    finally:
-        server.stop()
+        finally:
+            server.stop()
+        r["load_1min"] = os.getloadavg()[0]
+        out.append(r)
+        print(f"proofs at {size:>9,} entries over HTTP ({kind}): inclusion p50 {r['inclusion_p50_ms']:.2f} ms "
+              f"p99 {r['inclusion_p99_ms']:.2f} ms; consistency p50 {r['consistency_p50_ms']:.2f} ms "
+              f"p99 {r['consistency_p99_ms']:.2f} ms (p99 target 5 ms: "
+              f"x{max(r['inclusion_p99_ms'], r['consistency_p99_ms']) / TARGET_PROOF_P99_MS:.2f}; "
+              f"GET /checkpoint baseline p99 {r['checkpoint_p99_ms']:.2f} ms); in-process without HTTP:"
+              f" inclusion p50 {r['inclusion_compute_p50_ms']:.3f} p99 {r['inclusion_compute_p99_ms']:.3f} ms,"
+              f" consistency p50 {r['consistency_compute_p50_ms']:.3f} p99 "
+              f"{r['consistency_compute_p99_ms']:.3f} ms (CPU-time p99 {r['inclusion_compute_cpu_p99_ms']:.3f}"
+              f" / {r['consistency_compute_cpu_p99_ms']:.3f} ms); load {r['load_1min']:.1f}", flush=True)
     return out
 
 
