@@ -268,3 +268,16 @@ def test_witness_refuses_a_forked_history(log_files, server_factory, issuer_key,
     status, request = conflicts[0]
     forked_note = request.split(b"\n\n", 1)[1]
     assert status == 422 and verify_checkpoint(forked_note, log_files.verifier).size == 31
+
+
+def test_an_unreachable_witness_never_blocks_the_log(log_files, server_factory, issuer_key, kit, tmp_path) -> None:
+    _, k = witness_key(tmp_path, "witness.test/down")
+    srv = server_factory(log_files.db, witnesses=[f"http://127.0.0.1:{_free_port()}={k.verifier_key()}"])
+    log = LogClient(srv.url, operator_token=log_files.token)
+    log.register_issuer(kit.registration(issuer_key))
+    for n in range(5):
+        assert log.append(kit.issuance(issuer_key, n)).index == n + 1
+    note = log.checkpoint_note()
+    assert verify_checkpoint(note, log_files.verifier).size == 6
+    with pytest.raises(WitnessPolicyError, match="0 valid witness cosignature"):
+        verify_witnessed(note, log_files.verifier, [k], 1)
