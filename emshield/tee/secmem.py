@@ -1,17 +1,17 @@
-"""Memory for plaintext cores: memfd_secret, else locked memfd, else (only if allowed) unlocked memfd.
+"""Memory for plaintext cores: memfd_secret, else locked memory, else (only if allowed) unlocked memfd.
 
-Why an fd-backed mapping in every case: `emshield device mount -- CMD` hands the plaintext to a
-child process by inheriting the fd, and the child maps it; nothing is ever written to a file.
+Why fd-backed mappings by default: `emshield device mount -- CMD` hands the plaintext to a child
+process by inheriting the fd, and the child maps it; nothing is ever written to a file.
 
 * ``memfd_secret`` (Linux ≥ 5.14, syscall 447): pages removed from the kernel's direct map, never
   swapped, invisible to other processes' /proc/PID/mem and to the kernel itself except through this
   mapping. The kernel charges them to RLIMIT_MEMLOCK (8 MiB here for unprivileged users; processes
   with CAP_IPC_LOCK, e.g. root, are not limited) and refuses larger mappings with EAGAIN.
 * ``memfd+mlock``: an anonymous memfd whose mapping is mlock'ed (no swap), same RLIMIT_MEMLOCK.
-* ``anon+mlock``: private anonymous memory, mlock'ed, ``MADV_DONTFORK`` (a child never inherits it)
-  and ``MADV_HUGEPAGE`` (2 MiB pages where THP is enabled, as it is by default for anonymous
-  memory: ~500× fewer page faults). It has no fd, so it only serves callers that use the core in-process; ask for it
-  explicitly (``IN_PROCESS_KINDS``).
+* ``anon+mlock``: private anonymous memory, mlock'ed, ``MADV_DONTFORK`` (a child never inherits
+  it) and ``MADV_HUGEPAGE`` (2 MiB pages where THP is enabled, as it is by default for anonymous
+  memory: ~500× fewer page faults). It has no fd, so it only serves callers that use the core
+  in-process; they ask for it explicitly (``IN_PROCESS_KINDS``).
 * ``memfd (unlocked)``: only when the caller passes ``allow_unlocked=True`` (CLI
   ``--allow-unlocked``); may be swapped. A warning says so. Never chosen silently.
 
@@ -157,7 +157,7 @@ class SecretBuffer:
     @classmethod
     def allocate(cls, size: int, *, allow_unlocked: bool = False,
                  kinds: tuple[str, ...] = SHAREABLE_KINDS) -> SecretBuffer:
-        """Try `kinds` in order (memfd_secret, then locked memfd); unlocked memfd only if allowed.
+        """Try `kinds` in order (default: memfd_secret, then locked memfd); unlocked memfd only if allowed.
 
         Pass ``kinds=(KIND_LOCKED,)`` to avoid memfd_secret, e.g. on hosts that must hibernate
         (the kernel refuses to hibernate while secret memory exists)."""
@@ -223,9 +223,9 @@ class SecretBuffer:
 
 class _Prefault:
     """A thread that makes the buffer's pages present, PREFAULT_STEP bytes at a time, front to back:
-    with `madvise(MADV_POPULATE_WRITE)` where the kernel allows it (memfd, anonymous memory: no
-    second pass over a freshly zeroed huge page), else by writing zeros (memfd_secret refuses
-    populate requests, MAP_POPULATE and fallocate; only a first write faults its pages in).
+    with `madvise(MADV_POPULATE_WRITE)` where the kernel allows it (memfd: one call per step, no
+    write pass), else by writing zeros (memfd_secret refuses populate requests and fallocate and
+    ignores MAP_POPULATE; only a first write faults its pages in).
 
     Why: the first touch of a page is most of the cost of unsealing. For memfd_secret the kernel
     removes every new page from its direct map and flushes the TLB of every CPU (tens of µs a page
@@ -255,7 +255,7 @@ class _Prefault:
             with self._cond:
                 self._done = offset
                 self._cond.notify_all()
-        with self._cond:
+        with self._cond:  # also when stopped early: no waiter may sleep forever
             self._done = self._size
             self._cond.notify_all()
 

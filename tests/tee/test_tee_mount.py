@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import uuid
 import warnings
 
@@ -230,3 +231,19 @@ def test_blob_binding_checked_before_the_key_is_touched(tmp_path, core) -> None:
         with mount(blob, device, BACKBONE, LEAF):
             pass
     assert uuid.UUID(str(device.uuid)) == device.uuid
+
+
+def test_failure_after_prefault_started_stops_the_thread_and_wipes(device) -> None:
+    """A multi-step blob whose last chunk is tampered: the prefault thread is running when
+    decryption fails; the error comes out, the thread is gone and the process can mount again."""
+    plaintext = bytes(range(256)) * (5 << 12)  # 5 MiB: more than two prefault steps
+    blob = bytearray(seal_bytes(plaintext, device.record.public, device.binding(BACKBONE, LEAF)))
+    blob[-1] ^= 1
+    for kinds in ((KIND_SECRET,), (KIND_LOCKED,)):
+        with pytest.raises(errors.TamperedBlobError, match="chunk 4 of 5"):
+            with mount(bytes(blob), device, BACKBONE, LEAF, memory_kinds=kinds):
+                pass
+        assert not [t for t in threading.enumerate() if t.name == "emshield-prefault"]
+    blob[-1] ^= 1
+    with mount(bytes(blob), device, BACKBONE, LEAF) as m:
+        assert bytes(m.plaintext) == plaintext
