@@ -27,13 +27,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from emshield.tlog import merkle
 from emshield.tlog.checkpoint import Checkpoint, CheckpointError, NoteError, NoteVerifier, verify_checkpoint
 from emshield.tlog.client import LogClient, LogClientError
-from emshield.tlog.entry import EntryError, Issuance, IssuerRegistration, decode_entry, issuer_key_id, signing_bytes
+from emshield.tlog.entry import (
+    EntryError,
+    Issuance,
+    IssuerRegistration,
+    SignedEntry,
+    decode_entry,
+    issuer_key_id,
+    verify_entry_signature,
+)
 from emshield.tlog.tiles import TILE_WIDTH, Tile, bundles_for, tile_root, tiles_at_level
 
 from .tile_client import TileClient, TileFetchError
@@ -260,10 +267,10 @@ def _init_worker(hints: dict[bytes, bytes]) -> None:
                        if issuer_key_id(pub) == kid})
 
 
-def _verify(pub: Ed25519PublicKey, sig: bytes, msg: bytes) -> bool:
+def _signed_by(signed: SignedEntry, pub: Ed25519PublicKey) -> bool:
     try:
-        pub.verify(sig, msg)
-    except InvalidSignature:
+        verify_entry_signature(signed, pub)
+    except EntryError:
         return False
     return True
 
@@ -277,14 +284,14 @@ def check_entry(data: bytes) -> EntryCheck:
     entry = signed.entry
     if isinstance(entry, IssuerRegistration):
         pub = Ed25519PublicKey.from_public_bytes(entry.issuer_public_key)
-        if not _verify(pub, signed.signature, signing_bytes(entry)):
+        if not _signed_by(signed, pub):
             return "registration self-signature does not verify", entry.TYPE, entry.key_id, None, True
         return None, entry.TYPE, entry.key_id, entry.issuer_public_key, True
     assert isinstance(entry, Issuance)
     hint = _HINT_KEYS.get(entry.issuer_key_id)
     if hint is None:
         return None, entry.TYPE, entry.issuer_key_id, None, False
-    if not _verify(hint, signed.signature, signing_bytes(entry)):
+    if not _signed_by(signed, hint):
         return "issuance signature does not verify", entry.TYPE, entry.issuer_key_id, None, True
     return None, entry.TYPE, entry.issuer_key_id, None, True
 
@@ -332,30 +339,25 @@ class _Replayer:
                                                  " earlier in the log", ev))
             return
         if not verified:
-            signed = decode_entry(data)
-            if not _verify(Ed25519PublicKey.from_public_bytes(reg[1]), signed.signature, signing_bytes(signed.entry)):
+            if not _signed_by(decode_entry(data), Ed25519PublicKey.from_public_bytes(reg[1])):
                 self.report.add(Finding("bad_entry", f"entry {index}: issuance signature does not verify", ev))
 
 
-def _check_tiles(tiles: TileClient, leaf_hashes: Sequence[bytes], size: int, report: AuditReport,
-                 served_level0: dict[int, list[bytes]]) -> None:
-    """Every hash tile of every level against the hashes recomputed from the entries."""
-    level_hashes = list(leaf_hashes)  # the recomputed hashes of the current level
-    level = 0
-    while True:
-        wanted = tiles_at_level(level, size)
-        if not wanted:
-            return
-        fetched = ((t, served_level0[t.index]) for t in wanted) if level == 0 else tiles.fetch_many(wanted)
-        for t, served in fetched:
+def _check_upper_tiles(tiles: TileClient, leaf_hashes: Sequence[bytes], size: int, report: AuditReport) -> None:
+    """Every hash tile above level 0 against the tile roots recomputed from the entries (level 0
+    is compared entry by entry while folding)."""
+    level_hashes = list(leaf_hashes)
+    level = 1
+    while wanted := tiles_at_level(level, size):
+        level_hashes = [tile_root(level_hashes[j:j + TILE_WIDTH])
+                        for j in range(0, len(level_hashes) - TILE_WIDTH + 1, TILE_WIDTH)]
+        for t, served in tiles.fetch_many(wanted):
             base = t.index * TILE_WIDTH
             for i, h in enumerate(served):
-                if level > 0 and h != level_hashes[base + i]:
+                if h != level_hashes[base + i]:
                     report.add(Finding("tile_mismatch", f"{t.path()} hash {i} is not the hash of the tile below",
                                        {"tile": t.path(), "position": i, "served": _b64(h),
                                         "recomputed": _b64(level_hashes[base + i])}))
-        level_hashes = [tile_root(level_hashes[j:j + TILE_WIDTH])
-                        for j in range(0, len(level_hashes) - TILE_WIDTH + 1, TILE_WIDTH)]
         level += 1
 
 
@@ -370,7 +372,6 @@ def replay(log: LogClient, tiles: TileClient, cp: Checkpoint, report: AuditRepor
     bundles = bundles_for(0, cp.size)
     level0 = [Tile(0, b.index, b.width) for b in bundles]
     rep = _Replayer(report)
-    served_level0: dict[int, list[bytes]] = {}
     try:
         pool = ProcessPoolExecutor(jobs, initializer=_init_worker, initargs=(hints,)) if jobs > 1 else None
         if pool is None:
@@ -384,13 +385,13 @@ def replay(log: LogClient, tiles: TileClient, cp: Checkpoint, report: AuditRepor
                 entries = [e for (_, es), _ in chunk for e in es]
                 pending.append((chunk, pool.submit(_check_chunk, entries) if pool else _check_chunk(entries)))
                 if pool is None or len(pending) > 2 * jobs:
-                    _fold(rep, *pending.popleft(), served_level0, progress)
+                    _fold(rep, *pending.popleft(), progress)
             while pending:
-                _fold(rep, *pending.popleft(), served_level0, progress)
+                _fold(rep, *pending.popleft(), progress)
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
-        _check_tiles(tiles, rep.leaf_hashes, cp.size, report, served_level0)
+        _check_upper_tiles(tiles, rep.leaf_hashes, cp.size, report)
     except TileFetchError as exc:
         raise AuditError(EXIT_UNREACHABLE, f"replay: {exc}") from exc
     report.replayed = len(rep.leaf_hashes)
@@ -412,11 +413,10 @@ def _chunked(items, n):
         yield chunk
 
 
-def _fold(rep: _Replayer, chunk, result, served_level0, progress) -> None:
+def _fold(rep: _Replayer, chunk, result, progress) -> None:
     checks = result.result() if isinstance(result, Future) else result
     k = 0
-    for (bundle, entries), (tile, hashes) in chunk:
-        served_level0[tile.index] = hashes
+    for (bundle, entries), (_, hashes) in chunk:
         for i, data in enumerate(entries):
             rep.entry(bundle.index * TILE_WIDTH + i, data, checks[k], hashes[i])
             k += 1
