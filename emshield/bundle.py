@@ -1,7 +1,8 @@
 """The device bundle: one file that carries an issued core to its device (spec/bundle.md).
 
-A bundle holds the sealed core, the signed issuance entry, the issuer's registration entry, and
-for both entries a C2SP ``tlog-proof@v1`` (inclusion proof + the log's signed checkpoint). With
+A bundle holds the sealed core, the signed issuance entry, the issuer's registration entry, for
+both entries a C2SP ``tlog-proof@v1`` (inclusion proof + the log's signed checkpoint), and the
+issuance's published fingerprint (so that an air-gapped verifier can compare fingerprints too). With
 the log's public key alone, a device or an air-gapped verifier can check everything offline: the
 issuer key (from the registration, itself proven in the log), the issuance signature by that key,
 and that both entries are in a tree the log signed.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import os
 import re
 import struct
@@ -57,10 +59,15 @@ MAX_INDEX = (1 << 63) - 1
 MAX_EXTRA = 4096
 MAX_PROOF_SIZE = MAX_NOTE_SIZE + 8192  # the checkpoint note plus 63 hash lines and the header lines
 MAX_SEALED_CORE = (2 << 30) + (16 << 20)  # a 2 GiB core (emshield.core.MAX_CORE_BYTES) plus sealing overhead
+MAX_FINGERPRINT_RECORD = 4 << 20  # emshield.marking.fingerprint.MAX_FINGERPRINT_BYTES
+# The issuance's fingerprint_hash is SHA-256(label ‖ 0x00 ‖ fingerprint CBOR) (spec/fingerprint.md); the
+# bytes are fixed by that spec, so the bundle checks its copy of the side record without importing marking.
+FINGERPRINT_HASH_LABEL = b"emshield/fingerprint/v1"
 _PREFIX = struct.Struct(">8sH")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
-MAX_BUNDLE_SIZE = _PREFIX.size + 4 * (_U32.size + max(MAX_ENTRY_SIZE, MAX_PROOF_SIZE)) + _U64.size + MAX_SEALED_CORE
+MAX_BUNDLE_SIZE = (_PREFIX.size + 4 * (_U32.size + max(MAX_ENTRY_SIZE, MAX_PROOF_SIZE)) + _U32.size + MAX_FINGERPRINT_RECORD
+                   + _U64.size + MAX_SEALED_CORE)
 FILE_SUFFIX = ".emshield-bundle"
 _DECIMAL = re.compile(rb"0|[1-9][0-9]*")
 
@@ -193,17 +200,23 @@ def _decode(data: bytes, want: type, section: str) -> SignedEntry:
 
 @dataclass(frozen=True)
 class Bundle:
-    """The five sections of a bundle, in file order. Entries are the exact log leaf bytes."""
+    """The six sections of a bundle, in file order. Entries are the exact log leaf bytes;
+    ``fingerprint_record`` is the issuance's published side record (empty iff it has no fingerprint)."""
 
     registration_entry: bytes
     registration_proof: TlogProof
     issuance_entry: bytes
     issuance_proof: TlogProof
+    fingerprint_record: bytes
     sealed_core: bytes
 
     def __post_init__(self) -> None:
         _decode(self.registration_entry, IssuerRegistration, "registration entry")
-        _decode(self.issuance_entry, Issuance, "issuance entry")
+        issuance = _decode(self.issuance_entry, Issuance, "issuance entry").entry
+        if len(self.fingerprint_record) > MAX_FINGERPRINT_RECORD:
+            raise BundleError(f"fingerprint record is over the {MAX_FINGERPRINT_RECORD}-byte limit")
+        if (issuance.fingerprint_hash is None) != (not self.fingerprint_record):  # type: ignore[union-attr]
+            raise BundleError("the fingerprint record must be present exactly when the issuance has a fingerprint hash")
         if not 1 <= len(self.sealed_core) <= MAX_SEALED_CORE:
             raise BundleError(f"sealed core must be 1..{MAX_SEALED_CORE} bytes, got {len(self.sealed_core)}")
         if self.registration_proof.extra is not None or self.issuance_proof.extra is not None:
@@ -224,7 +237,7 @@ class Bundle:
     def encode(self) -> bytes:
         out = [_PREFIX.pack(MAGIC, VERSION)]
         for section in (self.registration_entry, self.registration_proof.encode(), self.issuance_entry,
-                        self.issuance_proof.encode()):
+                        self.issuance_proof.encode(), self.fingerprint_record):
             out += [_U32.pack(len(section)), section]
         out += [_U64.pack(len(self.sealed_core)), self.sealed_core]
         return b"".join(out)
@@ -242,22 +255,24 @@ def parse_bundle(data: bytes | bytearray | memoryview) -> Bundle:
         raise BundleError(f"unsupported bundle version {version} (this decoder knows {VERSION})")
     pos = _PREFIX.size
     sections: list[bytes] = []
-    for name, width, limit in [("registration entry", _U32, MAX_ENTRY_SIZE), ("registration proof", _U32, MAX_PROOF_SIZE),
-                               ("issuance entry", _U32, MAX_ENTRY_SIZE), ("issuance proof", _U32, MAX_PROOF_SIZE),
-                               ("sealed core", _U64, MAX_SEALED_CORE)]:
+    for name, width, low, limit in [
+        ("registration entry", _U32, 1, MAX_ENTRY_SIZE), ("registration proof", _U32, 1, MAX_PROOF_SIZE),
+        ("issuance entry", _U32, 1, MAX_ENTRY_SIZE), ("issuance proof", _U32, 1, MAX_PROOF_SIZE),
+        ("fingerprint record", _U32, 0, MAX_FINGERPRINT_RECORD), ("sealed core", _U64, 1, MAX_SEALED_CORE),
+    ]:
         if len(data) - pos < width.size:
             raise BundleError(f"bundle ends before the length of its {name}")
         (n,) = width.unpack_from(data, pos)
         pos += width.size
-        if not 1 <= n <= limit:
-            raise BundleError(f"{name} length {n} is outside 1..{limit}")
+        if not low <= n <= limit:
+            raise BundleError(f"{name} length {n} is outside {low}..{limit}")
         if len(data) - pos < n:
             raise BundleError(f"bundle ends inside its {name} ({len(data) - pos} of {n} bytes)")
         sections.append(data[pos: pos + n])
         pos += n
     if pos != len(data):
         raise BundleError(f"{len(data) - pos} trailing bytes after the sealed core")
-    reg, reg_proof, iss, iss_proof, sealed = sections
+    reg, reg_proof, iss, iss_proof, fingerprint, sealed = sections
     try:
         reg_p = TlogProof.parse(reg_proof)
     except BundleError as exc:
@@ -266,7 +281,7 @@ def parse_bundle(data: bytes | bytearray | memoryview) -> Bundle:
         iss_p = TlogProof.parse(iss_proof)
     except BundleError as exc:
         raise BundleError(f"issuance proof: {exc}") from exc
-    return Bundle(reg, reg_p, iss, iss_p, sealed)
+    return Bundle(reg, reg_p, iss, iss_p, fingerprint, sealed)
 
 
 @dataclass(frozen=True)
@@ -294,6 +309,12 @@ class VerifiedBundle:
     def sealed_core(self) -> bytes:
         return self.bundle.sealed_core
 
+    @property
+    def fingerprint_record(self) -> bytes | None:
+        """The published fingerprint (canonical CBOR, spec/fingerprint.md), checked against the
+        issuance's fingerprint_hash; None when the issuance has no fingerprint."""
+        return self.bundle.fingerprint_record or None
+
 
 def verify_bundle(bundle: Bundle, log_verifier: NoteVerifier, origin: str | None = None) -> VerifiedBundle:
     """Offline checks, in this order, each failure a BundleVerificationError naming its check:
@@ -301,7 +322,8 @@ def verify_bundle(bundle: Bundle, log_verifier: NoteVerifier, origin: str | None
     ``registration-signature`` (the registration is signed by the key it registers),
     ``issuer-mismatch`` (the issuance names that key), ``issuance-signature``, then for each entry
     ``checkpoint`` (signed by ``log_verifier`` for ``origin``, default the key's name) and
-    ``inclusion`` (the entry's leaf hash is in that checkpoint's tree at the proof's index).
+    ``inclusion`` (the entry's leaf hash is in that checkpoint's tree at the proof's index), and
+    last ``fingerprint-record`` (the bundled side record hashes to the issuance's fingerprint_hash).
     """
     reg_signed = decode_entry(bundle.registration_entry)
     iss_signed = decode_entry(bundle.issuance_entry)
@@ -321,8 +343,15 @@ def verify_bundle(bundle: Bundle, log_verifier: NoteVerifier, origin: str | None
         raise BundleVerificationError("issuance-signature", str(exc)) from exc
     reg_cp = _prove("registration", bundle.registration_proof, bundle.registration_entry, log_verifier, origin)
     iss_cp = _prove("issuance", bundle.issuance_proof, bundle.issuance_entry, log_verifier, origin)
+    if iss.fingerprint_hash is not None and fingerprint_hash(bundle.fingerprint_record) != iss.fingerprint_hash:
+        raise BundleVerificationError("fingerprint-record", "the bundled fingerprint does not match the issuance's "
+                                      "fingerprint_hash")
     return VerifiedBundle(bundle, reg, iss, bundle.registration_proof.index, bundle.issuance_proof.index,
                           merkle.leaf_hash(bundle.issuance_entry), reg_cp, iss_cp)
+
+
+def fingerprint_hash(record: bytes) -> bytes:
+    return hashlib.sha256(FINGERPRINT_HASH_LABEL + b"\x00" + record).digest()
 
 
 def _prove(what: str, proof: TlogProof, entry: bytes, log_verifier: NoteVerifier, origin: str | None) -> Checkpoint:

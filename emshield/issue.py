@@ -481,7 +481,7 @@ def issue_to_device(issuer: Issuer, device: DeviceTarget, out_dir: Path, *, now:
     reg_proof, iss_proof = _proofs(issuer, leaf)
     if iss_proof.index != index:
         raise IssueError("log-misbehaving", f"the log proved the entry at index {iss_proof.index}, it said {index}")
-    bundle = Bundle(issuer.registration.entry, reg_proof, leaf, iss_proof,
+    bundle = Bundle(issuer.registration.entry, reg_proof, leaf, iss_proof, marked.fingerprint.to_cbor(),
                     _seal(marked, device, issuer.backbone_id, leaf_hash(leaf)))
     verify_bundle(bundle, issuer.log_verifier)  # what we hand out must verify
     out_dir.mkdir(parents=True, exist_ok=True)

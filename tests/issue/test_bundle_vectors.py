@@ -44,6 +44,15 @@ def test_good_bundle_parses_verifies_and_reencodes_byte_for_byte():
     assert v.registration.issuer_public_key.hex() == VECTORS["issuer_public_key"]
     assert v.sealed_core == bytes.fromhex(VECTORS["sealed_core"])
     check_sealed_core(v, DEVICE)  # bound to this device, backbone and issuance
+    assert v.fingerprint_record == bytes.fromhex(VECTORS["fingerprint_record"])
+
+
+def test_bundle_checks_the_fingerprint_hash_as_marking_defines_it():
+    from emshield.bundle import fingerprint_hash
+    from emshield.marking.fingerprint import Fingerprint
+
+    record = bytes.fromhex(VECTORS["fingerprint_record"])
+    assert fingerprint_hash(record) == Fingerprint.from_cbor(record).hash() == parse_bundle(GOOD).issuance.fingerprint_hash
 
 
 def test_issuance_proof_is_c2sp_tlog_proof_text():

@@ -12,6 +12,7 @@ import torch
 from click.testing import CliRunner
 from issue_helpers import BACKBONE, fixture_core
 
+from emshield.bundle import read_bundle_file, verify_bundle
 from emshield.cli import main
 from emshield.core import core_to_bytes
 from emshield.deploy import INSTALLED_FILE, PINNED_KEY_FILE, merge_into_model
@@ -96,6 +97,9 @@ def test_issue_install_run_end_to_end(tmp_path, log, core, device):
     ex = watermark.extract_from_factors(marked.core, issuer.params)
     assert ex.accepted and watermark_commitment(ex.payload, issuer.params) == entry.watermark_commitment
     assert marked.fingerprint.hash() == entry.fingerprint_hash
+
+    bundled = verify_bundle(read_bundle_file(res["bundle"]), log.verifier)
+    assert bundled.fingerprint_record == client.side_record(hit.index) and bundled.issuance_index == hit.index
 
     installed = json.loads(cli("device", "install", res["bundle"], "--dir", device.directory, "--log-key",
                                log.verifier_key, "--json").stdout)

@@ -24,8 +24,9 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from emshield.bundle import Bundle, TlogProof
+from emshield.bundle import Bundle, TlogProof, fingerprint_hash
 from emshield.core import LoraFactors
+from emshield.marking.fingerprint import fingerprint_factors
 from emshield.marking.params import LayerSpec, MarkingParams, verification_key
 from emshield.tee.blobformat import Binding
 from emshield.tee.devicekey import DevicePublicKey
@@ -68,20 +69,26 @@ def sample_core() -> dict[str, LoraFactors]:
                               rng.standard_normal((8, 2)).astype(np.float32), 2.0) for name in LAYERS}
 
 
+def marking_params(name: str) -> MarkingParams:
+    return MarkingParams(BACKBONE_ID.hex(), verification_key(det("marking-secret-" + name, 32), BACKBONE_ID.hex()),
+                         tuple(LayerSpec(n, 8, 8) for n in LAYERS))
+
+
 def registration(k: Ed25519PrivateKey, name: str) -> bytes:
-    params = MarkingParams(BACKBONE_ID.hex(), verification_key(det("marking-secret-" + name, 32), BACKBONE_ID.hex()),
-                           tuple(LayerSpec(n, 8, 8) for n in LAYERS))
-    return E.sign_entry(E.IssuerRegistration(raw(k), name, params.to_cbor(), T0), k).encode()
+    return E.sign_entry(E.IssuerRegistration(raw(k), name, marking_params(name).to_cbor(), T0), k).encode()
 
 
-def issuance(k: Ed25519PrivateKey, device: uuid.UUID, n: int) -> bytes:
-    entry = E.Issuance(device.bytes, BACKBONE_ID, det(f"commitment-{n}", 32), det(f"fingerprint-{n}", 32), "both",
-                       T0 + n, E.issuer_key_id(raw(k)))
+FINGERPRINT = fingerprint_factors(sample_core(), marking_params("Vector Issuer")).to_cbor()
+
+
+def issuance(k: Ed25519PrivateKey, device: uuid.UUID, n: int, fp_hash: bytes | None = None) -> bytes:
+    entry = E.Issuance(device.bytes, BACKBONE_ID, det(f"commitment-{n}", 32), fp_hash or det(f"fingerprint-{n}", 32),
+                       "both", T0 + n, E.issuer_key_id(raw(k)))
     return E.sign_entry(entry, k).encode()
 
 
 REG = registration(ISSUER, "Vector Issuer")
-ISS = issuance(ISSUER, DEVICE_UUID, 2)
+ISS = issuance(ISSUER, DEVICE_UUID, 2, fingerprint_hash(FINGERPRINT))
 # The log: registration, an issuance to another device, ours, the other issuer's registration and one of its issuances.
 OTHER_ISS = issuance(OTHER_ISSUER, DEVICE_UUID, 4)
 LEAVES = [REG, issuance(ISSUER, OTHER_UUID, 1), ISS, registration(OTHER_ISSUER, "Other Issuer"), OTHER_ISS]
@@ -112,7 +119,7 @@ def proof(index: int, leaves: list[bytes] = LEAVES, checkpoint: bytes | None = N
 
 
 def good_bundle(sealed: bytes) -> Bundle:
-    return Bundle(REG, proof(0), ISS, proof(2), sealed)
+    return Bundle(REG, proof(0), ISS, proof(2), FINGERPRINT, sealed)
 
 
 def sealed_core(device: uuid.UUID = DEVICE_UUID, leaf: bytes | None = None) -> bytes:
@@ -156,7 +163,11 @@ def corruptions(good: Bundle, sealed_other_device: bytes, sealed_other_leaf: byt
         ("sections-swapped", _swap_entries(good), "parse"),
         ("registration-signature", r(good, registration_entry=_resign(REG, True)).encode(), "verify:registration-signature"),
         ("issuance-signature", r(good, issuance_entry=_resign(ISS, True)).encode(), "verify:issuance-signature"),
-        ("issuer-mismatch", r(good, issuance_entry=OTHER_ISS, issuance_proof=proof(4)).encode(), "verify:issuer-mismatch"),
+        ("issuer-mismatch", r(good, issuance_entry=OTHER_ISS, issuance_proof=proof(4), fingerprint_record=b"\xa0").encode(),
+         "verify:issuer-mismatch"),
+        ("fingerprint-record-altered", r(good, fingerprint_record=good.fingerprint_record[:-1] + b"\x00").encode(),
+         "verify:fingerprint-record"),
+        ("fingerprint-record-missing", _drop_fingerprint(good), "parse"),
         ("entry-not-in-log", r(good, issuance_entry=not_logged).encode(), "verify:inclusion"),
         ("proof-wrong-index", r(good, issuance_proof=r(good.issuance_proof, index=1)).encode(), "verify:inclusion"),
         ("proof-index-beyond-tree", r(good, issuance_proof=r(good.issuance_proof, index=5)).encode(), "verify:inclusion"),
@@ -191,9 +202,17 @@ def _splice_issuance_proof(good: Bundle, text: bytes) -> bytes:
     return head[:at] + struct.pack(">I", len(text)) + text + head[at + 4 + ip_len:]
 
 
+def _drop_fingerprint(good: Bundle) -> bytes:
+    """The good bundle with an empty fingerprint section although the issuance has a fingerprint hash."""
+    data = good.encode()
+    at = len(data) - len(good.sealed_core) - 8 - len(good.fingerprint_record) - 4
+    return data[:at] + struct.pack(">I", 0) + data[at + 4 + len(good.fingerprint_record):]
+
+
 def _swap_entries(good: Bundle) -> bytes:
     """Registration and issuance entries (with their proofs) in each other's places."""
-    parts = [good.issuance_entry, good.issuance_proof.encode(), good.registration_entry, good.registration_proof.encode()]
+    parts = [good.issuance_entry, good.issuance_proof.encode(), good.registration_entry, good.registration_proof.encode(),
+             good.fingerprint_record]
     out = [b"EMSHBNDL\x00\x01"] + [struct.pack(">I", len(p)) + p for p in parts]
     return b"".join(out) + struct.pack(">Q", len(good.sealed_core)) + good.sealed_core
 
@@ -244,6 +263,7 @@ def main() -> None:
         "registration_index": 0,
         "tree_size": len(LEAVES),
         "issuance_tlog_proof": good.issuance_proof.encode().decode(),
+        "fingerprint_record": FINGERPRINT.hex(),
         "sealed_core": sealed.hex(),
         "sealed_core_other_device": other_device.hex(),
         "sealed_core_other_issuance": other_leaf.hex(),
