@@ -185,8 +185,11 @@ def make_match(cp: Checkpoint, hit: ProvedIssuance, method: str, reading: Waterm
 
 def _match(log: VerifiedLog, hit: ProvedIssuance, method: str, reading: WatermarkReading | None,
            fp: FingerprintCheck | None) -> Match:
-    return make_match(log.checkpoint, hit, method, reading, fp,
-                      f"self-signature verified, included at leaf {hit.issuer.index}")
+    match = make_match(log.checkpoint, hit, method, reading, fp,
+                       f"self-signature verified, included at leaf {hit.issuer.index}")
+    if log.cosigned_by:
+        match.proofs["witnesses"] = f"cosigned by {len(log.cosigned_by)}: {', '.join(log.cosigned_by)}"
+    return match
 
 
 def _fits(hit: ProvedIssuance, issuer: Issuer) -> bool:
@@ -202,7 +205,8 @@ def verify_suspect(suspect: Suspect, log: VerifiedLog, *, scan: bool = True, pro
     cp = log.checkpoint
     verdict = Verdict(
         suspect={"path": str(suspect.path), "kind": suspect.kind, "backbone_id": suspect.backbone_id},
-        log={"url": log.client.url, "origin": cp.origin, "tree_size": cp.size, "root_hash": cp.root_hash.hex()},
+        log={"url": log.client.url, "origin": cp.origin, "tree_size": cp.size, "root_hash": cp.root_hash.hex(),
+             "cosigned_by": list(log.cosigned_by)},
     )
     candidates: list[Issuer] = []
     for issuer in log.issuers().values():

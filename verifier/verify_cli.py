@@ -18,7 +18,7 @@ import click
 
 from emshield.bundle import LogKeyError, parse_log_key
 from emshield.marking import fingerprint as fpmod
-from emshield.tlog.checkpoint import NoteVerifier
+from emshield.tlog.checkpoint import NoteError, NoteVerifier
 from emshield.tlog.client import LogClient
 from verifier.verify import (
     EXIT_BAD_INPUT,
@@ -28,7 +28,8 @@ from verifier.verify import (
     Verdict,
     verify_suspect,
 )
-from verifier.verify_log import LogMisbehaving, LogUnavailable, VerifiedLog
+from verifier.verify_log import LogMisbehaving, LogUnavailable, VerifiedLog, WitnessPolicy
+from verifier.witness_policy import WitnessPolicyError, parse_witness_keys
 
 _KINDS = {EXIT_BAD_INPUT: "bad_input", EXIT_LOG_MISBEHAVING: "log_misbehaving", EXIT_LOG_UNAVAILABLE: "log_unavailable",
           EXIT_INTERNAL: "internal_error"}
@@ -86,11 +87,16 @@ def _text(verdict: Verdict) -> str:
               help="Air-gapped: check the suspect against this one issuance bundle instead of asking the log.")
 @click.option("--side-record", type=click.Path(path_type=Path),
               help="With --bundle: the issuance's published fingerprint (CBOR), for a fuzzy fingerprint match.")
+@click.option("--witness", "witness_keys", multiple=True, metavar="VKEY",
+              help="A witness verifier key (repeatable): require its cosignature on the log's checkpoint.")
+@click.option("--witness-quorum", type=click.IntRange(0), default=None,
+              help="How many of the --witness keys must have cosigned (default: all of them).")
 @click.option("--no-scan", is_flag=True, help="Never replay the whole log to search published fingerprints.")
 @click.option("--timeout", type=click.FloatRange(0.1, 600.0), default=30.0, show_default=True, help="Seconds per log request.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable verdict on stdout.")
 def main(model: Path, log_url: str | None, log_key: str | None, backbone: Path | None, bundle: Path | None,
-         side_record: Path | None, no_scan: bool, timeout: float, as_json: bool) -> None:
+         side_record: Path | None, witness_keys: tuple[str, ...], witness_quorum: int | None, no_scan: bool,
+         timeout: float, as_json: bool) -> None:
     """Extract the watermark and fingerprint from MODEL (a merged model: .pt state dict, safetensors
     or a Hugging Face folder, with --backbone; or a peft adapter folder), find the matching issuance
     in the public log, verify the issuer's signature, the inclusion proof and the log's checkpoint
@@ -101,7 +107,8 @@ def main(model: Path, log_url: str | None, log_key: str | None, backbone: Path |
     4 log unavailable, 5 internal error.
     """
     try:
-        verdict = _verify(model, log_url, log_key, backbone, bundle, side_record, no_scan, timeout, as_json)
+        witnesses = _witness_policy(witness_keys, witness_quorum, bundle is not None)
+        verdict = _verify(model, log_url, log_key, backbone, bundle, side_record, witnesses, no_scan, timeout, as_json)
     except _Failure as exc:
         _fail(exc.code, exc.detail, as_json)
     except Exception as exc:  # a bug must not read as "no match" (Python's own exit status is 1)
@@ -116,8 +123,26 @@ class _Failure(Exception):
         self.code, self.detail = code, detail
 
 
+def _witness_policy(keys: tuple[str, ...], quorum: int | None, offline: bool) -> WitnessPolicy | None:
+    if not keys:
+        if quorum:
+            raise _Failure(EXIT_BAD_INPUT, "--witness-quorum needs --witness keys")
+        return None
+    if offline:
+        raise _Failure(EXIT_BAD_INPUT, "--witness applies to the online log (a bundle's checkpoint is checked as issued)")
+    try:
+        witnesses = tuple(parse_witness_keys(keys))
+    except (NoteError, WitnessPolicyError) as exc:
+        raise _Failure(EXIT_BAD_INPUT, f"--witness: {exc}") from exc
+    quorum = len(witnesses) if quorum is None else quorum
+    if quorum > len(witnesses):
+        raise _Failure(EXIT_BAD_INPUT, f"--witness-quorum {quorum} is more than the {len(witnesses)} witnesses given")
+    return WitnessPolicy(witnesses, quorum)
+
+
 def _verify(model: Path, log_url: str | None, log_key: str | None, backbone: Path | None, bundle: Path | None,
-            side_record: Path | None, no_scan: bool, timeout: float, as_json: bool) -> Verdict:
+            side_record: Path | None, witnesses: WitnessPolicy | None, no_scan: bool, timeout: float,
+            as_json: bool) -> Verdict:
     if log_key is None:
         raise _Failure(EXIT_BAD_INPUT, "give the log's verifier key with --log-key (the key pins which log to trust)")
     try:
@@ -142,7 +167,7 @@ def _verify(model: Path, log_url: str | None, log_key: str | None, backbone: Pat
                 return verify_offline(suspect, vb, published)
         assert log_url is not None
         with load_suspect(model, backbone) as suspect:
-            log = VerifiedLog(LogClient(log_url, timeout=timeout), verifier, progress=progress)
+            log = VerifiedLog(LogClient(log_url, timeout=timeout), verifier, witnesses=witnesses, progress=progress)
             return verify_suspect(suspect, log, scan=not no_scan, progress=progress)
     except BadSuspect as exc:
         raise _Failure(EXIT_BAD_INPUT, str(exc)) from exc

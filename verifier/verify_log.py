@@ -25,7 +25,7 @@ from tqdm import tqdm
 from emshield.marking import fingerprint as fpmod
 from emshield.marking.params import MarkingParams, ParamsError
 from emshield.tlog import merkle
-from emshield.tlog.checkpoint import Checkpoint, CheckpointError, NoteVerifier
+from emshield.tlog.checkpoint import Checkpoint, CheckpointError, CosignatureVerifier, NoteVerifier
 from emshield.tlog.client import InclusionProof, IssuerInfo, LogClient, LogClientError
 from emshield.tlog.entry import (
     EntryError,
@@ -36,6 +36,7 @@ from emshield.tlog.entry import (
     issuer_key_id,
     verify_entry_signature,
 )
+from verifier.witness_policy import WitnessPolicyError, verify_witnessed
 
 T = TypeVar("T")
 
@@ -102,16 +103,37 @@ def _call(what: str, fn: Callable[..., T], *args: object, **kw: object) -> T:
         return fn(*args, **kw)
 
 
-class VerifiedLog:
-    """One log, pinned by its verifier key, read at one verified checkpoint."""
+@dataclass(frozen=True)
+class WitnessPolicy:
+    """Require ``quorum`` of ``witnesses`` to have cosigned the checkpoint (spec/witness.md)."""
 
-    def __init__(self, client: LogClient, verifier: NoteVerifier, *, progress: bool = False) -> None:
+    witnesses: tuple[CosignatureVerifier, ...]
+    quorum: int
+
+
+class VerifiedLog:
+    """One log, pinned by its verifier key, read at one verified checkpoint.
+
+    With a witness policy the checkpoint must also carry ``quorum`` valid cosignatures of the listed
+    witnesses, so that the log cannot show this verifier a tree it did not show the witnesses.
+    """
+
+    def __init__(self, client: LogClient, verifier: NoteVerifier, *, witnesses: WitnessPolicy | None = None,
+                 progress: bool = False) -> None:
         self.client = client
         self.progress = progress
+        self.cosigned_by: tuple[str, ...] = ()
         try:
-            self.checkpoint: Checkpoint = _call("checkpoint", client.verified_checkpoint, verifier)
+            if witnesses is None:
+                self.checkpoint: Checkpoint = _call("checkpoint", client.verified_checkpoint, verifier)
+            else:
+                note = _call("checkpoint", client.checkpoint_note)
+                seen = verify_witnessed(note, verifier, witnesses.witnesses, witnesses.quorum)
+                self.checkpoint, self.cosigned_by = seen.checkpoint, seen.cosigned_by
         except CheckpointError as exc:
             raise LogMisbehaving(f"the log's checkpoint does not verify with the pinned key: {exc}") from exc
+        except WitnessPolicyError as exc:
+            raise LogMisbehaving(f"the log's checkpoint fails the witness policy: {exc}") from exc
         self._issuers: dict[bytes, Issuer] | None = None
 
     # -- inclusion ------------------------------------------------------------------------------

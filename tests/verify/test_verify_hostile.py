@@ -5,6 +5,7 @@ log is exit 4; bad input is exit 2."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -17,11 +18,19 @@ import pytest
 import requests
 import torch
 from click.testing import CliRunner
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from emshield.model.adapter import write_peft_adapter
 from emshield.model.io import save_tensors
 from emshield.model.merge import write_merged
-from emshield.tlog.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
+from emshield.tlog.checkpoint import (
+    Checkpoint,
+    CosignatureSigner,
+    NoteSigner,
+    NoteVerifier,
+    cosign_checkpoint,
+    sign_checkpoint,
+)
 from emshield.tlog.merkle import leaf_hash
 from verifier.verify_cli import main as verify_main
 
@@ -94,6 +103,24 @@ def _bad_proof(path: str, query: dict, body: bytes) -> bytes:
     if path != "/v1/proof/inclusion":
         return body
     return _json_edit(lambda o: o["hashes"].__setitem__(0, _flip_b64(o["hashes"][0])))(body)
+
+
+def _bad_issuance_proof(path: str, query: dict, body: bytes) -> bytes:
+    """Only the issuance's proof is bad (the registration at leaf 0 is proved honestly)."""
+    if path != "/v1/proof/inclusion" or json.loads(body)["index"] == 0:
+        return body
+    return _bad_proof(path, query, body)
+
+
+def _proof_for_another_leaf(world) -> Corrupt:
+    """The log answers with a valid proof, but of another leaf (the registration at 0)."""
+
+    def corrupt(path: str, query: dict, body: bytes) -> bytes:
+        if path != "/v1/proof/inclusion" or json.loads(body)["index"] == 0:
+            return body
+        return requests.get(world.url + path, params={"index": 0, "tree_size": query["tree_size"][0]}, timeout=30).content
+
+    return corrupt
 
 
 def _bad_checkpoint_signature(path: str, query: dict, body: bytes) -> bytes:
@@ -174,6 +201,8 @@ def _bad_registration(path: str, query: dict, body: bytes) -> bytes:
 
 CASES = {  # name: (corruption, what the verifier must say)
     "bad inclusion proof": (lambda world: _bad_proof, "proof does not verify"),
+    "bad inclusion proof of the issuance": (lambda world: _bad_issuance_proof, "issuance at leaf"),
+    "proof of another leaf": (_proof_for_another_leaf, "proved a different leaf"),
     "bad checkpoint signature": (lambda world: _bad_checkpoint_signature, "invalid signature"),
     "checkpoint of another log": (lambda world: _other_log_checkpoint, "no signature from a known key"),
     "index serves another entry": (_leaf_swapped, "is not the one asked for"),
@@ -270,3 +299,45 @@ def test_bad_input_is_exit_2(world, tmp_path: Path) -> None:
         assert out["error"] == "bad_input", name
         assert needle in out["detail"] and needle in result.stderr, (name, out["detail"])
     assert not Path("/tmp/emshield-verify-pwned").exists()
+
+
+# --- witness policy: the checkpoint must carry k of n witness cosignatures ------------------------
+
+
+def _witness(name: str) -> CosignatureSigner:
+    key = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(name.encode()).digest())
+    return CosignatureSigner(name, key, clock=lambda: 1_795_000_000)
+
+
+def _cosigning(world, *signers: CosignatureSigner) -> Corrupt:
+    """A log front that serves its checkpoint with these witnesses' cosignatures added (real signatures)."""
+    log = NoteVerifier.from_verifier_key(world.log_key)
+
+    def corrupt(path: str, query: dict, body: bytes) -> bytes:
+        if path != "/checkpoint":
+            return body
+        for signer in signers:
+            body = cosign_checkpoint(body, log, signer)
+        return body
+
+    return corrupt
+
+
+def test_witness_quorum(world, adapter: Path) -> None:
+    w1, w2, stranger = _witness("witness.test/w1"), _witness("witness.test/w2"), _witness("witness.test/w3")
+    keys = ["--witness", w1.verifier_key(), "--witness", w2.verifier_key()]
+    with hostile_log(world.url, _cosigning(world, w1, w2)) as url:
+        code, out = verify(world, url, adapter, *keys)
+        assert code == 0 and "cosigned by 2" in out["match"]["proofs"]["witnesses"]
+    with hostile_log(world.url, _cosigning(world, w1, stranger)) as url:
+        code, out = verify(world, url, adapter, *keys)
+        assert code == 3 and "1 valid witness cosignature(s), 2 required" in out["detail"]
+        code, out = verify(world, url, adapter, *keys, "--witness-quorum", "1")
+        assert code == 0 and out["log"]["cosigned_by"] == [w1.verifier_key()]
+    with hostile_log(world.url, _cosigning(world)) as url:  # an uncosigned checkpoint
+        code, out = verify(world, url, adapter, *keys, "--witness-quorum", "1")
+        assert code == 3 and "witness policy" in out["detail"]
+    code, out = verify(world, world.url, adapter, "--witness", "not-a-key")
+    assert code == 2 and "--witness" in out["detail"]
+    code, out = verify(world, world.url, adapter, *keys, "--witness-quorum", "3")
+    assert code == 2
