@@ -312,35 +312,35 @@ class _Replayer:
     def entry(self, index: int, data: bytes, check: EntryCheck, tile_hash: bytes | None) -> None:
         lh = merkle.leaf_hash(data)
         self.leaf_hashes.append(lh)
-        ev = {"index": index, "entry": _b64(data), "leaf_hash": _b64(lh)}
+
+        def found(kind: str, detail: str, **extra: str) -> None:  # evidence is built only when needed
+            self.report.add(Finding(kind, detail, {"index": index, "entry": _b64(data), "leaf_hash": _b64(lh),
+                                                   **extra}))
+
         if tile_hash is not None and tile_hash != lh:
-            self.report.add(Finding("entry_hash_mismatch", f"entry {index} does not hash to its leaf hash in the"
-                                                           " level-0 tile", ev | {"tile_leaf_hash": _b64(tile_hash)}))
-        if lh in self.seen:
-            self.report.add(Finding("duplicate_entry", f"entry {index} repeats entry {self.seen[lh]}", ev))
-        else:
-            self.seen[lh] = index
+            found("entry_hash_mismatch", f"entry {index} does not hash to its leaf hash in the level-0 tile",
+                  tile_leaf_hash=_b64(tile_hash))
+        first = self.seen.setdefault(lh, index)
+        if first != index:
+            found("duplicate_entry", f"entry {index} repeats entry {first}")
         error, kind, key_id, pub, verified = check
         if error is not None:
-            self.report.add(Finding("bad_entry", f"entry {index}: {error}", ev))
+            found("bad_entry", f"entry {index}: {error}")
             return
         assert key_id is not None
         if kind == IssuerRegistration.TYPE:
             if key_id in self.registered:
-                self.report.add(Finding("bad_entry", f"entry {index} registers issuer {key_id.hex()} again"
-                                                     f" (first at {self.registered[key_id][0]})", ev))
+                found("bad_entry", f"entry {index} registers issuer {key_id.hex()} again"
+                                   f" (first at {self.registered[key_id][0]})")
             else:
                 assert pub is not None
                 self.registered[key_id] = (index, pub)
             return
         reg = self.registered.get(key_id)
         if reg is None:
-            self.report.add(Finding("bad_entry", f"entry {index}: issuer {key_id.hex()} is not registered"
-                                                 " earlier in the log", ev))
-            return
-        if not verified:
-            if not _signed_by(decode_entry(data), Ed25519PublicKey.from_public_bytes(reg[1])):
-                self.report.add(Finding("bad_entry", f"entry {index}: issuance signature does not verify", ev))
+            found("bad_entry", f"entry {index}: issuer {key_id.hex()} is not registered earlier in the log")
+        elif not verified and not _signed_by(decode_entry(data), Ed25519PublicKey.from_public_bytes(reg[1])):
+            found("bad_entry", f"entry {index}: issuance signature does not verify")
 
 
 def _check_upper_tiles(tiles: TileClient, leaf_hashes: Sequence[bytes], size: int, report: AuditReport) -> None:

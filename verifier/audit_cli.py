@@ -157,3 +157,30 @@ def witness_serve(key_file: Path, state_db: Path, log_keys: tuple[str, ...], hos
     except (WitnessKeyError, NoteError, ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     serve(lambda: Witness(signer, logs, state_db), host, port, workers, threads, log_level)
+
+
+@witness.command("conflicts")
+@click.option("--state", "state_db", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The witness state file.")
+@click.option("--origin", default=None, help="Only this log.")
+@click.option("--json", "as_json", is_flag=True, help="Print the evidence as JSON (requests base64).")
+def witness_conflicts(state_db: Path, origin: str | None, as_json: bool) -> None:
+    """Print the validly signed but inconsistent checkpoints the witness refused (fork evidence)."""
+    import base64
+    import sqlite3
+
+    from .witness import read_conflicts
+
+    try:
+        found = read_conflicts(state_db, origin)
+    except (OSError, sqlite3.Error) as exc:
+        raise click.ClickException(f"cannot read {state_db}: {exc}") from exc
+    if as_json:
+        click.echo(json.dumps([{"origin": c.origin, "received_at": c.received_at, "status": c.status, "reason": c.reason,
+                                "request": base64.b64encode(c.request).decode()} for c in found], indent=2))
+        return
+    for c in found:
+        click.echo(f"--- {c.origin}: HTTP {c.status} at {c.received_at:.0f}: {c.reason}")
+        click.echo(c.request.decode("utf-8", "replace"))
+    if not found:
+        click.echo("no conflicts recorded")

@@ -271,7 +271,27 @@ class Witness:
         conn.execute("INSERT INTO conflicts(origin, received_at, status, reason, request) VALUES (?,?,?,?,?)",
                      (origin, self._clock(), status, reason, body))
 
-    def conflicts(self, origin: str) -> list[tuple[int, str, bytes]]:
-        """Kept evidence: (status, reason, request body) of validly signed, inconsistent checkpoints."""
-        rows = self._conn().execute("SELECT status, reason, request FROM conflicts WHERE origin=? ORDER BY id", (origin,))
-        return [(s, r, bytes(b)) for s, r, b in rows]
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """A validly signed checkpoint the witness refused as inconsistent: evidence of a fork."""
+
+    origin: str
+    received_at: float
+    status: int
+    reason: str
+    request: bytes  # the add-checkpoint body, verbatim (old size, proof, signed note)
+
+
+def read_conflicts(state: Path, origin: str | None = None) -> list[Conflict]:
+    """The evidence a witness kept (read-only; the state file must exist)."""
+    if not Path(state).is_file():
+        raise FileNotFoundError(f"no witness state at {state}")
+    conn = sqlite3.connect(f"file:{state}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT origin, received_at, status, reason, request FROM conflicts"
+                            " WHERE ? IS NULL OR origin = ? ORDER BY id", (origin, origin)).fetchall()
+    finally:
+        conn.close()
+    return [Conflict(o, t, st, r, bytes(b)) for o, t, st, r, b in rows]

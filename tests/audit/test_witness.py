@@ -263,11 +263,13 @@ def test_witness_refuses_a_forked_history(log_files, server_factory, issuer_key,
     assert verify_witnessed(note_b, log_files.verifier, [k], 1).checkpoint.size == 1
     with sqlite3.connect(w.state) as db:
         assert db.execute("SELECT size FROM logs").fetchone()[0] == 21
-        conflicts = db.execute("SELECT status, request FROM conflicts").fetchall()
+    result = CliRunner().invoke(audit_cli, ["witness", "conflicts", "--state", str(w.state), "--json"])
+    assert result.exit_code == 0, result.output
+    conflicts = json.loads(result.output)
     assert conflicts, "the witness kept no evidence of the forked checkpoint"
-    status, request = conflicts[0]
+    request = base64.b64decode(conflicts[0]["request"])
     forked_note = request.split(b"\n\n", 1)[1]
-    assert status == 422 and verify_checkpoint(forked_note, log_files.verifier).size == 31
+    assert conflicts[0]["status"] == 422 and verify_checkpoint(forked_note, log_files.verifier).size == 31
 
 
 def test_an_unreachable_witness_never_blocks_the_log(log_files, server_factory, issuer_key, kit, tmp_path) -> None:
