@@ -1,12 +1,13 @@
 """The sequencer: the one writer that makes appends durable and integrates them into the tree.
 
 Request threads hand verified entries to `Sequencer.submit`, which blocks. A single writer
-thread per process drains everything queued (group commit) and, in ONE database transaction,
-assigns the next leaf indices, writes the leaves and their indexes, extends the Merkle tree
-(the perfect nodes the compact range completes) and signs one checkpoint for the batch. Only
-after COMMIT returned (fsync'ed) are the waiting requests answered, so an acknowledged entry is
-both durable and already covered by a signed checkpoint: integration latency after the
-acknowledgement is zero by construction.
+thread per process takes the write lock, then drains everything queued by then (group commit:
+what arrived while it waited for another process's commit joins this one) and, in ONE database
+transaction, assigns the next leaf indices, writes the leaves and their indexes, extends the
+Merkle tree (the perfect nodes the compact range completes) and signs one checkpoint for the
+batch. Only after COMMIT returned (fsync'ed) are the waiting requests answered, so an
+acknowledged entry is both durable and already covered by a signed checkpoint: integration
+latency after the acknowledgement is zero by construction.
 
 Why this is crash safe: leaves, nodes and the checkpoint commit together or not at all, and a
 restarted (or another) process rebuilds its compact range from the stored nodes (O(log n) reads)
@@ -159,19 +160,26 @@ class Sequencer:
             if first is _STOP:
                 return
             group = [first]
-            count = len(first.entries)
-            while count < self.max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    stopping = True
-                    break
-                group.append(nxt)
-                count += len(nxt.entries)
+
+            def collect() -> list[Sequence[PreparedEntry]]:
+                # Called once the write lock is held: everything that arrived while this writer
+                # waited for the lock (another worker's commit and fsync) joins this commit.
+                nonlocal stopping
+                count = len(first.entries)
+                while count < self.max_batch:
+                    try:
+                        nxt = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is _STOP:
+                        stopping = True
+                        break
+                    group.append(nxt)
+                    count += len(nxt.entries)
+                return [u.entries for u in group]
+
             try:
-                outcomes = self.integrate([u.entries for u in group])
+                outcomes = self._integrate(collect)
             except Exception as exc:  # storage failure: nobody is acknowledged
                 log.exception("sequencer batch failed")
                 for u in group:
@@ -186,8 +194,13 @@ class Sequencer:
         Each unit (one request) is accepted or rejected as a whole. Also used directly (without
         the writer thread) to bulk-fill a store for benchmarks.
         """
+        return self._integrate(lambda: units)
+
+    def _integrate(self, collect) -> list[list[Appended] | AppendRejected]:
+        """`integrate` for the units ``collect()`` returns, called inside the write transaction."""
         try:
             with self.store.write() as tx:
+                units = collect()
                 size = tx.tree_size()
                 if self._range is None or self._range.size != size:
                     self._range = CompactRange.from_nodes(size, tx.get_nodes)
