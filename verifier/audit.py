@@ -43,6 +43,7 @@ from emshield.tlog.entry import (
 )
 from emshield.tlog.tiles import TILE_WIDTH, Tile, bundles_for, tile_root, tiles_at_level
 
+from .audit_cache import ReplayCache, ReplayedPrefix
 from .tile_client import TileClient, TileFetchError
 from .witness_policy import WitnessPolicyError, parse_witness_keys, verify_witnessed
 
@@ -190,6 +191,7 @@ class AuditReport:
     note: bytes = b""
     findings: list[Finding] = field(default_factory=list)
     replayed: int = 0
+    replayed_from: int = 0
     elapsed_s: float = 0.0
     evidence_file: Path | None = None
     _counts: dict[str, int] = field(default_factory=dict)
@@ -212,7 +214,7 @@ class AuditReport:
                                                             "root_hash": _b64(self.previous.root_hash)},
             "checkpoint": None if cp is None else {"size": cp.size, "root_hash": _b64(cp.root_hash),
                                                    "note": self.note.decode("utf-8", "replace")},
-            "replayed": self.replayed,
+            "replayed": self.replayed, "replayed_from": self.replayed_from,
             "findings": [asdict(f) for f in self.findings],
             "finding_counts": dict(self._counts),
             "evidence_file": None if self.evidence_file is None else str(self.evidence_file),
@@ -308,9 +310,23 @@ class _Replayer:
         self.registered: dict[bytes, tuple[int, bytes]] = {}  # key id -> (index, public key)
         self.seen: dict[bytes, int] = {}  # leaf hash -> first index
         self.leaf_hashes: list[bytes] = []
+        self.start = 0
+
+    def resume(self, prefix: ReplayedPrefix) -> None:
+        """Continue after a prefix an earlier replay checked (its entries are not checked again)."""
+        self.start = prefix.size
+        self.leaf_hashes = list(prefix.leaf_hashes)
+        self.seen = {h: i for i, h in enumerate(self.leaf_hashes)}
+        self.registered = dict(prefix.registered)
 
     def entry(self, index: int, data: bytes, check: EntryCheck, tile_hash: bytes | None) -> None:
         lh = merkle.leaf_hash(data)
+        if index < self.start:  # in the first bundle, before where this replay resumes
+            if lh != self.leaf_hashes[index]:
+                self.report.add(Finding("rewritten_entries", f"entry {index} differs from the one an earlier replay"
+                                                             " checked", {"index": index, "entry": _b64(data),
+                                                                          "replayed_leaf_hash": _b64(self.leaf_hashes[index])}))
+            return
         self.leaf_hashes.append(lh)
 
         def found(kind: str, detail: str, **extra: str) -> None:  # evidence is built only when needed
@@ -362,16 +378,19 @@ def _check_upper_tiles(tiles: TileClient, leaf_hashes: Sequence[bytes], size: in
 
 
 def replay(log: LogClient, tiles: TileClient, cp: Checkpoint, report: AuditReport, *, jobs: int = 1,
-           progress: Callable[[int], None] | None = None) -> None:
-    """Read all ``cp.size`` entries through the tiles and check them, the tiles and the root."""
+           progress: Callable[[int], None] | None = None, prefix: ReplayedPrefix | None = None) -> ReplayedPrefix:
+    """Read the ``cp.size`` entries through the tiles (after ``prefix`` if given, whose entries an
+    earlier replay checked) and check them, every upper tile and the root."""
     hints: dict[bytes, bytes] = {}
     try:  # a hint only spreads signature checks over processes; every key is bound by its key id
         hints = {i.key_id: i.public_key for i in log.issuers()}
     except LogClientError:
         pass
-    bundles = bundles_for(0, cp.size)
-    level0 = [Tile(0, b.index, b.width) for b in bundles]
     rep = _Replayer(report)
+    if prefix is not None:
+        rep.resume(prefix)
+    bundles = bundles_for(rep.start, cp.size)
+    level0 = [Tile(0, b.index, b.width) for b in bundles]
     try:
         pool = ProcessPoolExecutor(jobs, initializer=_init_worker, initargs=(hints,)) if jobs > 1 else None
         if pool is None:
@@ -394,12 +413,13 @@ def replay(log: LogClient, tiles: TileClient, cp: Checkpoint, report: AuditRepor
         _check_upper_tiles(tiles, rep.leaf_hashes, cp.size, report)
     except TileFetchError as exc:
         raise AuditError(EXIT_UNREACHABLE, f"replay: {exc}") from exc
-    report.replayed = len(rep.leaf_hashes)
+    report.replayed, report.replayed_from = len(rep.leaf_hashes) - rep.start, rep.start
     root = merkle.root_from_leaf_hashes(rep.leaf_hashes)
     if root != cp.root_hash:
         report.add(Finding("rewritten_entries", f"the {cp.size} entries the log serves do not hash to the root of its"
                                                 " signed checkpoint: entries were rewritten, added or removed",
                            {"checkpoint": report.note.decode("utf-8"), "recomputed_root": _b64(root)}))
+    return ReplayedPrefix(cp.size, root, rep.leaf_hashes, rep.registered)
 
 
 def _chunked(items, n):
@@ -439,9 +459,11 @@ def write_evidence(directory: Path, report: AuditReport) -> Path:
 
 def audit(url: str, verifier_key: str, state_path: Path, *, do_replay: bool = False, jobs: int = 1,
           evidence_dir: Path | None = None, progress: Callable[[int], None] | None = None,
-          timeout: float = 30.0, witness_keys: Sequence[str] = (), quorum: int = 0) -> AuditReport:
+          timeout: float = 30.0, witness_keys: Sequence[str] = (), quorum: int = 0,
+          incremental: bool = False) -> AuditReport:
     """One audit run against the log at ``url`` (spec/audit.md, "Procedure"). With ``witness_keys``
-    the checkpoint must also carry ``quorum`` of their cosignatures (spec/witness.md)."""
+    the checkpoint must also carry ``quorum`` of their cosignatures (spec/witness.md); with
+    ``incremental`` a replay checks only entries after the tree the last replay checked."""
     started = time.monotonic()
     try:
         verifier = NoteVerifier.from_verifier_key(verifier_key)
@@ -478,8 +500,16 @@ def audit(url: str, verifier_key: str, state_path: Path, *, do_replay: bool = Fa
         report.checkpoint = cp
         if prev is not None:
             check_history(prev, cp, report.note, log, report)
+        cache = ReplayCache(state_path.with_name(state_path.name + ".replay.db"))
+        prefix = None
+        if do_replay and incremental and prev is not None and prev.replayed_size == prev.size:
+            prefix = cache.load(origin)
+            if prefix is not None and (prefix.size, prefix.root) != (prev.size, prev.root_hash):
+                prefix = None  # not the tree the state says was replayed: start over
+        replayed_prefix = None
         if do_replay and report.ok:
-            replay(log, TileClient(url, timeout=timeout), cp, report, jobs=jobs, progress=progress)
+            replayed_prefix = replay(log, TileClient(url, timeout=timeout), cp, report, jobs=jobs, progress=progress,
+                                     prefix=prefix)
         report.elapsed_s = time.monotonic() - started
         if not report.ok:
             report.evidence_file = write_evidence(evidence_dir or state_path.with_name(state_path.name + ".evidence"),
@@ -489,5 +519,7 @@ def audit(url: str, verifier_key: str, state_path: Path, *, do_replay: bool = Fa
         logs[origin] = LogState(origin, verifier_key, log.url, cp.size, cp.root_hash, report.note.decode("utf-8"),
                                 time.time(), replayed)
         save_state(state_path, logs)
+        if replayed_prefix is not None:
+            cache.save(origin, replayed_prefix, 0 if prefix is None else prefix.size)
         return report
 

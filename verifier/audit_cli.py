@@ -38,6 +38,9 @@ class _Fail(click.ClickException):
               help="State file holding the pinned key and last verified checkpoint per log."
                    " Default: $XDG_STATE_HOME/emshield/audit-state.json")
 @click.option("--replay", is_flag=True, help="Read every entry through the tile API, check each one and recompute the tree.")
+@click.option("--incremental", is_flag=True,
+              help="With --replay: check only entries after the tree the last replay of this state checked"
+                   " (faster; does not re-read old entries, so a later rewrite of one goes unseen).")
 @click.option("--jobs", type=click.IntRange(1, 64), default=os.cpu_count() or 1, show_default=True,
               help="Processes that check entry signatures during --replay.")
 @click.option("--evidence-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -50,7 +53,8 @@ class _Fail(click.ClickException):
               help="Require this many of the --witness keys to have cosigned the checkpoint.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def main(ctx: click.Context, log_url: str | None, key: str | None, state: Path | None, replay: bool, jobs: int,
+def main(ctx: click.Context, log_url: str | None, key: str | None, state: Path | None, replay: bool,
+         incremental: bool, jobs: int,
          evidence_dir: Path | None, timeout: float, witness_keys: tuple[str, ...], quorum: int, as_json: bool) -> None:
     """Fetch the log's latest checkpoint, verify its signature and its consistency with the
     last checkpoint this auditor verified, and report forks, rollbacks and rewritten entries
@@ -59,6 +63,8 @@ def main(ctx: click.Context, log_url: str | None, key: str | None, state: Path |
         return
     if not log_url or not key:
         raise click.UsageError("--log and --key are required (or give a sub-command)")
+    if incremental and not replay:
+        raise click.UsageError("--incremental only applies to --replay")
     from tqdm import tqdm
 
     from .audit import AuditError, audit
@@ -68,7 +74,7 @@ def main(ctx: click.Context, log_url: str | None, key: str | None, state: Path |
     try:
         report = audit(log_url, key, state_path, do_replay=replay, jobs=jobs, evidence_dir=evidence_dir,
                        progress=None if bar is None else bar.update, timeout=timeout, witness_keys=witness_keys,
-                       quorum=quorum)
+                       quorum=quorum, incremental=incremental)
     except AuditError as exc:
         if as_json:
             click.echo(json.dumps({"ok": False, "error": str(exc), "exit_code": exc.exit_code}))
@@ -91,7 +97,7 @@ def _print_report(report, state_path: Path) -> None:
     click.echo(f"checkpoint: size {cp.size}, signature valid"
                + ("" if prev is None else f" (previously verified: size {prev.size})"))
     if report.replayed:
-        click.echo(f"replayed {report.replayed} entries in {report.elapsed_s:.1f} s")
+        click.echo(f"replayed {report.replayed} entries from index {report.replayed_from} in {report.elapsed_s:.1f} s")
     if report.ok:
         click.echo(f"OK: consistent; state saved to {state_path}")
         return

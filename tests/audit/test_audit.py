@@ -52,12 +52,22 @@ def test_honest_log_passes_run_after_run_and_state_advances(populated, log_files
     saved = json.loads(state.read_text())["logs"][kit.ORIGIN]
     assert (saved["size"], saved["verifier_key"], saved["replayed_size"]) == (301, key, 301)
     log.append_batch([kit.issuance(issuer_key, n) for n in range(300, 700)])
-    code, out = run_audit(srv.url, key, state)
-    assert code == 0 and out["previous"]["size"] == 301 and out["checkpoint"]["size"] == 701
-    code, out = run_audit(srv.url, key, state, "--replay", "--jobs", "1")
-    assert (code, out["replayed"]) == (0, 701)
+    code, out = run_audit(srv.url, key, state, "--replay", "--incremental", "--jobs", "1")
+    assert (code, out["previous"]["size"], out["replayed_from"], out["replayed"]) == (0, 301, 301, 400), out
+    log.append_batch([kit.issuance(issuer_key, n) for n in range(700, 800)])
+    code, out = run_audit(srv.url, key, state)  # no replay: the next incremental one cannot resume
+    assert (code, out["checkpoint"]["size"], out["replayed"]) == (0, 801, 0)
+    code, out = run_audit(srv.url, key, state, "--replay", "--incremental")
+    assert (code, out["replayed_from"], out["replayed"]) == (0, 0, 801)
     cp = verify_checkpoint(json.loads(state.read_text())["logs"][kit.ORIGIN]["checkpoint"].encode(), log_files.verifier)
     assert cp == log.verified_checkpoint(log_files.verifier)
+    # A damaged replay cache is never trusted: the replay starts over.
+    _sqlite(state.with_name(state.name + ".replay.db"), "UPDATE leaf_hashes SET hash = zeroblob(32) WHERE idx = 7")
+    log.append_batch([kit.issuance(issuer_key, n) for n in range(800, 810)])
+    code, out = run_audit(srv.url, key, state, "--replay", "--incremental")
+    assert (code, out["replayed_from"], out["replayed"]) == (0, 0, 811)
+    code, out = run_audit(srv.url, key, state, "--replay", "--incremental")
+    assert (code, out["replayed_from"], out["replayed"]) == (0, 811, 0)
 
 
 def test_key_pinning_state_and_reachability_errors(populated, log_files, kit, tmp_path) -> None:
