@@ -138,7 +138,8 @@ def core_view(buf: bytes | bytearray | memoryview) -> dict[str, LoraFactors]:
 
     No tensor byte is copied: `emshield.tee.mount` parses the core inside the secret memory it was
     decrypted into, so the only plaintext is the one it wipes. The caller keeps `buf` alive and
-    unchanged while the arrays are in use. Checks: version, the safetensors layout (exactly what
+    unchanged while the arrays are in use. Other metadata keys are ignored (writers emit only the
+    format). Checks: version, the safetensors layout (exactly what
     the `safetensors` library enforces: known dtypes, byte ranges matching shape × dtype, no gaps,
     overlaps or trailing bytes), exactly A, B and scale per layer, matrix factors, matching ranks,
     float64 scalar finite scales."""
@@ -147,10 +148,10 @@ def core_view(buf: bytes | bytearray | memoryview) -> dict[str, LoraFactors]:
         raise ModelFileError(f"core file larger than {MAX_CORE_BYTES} bytes")
     header, data_start = _read_header(view)
     meta = header.pop("__metadata__", None)
-    if meta != {CORE_META_KEY: CORE_FORMAT}:
-        got = meta.get(CORE_META_KEY) if isinstance(meta, dict) else None
-        raise ModelFileError(f"not an EMShield core file (metadata {meta!r}: format {got!r}, want only "
-                             f"{CORE_META_KEY}={CORE_FORMAT!r})")
+    if not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        raise ModelFileError(f"not an EMShield core file (safetensors metadata {meta!r} is not a string map)")
+    if meta.get(CORE_META_KEY) != CORE_FORMAT:
+        raise ModelFileError(f"not an EMShield core file (format {meta.get(CORE_META_KEY)!r}, want {CORE_FORMAT!r})")
     ranges = {name: _tensor_range(name, spec) for name, spec in header.items()}
     end = 0
     for begin, stop in sorted((r[2], r[3]) for r in ranges.values()):
