@@ -59,7 +59,7 @@ from emshield.marking.params import (
 from emshield.tee.blobformat import Binding
 from emshield.tee.devicekey import DevicePublicKey
 from emshield.tee.seal import seal_core
-from emshield.tlog.checkpoint import NoteVerifier, verify_checkpoint
+from emshield.tlog.checkpoint import CheckpointError, NoteVerifier, verify_checkpoint
 from emshield.tlog.client import LogClient
 from emshield.tlog.entry import (
     EntryError,
@@ -70,7 +70,7 @@ from emshield.tlog.entry import (
     sign_entry,
     verify_entry_signature,
 )
-from emshield.tlog.merkle import leaf_hash
+from emshield.tlog.merkle import ProofError, leaf_hash
 
 ISSUER_KEY_FILE = "issuer.key"  # PEM PKCS#8 Ed25519 private key, 0600
 MARKING_SECRET_FILE = "marking.secret"  # 32 random bytes, 0600 (the file `emshield mark --secret-file` reads)
@@ -91,6 +91,14 @@ class IssueError(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class LogMisbehavingError(IssueError):
+    """The log answered something its own signed checkpoint contradicts (a bad proof or checkpoint).
+    A batch stops on it: no further device is issued through a log that cannot be trusted."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("log-misbehaving", detail)
 
 
 # --- issuer keys -----------------------------------------------------------------------------------
@@ -387,11 +395,14 @@ def _seal(marked: Marked, device: DeviceTarget, backbone_id: bytes, leaf_hash: b
 def _proofs(issuer: Issuer, entry: bytes) -> tuple[TlogProof, TlogProof]:
     """tlog-proofs for the registration and the entry against the latest checkpoint, both checked."""
     note = issuer.client.checkpoint_note()
-    cp = verify_checkpoint(note, issuer.log_verifier)
-    out = []
-    for leaf in (issuer.registration.entry, entry):
-        proof = issuer.client.prove_inclusion(leaf, cp)
-        out.append(TlogProof(proof.index, proof.hashes, note))
+    try:
+        cp = verify_checkpoint(note, issuer.log_verifier)
+        out = []
+        for leaf in (issuer.registration.entry, entry):
+            proof = issuer.client.prove_inclusion(leaf, cp)
+            out.append(TlogProof(proof.index, proof.hashes, note))
+    except (CheckpointError, ProofError) as exc:
+        raise LogMisbehavingError(f"{type(exc).__name__}: {exc}") from exc
     return out[0], out[1]
 
 
@@ -480,7 +491,7 @@ def issue_to_device(issuer: Issuer, device: DeviceTarget, out_dir: Path, *, now:
     issuer.client.put_side_record(index, marked.fingerprint.to_cbor())  # idempotent
     reg_proof, iss_proof = _proofs(issuer, leaf)
     if iss_proof.index != index:
-        raise IssueError("log-misbehaving", f"the log proved the entry at index {iss_proof.index}, it said {index}")
+        raise LogMisbehavingError(f"the log proved the entry at index {iss_proof.index}, it said {index}")
     bundle = Bundle(issuer.registration.entry, reg_proof, leaf, iss_proof, marked.fingerprint.to_cbor(),
                     _seal(marked, device, issuer.backbone_id, leaf_hash(leaf)))
     verify_bundle(bundle, issuer.log_verifier)  # what we hand out must verify
@@ -493,13 +504,16 @@ def issue_to_device(issuer: Issuer, device: DeviceTarget, out_dir: Path, *, now:
 def issue_many(issuer: Issuer, devices: list[DeviceTarget], out_dir: Path, *,
                progress: bool = True) -> Iterator[IssueResult | IssueError]:
     """Issue to each device in turn (tqdm bar); per-device refusals are yielded, not raised, so
-    one refused device does not stop the batch. Log or network failures raise: re-run to resume."""
+    one refused device does not stop the batch. Log misbehaviour (LogMisbehavingError), log
+    refusals and network failures raise: re-run to resume."""
     from tqdm import tqdm
 
     with tqdm(devices, desc="issue", unit="device", disable=not progress) as bar:
         for device in bar:
             try:
                 yield issue_to_device(issuer, device, out_dir)
+            except LogMisbehavingError:
+                raise
             except IssueError as exc:
                 yield exc
 

@@ -14,6 +14,7 @@ import click
 DEFAULT_ISSUER_DIR = Path.home() / ".local" / "share" / "emshield" / "issuer"
 TOKEN_ENV = "EMSHIELD_LOG_OPERATOR_TOKEN"
 EXIT_SOME_REFUSED = 4
+EXIT_LOG_MISBEHAVING = 3
 
 
 def _issuer_dir_option(f):
@@ -137,9 +138,18 @@ def issue_cmd(log_url: str, log_key: str, core_path: Path, backbone: Path, devic
     """Issue a marked, sealed core to one or many devices: log entry, inclusion proof, bundle.
 
     Resumable: devices already issued (found in the log by UUID) are not issued again; their
-    bundle is rebuilt for the logged entry if it is missing. Exit 4 if any device was refused."""
+    bundle is rebuilt for the logged entry if it is missing. Exit 4 if any device was refused,
+    3 if the log served a proof or checkpoint that does not verify (the run stops), 1 on bad input."""
     from emshield.bundle import LogKeyError, parse_log_key
-    from emshield.issue import DeviceTarget, IssueError, issue_many, load_issuer, prepare_issuer, read_devices_csv
+    from emshield.issue import (
+        DeviceTarget,
+        IssueError,
+        LogMisbehavingError,
+        issue_many,
+        load_issuer,
+        prepare_issuer,
+        read_devices_csv,
+    )
     from emshield.marking.policy import Tolerance
     from emshield.tee.device import DeviceRecord
     from emshield.tlog.client import LogClient, LogClientError
@@ -156,6 +166,9 @@ def issue_cmd(log_url: str, log_key: str, core_path: Path, backbone: Path, devic
         issuer = prepare_issuer(LogClient(log_url), verifier, load_issuer(directory), _read_core(core_path), backbone,
                                 policy=policy, tolerance=Tolerance(max_perturbation=tolerance))
         results = list(issue_many(issuer, devices, out_dir, progress=not as_json))
+    except LogMisbehavingError as exc:
+        click.echo(f"Error: {exc} (stopped: no bundle was handed out for this device)", err=True)
+        sys.exit(EXIT_LOG_MISBEHAVING)
     except LogClientError as exc:
         raise click.ClickException(f"{exc} (re-run to resume: issued devices are skipped)") from None
     except (LogKeyError, *_errors()) as exc:
