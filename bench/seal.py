@@ -1,15 +1,15 @@
 """Seal/unseal throughput against raw AES-256-GCM, why unsealing costs what it does, and
 mount-to-first-inference latency.
 
-    ./run bench seal                      # 100 MiB, 1 MiB chunks, x25519, 5 interleaved rounds
+    ./run bench seal                      # 100 MiB, 1 MiB chunks, x25519, 5 shuffled rounds
     .venv/bin/python bench/seal.py --size-mib 200 --suite mlkem768-x25519 --chunk-kib 4096
 
 Baselines (same bytes, same run): one-shot AESGCM.encrypt / AESGCM.decrypt from `cryptography` on
 the whole buffer (the API as a caller uses it: it allocates a fresh output buffer), and the cipher
 alone (`*_into` a preallocated, already-touched buffer). Target (issue #6): seal and unseal
->= 80 % of the one-shot baseline for a 100 MiB core. Every variant runs once per round, round-robin,
-so load from other processes falls on all of them alike; best and median are printed with the
-load average.
+>= 80 % of the one-shot baseline for a 100 MiB core. Every variant runs once per round,
+in a shuffled order, so load from other processes falls on all of them alike; best and median
+are printed with the load average.
 
 Unseal is measured for every memory kind (memfd_secret, mlock'ed memfd, mlock'ed anonymous memory
 with huge pages), from bytes and from a file, and with the prefault thread switched off. The
@@ -33,6 +33,7 @@ import io
 import json
 import mmap
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -80,14 +81,19 @@ class NullSink(io.RawIOBase):
         return len(b)
 
 
-def interleaved(variants: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
-    """Seconds of every variant, run round-robin `rounds` times, so that load from other processes
-    on the shared cores falls on all of them alike instead of on whichever ran during a burst."""
+def rounds(variants: dict[str, Callable[[], object]], n: int) -> dict[str, list[float]]:
+    """Seconds of every variant, each round running every variant once in a fresh (seeded) random
+    order, so that load from other processes on the shared cores falls on all of them alike, and
+    no variant always inherits the memory state the same predecessor left (freeing 100 MiB of
+    4 KiB pages just before a huge-page allocation forces the kernel to compact memory first)."""
     times: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(rounds):
-        for name, fn in variants.items():
+    order = list(variants)
+    shuffle = random.Random(6).shuffle
+    for _ in range(n):
+        shuffle(order)
+        for name in order:
             t = time.perf_counter()
-            fn()
+            variants[name]()
             times[name].append(time.perf_counter() - t)
     return times
 
@@ -150,7 +156,7 @@ def throughput(args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[s
             variants[f"unseal_{label}_file"] = lambda k=kind: unseal(blob_path, k, True)
             if kind != KIND_PRIVATE:  # anon+mlock never starts the prefault thread
                 variants[f"unseal_{label}_noprefault"] = lambda k=kind: unseal(blob, k, False)
-        times = interleaved(variants, args.repeats)
+        times = rounds(variants, args.repeats)
     return times, errors
 
 
@@ -231,7 +237,7 @@ def fault_study(args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[
             variants[name] = lambda k=kind, h=how: _first_touch(size, k, h)
         except OSError as e:
             errors[name] = f"refused by the kernel ({e.strerror or e})"
-    return interleaved(variants, args.repeats), errors
+    return rounds(variants, args.repeats), errors
 
 
 def synthetic_core(model, rank: int, seed: int) -> dict[str, LoraFactors]:
@@ -305,7 +311,7 @@ def main() -> None:
     ap.add_argument("--size-mib", type=int, default=100)
     ap.add_argument("--chunk-kib", type=int, default=1024)
     ap.add_argument("--suite", choices=sorted(SUITES), default="x25519")
-    ap.add_argument("--repeats", type=int, default=5, help="rounds; every variant runs once per round, interleaved")
+    ap.add_argument("--repeats", type=int, default=5, help="rounds; every variant runs once per round, in a shuffled order")
     ap.add_argument("--rank", type=int, default=8, help="LoRA rank of the synthetic core for the inference test")
     ap.add_argument("--inference-repeats", type=int, default=20)
     ap.add_argument("--skip-inference", action="store_true")
@@ -326,7 +332,7 @@ def main() -> None:
                           "first_touch_s": {k: min(v) for k, v in faults.items()}, "first_inference": inf}, indent=2))
         return
     print(f"seal/unseal throughput: {args.size_mib} MiB, {args.chunk_kib} KiB chunks, suite {args.suite}, MB/s "
-          f"(best and median of {args.repeats} interleaved rounds); {os.cpu_count()} CPUs, load average "
+          f"(best and median of {args.repeats} rounds, variants shuffled); {os.cpu_count()} CPUs, load average "
           f"{load_before[0]:.1f} before, {load_after[0]:.1f} after")
 
     def row(label: str, key: str, base: str | None = None) -> None:
