@@ -12,7 +12,8 @@ then measures, in the same run and against the same server:
 - `emshield-audit --replay` (`verifier.audit.audit`) with each --jobs value: bundles and level-0
   tiles, strict decoding, Ed25519 signature of every entry, registration order, duplicates,
   all upper tiles and the root;
-- the per-entry CPU floor: `decode_entry` and one Ed25519 verification, single core.
+- the per-entry CPU floor: `decode_entry` and one Ed25519 verification, single core;
+- `--replay --incremental` after --grow more entries were appended.
 
 Prints figures and ratios (replay time / tile download time). Heavy by design: not a test.
 """
@@ -140,6 +141,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--entries", type=int, default=100_000, help="issuance entries in the built log")
     ap.add_argument("--jobs", type=int, nargs="+", default=[1, 2], help="replay worker processes to measure")
+    ap.add_argument("--grow", type=int, default=5000,
+                    help="entries appended before the --incremental measurement (built logs only; 0: skip)")
     ap.add_argument("--url", help="audit an existing log instead of building one (needs --key)")
     ap.add_argument("--key", help="the existing log's verifier key")
     ap.add_argument("--workdir", type=Path, default=None)
@@ -171,6 +174,14 @@ def main() -> None:
             assert report.ok and report.replayed == size, report.to_json()
             print(f"audit --replay --jobs {jobs:<2}      : {t:6.2f} s  {size / t:10,.0f} entries/s verified"
                   f"  ({t / t_tiles:.1f}x the tile download, {t / t_json:.1f}x the JSON download)")
+        if proc is not None and args.grow:
+            # --incremental after the log grew: only the new entries are checked (plus tiles and root).
+            LogClient(url, timeout=300).append_batch(signed_entries(args.entries + args.grow)[args.entries:])
+            t, report = timed(lambda: audit(url, vkey, state, do_replay=True, jobs=max(args.jobs), timeout=120,
+                                            incremental=True))
+            assert report.ok and report.replayed == args.grow, report.to_json()
+            print(f"audit --replay --incremental    : {t:6.2f} s  for {args.grow:,} new entries on a"
+                  f" {size + args.grow:,}-entry log ({args.grow / t:,.0f} new entries/s)")
     finally:
         if proc is not None:
             os.killpg(proc.pid, signal.SIGTERM)
