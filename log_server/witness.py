@@ -17,6 +17,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 SIZE_CONTENT_TYPE = "text/x.tlog.size"
 MAX_ANSWER_BYTES = 64 * 1024
+MAX_BACKOFF_S = 30.0
 
 
 @dataclass
@@ -41,6 +43,7 @@ class WitnessEndpoint:
     verifier: CosignatureVerifier
     cosigned_size: int | None = None  # what the witness holds for us, once known
     failures: int = field(default=0, compare=False)
+    next_try: float = field(default=0.0, compare=False)  # monotonic time; backs off while it fails
 
     @classmethod
     def parse(cls, spec: str) -> WitnessEndpoint:
@@ -71,7 +74,6 @@ class Cosigner:
         self._pid = 0
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        self._stop = threading.Event()
 
     def ensure_started(self) -> None:
         if not self.witnesses or (self._pid == os.getpid() and self._thread is not None and self._thread.is_alive()):
@@ -79,37 +81,32 @@ class Cosigner:
         with self._start_lock:
             if self._pid != os.getpid() or self._thread is None or not self._thread.is_alive():
                 self._pid = os.getpid()
-                self._stop.clear()
                 self._thread = threading.Thread(target=self._run, name="emshield-cosigner", daemon=True)
                 self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None and self._pid == os.getpid():
-            self._thread.join(timeout=self.timeout_s + 5)
 
     def _run(self) -> None:
         fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         session = requests.Session()
         try:
-            while not self._stop.is_set():
+            while True:  # a daemon thread: it ends with its process
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # kept while this process lives
                 except BlockingIOError:
-                    self._stop.wait(1.0)
+                    time.sleep(1.0)
                     continue
                 cp = self.store.latest_checkpoint()
-                if cp is not None:
-                    for w in self.witnesses:
-                        if w.cosigned_size != cp.size:
-                            try:
-                                self.submit(session, w, cp)
-                                w.failures = 0
-                            except Exception:  # a witness being down must not stop the others
-                                w.failures += 1
-                                log.warning("witness %s: submission of size %d failed", w.url, cp.size,
-                                            exc_info=w.failures == 1)
-                self._stop.wait(self.poll_s * (1 + min(max((w.failures for w in self.witnesses), default=0), 50)))
+                for w in self.witnesses:
+                    if cp is None or w.cosigned_size == cp.size or time.monotonic() < w.next_try:
+                        continue
+                    try:
+                        self.submit(session, w, cp)
+                        w.failures = 0
+                    except Exception:  # a witness being down must not delay the others
+                        w.failures += 1
+                        w.next_try = time.monotonic() + min(self.poll_s * 2 ** w.failures, MAX_BACKOFF_S)
+                        log.warning("witness %s: submission of size %d failed", w.url, cp.size,
+                                    exc_info=w.failures == 1)
+                time.sleep(self.poll_s)
         finally:
             os.close(fd)
 
@@ -118,10 +115,9 @@ class Cosigner:
         old = w.cosigned_size or 0
         for _ in range(2):
             if old > cp.size:
-                log.error("witness %s has cosigned size %d, larger than our latest checkpoint %d: the witness"
-                          " saw another history of this log (fork?) or the store was rolled back", w.url, old, cp.size)
                 w.cosigned_size = old
-                return
+                raise RuntimeError(f"witness {w.url} has cosigned size {old}, larger than our latest checkpoint"
+                                   f" {cp.size}: it saw another history of this log (fork?) or the store was rolled back")
             proof = [] if old in (0, cp.size) else merkle.consistency_proof(old, cp.size, self.store.get_nodes)
             body = (f"old {old}\n".encode() + b"".join(base64.b64encode(h) + b"\n" for h in proof) + b"\n" + cp.note)
             resp = session.post(f"{w.url}/add-checkpoint", data=body, timeout=self.timeout_s,
