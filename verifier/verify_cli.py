@@ -8,19 +8,27 @@ failing; 5 internal error (a bug: reported, never shown as "no match").
 
 from __future__ import annotations
 
-import json
-import sys
-from pathlib import Path
-from typing import NoReturn
-from urllib.parse import urlsplit
+import os
 
-import click
+# One BLAS / OpenMP thread unless the caller says otherwise (must precede numpy's and torch's import).
+# The verifier's products are thin (layers × a few hundred directions); measured on SmolLM2 with a
+# loaded 2-core machine, threaded BLAS made extraction + fingerprint 27 s instead of 4 s (spec/verify.md §7).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
-from emshield.bundle import LogKeyError, parse_log_key
-from emshield.marking import fingerprint as fpmod
-from emshield.tlog.checkpoint import NoteError, NoteVerifier
-from emshield.tlog.client import LogClient
-from verifier.verify import (
+import json  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import NoReturn  # noqa: E402
+from urllib.parse import urlsplit  # noqa: E402
+
+import click  # noqa: E402
+
+from emshield.bundle import LogKeyError, parse_log_key  # noqa: E402
+from emshield.marking import fingerprint as fpmod  # noqa: E402
+from emshield.tlog.checkpoint import NoteError, NoteVerifier  # noqa: E402
+from emshield.tlog.client import LogClient  # noqa: E402
+from verifier.verify import (  # noqa: E402
     EXIT_BAD_INPUT,
     EXIT_INTERNAL,
     EXIT_LOG_MISBEHAVING,
@@ -28,8 +36,8 @@ from verifier.verify import (
     Verdict,
     verify_suspect,
 )
-from verifier.verify_log import LogMisbehaving, LogUnavailable, VerifiedLog, WitnessPolicy
-from verifier.witness_policy import WitnessPolicyError, parse_witness_keys
+from verifier.verify_log import LogMisbehaving, LogUnavailable, VerifiedLog, WitnessPolicy  # noqa: E402
+from verifier.witness_policy import WitnessPolicyError, parse_witness_keys  # noqa: E402
 
 _KINDS = {EXIT_BAD_INPUT: "bad_input", EXIT_LOG_MISBEHAVING: "log_misbehaving", EXIT_LOG_UNAVAILABLE: "log_unavailable",
           EXIT_INTERNAL: "internal_error"}
