@@ -577,9 +577,10 @@ def main() -> int:
                          " them on later runs (default: fresh ones in the temp directory)")
     ap.add_argument("--servers", default="gunicorn,granian",
                     help="own server: WSGI servers to measure, each on a fresh log, in this order; proofs use the last")
-    ap.add_argument("--baseline-src", type=Path,
+    ap.add_argument("--baseline-src", type=Path, action="append", default=[],
                     help="own server: first measure the log server of this source tree (e.g. the previous commit,"
-                         " extracted with `git archive`) through its own `emshield-log serve`, as the baseline")
+                         " extracted with `git archive`) through its own `emshield-log serve`, as the baseline"
+                         " (repeatable; the first one is what the others are compared with)")
     ap.add_argument("--workers", type=int, default=2, help="own server: worker processes")
     ap.add_argument("--threads", type=int, default=16, help="own server: request threads per worker")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON at the end")
@@ -619,7 +620,7 @@ def main() -> int:
             figures["proofs"] = [r]
             print(f"proofs at {size:,}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items() if k != "size"))
         else:
-            plan = [(f"baseline {args.baseline_src}", "gunicorn", args.baseline_src)] if args.baseline_src else []
+            plan = [(f"baseline {src}", "gunicorn", src) for src in args.baseline_src]
             plan += [(f"{s} (this tree)", s, None) for s in servers]
             for n, (label, kind, src) in enumerate(plan):
                 server = OwnServer(workdir / f"run{n}", args.workers, args.threads, kind, src)
