@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,10 @@ import pytest
 import torch
 
 from emshield.core import LoraFactors
+from emshield.marking import policy
+from emshield.marking.params import payload_for_device
 from emshield.model.adapter import save_core, write_peft_adapter
-from emshield.model.io import open_tensors, save_tensors
+from emshield.model.io import open_tensors, save_sharded, save_tensors
 from emshield.model.merge import write_merged
 
 BIN = Path(sys.executable).parent
@@ -69,10 +72,16 @@ def test_merged_safetensors_folder_and_pt(world, tmp_path: Path) -> None:
     code, out = run_verify(world, folder)
     assert code == 0
     assert_names(out, target, "watermark")
-    pt = tmp_path / "merged.pt"
+    pt = tmp_path / "merged.pt"  # a plain fp16 state dict, as the demo leaks it
     with open_tensors(folder) as src:
-        torch.save(dict(src.items()), pt)
+        torch.save({k: v.to(torch.float16) for k, v in src.items()}, pt)
     code, out = run_verify(world, pt)
+    assert code == 0
+    assert_names(out, target, "watermark")
+    with open_tensors(folder) as src:
+        sharded = save_sharded(dict(src.items()), tmp_path / "sharded", max_shard_bytes=1 << 20)
+    assert len(list(sharded.glob("*.safetensors"))) > 1
+    code, out = run_verify(world, sharded)
     assert code == 0
     assert_names(out, target, "watermark")
 
@@ -181,3 +190,18 @@ def test_sibling_devices_are_told_apart(world, tmp_path: Path) -> None:
         code, out = run_verify(world, suspect)
         assert code == 0
         assert_names(out, target, "watermark")
+
+
+def test_marked_but_never_logged_names_nobody(world, tmp_path: Path) -> None:
+    """A core marked with the issuer's secret for a device the log has no issuance for (e.g. the
+    entry was never appended): the mark decodes, but nobody is named."""
+    ghost = uuid.UUID(int=0xDEAD)
+    payload = payload_for_device(world.issuer_keys.marking_secret, ghost.bytes)
+    marked = policy.mark(world.issued[0].core, payload, world.params, policy.Tolerance(max_perturbation=1.0))
+    assert marked.record.mode == policy.MODE_BOTH
+    code, out = run_verify(world, write_peft_adapter(marked.core, tmp_path / "adapter"), backbone=False)
+    assert code == 1 and out["match"] is None
+    assert out["watermark_readings"][0]["accepted"]
+    assert "no proved issuance carries its commitment" in out["reason"]
+    assert any("replayed all" in n for n in out["notes"])  # the replay confirms the log holds no such entry
+    assert str(ghost) not in json.dumps(out)
