@@ -509,8 +509,11 @@ def _cpu_used(server: OwnServer | None, start: tuple[float, float, int], n: int)
 def _cpu_text(r: dict) -> str:
     if "server_cpu_us_per_entry" not in r:
         return f"; client CPU per entry {r['client_cpu_us_per_entry']:.0f} us"
+    # cores kept busy by server + clients: close to the core count means the rate is CPU-bound
+    busy = r["per_s"] * (r["server_cpu_us_per_entry"] + r["client_cpu_us_per_entry"]) / 1e6
     return (f"; CPU per entry: server {r['server_cpu_us_per_entry']:.0f} us, client "
-            f"{r['client_cpu_us_per_entry']:.0f} us; {r['entries_per_commit']:.1f} entries per commit")
+            f"{r['client_cpu_us_per_entry']:.0f} us ({busy:.2f} cores busy); {r['entries_per_commit']:.1f} entries"
+            " per commit")
 
 
 # -- main --------------------------------------------------------------------------------------------
