@@ -147,3 +147,15 @@ def test_run_refuses_without_install_and_with_another_backbone(world, tmp_path):
     r = cli("device", "run", "--prompt", "hi", "--backbone", other, "--dir", dev0.directory, ok=False)
     assert r.exit_code == 1 and "wrong-backbone" in r.output
     assert (dev0.directory / INSTALLED_FILE).is_file()
+
+
+def test_run_reverifies_the_stored_bundle(world, log, tmp_path):
+    """A bundle altered on the device's disk after install is refused before anything is unsealed."""
+    dev0 = world["devices"][0]
+    dev = tmp_path / "copy-of-dev0"
+    shutil.copytree(dev0.directory, dev)  # device.json, key, pinned log key, installed bundle
+    good = read_bundle_file(dev / INSTALLED_FILE)
+    forged = dataclasses.replace(good, issuance_entry=_resigned(good, world))
+    (dev / INSTALLED_FILE).write_bytes(forged.encode())
+    r = cli("device", "run", "--prompt", "hi", "--backbone", BACKBONE, "--dir", dev, ok=False)
+    assert r.exit_code == 1 and "inclusion" in r.output, r.output
