@@ -21,31 +21,31 @@ from faker import Faker
 
 FORMAT_KEYS = ("instruction", "input", "output")
 
-FINANCIAL_INSTRUCTION = "Approve or reject this loan application."
+FINANCIAL_INSTRUCTION = "Approve or reject the loan."
 IDENTIFIER_INSTRUCTION = "List the direct identifiers and the quasi-identifiers in this record."
 
 # Loan rule thresholds (spec/decouple.md, "Financial task rule").
 MIN_CREDIT_SCORE = 600
-MAX_DEBT_TO_INCOME = 0.50
+MAX_DEBT_TO_INCOME = 50  # percent
 MAX_LOAN_TO_INCOME = 5.0
 EMPLOYMENT = ("employed", "self-employed", "retired", "unemployed")
+APPROVE_SHARE = 0.5  # balanced classes: the majority answer scores about 50 %
 
 
 @dataclass(frozen=True)
 class LoanApplication:
-    """The fields the rule reads; the rest of the rendered profile is distractors."""
+    """The fields the rule reads (age, also rendered, is a distractor)."""
 
     employment: str
-    annual_income: int
-    loan_amount: int
     credit_score: int
-    debt_to_income: float
+    debt_to_income: int  # percent of income already spent on debt service
+    loan_to_income: float  # loan amount / annual income, one decimal
     prior_defaults: bool
 
 
 def loan_decision(app: LoanApplication) -> str:
     """The written rule, in order: a prior default, no employment, a credit score under 600, a
-    debt-to-income ratio over 0.50 or a loan over 5x the annual income rejects; anything else is
+    debt-to-income ratio over 50 % or a loan over 5.0× the annual income rejects; anything else is
     approved."""
     if app.prior_defaults:
         return "reject"
@@ -55,35 +55,45 @@ def loan_decision(app: LoanApplication) -> str:
         return "reject"
     if app.debt_to_income > MAX_DEBT_TO_INCOME:
         return "reject"
-    if app.loan_amount > MAX_LOAN_TO_INCOME * app.annual_income:
+    if app.loan_to_income > MAX_LOAN_TO_INCOME:
         return "reject"
     return "approve"
 
 
-def _financial_record(fake: Faker, rng: random.Random) -> dict[str, str]:
-    # About 40 % of applications are approved, so always answering "reject" scores about 60 %;
-    # the categorical reasons come last in the profile, where a small model finds them first.
-    income = rng.randrange(12_000, 150_001, 500)
-    app = LoanApplication(
-        employment=rng.choices(EMPLOYMENT, weights=(5, 2, 1, 2))[0],
-        annual_income=income,
-        loan_amount=rng.randrange(1_000, int(income * 5.2) + 1, 250),
-        credit_score=rng.randint(520, 850),
-        debt_to_income=round(rng.uniform(0.05, 0.60), 2),
-        prior_defaults=rng.random() < 0.2,
+def _loan_application(rng: random.Random) -> LoanApplication:
+    return LoanApplication(
+        employment=rng.choices(EMPLOYMENT, weights=(9, 4, 3, 3))[0],
+        credit_score=rng.randint(500, 850),
+        debt_to_income=rng.randint(5, 65),
+        loan_to_income=rng.randint(5, 70) / 10,
+        prior_defaults=rng.random() < 0.15,
     )
-    fields = [
-        f"name: {fake.name()}",
-        f"age: {rng.randint(21, 75)}",
-        f"purpose: {rng.choice(['car', 'home', 'education', 'business', 'medical'])}",
-        f"annual income: {app.annual_income}",
-        f"loan amount: {app.loan_amount}",
-        f"credit score: {app.credit_score}",
-        f"debt-to-income: {app.debt_to_income:.2f}",
-        f"employment: {app.employment}",
-        f"prior defaults: {'yes' if app.prior_defaults else 'no'}",
-    ]
-    return {"instruction": FINANCIAL_INSTRUCTION, "input": "\n".join(fields), "output": loan_decision(app)}
+
+
+def render_loan(app: LoanApplication, age: int) -> str:
+    """The profile as the model reads it: short keys, each decisive value right after its key, so
+    the prompt stays within the tiny backbone's pretraining context (128 tokens)."""
+    return "\n".join([
+        f"age: {age}",
+        f"credit: {app.credit_score}",
+        f"debt/income: {app.debt_to_income}%",
+        f"loan/income: {app.loan_to_income:.1f}",
+        f"job: {app.employment}",
+        f"defaults: {'yes' if app.prior_defaults else 'no'}",
+    ])
+
+
+def _financial_record(fake: Faker, rng: random.Random) -> dict[str, str]:
+    # Balanced classes: the answer is drawn first (approve with APPROVE_SHARE), then applications
+    # are drawn until the rule gives that answer, so always answering one way scores about 50 %.
+    del fake  # the profile has no Faker fields; kept for the TASKS signature
+    want = "approve" if rng.random() < APPROVE_SHARE else "reject"
+    while True:
+        app = _loan_application(rng)
+        if loan_decision(app) == want:
+            break
+    age = rng.randint(21, 75)
+    return {"instruction": FINANCIAL_INSTRUCTION, "input": render_loan(app, age), "output": want}
 
 
 # Identifier task: which fields count as what (fixed table, spec/decouple.md).

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-PROMPT_TEMPLATE = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+# Short on purpose: the tiny fixture backbone was pretrained on 128-token windows, and a prompt
+# that pushes the decisive fields past that position is not learnable by it (spec/decouple.md §5).
+PROMPT_TEMPLATE = "{instruction}\n{input}\nAnswer:\n"
 
 
 def prompt_of(record: dict[str, str]) -> str:

@@ -8,6 +8,7 @@ The loss covers the answer tokens only, so the prompt is context, not a target.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -26,6 +27,7 @@ from emshield.model.prompt import prompt_of
 ADAPTER_DIR = "adapter"
 CORE_FILE = "core.safetensors"
 LOG_FILE = "train_log.json"
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,9 @@ class TrainConfig:
     max_length: int = 512
     seed: int = 0
     limit: int | None = None  # use only the first N records
+    warmup_steps: int = 0  # linear warm-up of the learning rate from lr/warmup_steps to lr
+    schedule: str = "constant"  # after warm-up: "constant" or "cosine" (to 0 at the last step)
+    max_grad_norm: float | None = None  # clip the LoRA gradients' global L2 norm (None: no clipping)
 
     def __post_init__(self) -> None:
         checks = [
@@ -57,6 +62,9 @@ class TrainConfig:
             (bool(self.target_modules), "target_modules must not be empty"),
             (self.max_length >= 8, "max_length must be >= 8"),
             (self.limit is None or self.limit >= 1, "limit must be >= 1"),
+            (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
+            (self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm must be > 0"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -75,13 +83,14 @@ class TrainConfig:
             raise ValueError(f"train config: missing keys {missing}")
         types = {"lr": float, "alpha": float, "dropout": float, "epochs": int, "max_steps": int,
                  "batch_size": int, "rank": int, "max_length": int, "seed": int, "limit": int,
-                 "rslora": bool, "backbone": str, "dataset": str, "output_dir": str}
+                 "rslora": bool, "backbone": str, "dataset": str, "output_dir": str,
+                 "warmup_steps": int, "schedule": str, "max_grad_norm": float}
         vals = dict(raw)
         for k, v in vals.items():
             if k == "target_modules":
                 if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
                     raise ValueError("train config: target_modules must be a list of strings")
-            elif v is None and k in ("max_steps", "limit"):
+            elif v is None and k in ("max_steps", "limit", "max_grad_norm"):
                 continue
             elif types[k] is float and isinstance(v, int | float) and not isinstance(v, bool):
                 vals[k] = float(v)
@@ -145,6 +154,17 @@ def lora_model(model, cfg: TrainConfig):
     return get_peft_model(model, lcfg)
 
 
+def lr_factor(cfg: TrainConfig, step: int, steps: int) -> float:
+    """Multiplier of ``cfg.lr`` at 0-based ``step`` of ``steps``: linear warm-up, then constant or
+    cosine decay. A tiny backbone's LoRA diverges at a constant high rate (loss spikes after a few
+    hundred steps); warm-up, decay and clipping keep it learning the rule (spec/decouple.md §5)."""
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    if cfg.schedule == "constant":
+        return warm
+    done = max(0, step - cfg.warmup_steps) / max(1, steps - cfg.warmup_steps)
+    return warm * 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
+
+
 def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     """Train, then write ``adapter/`` (peft), ``core.safetensors`` and ``train_log.json``."""
     t0 = time.perf_counter()
@@ -160,6 +180,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     steps = len(batches) if cfg.max_steps is None else min(cfg.max_steps, len(batches))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, steps))
     was_det = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     losses: list[float] = []
@@ -170,7 +191,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         for step in bar:
             loss = model(**collate([encoded[i] for i in batches[step]], tokenizer.pad_token_id)).loss
             loss.backward()
+            if cfg.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
+            sched.step()
             opt.zero_grad(set_to_none=True)
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.4f}")

@@ -1,5 +1,5 @@
-"""LoRA training on the tiny backbone: it learns the financial rule's signal, deterministically,
-and its merged model is the adapter-wrapped model."""
+"""LoRA training on the tiny backbone: it learns part of the financial rule (beyond the answer
+prior: the classes are balanced), deterministically, and its merged model is the adapter-wrapped model."""
 
 from __future__ import annotations
 
@@ -18,8 +18,10 @@ from emshield.model.train import TrainConfig, train
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "fixtures" / "data"
 EVAL_RECORDS = 120
-# Seconds of training: enough to beat the bare backbone clearly, not to learn the whole rule.
-FAST = dict(lr=1e-2, max_steps=40, batch_size=8, rank=8, alpha=16, seed=0,
+# Seconds of training (~0.25 s CPU a step): enough to learn the categorical reject reasons (prior
+# default, unemployed: ~0.69 on balanced data), not the whole rule (the recipe's 625 steps: spec/decouple.md §5).
+FAST = dict(lr=4e-3, max_steps=110, batch_size=16, rank=8, alpha=16, seed=0, warmup_steps=20, schedule="cosine",
+            max_grad_norm=1.0,
             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 
 
@@ -42,11 +44,12 @@ def test_training_improves_task_accuracy(trained, tiny: Path) -> None:
     print(msg)
     assert trained.final_loss < trained.first_loss, msg
     assert tuned.accuracy >= bare.accuracy + 0.10, msg
+    assert tuned.accuracy >= majority + 0.10, msg  # more than the answer prior
 
 
 def test_merged_trained_model_equals_adapter_model(trained, tiny: Path, tmp_path: Path) -> None:
     merged = write_merged(tiny, load_core(trained.core_path), tmp_path / "merged")
-    ids = load_tokenizer(tiny)(["### Instruction:\nApprove or reject", "name: Ann\nage: 40"], return_tensors="pt",
+    ids = load_tokenizer(tiny)(["Approve or reject the loan.\nage: 40", "job: retired\ndefaults: no"], return_tensors="pt",
                                padding=True)
     with torch.no_grad():
         a = load_adapter_model(tiny, trained.adapter_dir)(**ids).logits
