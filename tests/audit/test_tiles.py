@@ -128,7 +128,11 @@ def test_tile_api_of_a_real_server(log_files, server_factory, issuer_key, kit) -
         assert tile_hashes(r.content, t) == hashes[t.index * 256:t.index * 256 + t.width]
         assert ("immutable" in r.headers["Cache-Control"]) == t.full
         b = Tile(None, t.index, t.width)
-        assert decode_entry_bundle(get(b.path()).content, b) == leaves[t.index * 256:t.index * 256 + t.width]
+        r = get(b.path())  # requests asks for gzip and decodes it
+        assert r.headers["Content-Encoding"] == "gzip" and r.headers["Vary"] == "Accept-Encoding"
+        assert decode_entry_bundle(r.content, b) == leaves[t.index * 256:t.index * 256 + t.width]
+        plain = requests.get(f"{srv.url}/{b.path()}", headers={"Accept-Encoding": "identity"}, timeout=10)
+        assert "Content-Encoding" not in plain.headers and plain.content == r.content
     (top,) = tiles_at_level(1, cp.size)
     assert (top.width, top.full) == (2, False)
     assert tile_hashes(get(top.path()).content, top) == [tile_root(hashes[:256]), tile_root(hashes[256:512])]
