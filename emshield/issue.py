@@ -201,7 +201,7 @@ def fetch_registration(client: LogClient, key_id: bytes) -> LoggedRegistration |
         return None
     if info.revoked:
         raise IssueError("revoked", f"issuer {key_id.hex()} was revoked by the log operator: {info.revocation_reason}")
-    (leaf,) = client.entries(info.index, info.index + 1)
+    leaf = client.entries(info.index, info.index + 1)[0]
     try:
         signed = decode_entry(leaf.data)
         reg = signed.entry
@@ -376,13 +376,21 @@ def _check_no_collision(issuer: Issuer, device: uuid.UUID) -> None:
 
 
 def _earlier_issuance(issuer: Issuer, device: uuid.UUID) -> tuple[int, bytes, Issuance] | None:
-    """This issuer's logged issuance to ``device`` for this backbone, if any (the first one)."""
+    """This issuer's logged issuance to ``device`` for this backbone, if any (the first one).
+
+    The log's index is not trusted: an entry naming our key must carry our signature (its
+    inclusion is proved later, before any bundle is written)."""
+    public = issuer.keys.signing_key.public_key()
     for hit in issuer.client.issuances(device_uuid=str(device)):
         if hit.issuer_key_id != issuer.keys.key_id:
             continue
-        signed = decode_entry(hit.leaf)
+        try:
+            signed = decode_entry(hit.leaf)
+            verify_entry_signature(signed, public)
+        except EntryError as exc:
+            raise LogMisbehavingError(f"the device index returned entry {hit.index} under our key id: {exc}") from exc
         entry = signed.entry
-        if isinstance(entry, Issuance) and entry.backbone_id == issuer.backbone_id:
+        if isinstance(entry, Issuance) and entry.device_uuid == device.bytes and entry.backbone_id == issuer.backbone_id:
             return hit.index, hit.leaf, entry
     return None
 
