@@ -22,7 +22,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,7 +64,8 @@ def witness_key_string(name: str, private_key: Ed25519PrivateKey) -> str:
     return f"{_KEY_PREFIX}{name}+{signer.key_id.hex()}+{raw}"
 
 
-def parse_witness_key(text: str) -> CosignatureSigner:
+def parse_witness_key(text: str, clock: Callable[[], float] = time.time) -> CosignatureSigner:
+    """The signer of a key file line; ``clock`` gives the time put in its cosignatures."""
     if not text.startswith(_KEY_PREFIX):
         raise WitnessKeyError("a witness key starts with PRIVATE+KEY+")
     name, _, rest = text[len(_KEY_PREFIX):].partition("+")
@@ -77,7 +78,7 @@ def parse_witness_key(text: str) -> CosignatureSigner:
             or base64.b64encode(raw).decode() != b64:
         raise WitnessKeyError("witness key: want PRIVATE+KEY+NAME+KEYID+base64(0x04||seed)")
     try:
-        signer = CosignatureSigner(name, Ed25519PrivateKey.from_private_bytes(raw[1:]))
+        signer = CosignatureSigner(name, Ed25519PrivateKey.from_private_bytes(raw[1:]), clock)
     except NoteError as exc:
         raise WitnessKeyError(f"witness key: {exc}") from exc
     if signer.key_id.hex() != kid:
