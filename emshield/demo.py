@@ -32,9 +32,7 @@ DATASET = REPO / "fixtures" / "data" / "financial-train.json"
 TINY_BACKBONE = REPO / "fixtures" / "tiny-llama"
 N_DEVICES = 3
 LEAKER = 1  # index of the device whose merged model leaks
-PROMPT = {"instruction": "Decide the loan application: answer approve or reject.",
-          "input": "Applicant: age 41, annual income 86000, credit score 742, loan amount 12000, "
-                   "employment 9 years, existing debt 4000."}
+TEST_SET = REPO / "fixtures" / "data" / "financial-test.json"  # the prompt comes from the held-out split
 
 # The demo's LoRA recipe: small enough to train on 2 CPU cores in about a minute.
 DEMO_RECIPE = {"seed": 0, "lr": 2.0e-3, "epochs": 1, "max_steps": 16, "batch_size": 4, "rank": 8, "alpha": 16.0,
@@ -205,10 +203,13 @@ class Demo:
 
     def install_and_run(self) -> str:
         dev = self.devices[0]
+        record = json.loads(TEST_SET.read_text())[0]
         _cli("emshield", "device", "install", str(dev["bundle"]), "--dir", str(dev["dir"]), "--log-key", self.vkey)
         ans = _json(_cli("emshield", "device", "run", "--dir", str(dev["dir"]), "--backbone", str(self.backbone),
-                         "--prompt", PROMPT["instruction"], "--input", PROMPT["input"], "--json"))
-        return f"device {dev['uuid']} answered {ans['answer'].strip()!r} (issuance {ans['issuance_index']}, core in {ans['memory']} memory)"
+                         "--prompt", record["instruction"], "--input", record["input"], "--json"))
+        shown = record["input"].replace("\n", ", ")
+        return (f"{record['instruction']} [{shown}] → expected {record['output']!r}; device {dev['uuid']} answered "
+                f"{ans['answer'].strip()!r} (issuance {ans['issuance_index']}, core in {ans['memory']} memory)")
 
     def leak(self) -> str:
         """Device LEAKER's owner dumps its merged model: fp16 state dict in a .pt file."""

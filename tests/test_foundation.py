@@ -80,16 +80,6 @@ def test_every_sub_command_answers_help(group: str) -> None:
         assert "Usage:" in out.stdout
 
 
-def test_unbuilt_stage_says_so_and_fails() -> None:
-    from click.testing import CliRunner
-
-    from emshield.notbuilt import NOT_BUILT_EXIT, not_built_command
-
-    result = CliRunner().invoke(not_built_command("thing", 99, "A thing."), [])
-    assert result.exit_code == NOT_BUILT_EXIT
-    assert "not built yet (issue #99)" in result.output
-
-
 def _run_test_in(tmp_path: Path, files: dict[str, str]) -> subprocess.CompletedProcess[str]:
     for name, text in files.items():
         (tmp_path / name).write_text(text)
