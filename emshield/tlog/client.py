@@ -22,6 +22,9 @@ from .checkpoint import Checkpoint, NoteVerifier, verify_checkpoint
 
 CBOR = "application/cbor"
 DEFAULT_TIMEOUT_S = 30.0
+# Largest answer read: a page of 1,000 leaves of up to 64 KiB each is ~88 MB of JSON (base64).
+# Anything larger is refused while reading, so a hostile log cannot exhaust the client's memory.
+MAX_RESPONSE_BYTES = 128 << 20
 
 
 class LogClientError(RuntimeError):
@@ -147,11 +150,12 @@ class LogClient:
     """One log at ``url`` (e.g. ``http://127.0.0.1:8080``); thread safe if ``session`` is not shared."""
 
     def __init__(self, url: str, *, operator_token: str | None = None, timeout: float = DEFAULT_TIMEOUT_S,
-                 session: requests.Session | None = None) -> None:
+                 session: requests.Session | None = None, max_response_bytes: int = MAX_RESPONSE_BYTES) -> None:
         self.url = url.rstrip("/")
         self.operator_token = operator_token
         self.timeout = timeout
         self.session = session or requests.Session()
+        self.max_response_bytes = max_response_bytes
 
     # -- transport ------------------------------------------------------------------------------
 
@@ -166,7 +170,9 @@ class LogClient:
             headers["Authorization"] = f"Bearer {self.operator_token}"
         try:
             resp = self.session.request(method, self.url + path, params=params, data=data, json=json_body,
-                                        headers=headers, timeout=self.timeout)
+                                        headers=headers, timeout=self.timeout, stream=True)
+            with resp:
+                resp._content = self._bounded_body(resp, f"{method} {path}")  # what .content/.json() read
         except requests.RequestException as exc:
             raise LogClientError(0, "unreachable", f"{method} {self.url}{path}: {exc}") from exc
         if resp.status_code >= 400:
@@ -177,6 +183,18 @@ class LogClient:
                 code, detail = "http_error", resp.text[:300]
             raise LogClientError(resp.status_code, code, detail)
         return resp
+
+    def _bounded_body(self, resp: requests.Response, what: str) -> bytes:
+        """The whole answer body, refused as soon as it passes ``max_response_bytes``."""
+        declared = resp.headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_response_bytes:
+            raise _bad(f"{what}: answer of {declared} bytes is over the {self.max_response_bytes}-byte limit")
+        body = bytearray()
+        for chunk in resp.iter_content(chunk_size=1 << 16):
+            body += chunk
+            if len(body) > self.max_response_bytes:
+                raise _bad(f"{what}: answer is over the {self.max_response_bytes}-byte limit")
+        return bytes(body)
 
     def _json(self, method: str, path: str, **kw: Any) -> Any:
         resp = self._request(method, path, **kw)

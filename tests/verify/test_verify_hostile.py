@@ -31,6 +31,7 @@ from emshield.tlog.checkpoint import (
     cosign_checkpoint,
     sign_checkpoint,
 )
+from emshield.tlog.client import LogClient, LogClientError
 from emshield.tlog.merkle import leaf_hash
 from verifier.verify_cli import main as verify_main
 
@@ -39,8 +40,9 @@ Corrupt = Callable[[str, dict, bytes], bytes]
 
 
 @contextmanager
-def hostile_log(upstream: str, corrupt: Corrupt) -> Iterator[str]:
-    """Forward GETs to the real log; hand each answer through ``corrupt`` first."""
+def hostile_log(upstream: str, corrupt: Corrupt, *, declare_length: bool = True) -> Iterator[str]:
+    """Forward GETs to the real log; hand each answer through ``corrupt`` first. Without
+    ``declare_length`` the answer has no Content-Length (HTTP/1.0: it ends when the connection closes)."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
@@ -49,7 +51,8 @@ def hostile_log(upstream: str, corrupt: Corrupt) -> Iterator[str]:
             body = corrupt(parts.path, parse_qs(parts.query), resp.content)
             self.send_response(resp.status_code)
             self.send_header("Content-Type", resp.headers.get("Content-Type", "application/octet-stream"))
-            self.send_header("Content-Length", str(len(body)))
+            if declare_length:
+                self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
 
@@ -238,6 +241,20 @@ def test_altered_replay_is_exit_3(world, tmp_path: Path) -> None:
     with hostile_log(world.url, _replay_altered) as url:
         code, out = verify(world, url, suspect)
     assert code == 3 and "checkpoint's root" in out["detail"]
+
+
+def _padded(path: str, query: dict, body: bytes) -> bytes:
+    """Valid JSON made 2 MiB long with whitespace."""
+    return body + b" " * (2 << 20) if path == "/v1/issuers" else body
+
+
+@pytest.mark.parametrize("declare_length", [True, False])
+def test_oversized_answers_are_refused_while_reading(world, adapter: Path, declare_length: bool) -> None:
+    with hostile_log(world.url, _padded, declare_length=declare_length) as url:
+        assert len(LogClient(url).issuers()) == 1  # within the default limit it is just JSON
+        with pytest.raises(LogClientError, match="over the 1048576-byte limit") as exc:
+            LogClient(url, max_response_bytes=1 << 20).issuers()
+        assert exc.value.code == "bad_response"
 
 
 def test_unreachable_log_is_exit_4(world, adapter: Path) -> None:
