@@ -329,6 +329,8 @@ def prepare_issuer(client: LogClient, log_verifier: NoteVerifier, keys: IssuerKe
     if logged is None:
         raise IssueError("not-registered", f"issuer {keys.key_id.hex()} is not registered in the log "
                          "(run `emshield issuer register`)")
+    if verification_key(keys.marking_secret, logged.params.backbone_id) != logged.params.verification_key:
+        raise IssueError("issuer-keys", "the marking secret does not belong to the registered marking parameters")
     bid = backbone_id_of_path(backbone)
     if logged.params.backbone_id != bid:
         raise IssueError("wrong-backbone", f"{backbone} has backbone id {bid}; the issuer registered "

@@ -213,8 +213,14 @@ def test_issuer_keys_and_registration_rules(tmp_path, log, core):
     small.write_bytes(core_to_bytes(dict(list(core.items())[:2])))
     other = cli(*base[:5], small, *base[6:], env={TOKEN_ENV: log.token}, ok=False)
     assert other.exit_code == 1 and "registered-otherwise" in other.output
-    os.chmod(issuer_dir / "issuer.key", 0o644)
     dev = init_device(tmp_path / "d")
+    secret = issuer_dir / "marking.secret"
+    original = secret.read_bytes()
+    secret.write_bytes(bytes(32))  # another marking secret than the one the registration was made from
+    swapped = cli(*issue_args(log, issuer_dir, core_file, tmp_path / "o", "--device", dev.directory), ok=False)
+    assert swapped.exit_code == 1 and "does not belong to the registered marking parameters" in swapped.output
+    secret.write_bytes(original)
+    os.chmod(issuer_dir / "issuer.key", 0o644)
     loose = cli(*issue_args(log, issuer_dir, core_file, tmp_path / "o", "--device", dev.directory), ok=False)
     assert loose.exit_code == 1 and "mode 0600" in loose.output
 
@@ -236,7 +242,6 @@ def test_issue_refuses_bad_inputs_clearly(tmp_path, log, core):
     assert r.exit_code == 1 and "neither a verifier key nor a readable file" in r.output
     unregistered = tmp_path / "unregistered"
     cli("issuer", "init", "--dir", unregistered)
-    bad_csv.write_text("device_uuid,x25519_public,xwing_public\n")
     dev = init_device(tmp_path / "d")
     args = issue_args(log, unregistered, core_file, tmp_path / "o", "--device", dev.directory)
     r = cli(*args, ok=False)
