@@ -68,6 +68,7 @@ class Suspect:
 
         Parameters apply when their backbone is the given backbone (if one was given; a merged
         model always has one) and every marked layer is present with the parameters' ΔW shape.
+        Raises BadSuspect for a merged model that lacks a marked tensor the backbone has.
         """
         if self.backbone_id is not None and params.backbone_id != self.backbone_id:
             return f"parameters are for backbone {params.backbone_id[:16]}…, not {self.backbone_id[:16]}…"
@@ -81,12 +82,12 @@ class Suspect:
                     return f"layer {layer.name}: adapter ΔW shape {f.shape}, parameters say {want}"
                 continue
             assert self._weights is not None and self._backbone is not None
-            if layer.name not in self._weights or layer.name not in self._backbone:
-                return f"suspect or backbone has no tensor {layer.name}"
-            for src in (self._weights, self._backbone):
-                shape = tuple(src.get(layer.name).shape)
-                if shape != want:
-                    return f"tensor {layer.name} has shape {shape}, parameters say {want}"
+            if layer.name not in self._backbone or tuple(self._backbone.get(layer.name).shape) != want:
+                return f"the backbone has no tensor {layer.name} of shape {want}"
+            # The parameters fit the backbone: a suspect that differs in layout is not a merge of it.
+            if layer.name not in self._weights or tuple(self._weights.get(layer.name).shape) != want:
+                raise BadSuspect(f"{self.path} is not a merge of the given backbone: its tensor {layer.name} "
+                                 f"is missing or not of the backbone's shape {want}")
         return None
 
     def delta(self, name: str) -> np.ndarray:

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from emshield.model.adapter import write_peft_adapter
-from emshield.model.io import save_tensors
+from emshield.model.io import open_tensors, save_tensors
 from emshield.model.merge import write_merged
 from emshield.tlog.checkpoint import (
     Checkpoint,
@@ -291,6 +291,11 @@ def _bad_inputs(world, tmp: Path) -> dict[str, tuple[list[str], str]]:
     full = save_tensors({"w": torch.zeros(4, 4)}, tmp / "full.safetensors").read_bytes()
     truncated.write_bytes(full[: len(full) - 7])
     merged = write_merged(world.backbone, world.issued[0].core, tmp / "merged")
+    with open_tensors(merged) as src:
+        tensors = dict(src.items())
+    name = next(iter(world.issued[0].core))
+    tensors[name] = tensors[name][:-1]  # one marked layer cut short: not a merge of this backbone
+    reshaped = save_tensors(tensors, tmp / "reshaped.safetensors")
     key, url = ["--log-key", world.log_key], ["--log", world.url]
     return {
         "missing file": ([str(tmp / "nope.safetensors"), *url, *key], "no such file"),
@@ -301,6 +306,8 @@ def _bad_inputs(world, tmp: Path) -> dict[str, tuple[list[str], str]]:
         "truncated safetensors": ([str(truncated), *url, *key, "--backbone", str(world.backbone)], "safetensors"),
         "merged model without backbone": ([str(merged), *url, *key], "--backbone"),
         "missing backbone": ([str(merged), *url, *key, "--backbone", str(tmp / "none")], "no such file"),
+        "not a merge of the backbone": ([str(reshaped), *url, *key, "--backbone", str(world.backbone)],
+                                        "not a merge of the given backbone"),
         "no log key": ([str(good), *url], "--log-key"),
         "malformed log key": ([str(good), *url, "--log-key", "not+a+key"], "verifier key"),
         "no log": ([str(good), *key], "--log"),
