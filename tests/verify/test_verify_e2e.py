@@ -205,3 +205,23 @@ def test_marked_but_never_logged_names_nobody(world, tmp_path: Path) -> None:
     assert "no proved issuance carries its commitment" in out["reason"]
     assert any("replayed all" in n for n in out["notes"])  # the replay confirms the log holds no such entry
     assert str(ghost) not in json.dumps(out)
+
+
+def test_a_verification_loads_no_server_tee_or_peft_code(world, tmp_path: Path) -> None:
+    """Beyond the import-linter contract (static imports): a whole run, in a fresh interpreter,
+    leaves no forbidden module loaded."""
+    suspect = write_merged(world.backbone, world.issued[1].core, tmp_path / "merged")
+    script = (
+        "import sys\n"
+        "from verifier.verify_cli import main\n"
+        "try:\n"
+        f"    main({[str(suspect), '--log', world.url, '--log-key', world.log_key, '--backbone', str(world.backbone), '--json']!r})\n"
+        "except SystemExit as e:\n"
+        "    code = e.code\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('peft', 'flask', 'log_server', 'transformers')\n"
+        "             or m.startswith('emshield.tee'))\n"
+        "print('EXIT', code, 'FORBIDDEN', bad, file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert "EXIT 0 FORBIDDEN []" in proc.stderr, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["match"]["device_uuid"] == str(world.issued[1].device)
