@@ -7,15 +7,9 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -36,76 +30,6 @@ from emshield.tlog.checkpoint import (
 from emshield.tlog.client import LogClient
 from verifier.audit_cli import main as audit_cli
 from verifier.witness_policy import WitnessPolicyError, parse_witness_keys, verify_witnessed
-
-BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class WitnessProcess:
-    key_file: Path
-    state: Path
-    log_keys: list[str]
-    port: int = field(default_factory=_free_port)
-    proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> "WitnessProcess":
-        cmd = [str(BIN / "emshield-audit"), "witness", "serve", "--key-file", str(self.key_file), "--state",
-               str(self.state), "--port", str(self.port), "--log-level", "warning"]
-        for k in self.log_keys:
-            cmd += ["--log-key", k]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(self.proc.stdout.read().decode(errors="replace"))
-            try:
-                requests.get(self.url + "/add-checkpoint", timeout=1)
-                return self
-            except requests.RequestException:
-                time.sleep(0.1)
-        raise RuntimeError("witness did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=30)
-            self.proc.stdout.close()
-
-    def post(self, body: bytes) -> requests.Response:
-        return requests.post(self.url + "/add-checkpoint", data=body, timeout=10)
-
-
-def witness_key(tmp_path: Path, name: str) -> tuple[Path, CosignatureVerifier]:
-    path = tmp_path / f"{name.replace('/', '_')}.key"
-    result = CliRunner().invoke(audit_cli, ["witness", "init", "--key-file", str(path), "--name", name, "--json"])
-    assert result.exit_code == 0, result.output
-    assert path.stat().st_mode & 0o777 == 0o600
-    return path, CosignatureVerifier.from_verifier_key(json.loads(result.output)["verifier_key"])
-
-
-@pytest.fixture
-def witness_factory(tmp_path):
-    started: list[WitnessProcess] = []
-
-    def start(name: str, log_keys: list[str]) -> tuple[WitnessProcess, CosignatureVerifier]:
-        key_file, verifier = witness_key(tmp_path, name)
-        w = WitnessProcess(key_file, tmp_path / f"{key_file.stem}.db", log_keys).start()
-        started.append(w)
-        return w, verifier
-
-    yield start
-    for w in started:
-        w.stop()
 
 
 def _body(old: int, proof: list[bytes], note: bytes) -> bytes:
@@ -191,11 +115,11 @@ def _wait_cosigned(url: str, log_verifier, witnesses, quorum: int, size: int, ti
 
 
 def test_log_attaches_witness_cosignatures_and_verifiers_require_k_of_n(
-        log_files, server_factory, issuer_key, kit, witness_factory) -> None:
+        log_files, server_factory, issuer_key, kit, witness_factory, witness_key) -> None:
     vkey = log_files.verifier.verifier_key()
     w1, k1 = witness_factory("witness.test/w1", [vkey])
     w2, k2 = witness_factory("witness.test/w2", [vkey])
-    _, k3 = witness_key(Path(w1.state).parent, "witness.test/w3")  # configured nowhere
+    _, k3 = witness_key("witness.test/w3")  # configured nowhere
     srv = server_factory(log_files.db, witnesses=[f"{w1.url}={k1.verifier_key()}", f"{w2.url}={k2.verifier_key()}"],
                          witness_quorum=2)
     log = LogClient(srv.url, operator_token=log_files.token)
@@ -272,9 +196,10 @@ def test_witness_refuses_a_forked_history(log_files, server_factory, issuer_key,
     assert conflicts[0]["status"] == 422 and verify_checkpoint(forked_note, log_files.verifier).size == 31
 
 
-def test_an_unreachable_witness_never_blocks_the_log(log_files, server_factory, issuer_key, kit, tmp_path) -> None:
-    _, k = witness_key(tmp_path, "witness.test/down")
-    srv = server_factory(log_files.db, witnesses=[f"http://127.0.0.1:{_free_port()}={k.verifier_key()}"])
+def test_an_unreachable_witness_never_blocks_the_log(log_files, server_factory, issuer_key, kit, witness_key,
+                                                     tmp_path) -> None:
+    _, k = witness_key("witness.test/down")
+    srv = server_factory(log_files.db, witnesses=[f"http://127.0.0.1:{kit.free_port()}={k.verifier_key()}"])
     log = LogClient(srv.url, operator_token=log_files.token)
     log.register_issuer(kit.registration(issuer_key))
     for n in range(5):

@@ -82,41 +82,39 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@dataclass
-class ServerProcess:
-    """`emshield-log serve` as a real subprocess (gunicorn) on a free 127.0.0.1 port."""
+@dataclass(kw_only=True)
+class Daemon:
+    """A gunicorn-served command as a real subprocess in its own session, on a free 127.0.0.1 port.
 
-    db: Path
-    workers: int = 2
-    threads: int = 8
+    Subclasses say what to run (`command`) and which GET answer means it is up (READY_*)."""
+
+    READY_PATH = "/"
+    READY_STATUS = 200
     port: int = field(default_factory=free_port)
-    witnesses: list[str] = field(default_factory=list)  # URL=VERIFIER_KEY
-    witness_quorum: int = 0
     proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "ServerProcess":
-        cmd = [str(BIN / "emshield-log"), "serve", "--db", str(self.db), "--port", str(self.port),
-               "--workers", str(self.workers), "--threads", str(self.threads), "--log-level", "warning",
-               "--witness-quorum", str(self.witness_quorum)]
-        for w in self.witnesses:
-            cmd += ["--witness", w]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self):
+        self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stdout.read().decode(errors='replace')}")
+                raise RuntimeError(f"{self.command()[0]} exited: {self.proc.stdout.read().decode(errors='replace')}")
             try:
-                if requests.get(self.url + "/checkpoint", timeout=1).status_code == 200:
+                if requests.get(self.url + self.READY_PATH, timeout=1).status_code == self.READY_STATUS:
                     return self
             except requests.RequestException:
                 pass
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError("server did not come up within 30 s")
+        raise RuntimeError(f"{self.command()[0]} did not come up within 30 s")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -132,6 +130,26 @@ class ServerProcess:
     def kill(self) -> None:
         """A crash: SIGKILL to master and workers at once, no clean shutdown."""
         self.stop(signal.SIGKILL)
+
+
+@dataclass
+class ServerProcess(Daemon):
+    """`emshield-log serve` (gunicorn); up once it serves a checkpoint."""
+
+    READY_PATH = "/checkpoint"
+    db: Path
+    workers: int = 2
+    threads: int = 8
+    witnesses: list[str] = field(default_factory=list)  # URL=VERIFIER_KEY
+    witness_quorum: int = 0
+
+    def command(self) -> list[str]:
+        cmd = [str(BIN / "emshield-log"), "serve", "--db", str(self.db), "--port", str(self.port),
+               "--workers", str(self.workers), "--threads", str(self.threads), "--log-level", "warning",
+               "--witness-quorum", str(self.witness_quorum)]
+        for w in self.witnesses:
+            cmd += ["--witness", w]
+        return cmd
 
 
 @pytest.fixture
@@ -162,4 +180,4 @@ def server_factory():
 def kit():
     """The entry and key helpers, for test modules (they cannot import this conftest)."""
     return SimpleNamespace(ed25519_key=ed25519_key, public_bytes=public_bytes, registration=registration,
-                           issuance=issuance, init_log=init_log, ORIGIN=ORIGIN, TOKEN=TOKEN)
+                           issuance=issuance, init_log=init_log, free_port=free_port, ORIGIN=ORIGIN, TOKEN=TOKEN)
