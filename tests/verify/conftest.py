@@ -155,4 +155,4 @@ def world(tmp_path_factory: pytest.TempPathFactory):
 def helpers() -> SimpleNamespace:
     """The marking suite's attacks and this directory's core maker (tests cannot import this conftest)."""
     return SimpleNamespace(refactorise=mh.refactorise, int8_rows=mh.int8_rows, prune=mh.prune, noise=mh.noise,
-                           tiny_core=tiny_core)
+                           finetune=mh.finetune, int_rows=mh.int_rows, tiny_core=tiny_core)

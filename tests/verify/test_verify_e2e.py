@@ -119,6 +119,26 @@ def test_attacked_merged_models_still_name_their_device(world, helpers, tmp_path
     assert wm["p_value"] <= wm["p_value_threshold"]
 
 
+BREAKING = {  # past the mark's measured robustness (spec/watermark.md): the mark may not survive these
+    "noise-400%": lambda mh: (lambda d, w: mh.noise(d, 4.0, np.random.default_rng(8))),
+    "int4": lambda mh: (lambda d, w: mh.int_rows((w + d).astype(np.float32), 4) - w),
+    "prune-99%": lambda mh: (lambda d, w: mh.prune(d, 0.99)),
+}
+
+
+@pytest.mark.parametrize("attack", sorted(BREAKING))
+def test_destroyed_marks_never_name_a_wrong_device(world, helpers, tmp_path: Path, attack: str) -> None:
+    """Whatever survives, the verdict is the right device or nobody: never a sibling by guess."""
+    target = world.issued[0]
+    suspect = merged_with(world, target.core, tmp_path / "suspect.safetensors", BREAKING[attack](helpers))
+    code, out = run_verify(world, suspect)
+    assert code in (0, 1), out
+    if code == 0:
+        assert_names(out, target, out["match"]["method"])
+    for sibling in world.issued[1:]:
+        assert str(sibling.device) not in json.dumps(out)
+
+
 def test_refactorised_adapter_names_its_device(world, helpers, tmp_path: Path) -> None:
     target = world.issued[2]
     rng = np.random.default_rng(11)
@@ -127,6 +147,20 @@ def test_refactorised_adapter_names_its_device(world, helpers, tmp_path: Path) -
     assert code == 0
     assert_names(out, target, "watermark")
     assert out["match"]["fingerprint"]["match"]  # ΔW unchanged: the fingerprint agrees too
+
+
+def test_fine_tuned_adapter_names_its_device(world, helpers, tmp_path: Path) -> None:
+    """The marking suite's simulated fine-tuning (Adam, 100 steps, lr 1e-4, pulled towards the
+    unmarked core: the direction that removes the mark)."""
+    target = world.issued[1]
+    task = {k: f.delta() for k, f in helpers.tiny_core(0).items()}  # the unmarked core the three devices got
+    tuned = helpers.finetune(target.core, task, 100, 1e-4, np.random.default_rng(14), decay=0.0)
+    moved = max(np.linalg.norm(tuned[k].delta() - target.core[k].delta()) / np.linalg.norm(target.core[k].delta())
+                for k in task)
+    assert moved > 0.1  # the attack really moved the core
+    code, out = run_verify(world, write_peft_adapter(tuned, tmp_path / "adapter"), backbone=False)
+    assert code == 0, out
+    assert_names(out, target, "watermark")
 
 
 def test_fingerprint_only_issuance_found_by_replay(world, helpers, tmp_path: Path) -> None:
