@@ -264,10 +264,12 @@ class VerifiedLog:
     def scan(self, keep: Callable[[Issuance], bool]) -> ScanResult:
         """Read every leaf of the checkpoint's tree, recompute its root, and return the issuances
         ``keep`` selects, signature-checked. The root check proves every returned issuance is at
-        its index, and that the log left nothing out."""
+        its index, and that the log left nothing out; every registration in the tree must also be
+        in the issuer list (at its first registration's index), or the list hid an issuer."""
         size = self.checkpoint.size
         tree = merkle.CompactRange()
         kept: list[tuple[int, bytes, SignedEntry]] = []
+        registrations: dict[bytes, int] = {}
         with tqdm(total=size, desc="replaying log", unit="leaf", disable=not self.progress, leave=False) as bar:
             with _answers("replaying the log"):  # streamed page by page: memory stays O(log n + kept)
                 for leaf in self.client.iter_entries(0, size):
@@ -276,9 +278,16 @@ class VerifiedLog:
                     signed = self._decode(leaf.data, f"leaf {leaf.index}")
                     if isinstance(signed.entry, Issuance) and keep(signed.entry):
                         kept.append((leaf.index, lh, signed))
+                    elif isinstance(signed.entry, IssuerRegistration):
+                        registrations.setdefault(signed.entry.key_id, leaf.index)
                     bar.update(1)
         if tree.root() != self.checkpoint.root_hash:
             raise LogMisbehaving(f"the {size} leaves the log serves do not hash to its checkpoint's root")
+        listed = {key: issuer.index for key, issuer in self.issuers().items()}
+        for key, index in registrations.items():
+            if listed.get(key) != index:
+                raise LogMisbehaving(f"the issuer list omits or misplaces the registration at leaf {index} "
+                                     f"(key id {key.hex()[:16]}…), which the full replay shows")
         out = []
         for index, lh, signed in kept:
             entry, issuer = self._signed_issuance(signed, f"issuance at leaf {index}")

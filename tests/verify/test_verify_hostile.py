@@ -235,6 +235,19 @@ def test_hidden_issuance_is_caught_by_the_replay(world, adapter: Path) -> None:
         assert code == 1 and out["match"] is None
 
 
+def _issuer_hidden(path: str, query: dict, body: bytes) -> bytes:
+    return _json_edit(lambda o: o.__setitem__("issuers", []))(body) if path == "/v1/issuers" else body
+
+
+def test_hidden_issuer_is_caught_by_the_replay(world, adapter: Path) -> None:
+    """The issuer list leaves the suspect's issuer out; the replay finds its registration: exit 3."""
+    with hostile_log(world.url, _issuer_hidden) as url:
+        code, out = verify(world, url, adapter)
+        assert code == 3 and "issuer list omits" in out["detail"]
+        code, out = verify(world, url, adapter, "--no-scan")
+        assert code == 1 and "no registered issuer" in out["reason"]
+
+
 def test_altered_replay_is_exit_3(world, tmp_path: Path) -> None:
     """A fingerprint-only suspect needs the replay; a log that drops a leaf from it is caught."""
     suspect = write_peft_adapter(world.issued[3].core, tmp_path / "fp-only")
