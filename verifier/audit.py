@@ -44,7 +44,7 @@ from emshield.tlog.entry import (
 from emshield.tlog.tiles import TILE_WIDTH, Tile, bundles_for, tile_root, tiles_at_level
 
 from .audit_cache import ReplayCache, ReplayedPrefix
-from .tile_client import TileClient, TileFetchError
+from .tile_client import TileClient, TileFetchError, tile_node_reader
 from .witness_policy import WitnessPolicyError, parse_witness_keys, verify_witnessed
 
 STATE_VERSION = 1
@@ -225,10 +225,12 @@ class AuditReport:
 # --- checkpoint history --------------------------------------------------------------------------
 
 
-def check_history(prev: LogState, cp: Checkpoint, note: bytes, log: LogClient, report: AuditReport) -> None:
-    """Rollback / fork checks of a verified checkpoint against the saved one."""
+def check_history(prev: LogState, cp: Checkpoint, note: bytes, url: str, prove: Callable[[int, int], list[bytes]],
+                  report: AuditReport) -> None:
+    """Rollback / fork checks of a verified checkpoint against the saved one; ``prove(m, n)`` fetches
+    the consistency proof (from the /v1 API or computed from the tiles)."""
     both = {"saved_checkpoint": prev.checkpoint, "saved_from": prev.url,
-            "new_checkpoint": note.decode("utf-8"), "new_from": log.url}
+            "new_checkpoint": note.decode("utf-8"), "new_from": url}
     if cp.size < prev.size:
         report.add(Finding("rollback", f"the log's checkpoint has {cp.size} entries, but it signed a checkpoint"
                                        f" with {prev.size} before", both))
@@ -240,14 +242,14 @@ def check_history(prev: LogState, cp: Checkpoint, note: bytes, log: LogClient, r
     if prev.size == 0:
         return  # every tree extends the empty tree (its root was checked when it was saved)
     try:
-        proof = log.consistency_proof(prev.size, cp.size)
-    except LogClientError as exc:
+        proof = prove(prev.size, cp.size)
+    except (LogClientError, TileFetchError, merkle.MissingNodeError) as exc:
         raise AuditError(EXIT_UNREACHABLE, f"no consistency proof {prev.size} -> {cp.size}: {exc}") from exc
     try:
-        merkle.verify_consistency(prev.size, cp.size, list(proof.hashes), prev.root_hash, cp.root_hash)
+        merkle.verify_consistency(prev.size, cp.size, proof, prev.root_hash, cp.root_hash)
     except merkle.ProofError as exc:
         report.add(Finding("fork", f"no consistency between the signed checkpoints of size {prev.size} and"
-                                   f" {cp.size}: {exc}", both | {"consistency_proof": [_b64(h) for h in proof.hashes]}))
+                                   f" {cp.size}: {exc}", both | {"consistency_proof": [_b64(h) for h in proof]}))
 
 
 # --- replay -------------------------------------------------------------------------------------
@@ -460,10 +462,14 @@ def write_evidence(directory: Path, report: AuditReport) -> Path:
 def audit(url: str, verifier_key: str, state_path: Path, *, do_replay: bool = False, jobs: int = 1,
           evidence_dir: Path | None = None, progress: Callable[[int], None] | None = None,
           timeout: float = 30.0, witness_keys: Sequence[str] = (), quorum: int = 0,
-          incremental: bool = False) -> AuditReport:
+          incremental: bool = False, proofs: str = "tiles") -> AuditReport:
     """One audit run against the log at ``url`` (spec/audit.md, "Procedure"). With ``witness_keys``
     the checkpoint must also carry ``quorum`` of their cosignatures (spec/witness.md); with
-    ``incremental`` a replay checks only entries after the tree the last replay checked."""
+    ``incremental`` a replay checks only entries after the tree the last replay checked; ``proofs``
+    says where consistency proofs come from: "tiles" (computed from the tiles, so a plain tile
+    mirror can be audited) or "api" (GET /v1/proof/consistency)."""
+    if proofs not in ("tiles", "api"):
+        raise ValueError(f"proofs must be 'tiles' or 'api', got {proofs!r}")
     started = time.monotonic()
     try:
         verifier = NoteVerifier.from_verifier_key(verifier_key)
@@ -498,8 +504,14 @@ def audit(url: str, verifier_key: str, state_path: Path, *, do_replay: bool = Fa
             report.add(Finding("bad_checkpoint", "a signed checkpoint of size 0 with a non-empty root",
                                {"checkpoint": report.note.decode()}))
         report.checkpoint = cp
+        tiles = TileClient(url, timeout=timeout)
         if prev is not None:
-            check_history(prev, cp, report.note, log, report)
+            def prove(m: int, n: int) -> list[bytes]:
+                if proofs == "api":
+                    return list(log.consistency_proof(m, n).hashes)
+                return merkle.consistency_proof(m, n, tile_node_reader(tiles, n))
+
+            check_history(prev, cp, report.note, log.url, prove, report)
         cache = ReplayCache(state_path.with_name(state_path.name + ".replay.db"))
         prefix = None
         if do_replay and incremental and prev is not None and prev.replayed_size == prev.size:
@@ -508,8 +520,7 @@ def audit(url: str, verifier_key: str, state_path: Path, *, do_replay: bool = Fa
                 prefix = None  # not the tree the state says was replayed: start over
         replayed_prefix = None
         if do_replay and report.ok:
-            replayed_prefix = replay(log, TileClient(url, timeout=timeout), cp, report, jobs=jobs, progress=progress,
-                                     prefix=prefix)
+            replayed_prefix = replay(log, tiles, cp, report, jobs=jobs, progress=progress, prefix=prefix)
         report.elapsed_s = time.monotonic() - started
         if not report.ok:
             report.evidence_file = write_evidence(evidence_dir or state_path.with_name(state_path.name + ".evidence"),

@@ -38,6 +38,9 @@ class _Fail(click.ClickException):
               help="State file holding the pinned key and last verified checkpoint per log."
                    " Default: $XDG_STATE_HOME/emshield/audit-state.json")
 @click.option("--replay", is_flag=True, help="Read every entry through the tile API, check each one and recompute the tree.")
+@click.option("--proofs", type=click.Choice(["tiles", "api"]), default="tiles", show_default=True,
+              help="Where consistency proofs come from: computed from the C2SP tiles (works against a plain"
+                   " tile mirror) or the log's /v1/proof/consistency.")
 @click.option("--incremental", is_flag=True,
               help="With --replay: check only entries after the tree the last replay of this state checked"
                    " (faster; does not re-read old entries, so a later rewrite of one goes unseen).")
@@ -54,7 +57,7 @@ class _Fail(click.ClickException):
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def main(ctx: click.Context, log_url: str | None, key: str | None, state: Path | None, replay: bool,
-         incremental: bool, jobs: int,
+         proofs: str, incremental: bool, jobs: int,
          evidence_dir: Path | None, timeout: float, witness_keys: tuple[str, ...], quorum: int, as_json: bool) -> None:
     """Fetch the log's latest checkpoint, verify its signature and its consistency with the
     last checkpoint this auditor verified, and report forks, rollbacks and rewritten entries
@@ -74,7 +77,7 @@ def main(ctx: click.Context, log_url: str | None, key: str | None, state: Path |
     try:
         report = audit(log_url, key, state_path, do_replay=replay, jobs=jobs, evidence_dir=evidence_dir,
                        progress=None if bar is None else bar.update, timeout=timeout, witness_keys=witness_keys,
-                       quorum=quorum, incremental=incremental)
+                       quorum=quorum, incremental=incremental, proofs=proofs)
     except AuditError as exc:
         if as_json:
             click.echo(json.dumps({"ok": False, "error": str(exc), "exit_code": exc.exit_code}))

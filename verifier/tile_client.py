@@ -8,12 +8,13 @@ replay needs two resources per 256 entries and latency, not bandwidth, bounds it
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from emshield.tlog.tiles import Tile, TileError, decode_entry_bundle, tile_hashes
+from emshield.tlog.merkle import NodeID, root_from_leaf_hashes
+from emshield.tlog.tiles import MAX_LEVEL, TILE_HEIGHT, TILE_WIDTH, Tile, TileError, decode_entry_bundle, tile_hashes
 
 DEFAULT_TIMEOUT_S = 30.0
 MAX_TILE_BYTES = 256 * (2 + 0xFFFF)  # the largest possible entry bundle
@@ -74,3 +75,29 @@ class TileClient:
 
         with ThreadPoolExecutor(self.threads) as pool:
             yield from pool.map(one, tiles)
+
+
+def tile_node_reader(client: TileClient, tree_size: int) -> Callable[[list[NodeID]], dict[NodeID, bytes]]:
+    """A `merkle.GetNodes` over the tiles of a tree of ``tree_size`` leaves, so that RFC 9162
+    inclusion and consistency proofs can be computed from a tile mirror alone (no /v1 API).
+
+    Perfect node (8·k + r, i) is the root of the 2**r level-k tile hashes i·2**r .. (i+1)·2**r − 1,
+    which lie in one tile. Nodes the tree does not have are left out (merkle reports them missing).
+    Whatever this returns is untrusted: callers verify the proofs against signed roots.
+    """
+    cache: dict[Tile, list[bytes]] = {}
+
+    def get_nodes(ids: list[NodeID]) -> dict[NodeID, bytes]:
+        where: dict[NodeID, tuple[Tile, int, int]] = {}
+        for level, index in ids:
+            k, r = divmod(level, TILE_HEIGHT)
+            first = index << r
+            n, offset = divmod(first, TILE_WIDTH)
+            width = min(TILE_WIDTH, tree_size // TILE_WIDTH ** k - n * TILE_WIDTH)
+            if k <= MAX_LEVEL and offset + (1 << r) <= width:
+                where[(level, index)] = (Tile(k, n, width), offset, 1 << r)
+        missing = list(dict.fromkeys(t for t, _, _ in where.values() if t not in cache))
+        cache.update(client.fetch_many(missing))
+        return {node: root_from_leaf_hashes(cache[t][off:off + count]) for node, (t, off, count) in where.items()}
+
+    return get_nodes

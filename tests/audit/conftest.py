@@ -31,6 +31,18 @@ server_factory = _kit.server_factory
 kit = _kit.kit
 
 
+@pytest.fixture
+def run_audit():
+    """Run `emshield-audit ... --json` in-process: (exit code, parsed JSON output)."""
+
+    def run(url: str, key: str, state: Path, *extra: str) -> tuple[int, dict]:
+        result = CliRunner().invoke(audit_cli, ["--log", url, "--key", key, "--state", str(state), "--json", *extra])
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+        return result.exit_code, json.loads(result.output)
+
+    return run
+
+
 @dataclass
 class WitnessProcess(_kit.Daemon):
     """`emshield-audit witness serve` (gunicorn); up once it answers GET /add-checkpoint with 405."""

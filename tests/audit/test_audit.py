@@ -16,18 +16,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from emshield.tlog import merkle
 from emshield.tlog.checkpoint import NoteVerifier, verify_checkpoint
 from emshield.tlog.client import LogClient
-from verifier.audit_cli import main as audit_cli
-
-
-def run_audit(url: str, key: str, state: Path, *extra: str) -> tuple[int, dict]:
-    result = CliRunner().invoke(audit_cli, ["--log", url, "--key", key, "--state", str(state), "--json", *extra])
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-    return result.exit_code, json.loads(result.output)
 
 
 def _kinds(out: dict) -> set[str]:
@@ -43,7 +35,7 @@ def populated(log_files, server_factory, issuer_key, kit):
     return srv, log
 
 
-def test_honest_log_passes_run_after_run_and_state_advances(populated, log_files, issuer_key, kit, tmp_path) -> None:
+def test_honest_log_passes_run_after_run_and_state_advances(run_audit, populated, log_files, issuer_key, kit, tmp_path) -> None:
     srv, log = populated
     key = log_files.verifier.verifier_key()
     state = tmp_path / "audit.json"
@@ -70,7 +62,7 @@ def test_honest_log_passes_run_after_run_and_state_advances(populated, log_files
     assert (code, out["replayed_from"], out["replayed"]) == (0, 811, 0)
 
 
-def test_key_pinning_state_and_reachability_errors(populated, log_files, kit, tmp_path) -> None:
+def test_key_pinning_state_and_reachability_errors(run_audit, populated, log_files, kit, tmp_path) -> None:
     srv, _ = populated
     key = log_files.verifier.verifier_key()
     state = tmp_path / "audit.json"
@@ -105,7 +97,7 @@ def _sqlite(db: Path, sql: str) -> None:
     subprocess.run(["sqlite3", str(db), sql], check=True, capture_output=True, timeout=30)
 
 
-def test_tampered_database_is_caught_by_replay(populated, log_files, server_factory, tmp_path) -> None:
+def test_tampered_database_is_caught_by_replay(run_audit, populated, log_files, server_factory, tmp_path) -> None:
     srv, log = populated
     key = log_files.verifier.verifier_key()
     state = tmp_path / "audit.json"
@@ -157,7 +149,7 @@ def _fork(log_files, tmp_path: Path) -> Path:
     return twin / "log.db"
 
 
-def test_fork_between_two_servers_with_the_same_key(populated, log_files, server_factory, issuer_key, kit,
+def test_fork_between_two_servers_with_the_same_key(run_audit, populated, log_files, server_factory, issuer_key, kit,
                                                     tmp_path) -> None:
     srv_a, log_a = populated
     key = log_files.verifier.verifier_key()
@@ -179,6 +171,9 @@ def test_fork_between_two_servers_with_the_same_key(populated, log_files, server
     with pytest.raises(merkle.ProofError):
         merkle.verify_consistency(old.size, new.size, [base64.b64decode(h) for h in ev["consistency_proof"]],
                                   old.root_hash, new.root_hash)
+    # The proof computed from B's tiles is the one B's /v1 API serves.
+    code, out_api = run_audit(srv_b.url, key, state, "--proofs", "api")
+    assert code == 1 and out_api["findings"][0]["evidence"]["consistency_proof"] == ev["consistency_proof"]
 
     # A smaller view is a rollback; the same size with another root is a fork.
     state_b = tmp_path / "audit-b.json"
@@ -191,7 +186,7 @@ def test_fork_between_two_servers_with_the_same_key(populated, log_files, server
     assert "different roots" in out["findings"][0]["detail"]
 
 
-def test_a_log_that_cannot_serve_its_tiles_proves_nothing(populated, log_files, server_factory, tmp_path) -> None:
+def test_a_log_that_cannot_serve_its_tiles_proves_nothing(run_audit, populated, log_files, server_factory, tmp_path) -> None:
     """A tile the server fails to produce (its node row deleted) is an error to retry (exit 4), not a finding."""
     srv, _ = populated
     srv.stop()
