@@ -206,10 +206,6 @@ class Witness:
             self._local.conn = conn
         return conn
 
-    def latest(self, origin: str) -> tuple[int, bytes] | None:
-        row = self._conn().execute("SELECT size, root FROM logs WHERE origin=?", (origin,)).fetchone()
-        return None if row is None else (row[0], bytes(row[1]))
-
     def add_checkpoint(self, body: bytes) -> Answer:
         """c2sp.org/tlog-witness add-checkpoint: verify, check against the cosigned state, cosign."""
         try:

@@ -17,7 +17,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .merkle import HASH_SIZE, NodeID, root_from_leaf_hashes
+from .merkle import HASH_SIZE, root_from_leaf_hashes
 
 TILE_HEIGHT = 8
 TILE_WIDTH = 1 << TILE_HEIGHT  # hashes in a full tile, entries in a full bundle
@@ -65,11 +65,6 @@ class Tile:
         head = ENTRIES if self.level is None else str(self.level)
         tail = "" if self.full else f".p/{self.width}"
         return f"tile/{head}/{encode_index(self.index)}{tail}"
-
-    def node_ids(self) -> list[NodeID]:
-        """The perfect Merkle nodes whose hashes this tile (or the level-0 tile of a bundle) holds."""
-        first = self.index * TILE_WIDTH
-        return [(self.hash_level, first + i) for i in range(self.width)]
 
     def leaf_range(self) -> tuple[int, int]:
         """The leaves [start, end) the hashes of this tile cover (its end for a partial tile)."""
