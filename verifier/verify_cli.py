@@ -24,7 +24,14 @@ from urllib.parse import urlsplit  # noqa: E402
 
 import click  # noqa: E402
 
-from emshield.bundle import LogKeyError, parse_log_key  # noqa: E402
+from emshield.bundle import (  # noqa: E402
+    BundleError,
+    LogKeyError,
+    VerifiedBundle,
+    parse_log_key,
+    read_bundle_file,
+    verify_bundle,
+)
 from emshield.marking import fingerprint as fpmod  # noqa: E402
 from emshield.tlog.checkpoint import NoteError, NoteVerifier  # noqa: E402
 from emshield.tlog.client import LogClient  # noqa: E402
@@ -37,6 +44,7 @@ from verifier.verify import (  # noqa: E402
     verify_suspect,
 )
 from verifier.verify_log import LogMisbehaving, LogUnavailable, VerifiedLog, WitnessPolicy  # noqa: E402
+from verifier.verify_offline import verify_offline  # noqa: E402
 from verifier.witness_policy import WitnessPolicyError, parse_witness_keys  # noqa: E402
 
 _KINDS = {EXIT_BAD_INPUT: "bad_input", EXIT_LOG_MISBEHAVING: "log_misbehaving", EXIT_LOG_UNAVAILABLE: "log_unavailable",
@@ -61,7 +69,7 @@ def _text(verdict: Verdict) -> str:
         lines += [
             f"MATCH: device {m.device_uuid}",
             f"  issuer:        {m.issuer} (key id {m.issuer_key_id[:16]}…, registered at leaf {m.issuer_registration_index}"
-            + (", REVOKED since" if m.issuer_revoked else "") + ")",
+            + ("; its key was since revoked by the log operator" if m.issuer_revoked else "") + ")",
             f"  issuance:      leaf {m.leaf_index}, issued {m.issued_at_utc}, policy {m.policy}",
             f"  named by:      {m.method}",
         ]
@@ -80,7 +88,8 @@ def _text(verdict: Verdict) -> str:
             lines.append(f"  watermark ({r.issuer}): not accepted: {r.reason}")
     lines += [f"  note: {n}" for n in verdict.notes]
     log = verdict.log
-    lines.append(f"  log: {log.get('origin')} at size {log.get('tree_size')} ({log.get('url')})")
+    where = "offline, the bundle's checkpoint" if log.get("mode") == "offline" else log.get("url")
+    lines.append(f"  log: {log.get('origin')} at size {log.get('tree_size')} ({where})")
     return "\n".join(lines)
 
 
@@ -116,7 +125,8 @@ def main(model: Path, log_url: str | None, log_key: str | None, backbone: Path |
     """
     try:
         witnesses = _witness_policy(witness_keys, witness_quorum, bundle is not None)
-        verdict = _verify(model, log_url, log_key, backbone, bundle, side_record, witnesses, no_scan, timeout, as_json)
+        verdict = _verify(model, log_url, log_key, backbone, bundle, side_record, witnesses, no_scan, timeout,
+                          progress=not as_json and sys.stderr.isatty())
     except _Failure as exc:
         _fail(exc.code, exc.detail, as_json)
     except Exception as exc:  # a bug must not read as "no match" (Python's own exit status is 1)
@@ -149,8 +159,8 @@ def _witness_policy(keys: tuple[str, ...], quorum: int | None, offline: bool) ->
 
 
 def _verify(model: Path, log_url: str | None, log_key: str | None, backbone: Path | None, bundle: Path | None,
-            side_record: Path | None, witnesses: WitnessPolicy | None, no_scan: bool, timeout: float,
-            as_json: bool) -> Verdict:
+            side_record: Path | None, witnesses: WitnessPolicy | None, no_scan: bool, timeout: float, *,
+            progress: bool) -> Verdict:
     if log_key is None:
         raise _Failure(EXIT_BAD_INPUT, "give the log's verifier key with --log-key (the key pins which log to trust)")
     try:
@@ -165,12 +175,9 @@ def _verify(model: Path, log_url: str | None, log_key: str | None, backbone: Pat
         raise _Failure(EXIT_BAD_INPUT, f"--log must be an http(s) URL, got {log_url!r}")
     from verifier.verify_suspect import BadSuspect, load_suspect  # torch: not needed for --help
 
-    progress = not as_json and sys.stderr.isatty()
     try:
         if bundle is not None:
             vb, published = _read_bundle(bundle, side_record, verifier)
-            from verifier.verify_offline import verify_offline
-
             with load_suspect(model, backbone) as suspect:
                 return verify_offline(suspect, vb, published)
         assert log_url is not None
@@ -185,10 +192,9 @@ def _verify(model: Path, log_url: str | None, log_key: str | None, backbone: Pat
         raise _Failure(EXIT_LOG_UNAVAILABLE, str(exc)) from exc
 
 
-def _read_bundle(path: Path, side_record: Path | None, verifier: NoteVerifier):
+def _read_bundle(path: Path, side_record: Path | None,
+                 verifier: NoteVerifier) -> tuple[VerifiedBundle, fpmod.Fingerprint | None]:
     """The verified bundle, and the side record checked against its issuance's fingerprint hash."""
-    from emshield.bundle import BundleError, read_bundle_file, verify_bundle
-
     try:
         vb = verify_bundle(read_bundle_file(path), verifier)
     except BundleError as exc:
