@@ -259,3 +259,21 @@ def test_a_verification_loads_no_server_tee_or_peft_code(world, tmp_path: Path) 
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
     assert "EXIT 0 FORBIDDEN []" in proc.stderr, proc.stderr[-2000:]
     assert json.loads(proc.stdout)["match"]["device_uuid"] == str(world.issued[1].device)
+
+
+def test_verdict_json_has_the_documented_fields(world, tmp_path: Path) -> None:
+    """The --json verdict is a versioned format (spec/verify.md §5): its field names are fixed."""
+    code, out = run_verify(world, write_peft_adapter(world.issued[0].core, tmp_path / "a"), backbone=False)
+    assert code == 0
+    assert set(out) == {"v", "verdict", "exit_code", "match", "reason", "suspect", "log", "watermark_readings",
+                        "issuers_considered", "notes"} and out["v"] == 1
+    assert set(out["match"]) == {"method", "issuer", "issuer_key_id", "issuer_registration_index", "issuer_revoked",
+                                 "device_uuid", "leaf_index", "leaf_hash", "issued_at", "issued_at_utc", "policy",
+                                 "watermark", "fingerprint", "proofs"}
+    assert set(out["match"]["watermark"]) == {"issuer", "issuer_key_id", "accepted", "reason", "bit_errors", "code_bits",
+                                              "p_value", "p_value_threshold", "watermark_commitment"}
+    assert set(out["match"]["fingerprint"]) == {"distance", "threshold", "match", "side_record"}
+    assert set(out["match"]["proofs"]) == {"checkpoint", "checkpoint_root", "issuer_registration", "entry_signature",
+                                           "inclusion"}
+    assert set(out["log"]) == {"url", "origin", "tree_size", "root_hash", "cosigned_by"}
+    assert out["match"]["issued_at_utc"].endswith("Z") and len(out["match"]["leaf_hash"]) == 64
