@@ -16,10 +16,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from emshield.tlog import merkle
 from emshield.tlog.checkpoint import NoteVerifier, verify_checkpoint
 from emshield.tlog.client import LogClient
+from verifier.audit_cli import main as audit_cli
 
 
 def _kinds(out: dict) -> set[str]:
@@ -60,6 +62,10 @@ def test_honest_log_passes_run_after_run_and_state_advances(run_audit, populated
     assert (code, out["replayed_from"], out["replayed"]) == (0, 0, 811)
     code, out = run_audit(srv.url, key, state, "--replay", "--incremental")
     assert (code, out["replayed_from"], out["replayed"]) == (0, 811, 0)
+    # The human-readable form says the same.
+    text = CliRunner().invoke(audit_cli, ["--log", srv.url, "--key", key, "--state", str(state), "--replay"])
+    assert text.exit_code == 0 and "replayed 811 entries from index 0" in text.output
+    assert f"OK: consistent; state saved to {state}" in text.output
 
 
 def test_key_pinning_state_and_reachability_errors(run_audit, populated, log_files, kit, tmp_path) -> None:
@@ -171,6 +177,8 @@ def test_fork_between_two_servers_with_the_same_key(run_audit, populated, log_fi
     with pytest.raises(merkle.ProofError):
         merkle.verify_consistency(old.size, new.size, [base64.b64decode(h) for h in ev["consistency_proof"]],
                                   old.root_hash, new.root_hash)
+    text = CliRunner().invoke(audit_cli, ["--log", srv_b.url, "--key", key, "--state", str(state)])
+    assert text.exit_code == 1 and "MISBEHAVIOUR [fork]" in text.output and "evidence written to" in text.output
     # The proof computed from B's tiles is the one B's /v1 API serves.
     code, out_api = run_audit(srv_b.url, key, state, "--proofs", "api")
     assert code == 1 and out_api["findings"][0]["evidence"]["consistency_proof"] == ev["consistency_proof"]
