@@ -2,7 +2,8 @@
 
 A device is named only when
 - its watermark decodes within the error-correction bound AND the chance-match p-value is at most
-  the issuer's published threshold (10^accept_log10_p) AND the log proves the issuance entry found
+  the issuer's published threshold (10^accept_log10_p) and the verifier's own ceiling
+  (DEFAULT_MAX_P_VALUE unless set) AND the log proves the issuance entry found
   through the watermark commitment index, signed by that same issuer; or
 - the suspect's fingerprint is within the issuer's calibrated threshold of the published (and
   hash-checked) fingerprint of exactly one proved issuance.
@@ -35,6 +36,11 @@ EXIT_BAD_INPUT = 2  # the suspect, backbone, key or options are unusable
 EXIT_LOG_MISBEHAVING = 3  # the log's answers contradict its signed checkpoint, its entries or each other
 EXIT_LOG_UNAVAILABLE = 4  # the log could not be reached or failed (5xx): nothing concluded
 EXIT_INTERNAL = 5  # a bug in the verifier: reported as such, never as "no match"
+
+# The verifier's own ceiling on the watermark's chance-match p-value, on top of the issuer's
+# published one (marking parameters allow up to 10^-1): at 10^-6 a false accusation needs a
+# one-in-a-million chance even when an issuer publishes a lax threshold.
+DEFAULT_MAX_P_VALUE = 1e-6
 
 VERDICT_VERSION = 1
 
@@ -112,29 +118,27 @@ def _iso(ts: int) -> str:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def reading_of(suspect: Suspect, issuer: Issuer) -> WatermarkReading:
-    """The blind watermark read-out under one issuer's parameters."""
-    assert issuer.params is not None
+def reading_of(suspect: Suspect, issuer: Issuer, max_p_value: float = DEFAULT_MAX_P_VALUE) -> WatermarkReading:
+    """The blind watermark read-out under one issuer's parameters.
+
+    Accepted only when the issuer's own rule accepts it (decodes within the ECC bound, p-value at
+    most 10^accept_log10_p) AND the p-value is at most ``max_p_value``: the verifier does not let
+    an issuer's lax published threshold name devices on weak evidence.
+    """
+    params = issuer.params
+    assert params is not None
+    threshold = min(10.0 ** params.accept_log10_p, max_p_value)
     try:
-        ex = suspect.extract(issuer.params)
+        ex = suspect.extract(params)
     except Unreadable as exc:
-        return _unreadable(issuer, str(exc))
-    return _reading(issuer, ex)
-
-
-def _reading(issuer: Issuer, ex: Any) -> WatermarkReading:
-    params = issuer.params
-    assert params is not None
-    commitment = watermark_commitment(ex.payload, params).hex() if ex.accepted else None
-    return WatermarkReading(issuer.name, issuer.key_id.hex(), ex.accepted, ex.reason, ex.bit_errors,
-                            params.code_bits, ex.p_value, 10.0 ** params.accept_log10_p, commitment)
-
-
-def _unreadable(issuer: Issuer, reason: str) -> WatermarkReading:
-    params = issuer.params
-    assert params is not None
-    return WatermarkReading(issuer.name, issuer.key_id.hex(), False, reason, None, params.code_bits, 1.0,
-                            10.0 ** params.accept_log10_p, None)
+        return WatermarkReading(issuer.name, issuer.key_id.hex(), False, str(exc), None, params.code_bits, 1.0,
+                                threshold, None)
+    accepted, reason = ex.accepted, ex.reason
+    if accepted and ex.p_value > max_p_value:
+        accepted, reason = False, f"chance-match p-value {ex.p_value:.3g} above the verifier's limit {max_p_value:.0e}"
+    commitment = watermark_commitment(ex.payload, params).hex() if accepted else None
+    return WatermarkReading(issuer.name, issuer.key_id.hex(), accepted, reason, ex.bit_errors, params.code_bits,
+                            ex.p_value, threshold, commitment)
 
 
 def suspect_fingerprint(suspect: Suspect, issuer: Issuer,
@@ -199,7 +203,8 @@ def _fits(hit: ProvedIssuance, issuer: Issuer) -> bool:
             and hit.entry.backbone_id.hex() == params.backbone_id)
 
 
-def verify_suspect(suspect: Suspect, log: VerifiedLog, *, scan: bool = True, progress: bool = False) -> Verdict:
+def verify_suspect(suspect: Suspect, log: VerifiedLog, *, scan: bool = True, progress: bool = False,
+                   max_p_value: float = DEFAULT_MAX_P_VALUE) -> Verdict:
     """Decide which proved issuance, if any, the suspect comes from (raises LogMisbehaving /
     LogUnavailable from the log view, BadSuspect from the suspect)."""
     cp = log.checkpoint
@@ -229,7 +234,7 @@ def verify_suspect(suspect: Suspect, log: VerifiedLog, *, scan: bool = True, pro
     missing_commitments: set[bytes] = set()
     suspect_fps: dict[bytes, fpmod.Fingerprint | None] = {}
     for issuer in tqdm(candidates, desc="reading watermark", unit="issuer", disable=not progress, leave=False):
-        reading = reading_of(suspect, issuer)
+        reading = reading_of(suspect, issuer, max_p_value)
         verdict.watermark_readings.append(reading)
         if not reading.accepted:
             continue

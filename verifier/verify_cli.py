@@ -36,6 +36,7 @@ from emshield.marking import fingerprint as fpmod  # noqa: E402
 from emshield.tlog.checkpoint import NoteError, NoteVerifier  # noqa: E402
 from emshield.tlog.client import LogClient  # noqa: E402
 from verifier.verify import (  # noqa: E402
+    DEFAULT_MAX_P_VALUE,
     EXIT_BAD_INPUT,
     EXIT_INTERNAL,
     EXIT_LOG_MISBEHAVING,
@@ -108,12 +109,15 @@ def _text(verdict: Verdict) -> str:
               help="A witness verifier key (repeatable): require its cosignature on the log's checkpoint.")
 @click.option("--witness-quorum", type=click.IntRange(0), default=None,
               help="How many of the --witness keys must have cosigned (default: all of them).")
+@click.option("--max-p-value", type=click.FloatRange(1e-300, 1e-3), default=DEFAULT_MAX_P_VALUE, show_default=True,
+              help="Largest chance-match p-value that lets a watermark name a device (the issuer's published "
+                   "threshold applies too).")
 @click.option("--no-scan", is_flag=True, help="Never replay the whole log to search published fingerprints.")
 @click.option("--timeout", type=click.FloatRange(0.1, 600.0), default=30.0, show_default=True, help="Seconds per log request.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable verdict on stdout.")
 def main(model: Path, log_url: str | None, log_key: str | None, backbone: Path | None, bundle: Path | None,
-         side_record: Path | None, witness_keys: tuple[str, ...], witness_quorum: int | None, no_scan: bool,
-         timeout: float, as_json: bool) -> None:
+         side_record: Path | None, witness_keys: tuple[str, ...], witness_quorum: int | None, max_p_value: float,
+         no_scan: bool, timeout: float, as_json: bool) -> None:
     """Extract the watermark and fingerprint from MODEL (a merged model: .pt state dict, safetensors
     or a Hugging Face folder, with --backbone; or a peft adapter folder), find the matching issuance
     in the public log, verify the issuer's signature, the inclusion proof and the log's checkpoint
@@ -126,7 +130,7 @@ def main(model: Path, log_url: str | None, log_key: str | None, backbone: Path |
     try:
         witnesses = _witness_policy(witness_keys, witness_quorum, bundle is not None)
         verdict = _verify(model, log_url, log_key, backbone, bundle, side_record, witnesses, no_scan, timeout,
-                          progress=not as_json and sys.stderr.isatty())
+                          max_p_value=max_p_value, progress=not as_json and sys.stderr.isatty())
     except _Failure as exc:
         _fail(exc.code, exc.detail, as_json)
     except Exception as exc:  # a bug must not read as "no match" (Python's own exit status is 1)
@@ -160,7 +164,7 @@ def _witness_policy(keys: tuple[str, ...], quorum: int | None, offline: bool) ->
 
 def _verify(model: Path, log_url: str | None, log_key: str | None, backbone: Path | None, bundle: Path | None,
             side_record: Path | None, witnesses: WitnessPolicy | None, no_scan: bool, timeout: float, *,
-            progress: bool) -> Verdict:
+            max_p_value: float, progress: bool) -> Verdict:
     if log_key is None:
         raise _Failure(EXIT_BAD_INPUT, "give the log's verifier key with --log-key (the key pins which log to trust)")
     try:
@@ -179,11 +183,11 @@ def _verify(model: Path, log_url: str | None, log_key: str | None, backbone: Pat
         if bundle is not None:
             vb, published = _read_bundle(bundle, side_record, verifier)
             with load_suspect(model, backbone) as suspect:
-                return verify_offline(suspect, vb, published)
+                return verify_offline(suspect, vb, published, max_p_value=max_p_value)
         assert log_url is not None
         with load_suspect(model, backbone) as suspect:
             log = VerifiedLog(LogClient(log_url, timeout=timeout), verifier, witnesses=witnesses, progress=progress)
-            return verify_suspect(suspect, log, scan=not no_scan, progress=progress)
+            return verify_suspect(suspect, log, scan=not no_scan, progress=progress, max_p_value=max_p_value)
     except BadSuspect as exc:
         raise _Failure(EXIT_BAD_INPUT, str(exc)) from exc
     except LogMisbehaving as exc:

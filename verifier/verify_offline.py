@@ -14,6 +14,7 @@ from emshield.bundle import VerifiedBundle
 from emshield.marking import fingerprint as fpmod
 from emshield.marking.params import MarkingParams, ParamsError
 from verifier.verify import (
+    DEFAULT_MAX_P_VALUE,
     Verdict,
     fingerprint_check,
     make_match,
@@ -40,7 +41,8 @@ def bundle_issuance(vb: VerifiedBundle) -> ProvedIssuance:
                           f"(size {vb.checkpoint.size})")
 
 
-def verify_offline(suspect: Suspect, vb: VerifiedBundle, published: fpmod.Fingerprint | None = None) -> Verdict:
+def verify_offline(suspect: Suspect, vb: VerifiedBundle, published: fpmod.Fingerprint | None = None, *,
+                   max_p_value: float = DEFAULT_MAX_P_VALUE) -> Verdict:
     """Match the suspect against the bundle's issuance only.
 
     ``published`` is the issuance's full fingerprint (its side record), already checked against
@@ -63,7 +65,7 @@ def verify_offline(suspect: Suspect, vb: VerifiedBundle, published: fpmod.Finger
         return verdict
     registration = (f"self-signature verified; bundle tlog-proof at leaf {issuer.index} verified "
                     f"(checkpoint size {vb.registration_checkpoint.size})")
-    reading = reading_of(suspect, issuer)
+    reading = reading_of(suspect, issuer, max_p_value)
     verdict.watermark_readings.append(reading)
     fp = suspect_fingerprint(suspect, issuer, {})
     if published is None and fp is not None and entry.fingerprint_hash is not None and fp.hash() == entry.fingerprint_hash:

@@ -277,3 +277,16 @@ def test_verdict_json_has_the_documented_fields(world, tmp_path: Path) -> None:
                                            "inclusion"}
     assert set(out["log"]) == {"url", "origin", "tree_size", "root_hash", "cosigned_by"}
     assert out["match"]["issued_at_utc"].endswith("Z") and len(out["match"]["leaf_hash"]) == 64
+
+
+def test_the_verifiers_p_value_ceiling_applies_on_top_of_the_issuers(world, tmp_path: Path) -> None:
+    """A mark whose chance-match p-value is above --max-p-value names nobody by watermark."""
+    target = world.issued[2]
+    adapter = write_peft_adapter(target.core, tmp_path / "adapter")
+    code, out = run_verify(world, adapter, backbone=False)
+    p = out["match"]["watermark"]["p_value"]
+    assert code == 0 and p <= out["match"]["watermark"]["p_value_threshold"] == min(1e-9, 1e-6)  # issuer's, verifier's
+    code, out = run_verify(world, adapter, "--max-p-value", f"{p / 10:.3e}", backbone=False)
+    reading = out["watermark_readings"][0]
+    assert not reading["accepted"] and "above the verifier's limit" in reading["reason"]
+    assert out["match"] is None or out["match"]["method"] == "fingerprint"
