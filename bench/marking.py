@@ -10,9 +10,10 @@
    the whole suspect file (safetensors.torch.load_file) in the same run; both warm (page cache).
 3. Attack sweeps on fixture-shaped random cores (several seeds): where each attack starts breaking
    the watermark (payload decoded and accepted) and the fingerprint (match).
-4. With --fidelity: the fixture task (fixtures/tiny-llama, financial). Trains a LoRA core (or takes
-   --fidelity-core), then runs the marking policy with the task evaluation (accuracy by answer
-   likelihood and mean answer loss on the test split) at several code sizes and margins.
+4. With --fidelity: the fixture task (fixtures/tiny-llama, financial) on the committed recipe core
+   (fixtures/cores/financial-lora.safetensors, or `--fidelity-core train`): accuracy by answer
+   likelihood and mean answer loss on the test split, marked (plain and input-aware, several τ) vs
+   unmarked, attacks on the merged weights, and real further fine-tuning at several learning rates.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from marking_helpers import (  # noqa: E402
 
 from _util import timed  # noqa: E402
 
-from emshield.marking import fingerprint, watermark  # noqa: E402
+from emshield.marking import ecc, fingerprint, watermark  # noqa: E402
 from emshield.marking.chaos import ChaosStream  # noqa: E402
 from emshield.marking.cli import LazyTensors  # noqa: E402
 
@@ -193,73 +194,67 @@ def sweep(seeds: int) -> None:
               f"{np.max([v[4] for v in vals]):>9.4f}")
 
 
-def fidelity(core_path: str | None, steps: int) -> None:
-    """Marked vs unmarked accuracy and loss on the fixture task (needs the fixture backbone)."""
+def fidelity(core_path: str | None, steps: int, variants: list[tuple[bool, float]], lrs: list[float],
+             ft_steps: int) -> None:
+    """Marked vs unmarked accuracy and loss on the fixture task, and real further fine-tuning."""
     from emshield.marking import policy
     from emshield.marking.params import LayerSpec, MarkingParams, verification_key
     from emshield.model.adapter import load_core
     from emshield.model.datasets import load_dataset
-    from emshield.model.evaluate import evaluate
-    from emshield.model.hf import load_causal_lm, load_tokenizer
     from emshield.model.io import backbone_id
-    from emshield.model.train import TrainConfig, collate, encode, train
+    from emshield.model.taskeval import TaskModel, delta_drift, finetune_core
+    from emshield.model.train import TrainConfig, train
 
     backbone = str(ROOT / "fixtures" / "tiny-llama")
+    train_records = load_dataset(ROOT / "fixtures/data/financial-train.json")
     if core_path is None:
         with tempfile.TemporaryDirectory() as tmp:
-            cfg = TrainConfig(backbone=backbone, dataset=str(ROOT / "fixtures/data/financial-train.json"),
-                              output_dir=tmp, max_steps=steps)
+            cfg = TrainConfig.from_yaml(ROOT / "fixtures/recipes/financial-lora.yaml")
+            cfg = TrainConfig(**{**cfg.__dict__, "output_dir": tmp, "max_steps": steps})
             t_train, res = timed(lambda: train(cfg, progress=False))
             core = load_core(res.core_path)
         print(f"trained {res.steps} steps in {t_train:.0f} s, loss {res.first_loss:.3f} -> {res.final_loss:.3f}")
     else:
         core = load_core(core_path)
-    tok, model = load_tokenizer(backbone), load_causal_lm(backbone)
+    tm = TaskModel.load(backbone)
     test = load_dataset(ROOT / "fixtures/data/financial-test.json")
-    original = {k: v.clone() for k, v in model.state_dict().items()}
-
-    def task_eval(c: dict) -> tuple[float, float]:
-        state = model.state_dict()
-        with torch.no_grad():
-            for k, v in original.items():
-                state[k].copy_(v)
-            for k, f in c.items():
-                state[k].add_(torch.from_numpy(f.delta()).to(state[k].dtype))
-            enc = [encode(tok, r, 512) for r in test]
-            loss = sum(model(**collate(enc[i : i + 32], tok.pad_token_id)).loss.item() * len(enc[i : i + 32])
-                       for i in range(0, len(enc), 32)) / len(enc)
-        return evaluate(model, tok, test).accuracy, loss
-
+    task_eval = tm.evaluator(test)
+    tm.use(None)
+    bare = task_eval({})
+    acc0, loss0 = task_eval(core)
     bid = backbone_id(backbone)
     layers = tuple(LayerSpec(n, *core[n].shape) for n in sorted(core))
-    moments = input_moments(model, tok, core, load_dataset(ROOT / "fixtures/data/financial-train.json")[:200],
-                            task_eval, encode, collate)
-    print(f"== fidelity on the fixture task: {len(layers)} layers, rank {next(iter(core.values())).rank}, "
-          f"{len(test)} test records; tolerance 0.5 pp accuracy, 1 % loss; input moments from 200 train records")
-    print(f"{'mode':>12}{'bits':>5}{'tau':>5}{'policy':>12}{'ΔW chg':>8}{'out chg':>8}{'acc':>8}{'acc mark':>9}"
-          f"{'loss':>8}{'loss mark':>10}")
-    kept, params_kept = None, None
-    for aware, nsym, tau in ((False, 10, 3000), (False, 4, 1000), (True, 10, 3000), (True, 10, 2000)):
-        params = MarkingParams(bid, verification_key(bytes(32), bid), layers, rs_nsym=nsym, tau_milli=tau)
-        res = policy.mark(core, PAYLOAD, params, policy.Tolerance(), task_eval, input_moments=moments if aware else None)
-        if aware and tau == 3000:
-            params_kept = params
-        rec = res.record
-        out_chg = None
-        if aware and rec.mode == policy.MODE_BOTH:
-            out_chg = max(watermark.embed(core, PAYLOAD, params, moments)[1].relative_output_change.values())
-        fmt = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
-        print(f"{'input-aware' if aware else 'plain':>12}{params.code_bits:>5}{tau / 1000:>5}{rec.mode:>12}"
-              f"{fmt(rec.relative_delta_change):>8}{fmt(out_chg):>8}{fmt(rec.accuracy_unmarked):>8}"
-              f"{fmt(rec.accuracy_marked):>9}{fmt(rec.loss_unmarked):>8}{fmt(rec.loss_marked):>10}  {rec.reason[:50]}")
-        if aware and tau == 3000 and rec.mode == policy.MODE_BOTH:
-            kept = res.core
-    if kept is None or params_kept is None:
-        print("input-aware mark did not fit the fixture core: no robustness run")
+    moments = tm.input_moments(core, train_records[:200])
+    rank = next(iter(core.values())).rank
+    print(f"== fidelity on the fixture task: {len(layers)} layers, rank {rank}, {len(test)} test records "
+          f"(balanced); bare backbone {bare[0]:.4f}, unmarked core {acc0:.4f} (loss {loss0:.4f}); tolerance "
+          f"0.5 pp accuracy, 1 % loss; input moments from 200 train records")
+    print(f"{'mode':>12}{'bits':>5}{'tau':>5}{'policy':>12}{'ΔW chg':>8}{'out chg':>8}{'acc mark':>9}"
+          f"{'Δacc pp':>8}{'loss mark':>10}{'Δloss %':>8}")
+    marked_cores = []
+    for aware, tau in variants:
+        params = MarkingParams(bid, verification_key(bytes(32), bid), layers, tau_milli=round(tau * 1000))
+        mom = moments if aware else None
+        try:
+            marked, report = watermark.embed(core, PAYLOAD, params, mom)
+        except watermark.CapacityError as exc:
+            print(f"{'input-aware' if aware else 'plain':>12}{params.code_bits:>5}{tau:>5} refused: {exc}")
+            continue
+        acc1, loss1 = task_eval(marked)
+        verdict = policy.MODE_BOTH if 100 * (acc0 - acc1) <= 0.5 and (loss1 - loss0) / loss0 <= 0.01 else policy.MODE_FINGERPRINT
+        out_chg = max(report.relative_output_change.values()) if report.relative_output_change else float("nan")
+        print(f"{'input-aware' if aware else 'plain':>12}{params.code_bits:>5}{tau:>5}{verdict:>12}"
+              f"{max(report.relative_change.values()):>8.3f}{out_chg:>8.3f}{acc1:>9.4f}{100 * (acc1 - acc0):>8.2f}"
+              f"{loss1:>10.4f}{100 * (loss1 - loss0) / loss0:>8.2f}")
+        if verdict == policy.MODE_BOTH:
+            marked_cores.append((aware, tau, params, marked))
+    if not marked_cores:
+        print("no variant met the fidelity target: no robustness run")
         return
-    print("== robustness of the input-aware mark on the trained fixture core (128 bits, τ = 3)")
+    aware, tau, params, kept = marked_cores[0]
+    print(f"== robustness of the {'input-aware' if aware else 'plain'} τ={tau} mark on the fixture core")
     rng = np.random.default_rng(3)
-    back = {k: model.state_dict()[k].detach().double().numpy() for k in kept}
+    back = {k: tm.original[k].double().numpy() for k in kept}
     merged = {k: (back[k] + kept[k].delta()).astype(np.float32) for k in kept}
     attacks = {
         "merged bf16": {k: bf16(w).astype(np.float64) - bf16(back[k].astype(np.float32)) for k, w in merged.items()},
@@ -268,69 +263,22 @@ def fidelity(core_path: str | None, steps: int) -> None:
         "noise 10% of ΔW std": {k: noise(f.delta(), 0.1, rng) for k, f in kept.items()},
     }
     for name, deltas in attacks.items():
-        ex = watermark.extract_from_deltas(deltas, params_kept)
+        ex = watermark.extract_from_deltas(deltas, params)
         print(f"{name:<34} payload ok {ex.accepted and ex.payload == PAYLOAD}  raw bit errors {ex.bit_errors}")
-    for lr in (2e-4, 2e-3):
-        t_ft, tuned = timed(lambda lr=lr: finetune_fixture(kept, 100, lr, backbone))
-        ex = watermark.extract_from_factors(tuned, params_kept)
-        acc, loss = task_eval(tuned)
-        print(f"fine-tune 100 steps AdamW lr {lr:g} ({t_ft:.0f} s): payload ok {ex.accepted and ex.payload == PAYLOAD}, "
-              f"raw bit errors {ex.bit_errors}, min |z| {np.min(np.abs(ex.z)):.2f}, task acc {acc:.4f} loss {loss:.4f}")
-
-
-def finetune_fixture(core: dict, steps: int, lr: float, backbone: str) -> dict:
-    """Real further fine-tuning on the fixture task: peft LoRA initialised with the core, AdamW."""
-    from emshield.core import LoraFactors
-    from emshield.model.datasets import load_dataset
-    from emshield.model.hf import load_causal_lm, load_tokenizer
-    from emshield.model.train import TrainConfig, collate, encode, lora_model
-
-    cfg = TrainConfig(backbone=backbone, dataset=str(ROOT / "fixtures/data/financial-train.json"), output_dir="-", lr=lr)
-    tok = load_tokenizer(backbone)
-    model = lora_model(load_causal_lm(backbone), cfg)
-    state = model.state_dict()
-    keys = {}
-    for name, f in core.items():
-        assert abs(f.scale - cfg.alpha / cfg.rank) < 1e-9 and f.rank == cfg.rank
-        stem = "base_model.model." + name.removesuffix(".weight")
-        keys[name] = (f"{stem}.lora_A.default.weight", f"{stem}.lora_B.default.weight")
-        with torch.no_grad():
-            state[keys[name][0]].copy_(torch.from_numpy(np.asarray(f.a, dtype=np.float32)))
-            state[keys[name][1]].copy_(torch.from_numpy(np.asarray(f.b, dtype=np.float32)))
-    records = load_dataset(cfg.dataset)
-    rng = np.random.default_rng(7)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    model.train()
-    for _ in range(steps):
-        batch = [encode(tok, records[i], 512) for i in rng.choice(len(records), cfg.batch_size, replace=False)]
-        model(**collate(batch, tok.pad_token_id)).loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    state = model.state_dict()
-    return {n: LoraFactors(state[a].detach().numpy().copy(), state[b].detach().numpy().copy(), core[n].scale)
-            for n, (a, b) in keys.items()}
-
-
-def input_moments(model, tok, core: dict, records: list, load_core_into, encode, batch) -> dict[str, np.ndarray]:  # noqa: ANN001
-    """E[x·xᵀ] of each marked layer's inputs over prompt+answer tokens, with the unmarked core merged."""
-    load_core_into(core)  # task_eval leaves the model holding this core; its scores are not needed
-    modules = dict(model.named_modules())
-    sums: dict[str, list] = {}
-    hooks = []
-    for name in core:
-        def hook(_m, inp, _out, name=name) -> None:  # noqa: ANN001
-            x = inp[0].detach().double().reshape(-1, inp[0].shape[-1])
-            acc = sums.setdefault(name, [0.0, 0])
-            acc[0] = acc[0] + (x.T @ x).numpy()
-            acc[1] += x.shape[0]
-        hooks.append(modules[name.removesuffix(".weight")].register_forward_hook(hook))
-    enc = [encode(tok, r, 512) for r in records]
-    with torch.no_grad():
-        for i in range(0, len(enc), 32):
-            model(**batch(enc[i : i + 32], tok.pad_token_id))
-    for h in hooks:
-        h.remove()
-    return {k: v[0] / v[1] for k, v in sums.items()}
+    print(f"== {ft_steps} further fine-tuning steps (peft LoRA from the marked core, fresh AdamW, constant lr, "
+          f"batch 8); recipe lr 2e-3 (warm-up + cosine, 625 steps)")
+    print(f"{'mark':>16}{'lr':>8}{'lr/train':>9}{'payload':>9}{'bit err':>8}{'min b·z':>8}{'ΔW drift':>9}"
+          f"{'acc':>8}{'loss':>8}{'s':>6}")
+    for aware, tau, params, marked in marked_cores:
+        for lr in lrs:
+            t_ft, tuned = timed(lambda lr=lr, marked=marked: finetune_core(backbone, marked, train_records, ft_steps, lr))
+            ex = watermark.extract_from_factors(tuned, params)
+            signs = ecc.encode(PAYLOAD, params.rs_nsym).astype(np.float64) * 2 - 1
+            acc, loss = task_eval(tuned)
+            print(f"{('ia' if aware else 'plain') + f' τ={tau:g}':>16}{lr:>8.0e}{lr / 2e-3:>9.2f}"
+                  f"{str(ex.accepted and ex.payload == PAYLOAD):>9}{int(np.sum((ex.z > 0) != (signs > 0))):>8}"
+                  f"{float(np.min(signs * ex.z)):>8.2f}{delta_drift(marked, tuned):>9.3f}{acc:>8.4f}{loss:>8.4f}"
+                  f"{t_ft:>6.0f}", flush=True)
 
 
 def main() -> None:
@@ -339,8 +287,14 @@ def main() -> None:
     ap.add_argument("--skip-big", action="store_true", help="skip the ~1B config (needs ~6 GB disk, ~8 GB RAM)")
     ap.add_argument("--seeds", type=int, default=5, help="random cores per attack sweep (0: no sweep)")
     ap.add_argument("--fidelity", action="store_true", help="fixture-task fidelity (trains a core: minutes)")
-    ap.add_argument("--fidelity-core", help="use this trained core file instead of training one")
-    ap.add_argument("--fidelity-steps", type=int, default=250)
+    ap.add_argument("--fidelity-core", default=str(ROOT / "fixtures/cores/financial-lora.safetensors"),
+                    help="trained core file (default: the committed recipe core); 'train' trains one")
+    ap.add_argument("--fidelity-steps", type=int, default=625, help="training steps with --fidelity-core train")
+    ap.add_argument("--variants", default="plain:2,plain:3,plain:4,ia:3",
+                    help="embeddings to measure, mode:τ (plain or ia = input-aware); those meeting the "
+                         "fidelity target are fine-tuned")
+    ap.add_argument("--lrs", default="2e-4,6e-4,2e-3", help="fine-tuning learning rates")
+    ap.add_argument("--ft-steps", type=int, default=100, help="further fine-tuning steps")
     args = ap.parse_args()
     torch.set_num_threads(2)
     chaos_throughput()
@@ -350,8 +304,9 @@ def main() -> None:
         big_model(args.big_layers)
     if args.seeds:
         sweep(args.seeds)
-    if args.fidelity or args.fidelity_core:
-        fidelity(args.fidelity_core, args.fidelity_steps)
+    if args.fidelity:
+        fidelity(None if args.fidelity_core == "train" else args.fidelity_core, args.fidelity_steps,
+                 [(v.split(":")[0] == "ia", float(v.split(":")[1])) for v in args.variants.split(",")], [float(x) for x in args.lrs.split(",")], args.ft_steps)
 
 
 if __name__ == "__main__":
