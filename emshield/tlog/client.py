@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,7 @@ class LogClientError(RuntimeError):
     """The log refused a request, answered something malformed, or could not be reached.
 
     ``status`` is the HTTP status (0 when there was no HTTP answer), ``code`` the API's error code
-    (spec/api.md, "Errors"), or "bad_response" / "unreachable" for client-side failures.
+    (spec/api.md, "Errors"), or "bad_response" / "unreachable" / "timeout" for client-side failures.
     """
 
     def __init__(self, status: int, code: str, detail: str) -> None:
@@ -185,15 +186,20 @@ class LogClient:
         return resp
 
     def _bounded_body(self, resp: requests.Response, what: str) -> bytes:
-        """The whole answer body, refused as soon as it passes ``max_response_bytes``."""
+        """The whole answer body, refused as soon as it passes ``max_response_bytes``, or when it
+        is still arriving ``timeout`` seconds after the request began (requests' own timeout is per
+        read, so a log dribbling bytes could otherwise hold the client forever)."""
         declared = resp.headers.get("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_response_bytes:
             raise _bad(f"{what}: answer of {declared} bytes is over the {self.max_response_bytes}-byte limit")
+        deadline = time.monotonic() + self.timeout
         body = bytearray()
-        for chunk in resp.iter_content(chunk_size=1 << 16):
+        while chunk := resp.raw.read1(1 << 16, decode_content=True):  # whatever has arrived, at most 64 KiB
             body += chunk
             if len(body) > self.max_response_bytes:
                 raise _bad(f"{what}: answer is over the {self.max_response_bytes}-byte limit")
+            if time.monotonic() > deadline:
+                raise LogClientError(0, "timeout", f"{what}: answer still arriving after {self.timeout} s")
         return bytes(body)
 
     def _json(self, method: str, path: str, **kw: Any) -> Any:

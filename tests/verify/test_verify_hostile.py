@@ -8,6 +8,7 @@ import base64
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -40,9 +41,11 @@ Corrupt = Callable[[str, dict, bytes], bytes]
 
 
 @contextmanager
-def hostile_log(upstream: str, corrupt: Corrupt, *, declare_length: bool = True) -> Iterator[str]:
+def hostile_log(upstream: str, corrupt: Corrupt, *, declare_length: bool = True,
+                dribble_s: float = 0.0) -> Iterator[str]:
     """Forward GETs to the real log; hand each answer through ``corrupt`` first. Without
-    ``declare_length`` the answer has no Content-Length (HTTP/1.0: it ends when the connection closes)."""
+    ``declare_length`` the answer has no Content-Length (HTTP/1.0: it ends when the connection closes);
+    with ``dribble_s`` the body is sent in 64-byte pieces, that many seconds apart."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
@@ -54,7 +57,15 @@ def hostile_log(upstream: str, corrupt: Corrupt, *, declare_length: bool = True)
             if declare_length:
                 self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if not dribble_s:
+                self.wfile.write(body)
+            for at in range(0, len(body), 64) if dribble_s else ():
+                try:
+                    self.wfile.write(body[at:at + 64])
+                    self.wfile.flush()
+                except OSError:  # the client gave up
+                    return
+                time.sleep(dribble_s)
 
         def log_message(self, *args: object) -> None:
             pass
@@ -268,6 +279,16 @@ def test_oversized_answers_are_refused_while_reading(world, adapter: Path, decla
         with pytest.raises(LogClientError, match="over the 1048576-byte limit") as exc:
             LogClient(url, max_response_bytes=1 << 20).issuers()
         assert exc.value.code == "bad_response"
+
+
+def test_a_dribbling_log_times_out(world, adapter: Path) -> None:
+    """Each read is quick, the whole answer is not: the client's deadline covers the whole body."""
+    with hostile_log(world.url, lambda path, query, body: body, dribble_s=0.2) as url:
+        with pytest.raises(LogClientError) as exc:
+            LogClient(url, timeout=0.5).issuers()
+        assert exc.value.code == "timeout"
+        code, out = verify(world, url, adapter, "--timeout", "0.5")
+        assert code == 4 and out["error"] == "log_unavailable" and "still arriving" in out["detail"]
 
 
 def test_unreachable_log_is_exit_4(world, adapter: Path) -> None:
