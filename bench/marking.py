@@ -195,7 +195,7 @@ def sweep(seeds: int) -> None:
 
 
 def fidelity(core_path: str | None, steps: int, variants: list[tuple[bool, float]], lrs: list[float],
-             ft_steps: int) -> None:
+             ft_steps: int, payloads: list[int]) -> None:
     """Marked vs unmarked accuracy and loss on the fixture task, and real further fine-tuning."""
     from emshield.marking import policy
     from emshield.marking.params import LayerSpec, MarkingParams, verification_key
@@ -206,11 +206,11 @@ def fidelity(core_path: str | None, steps: int, variants: list[tuple[bool, float
     from emshield.model.train import TrainConfig, train
 
     backbone = str(ROOT / "fixtures" / "tiny-llama")
+    recipe = TrainConfig.from_yaml(ROOT / "fixtures/recipes/financial-lora.yaml")
     train_records = load_dataset(ROOT / "fixtures/data/financial-train.json")
     if core_path is None:
         with tempfile.TemporaryDirectory() as tmp:
-            cfg = TrainConfig.from_yaml(ROOT / "fixtures/recipes/financial-lora.yaml")
-            cfg = TrainConfig(**{**cfg.__dict__, "output_dir": tmp, "max_steps": steps})
+            cfg = TrainConfig(**{**recipe.__dict__, "output_dir": tmp, "max_steps": steps})
             t_train, res = timed(lambda: train(cfg, progress=False))
             core = load_core(res.core_path)
         print(f"trained {res.steps} steps in {t_train:.0f} s, loss {res.first_loss:.3f} -> {res.final_loss:.3f}")
@@ -252,6 +252,12 @@ def fidelity(core_path: str | None, steps: int, variants: list[tuple[bool, float
         print("no variant met the fidelity target: no robustness run")
         return
     aware, tau, params, kept = marked_cores[0]
+    print(f"== the {'input-aware' if aware else 'plain'} τ={tau} mark with other payloads (fidelity spread)")
+    for payload in payloads:
+        other = watermark.embed(core, payload, params, moments if aware else None)[0]
+        acc1, loss1 = task_eval(other)
+        print(f"payload {payload:012x}: accuracy {acc1:.4f} ({100 * (acc1 - acc0):+.2f} pp), "
+              f"loss {loss1:.4f} ({100 * (loss1 - loss0) / loss0:+.2f} %)")
     print(f"== robustness of the {'input-aware' if aware else 'plain'} τ={tau} mark on the fixture core")
     rng = np.random.default_rng(3)
     back = {k: tm.original[k].double().numpy() for k in kept}
@@ -266,7 +272,7 @@ def fidelity(core_path: str | None, steps: int, variants: list[tuple[bool, float
         ex = watermark.extract_from_deltas(deltas, params)
         print(f"{name:<34} payload ok {ex.accepted and ex.payload == PAYLOAD}  raw bit errors {ex.bit_errors}")
     print(f"== {ft_steps} further fine-tuning steps (peft LoRA from the marked core, fresh AdamW, constant lr, "
-          f"batch 8); recipe lr 2e-3 (warm-up + cosine, 625 steps)")
+          f"batch 8); the core was trained at peak lr {recipe.lr:g} ({recipe.schedule}, {recipe.warmup_steps} warm-up)")
     print(f"{'mark':>16}{'lr':>8}{'lr/train':>9}{'payload':>9}{'bit err':>8}{'min b·z':>8}{'ΔW drift':>9}"
           f"{'acc':>8}{'loss':>8}{'s':>6}")
     for aware, tau, params, marked in marked_cores:
@@ -275,7 +281,7 @@ def fidelity(core_path: str | None, steps: int, variants: list[tuple[bool, float
             ex = watermark.extract_from_factors(tuned, params)
             signs = ecc.encode(PAYLOAD, params.rs_nsym).astype(np.float64) * 2 - 1
             acc, loss = task_eval(tuned)
-            print(f"{('ia' if aware else 'plain') + f' τ={tau:g}':>16}{lr:>8.0e}{lr / 2e-3:>9.2f}"
+            print(f"{('ia' if aware else 'plain') + f' τ={tau:g}':>16}{lr:>8.0e}{lr / recipe.lr:>9.2f}"
                   f"{str(ex.accepted and ex.payload == PAYLOAD):>9}{int(np.sum((ex.z > 0) != (signs > 0))):>8}"
                   f"{float(np.min(signs * ex.z)):>8.2f}{delta_drift(marked, tuned):>9.3f}{acc:>8.4f}{loss:>8.4f}"
                   f"{t_ft:>6.0f}", flush=True)
@@ -295,6 +301,7 @@ def main() -> None:
                          "fidelity target are fine-tuned")
     ap.add_argument("--lrs", default="2e-4,6e-4,2e-3", help="fine-tuning learning rates")
     ap.add_argument("--ft-steps", type=int, default=100, help="further fine-tuning steps")
+    ap.add_argument("--payloads", type=int, default=4, help="other random payloads for the fidelity spread")
     args = ap.parse_args()
     torch.set_num_threads(2)
     chaos_throughput()
@@ -306,7 +313,9 @@ def main() -> None:
         sweep(args.seeds)
     if args.fidelity:
         fidelity(None if args.fidelity_core == "train" else args.fidelity_core, args.fidelity_steps,
-                 [(v.split(":")[0] == "ia", float(v.split(":")[1])) for v in args.variants.split(",")], [float(x) for x in args.lrs.split(",")], args.ft_steps)
+                 [(v.split(":")[0] == "ia", float(v.split(":")[1])) for v in args.variants.split(",")],
+                 [float(x) for x in args.lrs.split(",") if x], args.ft_steps,
+                 [int(x) for x in np.random.default_rng(11).integers(0, 1 << 48, args.payloads)])
 
 
 if __name__ == "__main__":

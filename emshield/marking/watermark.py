@@ -29,8 +29,8 @@ PURPOSE_V = "watermark-v"
 GN_ITERATIONS = 12
 GN_TOLERANCE = 1e-4
 MIN_MARGIN_FRACTION = 0.95  # of τ, or the core cannot carry the mark
-MAX_RELATIVE_CHANGE = 1.0
-INPUT_RIDGE = 1e-2  # C + ridge·tr(C)/n·I in input-aware mode: keeps C⁻¹ bounded  # a change larger than ΔW itself replaces the core rather than marking it
+MAX_RELATIVE_CHANGE = 1.0  # a change larger than ΔW itself replaces the core rather than marking it
+INPUT_RIDGE = 1e-2  # C + ridge·tr(C)/n·I in input-aware mode: keeps C⁻¹ bounded
 
 DeltaSource = Mapping[str, np.ndarray] | Callable[[str], np.ndarray]
 """Per-layer ΔW (out × in) by backbone tensor name; a callable lets the caller read tensors lazily."""

@@ -73,3 +73,20 @@ def test_training_is_deterministic(tmp_path: Path, tiny: Path) -> None:
                           output_dir=str(tmp_path / f"r{i}"), max_steps=3, batch_size=4, limit=12, seed=7)
         runs.append(train(cfg, progress=False).core_path.read_bytes())
     assert runs[0] == runs[1]
+
+
+def test_learning_rate_schedule_and_its_config_checks(tmp_path: Path) -> None:
+    from emshield.model.train import lr_factor
+
+    base = dict(backbone="b", dataset="d", output_dir="o")
+    cos = TrainConfig(**base, warmup_steps=4, schedule="cosine")
+    got = [lr_factor(cos, s, 12) for s in range(12)]
+    assert got[:4] == [0.25, 0.5, 0.75, 1.0] and got[3] > got[7] > got[11] >= 0.0
+    assert abs(got[8] - 0.5) < 1e-12  # half-way through the decay (steps 4..11 of 12)
+    assert [lr_factor(TrainConfig(**base), s, 5) for s in range(5)] == [1.0] * 5
+    for bad in ({"schedule": "linear"}, {"warmup_steps": -1}, {"max_grad_norm": 0.0}):
+        with pytest.raises(ValueError):
+            TrainConfig(**base, **bad)
+    (tmp_path / "t.yaml").write_text("backbone: b\ndataset: d\noutput_dir: o\nmax_grad_norm: 1\nschedule: cosine\n")
+    cfg = TrainConfig.from_yaml(tmp_path / "t.yaml")
+    assert cfg.max_grad_norm == 1.0 and isinstance(cfg.max_grad_norm, float) and cfg.schedule == "cosine"
