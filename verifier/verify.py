@@ -239,7 +239,12 @@ def verify_suspect(suspect: Suspect, log: VerifiedLog, *, scan: bool = True, pro
         if not reading.accepted:
             continue
         commitment = bytes.fromhex(reading.watermark_commitment or "")
-        hits = [h for h in log.issuances(watermark_commitment=commitment) if _fits(h, issuer)]
+        proved, truncated = log.issuances(watermark_commitment=commitment)
+        hits = [h for h in proved if _fits(h, issuer)]
+        if truncated and hits:
+            verdict.reason = (f"the log holds more than {len(proved)} issuances with this watermark's commitment; "
+                              "the verifier names no device when the evidence is ambiguous")
+            return verdict
         if not hits:
             missing_commitments.add(commitment)
             verdict.notes.append(f"watermark of issuer {issuer.name!r} decoded (p={reading.p_value:.3g}), but the "
@@ -264,9 +269,14 @@ def verify_suspect(suspect: Suspect, log: VerifiedLog, *, scan: bool = True, pro
         found = []
         for issuer in candidates:
             fp = suspect_fingerprint(suspect, issuer, suspect_fps)
-            if fp is not None:
-                found += [(hit, _fingerprint_check(log, hit, fp))
-                          for hit in log.issuances(fingerprint_hash=fp.hash()) if _fits(hit, issuer)]
+            if fp is None:
+                continue
+            proved, truncated = log.issuances(fingerprint_hash=fp.hash())
+            if truncated:
+                verdict.reason = ("the log holds more issuances with this exact fingerprint than it returns; "
+                                  "the verifier names no device when the evidence is ambiguous")
+                return verdict
+            found += [(hit, _fingerprint_check(log, hit, fp)) for hit in proved if _fits(hit, issuer)]
         verdict.notes.append("full replay disabled: the fingerprint was compared only with issuances "
                              "whose logged fingerprint hash equals the suspect's")
     matches = [(hit, chk) for hit, chk in found if chk.match]

@@ -219,16 +219,17 @@ class VerifiedLog:
     # -- issuance look-ups ----------------------------------------------------------------------
 
     def issuances(self, *, watermark_commitment: bytes | None = None,
-                  fingerprint_hash: bytes | None = None) -> list[ProvedIssuance]:
-        """Issuances the log's index returns for one field, each checked and proved.
+                  fingerprint_hash: bytes | None = None) -> tuple[list[ProvedIssuance], bool]:
+        """Issuances the log's index returns for one field, each checked and proved, and whether
+        the log said there are more than it returned (the caller must then not treat the hits as all).
 
         Hits beyond the verified checkpoint (appended since) are left out.
         """
         field, value = (("watermark_commitment", watermark_commitment) if watermark_commitment is not None
                         else ("fingerprint_hash", fingerprint_hash))
-        hits = _call(f"issuances by {field}", self.client.issuances, **{field: value})
+        lookup = _call(f"issuances by {field}", self.client.issuance_lookup, **{field: value})
         out = []
-        for hit in hits:
+        for hit in lookup.hits:
             if hit.index >= self.checkpoint.size:
                 continue
             what = f"issuance at leaf {hit.index} (by {field})"
@@ -243,7 +244,7 @@ class VerifiedLog:
             self._prove(hit.leaf, hit.index, what)
             out.append(ProvedIssuance(hit.index, hit.leaf_hash, entry, issuer,
                                       f"inclusion proof at leaf {hit.index} verified against the checkpoint"))
-        return out
+        return out, lookup.truncated
 
     def side_fingerprint(self, issuance: ProvedIssuance) -> fpmod.Fingerprint | None:
         """The published fingerprint of an issuance, checked against its logged hash (None if unpublished)."""

@@ -79,6 +79,12 @@ class IssuanceHit:
 
 
 @dataclass(frozen=True)
+class IssuanceLookup:
+    hits: list[IssuanceHit]
+    truncated: bool  # the server had more hits than it returned (spec/api.md §2.5)
+
+
+@dataclass(frozen=True)
 class IssuerInfo:
     key_id: bytes
     public_key: bytes
@@ -254,15 +260,22 @@ class LogClient:
     def issuances(self, *, watermark_commitment: bytes | None = None, fingerprint_hash: bytes | None = None,
                   device_uuid: str | None = None) -> list[IssuanceHit]:
         """Issuance entries by exactly one indexed field (the server caps the number returned)."""
+        return self.issuance_lookup(watermark_commitment=watermark_commitment, fingerprint_hash=fingerprint_hash,
+                                    device_uuid=device_uuid).hits
+
+    def issuance_lookup(self, *, watermark_commitment: bytes | None = None, fingerprint_hash: bytes | None = None,
+                        device_uuid: str | None = None) -> IssuanceLookup:
+        """Like :meth:`issuances`, with the server's ``truncated`` flag (more hits than it returns)."""
         given = {k: v for k, v in (("watermark_commitment", watermark_commitment),
                                    ("fingerprint_hash", fingerprint_hash), ("device_uuid", device_uuid)) if v is not None}
         if len(given) != 1:
             raise ValueError("give exactly one of watermark_commitment, fingerprint_hash, device_uuid")
         params = {k: (v.hex() if isinstance(v, bytes) else str(v)) for k, v in given.items()}
         body = self._json("GET", "/v1/issuances", params=params)
-        return [IssuanceHit(_int(h, "index"), _b64(h, "leaf_hash", merkle.HASH_SIZE), _b64(h, "leaf"),
+        hits = [IssuanceHit(_int(h, "index"), _b64(h, "leaf_hash", merkle.HASH_SIZE), _b64(h, "leaf"),
                             _hexfield(h, "issuer_key_id"), _get(h, "device_uuid", str), _get(h, "has_side_record", bool))
                 for h in _get(body, "issuances", list)]
+        return IssuanceLookup(hits, _get(body, "truncated", bool))
 
     def issuers(self) -> list[IssuerInfo]:
         return [_issuer(i) for i in _get(self._json("GET", "/v1/issuers"), "issuers", list)]

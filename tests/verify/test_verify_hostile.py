@@ -259,6 +259,17 @@ def test_hidden_issuer_is_caught_by_the_replay(world, adapter: Path) -> None:
         assert code == 1 and "no registered issuer" in out["reason"]
 
 
+def _truncated(path: str, query: dict, body: bytes) -> bytes:
+    return _json_edit(lambda o: o.__setitem__("truncated", True))(body) if path == "/v1/issuances" else body
+
+
+def test_a_truncated_index_answer_names_nobody(world, adapter: Path) -> None:
+    """"More hits than returned" means the returned ones are not all: no device is named on them."""
+    with hostile_log(world.url, _truncated) as url:
+        code, out = verify(world, url, adapter)
+    assert code == 1 and out["match"] is None and "more than" in out["reason"]
+
+
 def test_altered_replay_is_exit_3(world, tmp_path: Path) -> None:
     """A fingerprint-only suspect needs the replay; a log that drops a leaf from it is caught."""
     suspect = write_peft_adapter(world.issued[3].core, tmp_path / "fp-only")
