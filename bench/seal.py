@@ -12,7 +12,7 @@ in a shuffled order, so load from other processes falls on all of them alike; be
 are printed with the load average.
 
 Unseal is measured for every memory kind (memfd_secret, mlock'ed memfd, mlock'ed anonymous memory
-with huge pages), from bytes and from a file, and with the prefault thread switched off. The
+with huge pages), from bytes and from a file. The
 "first touch" study times what dominates unsealing: making 100 MiB of fresh memory present, for
 each kind and each way of asking the kernel to do it in bulk (MAP_POPULATE, MADV_POPULATE_WRITE,
 fallocate, two threads).
@@ -26,7 +26,6 @@ same merge + forward pass from a plaintext core already in memory.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ctypes
 import hashlib
 import io
@@ -39,8 +38,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -54,14 +52,7 @@ from emshield.tee.blobformat import CONTENT_CORE, SUITES  # noqa: E402
 from emshield.tee.device import init_device  # noqa: E402
 from emshield.tee.errors import SealError  # noqa: E402
 from emshield.tee.mount import mount  # noqa: E402
-from emshield.tee.secmem import (  # noqa: E402
-    KIND_LOCKED,
-    KIND_PRIVATE,
-    KIND_SECRET,
-    SYS_MEMFD_SECRET,
-    SecretBuffer,
-    _address,
-)
+from emshield.tee.secmem import KIND_LOCKED, KIND_PRIVATE, KIND_SECRET, SYS_MEMFD_SECRET, _address  # noqa: E402
 from emshield.tee.seal import seal_stream  # noqa: E402
 
 FIXTURE = ROOT / "fixtures" / "tiny-llama"
@@ -98,17 +89,6 @@ def rounds(variants: dict[str, Callable[[], object]], n: int) -> dict[str, list[
     return times
 
 
-@contextmanager
-def prefault_disabled() -> Iterator[None]:
-    """The mount as it was before the prefault thread (decryption touches each fresh page itself)."""
-    original = SecretBuffer.start_prefault
-    SecretBuffer.start_prefault = lambda self: None  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        SecretBuffer.start_prefault = original  # type: ignore[method-assign]
-
-
 def throughput(args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str, str]]:
     size = args.size_mib << 20
     data = hashlib.shake_256(b"emshield/bench/seal").digest(1 << 20) * args.size_mib
@@ -141,21 +121,18 @@ def throughput(args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[s
         blob_path = Path(tmp) / "bench.sealed"
         blob_path.write_bytes(blob)
 
-        def unseal(source, kind: str, prefault: bool) -> None:
-            with contextlib.nullcontext() if prefault else prefault_disabled(), \
-                    mount(source, device, bytes(32), bytes(32), memory_kinds=(kind,)) as m:
+        def unseal(source, kind: str) -> None:
+            with mount(source, device, bytes(32), bytes(32), memory_kinds=(kind,)) as m:
                 assert m.memory_kind == kind
 
         for label, kind in (("secret", KIND_SECRET), ("locked", KIND_LOCKED), ("private", KIND_PRIVATE)):
             try:
-                unseal(blob, kind, True)
+                unseal(blob, kind)
             except SealError as e:
                 errors[f"unseal_{label}"] = str(e)
                 continue
-            variants[f"unseal_{label}"] = lambda k=kind: unseal(blob, k, True)
-            variants[f"unseal_{label}_file"] = lambda k=kind: unseal(blob_path, k, True)
-            if kind != KIND_PRIVATE:  # anon+mlock never starts the prefault thread
-                variants[f"unseal_{label}_noprefault"] = lambda k=kind: unseal(blob, k, False)
+            variants[f"unseal_{label}"] = lambda k=kind: unseal(blob, k)
+            variants[f"unseal_{label}_file"] = lambda k=kind: unseal(blob_path, k)
         times = rounds(variants, args.repeats)
     return times, errors
 
@@ -358,8 +335,6 @@ def main() -> None:
     for label, key in (("memfd_secret", "secret"), ("mlock'ed memfd", "locked"), ("mlock'ed anon (THP)", "private")):
         row(f"unseal = mount into {label}", f"unseal_{key}", "raw_decrypt")
         row("  ... from a file", f"unseal_{key}_file", "raw_decrypt")
-        if key != "private":
-            row("  ... without the prefault thread", f"unseal_{key}_noprefault", "raw_decrypt")
     print("  (target: unseal >= 80% of one-shot raw; mount times include HPKE unwrap, memory allocation and wipe)")
     if faults or fault_errors:
         print(f"first touch of {args.size_mib} MiB of fresh memory (map, make every page present, unmap), "

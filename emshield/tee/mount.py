@@ -2,11 +2,10 @@
 
 Order of operations (each step fails with a typed error before the next starts):
 read and range-check the header → compare its binding with the expected device, backbone and
-issuance → allocate secret memory of the declared plaintext size and start faulting its pages in
-(a background thread: the dominant cost, spec/sealed.md §Performance) → unlock the device secret,
-unwrap the data key, lock the secret away again → decrypt every chunk into the memory, verifying
-each tag and the end of the stream → only then parse and yield. On any failure or on exit the
-plaintext memory is overwritten with zeros, so a caller never sees a partial core.
+issuance → unlock the device secret, unwrap the data key, lock the secret away again → allocate
+secret memory of the declared plaintext size → decrypt every chunk into it, verifying each tag and
+the end of the stream → only then parse and yield. On any failure or on exit the plaintext memory
+is overwritten with zeros, so a caller never sees a partial core.
 """
 
 from __future__ import annotations
@@ -41,7 +40,7 @@ class MountedCore:
 
     header: Header
     plaintext: memoryview  # read-only, over secret memory
-    memory_kind: str       # memfd_secret | memfd+mlock | memfd (unlocked)
+    memory_kind: str       # memfd_secret | memfd+mlock | anon+mlock | memfd (unlocked)
     fd: int                # the secret memory's fd (for a child, see `emshield device mount`); -1 for anon+mlock
     core: Core | None      # zero-copy arrays over `plaintext` when the blob's content type is a core
 
@@ -62,26 +61,24 @@ def mount(blob: str | os.PathLike | bytes | BinaryIO, device: Device, expected_b
     try:
         header = read_header(src)
         check_binding(header, device.binding(expected_backbone_id, expected_leaf_hash))
+        with device.unlock() as secret:
+            data_key = unwrap_data_key(header, secret)
         enter_undumpable()
         try:
-            buf = SecretBuffer.allocate(header.plaintext_length, allow_unlocked=allow_unlocked, kinds=memory_kinds)
-            buf.start_prefault()
-            data_key = None
-            view = buf.view
             try:
-                with device.unlock() as secret:
-                    data_key = unwrap_data_key(header, secret)
-                decrypt_chunks(src, header, data_key, view, progress, ready=buf.wait_ready)
-            except BaseException as e:
-                if isinstance(e, SealError):
-                    e.__traceback__ = None  # its frames hold slices of the buffer; the message says it all
+                buf = SecretBuffer.allocate(header.plaintext_length, allow_unlocked=allow_unlocked, kinds=memory_kinds)
+                view = buf.view
+                try:
+                    decrypt_chunks(src, header, data_key, view, progress)
+                except BaseException as e:
+                    if isinstance(e, SealError):
+                        e.__traceback__ = None  # its frames hold slices of the buffer; the message says it all
+                    view.release()
+                    buf.wipe_and_close()
+                    raise
                 view.release()
-                buf.wipe_and_close()
-                raise
             finally:
-                if data_key is not None:
-                    devicekey.wipe(data_key)
-            view.release()
+                devicekey.wipe(data_key)
             try:
                 mounted = _parse(header, buf)
                 try:

@@ -192,12 +192,10 @@ def unwrap_data_key(header: Header, device_secret: bytes | bytearray) -> bytearr
 
 
 def decrypt_chunks(src: BinaryIO, header: Header, data_key: bytes | bytearray, out: memoryview,
-                   progress: Progress | None = None, ready: Progress | None = None) -> None:
+                   progress: Progress | None = None) -> None:
     """Decrypt every chunk of src into out (len == plaintext length), verifying all tags and the end.
 
-    `ready(end)`, if given, is called before writing out[..end] (mount waits there for its
-    prefault thread). On failure `out` holds partial plaintext: the caller owns it and must wipe it
-    (mount does)."""
+    On failure `out` holds partial plaintext: the caller owns it and must wipe it (mount does)."""
     if len(out) != header.plaintext_length:
         raise ValueError("output buffer does not match the plaintext length")
     hh = header.hash()
@@ -210,8 +208,6 @@ def decrypt_chunks(src: BinaryIO, header: Header, data_key: bytes | bytearray, o
         if len(chunk) != n + TAG_LEN:
             raise TruncatedBlobError(f"blob ends inside chunk {index} of {header.chunk_count}")
         final = index == header.chunk_count - 1
-        if ready:
-            ready(offset + n)
         try:
             aead.decrypt_into(chunk_nonce(index), chunk, chunk_aad(hh, index, final), out[offset: offset + n])
         except InvalidTag:

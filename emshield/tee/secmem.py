@@ -18,9 +18,8 @@ process by inheriting the fd, and the child maps it; nothing is ever written to 
 All mappings get MADV_DONTDUMP (no core dumps) and are overwritten with zeros on close.
 
 Locking uses ``mlock2(MLOCK_ONFAULT)``: the limit is charged for the whole range at once (so a
-refusal still comes before any plaintext exists), and each page is locked the moment it is first
-touched, so faulting the pages in can overlap decryption (:meth:`SecretBuffer.start_prefault`)
-instead of ``mlock`` populating all of them serially first.
+refusal still comes before any plaintext exists), and each page is locked the moment decryption
+first writes to it, instead of ``mlock`` populating every page in a separate pass first.
 """
 
 from __future__ import annotations
@@ -47,14 +46,11 @@ KIND_UNLOCKED = "memfd (unlocked)"
 SHAREABLE_KINDS = (KIND_SECRET, KIND_LOCKED)   # the default: an fd a child command can map
 IN_PROCESS_KINDS = (KIND_SECRET, KIND_PRIVATE)  # no fd; the locked fallback is far cheaper to fault in
 MLOCK_ONFAULT = 1
-MADV_POPULATE_WRITE = 23  # Linux 5.14; not in Python 3.11's mmap module
-PREFAULT_STEP = 2 << 20
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 _libc.munlock.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
 _libc.mlock2.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint)
-_libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
 
 
 class UnlockedMemoryWarning(UserWarning):
@@ -152,7 +148,6 @@ class SecretBuffer:
     _map: mmap.mmap = field(repr=False)
     _locked: bool = False
     _closed: bool = False
-    _prefault: _Prefault | None = field(default=None, repr=False)
 
     @classmethod
     def allocate(cls, size: int, *, allow_unlocked: bool = False,
@@ -184,27 +179,11 @@ class SecretBuffer:
         """Writable view of exactly `size` bytes."""
         return memoryview(self._map)[: self.size]
 
-    def start_prefault(self) -> None:
-        """Fault the pages in, front to back, in a background thread (see :class:`_Prefault`).
-
-        Only for the memfd kinds, whose 4 KiB pages cost 10-35 µs each to fault in; anon+mlock
-        asks for 2 MiB pages, which fault in faster than the thread can be coordinated (on busy
-        cores it made unsealing ~2× slower, bench/seal.py). Not for a buffer of one step or less."""
-        if self._prefault is None and not self._closed and self.size > PREFAULT_STEP and self.kind != KIND_PRIVATE:
-            self._prefault = _Prefault(_address(self._map), self.size)
-
-    def wait_ready(self, end: int) -> None:
-        """Block until bytes [0, end) are faulted in (at once if no prefault was started)."""
-        if self._prefault is not None:
-            self._prefault.wait_until(end)
-
     def wipe_and_close(self) -> bool:
         """Zero every byte, unlock, unmap and close. Returns False when views of the buffer were still
         alive (they now read zeros; the mapping is released when they die)."""
         if self._closed:
             return True
-        if self._prefault is not None:
-            self._prefault.stop()  # before the mapping goes: the thread writes through its address
         self._closed = True
         ctypes.memset(_address(self._map), 0, len(self._map))
         if self._locked:
@@ -220,52 +199,6 @@ class SecretBuffer:
             os.close(self.fd)
         return released
 
-
-class _Prefault:
-    """A thread that makes the buffer's pages present, PREFAULT_STEP bytes at a time, front to back:
-    with `madvise(MADV_POPULATE_WRITE)` where the kernel allows it (memfd: one call per step, no
-    write pass), else by writing zeros (memfd_secret refuses populate requests and fallocate and
-    ignores MAP_POPULATE; only a first write faults its pages in).
-
-    Why: the first touch of a page is most of the cost of unsealing. For memfd_secret the kernel
-    removes every new page from its direct map and flushes the TLB of every CPU (tens of µs a page
-    in a VM); locked memfd pages must be allocated and zeroed. Doing that here, one step ahead,
-    lets it overlap reading the blob, unwrapping the key and decrypting (`ctypes.memset` and
-    `AESGCM.decrypt_into` both run without the GIL). The decrypting thread waits until its range is
-    faulted, so it never faults pages itself and never writes where this thread does. Page faults
-    of one mapping do not go faster with more threads (bench/seal.py), so there is one."""
-
-    def __init__(self, address: int, size: int) -> None:
-        self._address, self._size = address, size
-        self._done = 0
-        self._stopping = False
-        self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name="emshield-prefault", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        offset = 0
-        populate = True
-        while offset < self._size and not self._stopping:
-            n = min(PREFAULT_STEP, self._size - offset)
-            if not populate or _libc.madvise(self._address + offset, n, MADV_POPULATE_WRITE) != 0:
-                populate = False
-                ctypes.memset(self._address + offset, 0, n)
-            offset += n
-            with self._cond:
-                self._done = offset
-                self._cond.notify_all()
-        with self._cond:  # also when stopped early: no waiter may sleep forever
-            self._done = self._size
-            self._cond.notify_all()
-
-    def wait_until(self, end: int) -> None:
-        with self._cond:
-            self._cond.wait_for(lambda: self._done >= end)
-
-    def stop(self) -> None:
-        self._stopping = True
-        self._thread.join()
 
 
 _dumpable_lock = threading.Lock()

@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import uuid
 import warnings
 
@@ -22,7 +21,7 @@ from emshield.tee import errors
 from emshield.tee.blobformat import CONTENT_CORE
 from emshield.tee.device import init_device
 from emshield.tee.mount import mount
-from emshield.tee.secmem import IN_PROCESS_KINDS, KIND_LOCKED, KIND_PRIVATE, KIND_SECRET, PREFAULT_STEP, SecretBuffer
+from emshield.tee.secmem import IN_PROCESS_KINDS, KIND_LOCKED, KIND_PRIVATE, KIND_SECRET, SecretBuffer
 from emshield.tee.seal import seal_bytes, seal_core
 
 PR_GET_DUMPABLE = 3
@@ -153,17 +152,15 @@ def _locked_kib() -> int:
 
 
 @pytest.mark.parametrize("kind", [KIND_LOCKED, KIND_PRIVATE])
-def test_locked_kinds_lock_every_page_as_the_prefault_touches_it(kind: str) -> None:
-    size = 3 * PREFAULT_STEP + 12345
+def test_locked_kinds_lock_every_page_as_it_is_first_written(kind: str) -> None:
+    size = (6 << 20) + 12345
     before = _locked_kib()
     buf = SecretBuffer.allocate(size, kinds=(kind,))
     assert buf.kind == kind and (buf.fd == -1) == (kind == KIND_PRIVATE)
-    buf.start_prefault()
-    buf.wait_ready(size)
+    buf.view[:] = b"\x01" * size
     assert _locked_kib() - before >= size // 1024  # mlock2(MLOCK_ONFAULT): locked as faulted in
-    buf.view[size - 5:] = b"hello"
     kept = np.frombuffer(buf.view, dtype=np.uint8)
-    assert not buf.wipe_and_close() and not kept.any()  # prefault thread stopped, then zeroed
+    assert not buf.wipe_and_close() and not kept.any()
     del kept
 
 
@@ -171,7 +168,7 @@ def test_in_process_kinds_mount_a_multi_step_core(device) -> None:
     rng = np.random.default_rng(5)
     core = {f"model.layers.{i}.mlp.up_proj.weight": LoraFactors(rng.standard_normal((8, 4096)).astype(np.float32),
                                                                 rng.standard_normal((4096, 8)).astype(np.float32), 1.5)
-            for i in range(20)}  # ~5 MiB: the prefault thread runs ahead of decryption
+            for i in range(20)}  # ~5 MiB, many chunks
     blob = seal_core(core, device.record.public, device.binding(BACKBONE, LEAF))
     with mount(blob, device, BACKBONE, LEAF, memory_kinds=IN_PROCESS_KINDS) as m:
         assert m.memory_kind in IN_PROCESS_KINDS
@@ -233,17 +230,18 @@ def test_blob_binding_checked_before_the_key_is_touched(tmp_path, core) -> None:
     assert uuid.UUID(str(device.uuid)) == device.uuid
 
 
-def test_failure_after_prefault_started_stops_the_thread_and_wipes(device) -> None:
-    """A multi-step blob whose last chunk is tampered: the prefault thread is running when
-    decryption fails; the error comes out, the thread is gone and the process can mount again."""
-    plaintext = bytes(range(256)) * (5 << 12)  # 5 MiB: more than two prefault steps
+def test_tampered_last_chunk_of_a_large_blob_fails_in_every_memory_kind(device) -> None:
+    """5 MiB of plaintext decrypted before the last tag fails: the error comes out, the buffer is
+    wiped and freed (no views kept, no warning) and the process can mount again."""
+    plaintext = bytes(range(256)) * (5 << 12)
     blob = bytearray(seal_bytes(plaintext, device.record.public, device.binding(BACKBONE, LEAF)))
     blob[-1] ^= 1
-    for kinds in ((KIND_SECRET,), (KIND_LOCKED,)):
-        with pytest.raises(errors.TamperedBlobError, match="chunk 4 of 5"):
-            with mount(bytes(blob), device, BACKBONE, LEAF, memory_kinds=kinds):
-                pass
-        assert not [t for t in threading.enumerate() if t.name == "emshield-prefault"]
+    for kind in (KIND_SECRET, KIND_LOCKED, KIND_PRIVATE):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(errors.TamperedBlobError, match="chunk 4 of 5"):
+                with mount(bytes(blob), device, BACKBONE, LEAF, memory_kinds=(kind,)):
+                    pass
     blob[-1] ^= 1
     with mount(bytes(blob), device, BACKBONE, LEAF) as m:
         assert bytes(m.plaintext) == plaintext
