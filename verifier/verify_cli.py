@@ -103,8 +103,6 @@ def _text(verdict: Verdict) -> str:
 @click.option("--backbone", type=click.Path(path_type=Path), help="Public backbone (folder or file); needed for merged models.")
 @click.option("--bundle", "--offline", "bundle", type=click.Path(path_type=Path),
               help="Air-gapped: check the suspect against this one issuance bundle instead of asking the log.")
-@click.option("--side-record", type=click.Path(path_type=Path),
-              help="With --bundle: the issuance's published fingerprint (CBOR), for a fuzzy fingerprint match.")
 @click.option("--witness", "witness_keys", multiple=True, metavar="VKEY",
               help="A witness verifier key (repeatable): require its cosignature on the log's checkpoint.")
 @click.option("--witness-quorum", type=click.IntRange(0), default=None,
@@ -116,7 +114,7 @@ def _text(verdict: Verdict) -> str:
 @click.option("--timeout", type=click.FloatRange(0.1, 600.0), default=30.0, show_default=True, help="Seconds per log request.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable verdict on stdout.")
 def main(model: Path, log_url: str | None, log_key: str | None, backbone: Path | None, bundle: Path | None,
-         side_record: Path | None, witness_keys: tuple[str, ...], witness_quorum: int | None, max_p_value: float,
+         witness_keys: tuple[str, ...], witness_quorum: int | None, max_p_value: float,
          no_scan: bool, timeout: float, as_json: bool) -> None:
     """Extract the watermark and fingerprint from MODEL (a merged model: .pt state dict, safetensors
     or a Hugging Face folder, with --backbone; or a peft adapter folder), find the matching issuance
@@ -129,7 +127,7 @@ def main(model: Path, log_url: str | None, log_key: str | None, backbone: Path |
     """
     try:
         witnesses = _witness_policy(witness_keys, witness_quorum, bundle is not None)
-        verdict = _verify(model, log_url, log_key, backbone, bundle, side_record, witnesses, no_scan, timeout,
+        verdict = _verify(model, log_url, log_key, backbone, bundle, witnesses, no_scan, timeout,
                           max_p_value=max_p_value, progress=not as_json and sys.stderr.isatty())
     except _Failure as exc:
         _fail(exc.code, exc.detail, as_json)
@@ -163,7 +161,7 @@ def _witness_policy(keys: tuple[str, ...], quorum: int | None, offline: bool) ->
 
 
 def _verify(model: Path, log_url: str | None, log_key: str | None, backbone: Path | None, bundle: Path | None,
-            side_record: Path | None, witnesses: WitnessPolicy | None, no_scan: bool, timeout: float, *,
+            witnesses: WitnessPolicy | None, no_scan: bool, timeout: float, *,
             max_p_value: float, progress: bool) -> Verdict:
     if log_key is None:
         raise _Failure(EXIT_BAD_INPUT, "give the log's verifier key with --log-key (the key pins which log to trust)")
@@ -173,15 +171,13 @@ def _verify(model: Path, log_url: str | None, log_key: str | None, backbone: Pat
         raise _Failure(EXIT_BAD_INPUT, str(exc)) from exc
     if (bundle is None) == (not log_url):
         raise _Failure(EXIT_BAD_INPUT, "give either --log URL (online) or --bundle FILE (offline)")
-    if side_record is not None and bundle is None:
-        raise _Failure(EXIT_BAD_INPUT, "--side-record goes with --bundle (online, the log publishes it)")
     if log_url and (urlsplit(log_url).scheme not in ("http", "https") or not urlsplit(log_url).netloc):
         raise _Failure(EXIT_BAD_INPUT, f"--log must be an http(s) URL, got {log_url!r}")
     from verifier.verify_suspect import BadSuspect, load_suspect  # torch: not needed for --help
 
     try:
         if bundle is not None:
-            vb, published = _read_bundle(bundle, side_record, verifier)
+            vb, published = _read_bundle(bundle, verifier)
             with load_suspect(model, backbone) as suspect:
                 return verify_offline(suspect, vb, published, max_p_value=max_p_value)
         assert log_url is not None
@@ -196,23 +192,16 @@ def _verify(model: Path, log_url: str | None, log_key: str | None, backbone: Pat
         raise _Failure(EXIT_LOG_UNAVAILABLE, str(exc)) from exc
 
 
-def _read_bundle(path: Path, side_record: Path | None,
-                 verifier: NoteVerifier) -> tuple[VerifiedBundle, fpmod.Fingerprint | None]:
-    """The verified bundle, and the side record checked against its issuance's fingerprint hash."""
+def _read_bundle(path: Path, verifier: NoteVerifier) -> tuple[VerifiedBundle, fpmod.Fingerprint | None]:
+    """The verified bundle, and its issuance's published fingerprint (the bundled side record,
+    which verify_bundle checked against the issuance's fingerprint_hash)."""
     try:
         vb = verify_bundle(read_bundle_file(path), verifier)
     except BundleError as exc:
         raise _Failure(EXIT_BAD_INPUT, f"bundle {path} does not verify: {exc}") from exc
-    if side_record is None:
+    if vb.fingerprint_record is None:
         return vb, None
-    expected = vb.issuance.fingerprint_hash
-    if expected is None:
-        raise _Failure(EXIT_BAD_INPUT, "--side-record given, but the bundle's issuance commits to no fingerprint")
     try:
-        if side_record.stat().st_size > fpmod.MAX_FINGERPRINT_BYTES:
-            raise _Failure(EXIT_BAD_INPUT, f"{side_record}: larger than a fingerprint may be")
-        return vb, fpmod.Fingerprint.from_cbor(side_record.read_bytes(), expected)
-    except OSError as exc:
-        raise _Failure(EXIT_BAD_INPUT, f"cannot read {side_record}: {exc}") from exc
+        return vb, fpmod.Fingerprint.from_cbor(vb.fingerprint_record, vb.issuance.fingerprint_hash)
     except fpmod.FingerprintError as exc:
-        raise _Failure(EXIT_BAD_INPUT, f"{side_record}: {exc}") from exc
+        raise _Failure(EXIT_BAD_INPUT, f"bundle {path}: its fingerprint record is not a valid fingerprint: {exc}") from exc

@@ -45,8 +45,8 @@ def verify_offline(suspect: Suspect, vb: VerifiedBundle, published: fpmod.Finger
                    max_p_value: float = DEFAULT_MAX_P_VALUE) -> Verdict:
     """Match the suspect against the bundle's issuance only.
 
-    ``published`` is the issuance's full fingerprint (its side record), already checked against
-    the entry's ``fingerprint_hash`` by the caller; without it the fingerprint can only match exactly.
+    ``published`` is the issuance's full fingerprint (the bundle's side record), already checked
+    against the entry's ``fingerprint_hash``; without it the fingerprint can only match exactly.
     """
     hit = bundle_issuance(vb)
     issuer, entry, cp = hit.issuer, hit.entry, vb.checkpoint
@@ -83,5 +83,5 @@ def verify_offline(suspect: Suspect, vb: VerifiedBundle, published: fpmod.Finger
         verdict.reason = "no watermark decodes" + (
             f"; fingerprint distance {check.distance:.3f} (threshold {check.threshold:.3f})"
             if check is not None and check.distance is not None else
-            "; the fingerprint differs from the logged one and no published fingerprint was given (--side-record)")
+            "; the fingerprint differs from the logged one and the bundle carries no published fingerprint")
     return verdict

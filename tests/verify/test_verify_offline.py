@@ -41,21 +41,19 @@ def test_leaked_copy_matches_its_own_bundle_only(world, tmp_path: Path) -> None:
 
 
 def test_fingerprint_only_bundle(world, tmp_path: Path) -> None:
+    """The bundle carries the issuance's side record: a changed copy is compared fuzzily, offline."""
     target = world.issued[3]
     code, out = offline(world, write_peft_adapter(target.core, tmp_path / "adapter"), target.bundle)
-    assert code == 0 and out["match"]["method"] == "fingerprint"  # unchanged adapter: exact fingerprint hash
+    assert code == 0 and out["match"]["method"] == "fingerprint"
+    assert out["match"]["fingerprint"]["distance"] == 0.0
     suspect = merged_bf16(world, target.core, tmp_path / "leak.safetensors")
     code, out = offline(world, suspect, target.bundle, backbone=True)
-    assert code == 1 and "--side-record" in out["reason"]
-    side = tmp_path / "side.cbor"
-    side.write_bytes(world.client.side_record(target.index))
-    code, out = offline(world, suspect, target.bundle, "--side-record", str(side), backbone=True)
     assert code == 0 and out["match"]["method"] == "fingerprint"
-    assert 0 < out["match"]["fingerprint"]["distance"] <= out["match"]["fingerprint"]["threshold"]
-    other = tmp_path / "other.cbor"
-    other.write_bytes(world.client.side_record(world.issued[0].index))
-    code, out = offline(world, suspect, target.bundle, "--side-record", str(other), backbone=True)
-    assert code == 2 and "fingerprint hash" in out["detail"]
+    fp = out["match"]["fingerprint"]
+    assert 0 < fp["distance"] <= fp["threshold"] and fp["side_record"].startswith("verified")
+    other = merged_bf16(world, world.issued[4].core, tmp_path / "other.safetensors")
+    code, out = offline(world, other, target.bundle, backbone=True)
+    assert code == 1 and out["match"] is None and "fingerprint distance" in out["reason"]
 
 
 def test_unmarked_model_does_not_match_a_bundle(world, helpers, tmp_path: Path) -> None:
@@ -68,14 +66,19 @@ def _tampered(bundle: Path, tmp: Path) -> dict[str, Path]:
     data = bundle.read_bytes()
     b = parse_bundle(data)
     out = {}
+    proof_end = len(data) - len(b.sealed_core) - 8 - len(b.fingerprint_record) - 4  # sections' length prefixes
     flipped = bytearray(data)
-    flipped[len(data) - len(b.sealed_core) - 40] ^= 1  # inside the issuance proof's checkpoint signature
-    out["checkpoint signature"] = flipped
+    flipped[proof_end - 40] ^= 1  # inside the issuance proof's checkpoint signature
+    out["checkpoint"] = flipped
+    fp_at = data.index(b.fingerprint_record)
+    flipped = bytearray(data)
+    flipped[fp_at + len(b.fingerprint_record) // 2] ^= 1
+    out["fingerprint-record"] = flipped
     entry_at = data.index(b.issuance_entry)
     flipped = bytearray(data)
     flipped[entry_at + len(b.issuance_entry) - 5] ^= 1  # the issuance entry's signature
-    out["entry signature"] = flipped
-    out["truncated"] = data[:-3]
+    out["issuance-signature"] = flipped
+    out["bundle ends"] = data[:-3]
     paths = {}
     for name, raw in out.items():
         paths[name] = tmp / f"{name.replace(' ', '-')}.emshield-bundle"
@@ -86,10 +89,10 @@ def _tampered(bundle: Path, tmp: Path) -> dict[str, Path]:
 def test_tampered_or_foreign_bundle_is_bad_input(world, tmp_path: Path) -> None:
     target = world.issued[0]
     suspect = write_peft_adapter(target.core, tmp_path / "adapter")
-    for name, path in _tampered(target.bundle, tmp_path).items():
+    for name, path in _tampered(target.bundle, tmp_path).items():  # name: what the refusal must name
         code, out = offline(world, suspect, path)
         assert code == 2 and out["error"] == "bad_input", (name, out)
-        assert "does not verify" in out["detail"], out["detail"]
+        assert "does not verify" in out["detail"] and name in out["detail"], out["detail"]
     stranger = NoteSigner.generate(world.log_key.split("+", 1)[0]).verifier.verifier_key()
     code, out = offline(world, suspect, target.bundle, log_key=stranger)
     assert code == 2 and "checkpoint" in out["detail"]
