@@ -173,7 +173,9 @@ class Demo:
         keys = _json(_cli("emshield", "issuer", "init", "--json", env=self.env))
         reg = _json(_cli("emshield", "issuer", "register", "--log", self.url, "--core", str(self.core),
                          "--backbone", str(self.backbone), "--name", "EMShield demo issuer", "--json", env=self.env))
-        return f"issuer key id {keys.get('key_id', '?')}, registration at leaf {reg.get('index', '?')}"
+        pinned = self._audit()["checkpoint"]["size"]
+        return (f"issuer key id {keys['key_id'][:16]}…, registration at leaf {reg['index']}; "
+                f"emshield-audit pinned the log's checkpoint (size {pinned})")
 
     def issue(self) -> str:
         rows = []
@@ -235,21 +237,23 @@ class Demo:
 
     def verify(self) -> str:
         proc = _cli("emshield-verify", str(self.leaked), "--log", self.url, "--log-key", self.vkey,
-                    "--backbone", str(self.backbone), "--json", ok=(0, 1))
-        verdict = _json(proc)
+                    "--backbone", str(self.backbone), ok=(0, 1))
         want = self.devices[LEAKER]["uuid"]
-        got = (verdict.get("match") or {}).get("device_uuid")
-        if proc.returncode != 0 or got != want:
-            raise DemoError(f"emshield-verify did not name the leaking device {want}: {json.dumps(verdict, indent=1)}")
-        return "\n      " + _cli("emshield-verify", str(self.leaked), "--log", self.url, "--log-key", self.vkey,
-                                 "--backbone", str(self.backbone)).stdout.strip().replace("\n", "\n      ")
+        if proc.returncode != 0 or f"MATCH: device {want}" not in proc.stdout:
+            raise DemoError(f"emshield-verify did not name the leaking device {want}:\n{proc.stdout}")
+        return "\n      " + proc.stdout.strip().replace("\n", "\n      ")
+
+    def _audit(self, *extra: str) -> dict:
+        return _json(_cli("emshield-audit", "--log", self.url, "--key", self.vkey,
+                          "--state", str(self.workdir / "audit-state.json"), "--json", *extra))
 
     def audit(self) -> str:
-        state = str(self.workdir / "audit-state.json")
-        first = _json(_cli("emshield-audit", "--log", self.url, "--key", self.vkey, "--state", state, "--json"))
-        replay = _json(_cli("emshield-audit", "--log", self.url, "--key", self.vkey, "--state", state,
-                            "--replay", "--json"))
-        return f"checkpoint pinned ({json.dumps(first)[:120]}); replay: {json.dumps(replay)[:200]}"
+        report = self._audit("--replay")
+        if not report["ok"] or report["findings"]:
+            raise DemoError(f"emshield-audit found misbehaviour: {json.dumps(report, indent=1)}")
+        prev, cp = report["previous"], report["checkpoint"]
+        return (f"checkpoint size {cp['size']} is consistent with the one pinned after registration "
+                f"(size {prev['size']}); replayed {report['replayed']} entries: schemas, signatures and root verified")
 
     def stages(self) -> list[Stage]:
         return [
