@@ -30,7 +30,7 @@ GN_ITERATIONS = 12
 GN_TOLERANCE = 1e-4
 MIN_MARGIN_FRACTION = 0.95  # of τ, or the core cannot carry the mark
 MAX_RELATIVE_CHANGE = 1.0  # a change larger than ΔW itself replaces the core rather than marking it
-INPUT_RIDGE = 1e-2  # C + ridge·tr(C)/n·I in input-aware mode: keeps C⁻¹ bounded
+INPUT_RIDGE = 0.1  # input metric C + ridge·tr(C)/n·I: bounded C⁻¹, and the mark keeps some of plain's spread
 
 DeltaSource = Mapping[str, np.ndarray] | Callable[[str], np.ndarray]
 """Per-layer ΔW (out × in) by backbone tensor name; a callable lets the caller read tensors lazily."""
@@ -190,9 +190,8 @@ class _Work:
     gauge: np.ndarray | None  # G⁻¹ with B = P·G⁻¹ for the input factors (None if rank-deficient)
     d: Directions
     uu: np.ndarray  # U·Uᵀ
-    vv: np.ndarray  # V·Vᵀ, or V·C⁻¹·Vᵀ in input-aware mode
-    vc: np.ndarray | None = None  # V·C⁻¹ (input-aware mode only)
-    pinv: np.ndarray | None = None  # (PᵀP)⁻¹ (input-aware mode only; P stays fixed there)
+    vv: np.ndarray  # V·Vᵀ, or V·M⁻¹·Vᵀ in input-aware mode
+    vc: np.ndarray | None = None  # V·M⁻¹ (input-aware mode only; M the normalised input metric)
 
 
 def _balanced(f: LoraFactors) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -219,16 +218,17 @@ def _psd_root(moment: np.ndarray) -> np.ndarray:
 
 
 def _input_aware(w: _Work, moment: np.ndarray) -> None:
-    """Switch a layer to input-aware steps: only Q moves, along C⁻¹·v (C the inputs' second moment)."""
+    """Switch a layer to input-aware steps: Q moves along M⁻¹·v instead of v, with
+    M = (C + ridge·tr(C)/n·I) / ((1 + ridge)·tr(C)/n) the inputs' second moment normalised to mean
+    eigenvalue 1 (so the A side is weighed against the B side's plain metric); P moves as in plain mode."""
     n = w.q.shape[1]
     moment = np.asarray(moment, dtype=np.float64)
     if moment.shape != (n, n) or not np.allclose(moment, moment.T) or not np.all(np.isfinite(moment)):
         raise ValueError(f"input second moment must be a finite symmetric {n}×{n} matrix")
     ridge = INPUT_RIDGE * max(float(np.trace(moment)) / n, 1e-300)
-    w.vc = np.linalg.solve(moment + ridge * np.eye(n), w.d.v.T).T
+    metric = (moment + ridge * np.eye(n)) / (float(np.trace(moment)) / n + ridge)
+    w.vc = np.linalg.solve(metric, w.d.v.T).T
     w.vv = w.vc @ w.d.v.T
-    ptp = w.p.T @ w.p
-    w.pinv = np.linalg.inv(ptp + 1e-12 * np.trace(ptp) * np.eye(len(ptp)))
 
 
 def embed(
@@ -241,9 +241,10 @@ def embed(
     the smallest Σ_ℓ ‖dP_ℓ‖² + ‖dQ_ℓ‖² (Levenberg-Marquardt damped). Where the layers are too small
     to carry the code bits at margin τ the report's ``min_margin`` says how far it got.
 
-    Input-aware mode (``input_moments``: per layer E[x·xᵀ] of the layer's inputs on task data): only
-    Q (the A side) moves, by the step that minimises the *output* change E‖P·dQ·x‖², i.e. along
-    C⁻¹·v: the mark goes where the task's inputs have little energy. Extraction is unchanged.
+    Input-aware mode (``input_moments``: per layer E[x·xᵀ] of the layer's inputs on task data): the
+    A side's change is measured in the inputs' metric (‖dQ·M^½‖² instead of ‖dQ‖², M the ridged,
+    normalised second moment), so the mark leans away from directions the task's inputs excite.
+    Extraction is unchanged.
     """
     signs = ecc.encode(payload, params.rs_nsym).astype(np.float64) * 2 - 1
     work = []
@@ -282,10 +283,7 @@ def embed(
     for iterations in range(1, GN_ITERATIONS + 1):
         gram = np.zeros((params.code_bits, params.code_bits))
         for w, a, c, sigma in zip(work, a_all, c_all, sig):
-            if w.pinv is None:
-                gram += (w.uu * (a.T @ a) + (c.T @ c) * w.vv) / (sigma * sigma * big_l)
-            else:
-                gram += ((c.T @ w.pinv @ c) * w.vv) / (sigma * sigma * big_l)
+            gram += (w.uu * (a.T @ a) + (c.T @ c) * w.vv) / (sigma * sigma * big_l)
         scale = np.trace(gram) / len(gram)
         residual = float(np.linalg.norm(target - z))
         saved = [(w.p, w.q) for w in work]
@@ -293,11 +291,8 @@ def embed(
             lam = np.linalg.solve(gram + np.eye(len(gram)) * (damping * scale), target - z)
             for w, a, c, sigma in zip(work, a_all, c_all, sig):
                 k = lam / (sigma * math.sqrt(big_l))
-                if w.pinv is None:
-                    w.p = w.p + w.d.u.T @ (k[:, None] * a.T)
-                    w.q = w.q + (c * k) @ w.d.v
-                else:
-                    w.q = w.q + (w.pinv @ (c * k)) @ w.vc
+                w.p = w.p + w.d.u.T @ (k[:, None] * a.T)
+                w.q = w.q + (c * k) @ (w.d.v if w.vc is None else w.vc)
             new = current()
             if float(np.linalg.norm(target - new[0])) < residual or damping > 1e6:
                 break

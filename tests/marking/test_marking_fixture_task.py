@@ -1,5 +1,6 @@
-"""Watermark on a real trained core (the committed fixture recipe core, financial task): fidelity
-against the 0.5 pp / 1 % target, and survival of real further fine-tuning (spec/watermark.md)."""
+"""Watermark (input-aware, as the issuer embeds it) on a real trained core, the committed fixture
+recipe core: fidelity against the 0.5 pp / 1 % target, and survival of real further fine-tuning
+(spec/watermark.md, "Fidelity and fine-tuning")."""
 
 from __future__ import annotations
 
@@ -34,16 +35,17 @@ def task():
     tm = TaskModel.load(BACKBONE)
     test = load_dataset(ROOT / "fixtures" / "data" / "financial-test.json")
     train = load_dataset(ROOT / "fixtures" / "data" / "financial-train.json")
-    return tm, core, params, test, train
+    moments = tm.input_moments(core, train[:200])  # the issuer's path: input-aware embedding
+    return tm, core, params, test, train, moments
 
 
 def test_mark_fidelity_on_the_fixture_task(task) -> None:
     """Accuracy is kept for every payload; the loss cost varies with the payload (spec/watermark.md,
     "Fidelity"): the policy keeps the mark exactly when both are within tolerance."""
-    tm, core, params, test, _ = task
+    tm, core, params, test, _, moments = task
     evaluator, lines, kept = tm.evaluator(test), [], 0
     for payload in (PAYLOAD, 0x99FBCBDE970C, 0x123456789ABC):
-        r = policy.mark(core, payload, params, policy.Tolerance(), task_eval=evaluator).record
+        r = policy.mark(core, payload, params, policy.Tolerance(), task_eval=evaluator, input_moments=moments).record
         drop_pp = 100 * (r.accuracy_unmarked - r.accuracy_marked)
         loss_rel = (r.loss_marked - r.loss_unmarked) / r.loss_unmarked
         lines.append(f"payload {payload:012x}: accuracy {r.accuracy_unmarked:.4f} -> {r.accuracy_marked:.4f}, "
@@ -52,7 +54,8 @@ def test_mark_fidelity_on_the_fixture_task(task) -> None:
         assert drop_pp <= 0.5, lines
         assert (r.mode == policy.MODE_BOTH) == (loss_rel <= 0.01), lines
         kept += r.mode == policy.MODE_BOTH
-    print(f"{len(params.layers)} layers, {params.code_bits} code bits, τ={params.tau}:", *lines, sep="\n  ")
+    print(f"input-aware, {len(params.layers)} layers, {params.code_bits} code bits, τ={params.tau}:", *lines,
+          sep="\n  ")
     assert kept >= 1, lines
 
 
@@ -61,13 +64,13 @@ def test_mark_survives_100_finetuning_steps_at_the_training_rate(task) -> None:
     (bench/marking.py sweeps 2e-4 … 1e-2 and shows where the mark breaks)."""
     from emshield.model.taskeval import delta_drift, finetune_core
 
-    tm, core, params, test, train = task
-    marked, report = watermark.embed(core, PAYLOAD, params)
+    tm, core, params, test, train, moments = task
+    marked, report = watermark.embed(core, PAYLOAD, params, moments)
     tuned = finetune_core(BACKBONE, marked, train, steps=100, lr=RECIPE_LR)
     ex = watermark.extract_from_factors(tuned, params)
     margin = float(np.min(report.signs * ex.z))
     acc, loss = tm.evaluator(test)(tuned)
-    msg = (f"100 AdamW steps at lr {RECIPE_LR:g} (the training rate): ΔW drift {delta_drift(marked, tuned):.3f}, "
+    msg = (f"input-aware mark, 100 AdamW steps at lr {RECIPE_LR:g} (the training rate): ΔW drift {delta_drift(marked, tuned):.3f}, "
            f"raw bit errors {int(np.sum(ex.bits != (report.signs > 0)))}, smallest b·z {margin:.2f} "
            f"(τ={params.tau}), task accuracy {acc:.4f} loss {loss:.4f}")
     print(msg)
