@@ -9,11 +9,16 @@ measured, and it is kept only when the cost is within the caller's tolerance:
   perturbation on isotropic inputs) when the backbone's weight norms are given, else the relative
   change of ΔW itself.
 The decision and the figures behind it form a :class:`MarkRecord` for the issuance entry.
+
+Extraction is blind and reads only the code statistics, so HOW the embedding reached them is the
+issuer's choice: with a task evaluation and input moments the policy tries the fixed list
+:data:`CANDIDATES` in order and keeps the first embedding within tolerance (the cost depends on the
+payload's sign pattern, and different metrics put the change in different places).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -27,6 +32,24 @@ MODE_FINGERPRINT = "fingerprint"
 
 TaskEval = Callable[[Core], tuple[float, float]]
 """Scores a core on the task: (accuracy in [0, 1], mean loss)."""
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """One way to reach the mark's statistics: input-aware with ridge ρ, or plain (``ridge`` None)."""
+
+    ridge: float | None
+
+    @property
+    def name(self) -> str:
+        return "plain" if self.ridge is None else f"input-aware rho={self.ridge:g}"
+
+
+CANDIDATES: tuple[Embedding, ...] = (Embedding(0.1), Embedding(0.01), Embedding(1.0), Embedding(None))
+"""Tried in this order when the policy has a task evaluation and input moments (spec/watermark.md,
+"Policy"): ρ = 0.1 meets the target for most payloads, ρ = 0.01 and 1 move the change to other input
+directions, plain spreads it evenly. Without input moments only plain; without a task evaluation
+only the first (nothing to choose by)."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +78,8 @@ class MarkRecord:
     accuracy_marked: float | None = None
     loss_unmarked: float | None = None
     loss_marked: float | None = None
+    embedding: str | None = None  # the candidate kept (Embedding.name), None when none was
+    candidates_tried: tuple[str, ...] = ()  # "name: outcome" per candidate, in order
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -93,56 +118,82 @@ def mark(
     task_eval: TaskEval | None = None,
     backbone_norms: Mapping[str, float] | None = None,
     input_moments: Mapping[str, np.ndarray] | None = None,
+    candidates: Sequence[Embedding] | None = None,
 ) -> MarkResult:
     """Try the watermark, keep it if its measured cost is within tolerance; fingerprint the issued core.
 
-    ``input_moments`` (per layer E[x·xᵀ] on task data) selects input-aware embedding.
+    ``input_moments`` (per layer E[x·xᵀ] on task data) selects input-aware embedding. With a task
+    evaluation the ``candidates`` (default :data:`CANDIDATES`, plain only without input moments) are
+    tried in order and the first within tolerance is kept; fingerprint only when none is. Without a
+    task evaluation only the first candidate is measured.
     """
+    if candidates is None:
+        candidates = CANDIDATES if input_moments is not None else (Embedding(None),)
+    candidates = tuple(candidates)
+    if not candidates:
+        raise ValueError("no embedding candidates to try")
+    if input_moments is None and any(c.ridge is not None for c in candidates):
+        raise ValueError("an input-aware embedding candidate needs input moments")
+    if task_eval is None:
+        candidates = candidates[:1]  # nothing measured to choose by
     digest = params.digest().hex()
-
-    def fingerprint_only(reason: str, metric: str, measured: float | None, limit: float, **extra: float) -> MarkResult:
-        fp = fingerprint.fingerprint_factors(core, params)
-        record = MarkRecord(
-            MODE_FINGERPRINT, reason, metric, measured, limit, None, None, fp.hash().hex(), digest,
-            extra.pop("change", None), extra.pop("margin", None), **extra,
-        )
-        return MarkResult(dict(core), fp, record)
-
-    try:
-        marked, report = watermark.embed(core, payload, params, input_moments)
-    except watermark.CapacityError as exc:
-        return fingerprint_only(f"watermark does not fit: {exc}", "capacity", None, tolerance.max_perturbation)
-    change = max(report.relative_change.values())
-    common = {"change": change, "margin": report.min_margin}
-    if task_eval is not None:
-        acc0, loss0 = task_eval(core)
-        acc1, loss1 = task_eval(marked)
-        drop_pp = 100.0 * (acc0 - acc1)
-        loss_rel = (loss1 - loss0) / abs(loss0) if loss0 else float("inf")
-        scores = {"accuracy_unmarked": acc0, "accuracy_marked": acc1, "loss_unmarked": loss0, "loss_marked": loss1}
-        if drop_pp > tolerance.max_accuracy_drop_pp:
-            return fingerprint_only(
-                f"watermark costs {drop_pp:.2f} pp accuracy", "accuracy drop (pp)", drop_pp,
-                tolerance.max_accuracy_drop_pp, **common, **scores,
-            )
-        if loss_rel > tolerance.max_loss_increase:
-            return fingerprint_only(
-                f"watermark raises the loss by {100 * loss_rel:.2f} %", "relative loss increase", loss_rel,
-                tolerance.max_loss_increase, **common, **scores,
-            )
-        metric, measured, limit = "accuracy drop (pp)", drop_pp, tolerance.max_accuracy_drop_pp
-    else:
-        scores = {}
-        if report.relative_output_change:
-            metric, measured = "relative output change on task inputs", max(report.relative_output_change.values())
+    baseline = task_eval(core) if task_eval is not None else None
+    tried: list[str] = []
+    failed: tuple[str, str, float | None, float, dict] | None = None
+    for cand in candidates:
+        try:
+            if cand.ridge is None:
+                marked, report = watermark.embed(core, payload, params)
+            else:
+                marked, report = watermark.embed(core, payload, params, input_moments, cand.ridge)
+        except watermark.CapacityError as exc:
+            tried.append(f"{cand.name}: does not fit")
+            failed = (f"watermark does not fit: {exc}", "capacity", None, tolerance.max_perturbation, {})
+            continue
+        change = max(report.relative_change.values())
+        extra: dict = {"change": change, "margin": report.min_margin}
+        if baseline is not None:
+            acc0, loss0 = baseline
+            acc1, loss1 = task_eval(marked)
+            drop_pp = 100.0 * (acc0 - acc1)
+            loss_rel = (loss1 - loss0) / abs(loss0) if loss0 else float("inf")
+            extra.update(accuracy_unmarked=acc0, accuracy_marked=acc1, loss_unmarked=loss0, loss_marked=loss1)
+            outcome = f"{drop_pp:+.2f} pp accuracy drop, {100 * loss_rel:+.2f} % loss"
+            if drop_pp > tolerance.max_accuracy_drop_pp:
+                failed = (f"watermark costs {drop_pp:.2f} pp accuracy", "accuracy drop (pp)", drop_pp,
+                          tolerance.max_accuracy_drop_pp, extra)
+            elif loss_rel > tolerance.max_loss_increase:
+                failed = (f"watermark raises the loss by {100 * loss_rel:.2f} %", "relative loss increase", loss_rel,
+                          tolerance.max_loss_increase, extra)
+            else:
+                metric, measured, limit = "accuracy drop (pp)", drop_pp, tolerance.max_accuracy_drop_pp
+                failed = None
         else:
-            metric, measured = output_perturbation(core, marked, backbone_norms)
-        limit = tolerance.max_perturbation
-        if measured > limit:
-            return fingerprint_only(f"watermark {metric} {measured:.4f} above {limit}", metric, measured, limit, **common)
-    fp = fingerprint.fingerprint_factors(marked, params)
+            if report.relative_output_change:
+                metric, measured = "relative output change on task inputs", max(report.relative_output_change.values())
+            else:
+                metric, measured = output_perturbation(core, marked, backbone_norms)
+            limit = tolerance.max_perturbation
+            outcome = f"{metric} {measured:.4f}"
+            failed = (f"watermark {metric} {measured:.4f} above {limit}", metric, measured, limit, extra) \
+                if measured > limit else None
+        tried.append(f"{cand.name}: {outcome}" + (" (over tolerance)" if failed else ""))
+        if failed is None:
+            fp = fingerprint.fingerprint_factors(marked, params)
+            extra.pop("change"), extra.pop("margin")
+            record = MarkRecord(
+                MODE_BOTH, "within tolerance", metric, measured, limit, payload,
+                watermark_commitment(payload, params).hex(), fp.hash().hex(), digest, change, report.min_margin,
+                **extra, embedding=cand.name, candidates_tried=tuple(tried),
+            )
+            return MarkResult(marked, fp, record)
+    assert failed is not None  # the loop returns on the first candidate within tolerance
+    reason, metric, measured, limit, extra = failed
+    if len(tried) > 1:
+        reason = f"no embedding within tolerance ({len(tried)} tried; last: {reason})"
+    fp = fingerprint.fingerprint_factors(core, params)
     record = MarkRecord(
-        MODE_BOTH, "within tolerance", metric, measured, limit, payload,
-        watermark_commitment(payload, params).hex(), fp.hash().hex(), digest, change, report.min_margin, **scores,
+        MODE_FINGERPRINT, reason, metric, measured, limit, None, None, fp.hash().hex(), digest,
+        extra.pop("change", None), extra.pop("margin", None), **extra, candidates_tried=tuple(tried),
     )
-    return MarkResult(marked, fp, record)
+    return MarkResult(dict(core), fp, record)

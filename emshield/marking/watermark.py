@@ -217,22 +217,28 @@ def _psd_root(moment: np.ndarray) -> np.ndarray:
     return (vecs * np.sqrt(np.clip(vals, 0.0, None))) @ vecs.T
 
 
-def _input_aware(w: _Work, moment: np.ndarray) -> None:
+def _input_aware(w: _Work, moment: np.ndarray, ridge: float) -> None:
     """Switch a layer to input-aware steps: Q moves along M⁻¹·v instead of v, with
     M = (C + ridge·tr(C)/n·I) / ((1 + ridge)·tr(C)/n) the inputs' second moment normalised to mean
     eigenvalue 1 (so the A side is weighed against the B side's plain metric); P moves as in plain mode."""
+    if not ridge > 0.0:
+        raise ValueError(f"input ridge must be positive, got {ridge}")
     n = w.q.shape[1]
     moment = np.asarray(moment, dtype=np.float64)
     if moment.shape != (n, n) or not np.allclose(moment, moment.T) or not np.all(np.isfinite(moment)):
         raise ValueError(f"input second moment must be a finite symmetric {n}×{n} matrix")
-    ridge = INPUT_RIDGE * max(float(np.trace(moment)) / n, 1e-300)
-    metric = (moment + ridge * np.eye(n)) / (float(np.trace(moment)) / n + ridge)
+    floor = ridge * max(float(np.trace(moment)) / n, 1e-300)
+    metric = (moment + floor * np.eye(n)) / (float(np.trace(moment)) / n + floor)
     w.vc = np.linalg.solve(metric, w.d.v.T).T
     w.vv = w.vc @ w.d.v.T
 
 
 def embed(
-    core: Core, payload: int, params: MarkingParams, input_moments: Mapping[str, np.ndarray] | None = None
+    core: Core,
+    payload: int,
+    params: MarkingParams,
+    input_moments: Mapping[str, np.ndarray] | None = None,
+    ridge: float = INPUT_RIDGE,
 ) -> tuple[dict[str, LoraFactors], EmbedReport]:
     """Marked core (unmarked layers passed through) and a report of what changed.
 
@@ -243,8 +249,8 @@ def embed(
 
     Input-aware mode (``input_moments``: per layer E[x·xᵀ] of the layer's inputs on task data): the
     A side's change is measured in the inputs' metric (‖dQ·M^½‖² instead of ‖dQ‖², M the ridged,
-    normalised second moment), so the mark leans away from directions the task's inputs excite.
-    Extraction is unchanged.
+    normalised second moment, ``ridge`` its ρ), so the mark leans away from directions the task's
+    inputs excite. Extraction is unchanged.
     """
     signs = ecc.encode(payload, params.rs_nsym).astype(np.float64) * 2 - 1
     work = []
@@ -256,7 +262,7 @@ def embed(
         if input_moments is not None:
             if layer.name not in input_moments:
                 raise ValueError(f"no input second moment for layer {layer.name}")
-            _input_aware(w, input_moments[layer.name])
+            _input_aware(w, input_moments[layer.name], ridge)
         work.append(w)
     big_l = len(work)
 

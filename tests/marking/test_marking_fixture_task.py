@@ -1,6 +1,7 @@
-"""Watermark (input-aware, as the issuer embeds it) on a real trained core, the committed fixture
-recipe core: fidelity against the 0.5 pp / 1 % target, and survival of real further fine-tuning
-(spec/watermark.md, "Fidelity and fine-tuning")."""
+"""Watermark as the issuer embeds it (policy.mark with a task evaluation and input moments, trying
+its embedding candidates) on a real trained core, the committed fixture recipe core: fidelity
+against the 0.5 pp / 1 % target, and survival of real further fine-tuning (spec/watermark.md,
+"Policy" and "Fidelity and fine-tuning")."""
 
 from __future__ import annotations
 
@@ -10,14 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from emshield.marking import policy, watermark
+from emshield.marking import ecc, policy, watermark
 from emshield.marking.params import LayerSpec, MarkingParams, verification_key
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[2]
 BACKBONE = ROOT / "fixtures" / "tiny-llama"
 CORE = ROOT / "fixtures" / "cores" / "financial-lora.safetensors"
-PAYLOAD = 0x5EED0000BEEF
+PAYLOADS = (0x5EED0000BEEF, 0x99FBCBDE970C, 0x123456789ABC)
+HARD = 0x99FBCBDE970C  # the first candidate (input-aware ρ = 0.1) costs +1.16 % loss with this key
 RECIPE_LR = 2e-3  # the rate the core was trained at (fixtures/recipes/financial-lora.yaml)
 
 
@@ -39,41 +41,54 @@ def task():
     return tm, core, params, test, train, moments
 
 
-def test_mark_fidelity_on_the_fixture_task(task) -> None:
-    """Accuracy is kept for every payload; the loss cost varies with the payload (spec/watermark.md,
-    "Fidelity"): the policy keeps the mark exactly when both are within tolerance."""
+@pytest.fixture(scope="module")
+def marks(task):
     tm, core, params, test, _, moments = task
-    evaluator, lines, kept = tm.evaluator(test), [], 0
-    for payload in (PAYLOAD, 0x99FBCBDE970C, 0x123456789ABC):
-        r = policy.mark(core, payload, params, policy.Tolerance(), task_eval=evaluator, input_moments=moments).record
+    evaluator = tm.evaluator(test)
+    return {p: policy.mark(core, p, params, policy.Tolerance(), task_eval=evaluator, input_moments=moments)
+            for p in PAYLOADS}
+
+
+def test_mark_fidelity_on_the_fixture_task(task, marks) -> None:
+    """Every payload gets a mark within 0.5 pp accuracy and 1 % loss: the policy keeps the first
+    embedding candidate within tolerance (spec/watermark.md, "Policy"); the record says which."""
+    params, lines = task[2], []
+    names = [c.name for c in policy.CANDIDATES]
+    for payload, res in marks.items():
+        r = res.record
         drop_pp = 100 * (r.accuracy_unmarked - r.accuracy_marked)
         loss_rel = (r.loss_marked - r.loss_unmarked) / r.loss_unmarked
         lines.append(f"payload {payload:012x}: accuracy {r.accuracy_unmarked:.4f} -> {r.accuracy_marked:.4f}, "
-                     f"loss {r.loss_unmarked:.4f} -> {r.loss_marked:.4f} ({100 * loss_rel:+.2f} %), policy {r.mode}")
+                     f"loss {r.loss_unmarked:.4f} -> {r.loss_marked:.4f} ({100 * loss_rel:+.2f} %), policy {r.mode}, "
+                     f"{r.embedding}; tried: {'; '.join(r.candidates_tried)}")
         assert r.accuracy_unmarked > 0.85, lines  # a core that learned the rule, not the answer prior
-        assert drop_pp <= 0.5, lines
-        assert (r.mode == policy.MODE_BOTH) == (loss_rel <= 0.01), lines
-        kept += r.mode == policy.MODE_BOTH
-    print(f"input-aware, {len(params.layers)} layers, {params.code_bits} code bits, τ={params.tau}:", *lines,
-          sep="\n  ")
-    assert kept >= 1, lines
+        assert r.mode == policy.MODE_BOTH and drop_pp <= 0.5 and loss_rel <= 0.01, lines
+        kept = names.index(r.embedding)
+        assert len(r.candidates_tried) == kept + 1, lines  # the first within tolerance is kept
+        assert all(t.endswith("(over tolerance)") for t in r.candidates_tried[:kept]), lines
+        ex = watermark.extract_from_factors(res.core, params)
+        assert ex.accepted and ex.payload == payload, lines
+    print(f"{len(params.layers)} layers, {params.code_bits} code bits, τ={params.tau}:", *lines, sep="\n  ")
+    assert marks[HARD].record.embedding != names[0], lines  # the candidate list is what rescues it
 
 
-def test_mark_survives_100_finetuning_steps_at_the_training_rate(task) -> None:
-    """A fresh AdamW at the recipe's peak rate, no warm-up: it moves ΔW by ~60 % of its norm
+def test_mark_survives_100_finetuning_steps_at_the_training_rate(task, marks) -> None:
+    """The mark the policy chose for the payload the first candidate misses, 100 steps of a fresh
+    AdamW at the recipe's peak rate, no warm-up: it moves ΔW by ~60 % of its norm
     (bench/marking.py sweeps 2e-4 … 1e-2 and shows where the mark breaks)."""
     from emshield.model.taskeval import delta_drift, finetune_core
 
-    tm, core, params, test, train, moments = task
-    marked, report = watermark.embed(core, PAYLOAD, params, moments)
+    tm, core, params, test, train, _ = task
+    marked, record = marks[HARD].core, marks[HARD].record
     tuned = finetune_core(BACKBONE, marked, train, steps=100, lr=RECIPE_LR)
     ex = watermark.extract_from_factors(tuned, params)
-    margin = float(np.min(report.signs * ex.z))
+    signs = ecc.encode(HARD, params.rs_nsym).astype(np.float64) * 2 - 1
+    margin = float(np.min(signs * ex.z))
     acc, loss = tm.evaluator(test)(tuned)
-    msg = (f"input-aware mark, 100 AdamW steps at lr {RECIPE_LR:g} (the training rate): ΔW drift {delta_drift(marked, tuned):.3f}, "
-           f"raw bit errors {int(np.sum(ex.bits != (report.signs > 0)))}, smallest b·z {margin:.2f} "
-           f"(τ={params.tau}), task accuracy {acc:.4f} loss {loss:.4f}")
+    msg = (f"{record.embedding} mark, 100 AdamW steps at lr {RECIPE_LR:g} (the training rate): ΔW drift "
+           f"{delta_drift(marked, tuned):.3f}, raw bit errors {int(np.sum(ex.bits != (signs > 0)))}, smallest b·z "
+           f"{margin:.2f} (τ={params.tau}), task accuracy {acc:.4f} loss {loss:.4f}")
     print(msg)
-    assert ex.accepted and ex.payload == PAYLOAD, msg
+    assert ex.accepted and ex.payload == HARD, msg
     assert delta_drift(marked, tuned) > 0.3, msg  # a real change of the core, not a no-op
     assert acc > 0.85, msg  # and still the task: a fine-tune, not a reset
