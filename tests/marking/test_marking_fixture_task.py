@@ -92,3 +92,20 @@ def test_mark_survives_100_finetuning_steps_at_the_training_rate(task, marks) ->
     assert ex.accepted and ex.payload == HARD, msg
     assert delta_drift(marked, tuned) > 0.3, msg  # a real change of the core, not a no-op
     assert acc > 0.85, msg  # and still the task: a fine-tune, not a reset
+
+
+def test_policy_tries_every_candidate_before_fingerprint_only(task) -> None:
+    """A tolerance no embedding can meet (the loss must fall by half): all candidates are tried in
+    order, the core is issued untouched with a fingerprint only, and the record lists the attempts."""
+    tm, core, params, test, _, moments = task
+    res = policy.mark(core, PAYLOADS[0], params, policy.Tolerance(max_loss_increase=-0.5),
+                      task_eval=tm.evaluator(test[:40]), input_moments=moments)
+    r = res.record
+    assert r.mode == policy.MODE_FINGERPRINT and r.embedding is None and r.payload is None, r
+    assert [t.split(":")[0] for t in r.candidates_tried] == [c.name for c in policy.CANDIDATES], r
+    assert all(t.endswith("(over tolerance)") for t in r.candidates_tried), r
+    assert r.reason.startswith(f"no embedding within tolerance ({len(policy.CANDIDATES)} tried"), r
+    assert all(np.array_equal(res.core[k].a, core[k].a) and np.array_equal(res.core[k].b, core[k].b) for k in core)
+    with pytest.raises(ValueError, match="needs input moments"):
+        policy.mark(core, PAYLOADS[0], params, task_eval=tm.evaluator(test[:40]),
+                    candidates=(policy.Embedding(0.1),))
