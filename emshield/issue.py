@@ -23,6 +23,7 @@ import os
 import stat
 import time
 import uuid
+from typing import Any
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -297,6 +298,9 @@ def write_devices_csv(path: Path, devices: Iterable[DeviceTarget]) -> None:
 # --- issuing ---------------------------------------------------------------------------------------
 
 
+DEFAULT_TASK_RECORDS = 120  # held-out records the policy measures fidelity on (with task data)
+
+
 @dataclass
 class Issuer:
     """Everything that stays fixed across the devices of one issuance run."""
@@ -310,6 +314,11 @@ class Issuer:
     policy: str = POLICY_AUTO
     tolerance: policy_mod.Tolerance = field(default_factory=policy_mod.Tolerance)
     backbone_norms: Mapping[str, float] | None = None
+    # With task data (prepare_issuer's task_data): the policy measures accuracy and loss on it and
+    # tries input-aware embeddings first (spec/watermark.md, policy).
+    task_eval: policy_mod.TaskEval | None = None
+    input_moments: Mapping[str, Any] | None = None
+    task_digest: str = ""
 
     @property
     def params(self) -> MarkingParams:
@@ -317,9 +326,15 @@ class Issuer:
 
 
 def prepare_issuer(client: LogClient, log_verifier: NoteVerifier, keys: IssuerKeys, core: Core, backbone: Path, *,
-                   policy: str = POLICY_AUTO, tolerance: policy_mod.Tolerance | None = None) -> Issuer:
+                   policy: str = POLICY_AUTO, tolerance: policy_mod.Tolerance | None = None,
+                   task_data: Path | None = None, task_records: int = DEFAULT_TASK_RECORDS) -> Issuer:
     """Check that the issuer is registered for this backbone and core layout, and read the
-    backbone's weight norms for the core's layers (the policy's perturbation measure)."""
+    backbone's weight norms for the core's layers (the policy's perturbation measure).
+
+    With ``task_data`` (held-out records in the instruction format), the policy keeps the
+    watermark only if task accuracy and loss stay within ``tolerance`` on the first
+    ``task_records`` records, and draws the input statistics for input-aware embedding from the
+    next ``task_records`` (or the same ones when the file is shorter)."""
     from emshield.model.io import backbone_id as backbone_id_of_path
     from emshield.model.io import open_tensors
 
@@ -342,8 +357,30 @@ def prepare_issuer(client: LogClient, log_verifier: NoteVerifier, keys: IssuerKe
                          f"parameters ({len(have)} vs {len(want)} layers)")
     with open_tensors(backbone) as bb:
         norms = {name: float(bb.get(name).double().norm()) for name in core}
-    return Issuer(client, log_verifier, keys, logged, dict(core), bytes.fromhex(bid), policy,
-                  tolerance or policy_mod.Tolerance(), norms)
+    issuer = Issuer(client, log_verifier, keys, logged, dict(core), bytes.fromhex(bid), policy,
+                    tolerance or policy_mod.Tolerance(), norms)
+    if task_data is not None and policy != POLICY_FINGERPRINT:
+        _attach_task(issuer, backbone, Path(task_data), task_records)
+    return issuer
+
+
+def _attach_task(issuer: Issuer, backbone: Path, task_data: Path, n: int) -> None:
+    from emshield.model.datasets import load_dataset
+    from emshield.model.taskeval import TaskModel
+
+    if n < 1:
+        raise IssueError("task-data", "task_records must be at least 1")
+    try:
+        records = load_dataset(task_data)
+    except (OSError, ValueError) as exc:
+        raise IssueError("task-data", f"cannot use {task_data} as task data: {exc}") from exc
+    if not records:
+        raise IssueError("task-data", f"{task_data} holds no records")
+    model = TaskModel.load(backbone)
+    evaluated, moments_from = records[:n], records[n:2 * n] or records[:n]
+    issuer.task_eval = model.evaluator(evaluated)
+    issuer.input_moments = model.input_moments(issuer.core, moments_from)
+    issuer.task_digest = hashlib.sha256(task_data.read_bytes() + f"\x00{n}".encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -361,7 +398,8 @@ def mark_for_device(issuer: Issuer, device: uuid.UUID) -> Marked:
     if issuer.policy == POLICY_FINGERPRINT:
         return Marked(dict(issuer.core), fp_mod.fingerprint_factors(issuer.core, params), "fingerprint", None, None)
     payload = payload_for_device(issuer.keys.marking_secret, device.bytes)
-    result = policy_mod.mark(issuer.core, payload, params, issuer.tolerance, backbone_norms=issuer.backbone_norms)
+    result = policy_mod.mark(issuer.core, payload, params, issuer.tolerance, task_eval=issuer.task_eval,
+                             backbone_norms=issuer.backbone_norms, input_moments=issuer.input_moments)
     commitment = watermark_commitment(payload, params) if result.record.mode == policy_mod.MODE_BOTH else None
     return Marked(result.core, result.fingerprint, result.record.mode, commitment, result.record)
 
@@ -448,9 +486,10 @@ INPUTS_SUFFIX = ".inputs"
 
 
 def inputs_digest(issuer: Issuer) -> str:
-    """What decides the issued core besides the device: the core, the parameters, policy and tolerance."""
+    """What decides the issued core besides the device: the core, the parameters, policy, tolerance
+    and task data."""
     h = hashlib.sha256(INPUTS_LABEL + issuer.params.digest())
-    h.update(f"{issuer.policy}\x00{issuer.tolerance!r}\x00".encode())
+    h.update(f"{issuer.policy}\x00{issuer.tolerance!r}\x00{issuer.task_digest}\x00".encode())
     h.update(core_to_bytes(issuer.core))
     return h.hexdigest()
 

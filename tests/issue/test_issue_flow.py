@@ -247,3 +247,33 @@ def test_issue_refuses_bad_inputs_clearly(tmp_path, log, core):
     r = cli(*args, ok=False)
     assert r.exit_code == 1 and "not-registered" in r.output
     assert not (dev.directory / INSTALLED_FILE).exists()
+
+
+def test_task_data_policy_keeps_the_mark_only_within_measured_fidelity(tmp_path, log, device):
+    """`--task-data`: accuracy and loss of the marked core are measured on held-out records, and the
+    watermark is kept only within tolerance (0.5 pp, 1 %); the issued bundle's core is the one measured."""
+    from emshield.model.adapter import load_core
+
+    root = Path(__file__).resolve().parents[2]
+    core = load_core(root / "fixtures" / "cores" / "financial-lora.safetensors")
+    issuer_dir, core_file = setup_issuer(tmp_path, log, core)
+    out = json.loads(cli(*issue_args(log, issuer_dir, core_file, tmp_path / "out", "--device", device.directory,
+                                     "--task-data", root / "fixtures" / "data" / "financial-test.json",
+                                     "--task-records", "40")).stdout)
+    (result,) = out["issued"]
+    record = result["mark"]
+    drop_pp = 100 * (record["accuracy_unmarked"] - record["accuracy_marked"])
+    loss_rel = record["loss_marked"] / record["loss_unmarked"] - 1
+    print(f"task-data policy: {result['policy']}, kept {record['embedding']}, tried {record['candidates_tried']}, "
+          f"accuracy drop {drop_pp:.2f} pp, loss {100 * loss_rel:+.2f} %")
+    assert record["candidates_tried"] and record["candidates_tried"][0].startswith("input-aware")
+    if result["policy"] == "both":
+        assert drop_pp <= 0.5 + 1e-9 and loss_rel <= 0.01
+        assert record["embedding"] is not None
+    else:
+        assert record["embedding"] is None
+    # The task data is part of the issuance inputs: the same run again finds its bundle up to date.
+    again = json.loads(cli(*issue_args(log, issuer_dir, core_file, tmp_path / "out", "--device", device.directory,
+                                       "--task-data", root / "fixtures" / "data" / "financial-test.json",
+                                       "--task-records", "40")).stdout)
+    assert again["issued"][0]["status"] == "up-to-date"
