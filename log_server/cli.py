@@ -121,8 +121,10 @@ def set_token(db: Path, as_json: bool) -> None:
               help="The checkpoint signing key. Default: <db>.signer-key")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--server", "server", default="gunicorn", show_default=True, type=click.Choice(["gunicorn", "granian"]),
+              help="WSGI server: gunicorn (gthread) or Granian (Rust HTTP, ~40 % less CPU per request).")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64),
-              help="gunicorn worker processes (all share the store; the DB write lock serialises sequencing).")
+              help="worker processes (all share the store; the DB write lock serialises sequencing).")
 @click.option("--threads", default=16, show_default=True, type=click.IntRange(1, 1024),
               help="request threads per worker.")
 @click.option("--log-level", default="info", show_default=True,
@@ -132,9 +134,9 @@ def set_token(db: Path, as_json: bool) -> None:
                    " attached to the served checkpoint. The URL must not contain '='.")
 @click.option("--witness-quorum", default=0, show_default=True, type=click.IntRange(0, 100),
               help="Serve at /checkpoint only checkpoints cosigned by at least this many of the witnesses.")
-def serve(db: Path, key_file: Path | None, host: str, port: int, workers: int, threads: int, log_level: str,
-          witnesses: tuple[str, ...], witness_quorum: int) -> None:
-    """Serve the log over HTTP with gunicorn (production WSGI server)."""
+def serve(db: Path, key_file: Path | None, host: str, port: int, server: str, workers: int, threads: int,
+          log_level: str, witnesses: tuple[str, ...], witness_quorum: int) -> None:
+    """Serve the log over HTTP with a production WSGI server (gunicorn or Granian)."""
     from .app import ServerConfig, create_app
     from .keys import KeyFileError
     from .serve import serve as run_server
@@ -145,4 +147,4 @@ def serve(db: Path, key_file: Path | None, host: str, port: int, workers: int, t
         create_app(config).extensions["emshield_log"].store.close()
     except (StoreError, KeyFileError, RuntimeError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
-    run_server(config, host, port, workers, threads, log_level)
+    run_server(config, host, port, workers, threads, log_level, server=server)

@@ -22,7 +22,7 @@ from emshield.cbor import canonical, strict_loads
 from emshield.tlog.merkle import leaf_hash
 
 VERSION = 1
-MAX_ENTRY_SIZE = 64 * 1024
+MAX_ENTRY_SIZE = 65_535  # fits the uint16 length prefix of C2SP tlog-tiles entry bundles
 MAX_MARKING_PARAMS_SIZE = 60 * 1024
 MAX_NAME_BYTES = 128
 MAX_MARKING_PARAMS_DEPTH = 16

@@ -167,6 +167,10 @@ def test_both_servers_answer_the_api_the_same_way(log, kind: str) -> None:
                         b"Content-Length: 1000000000\r\n\r\n")
             head = raw.recv(65536)
         assert head.split(b" ", 2)[1] == b"413", head[:200]
+        # a chunked body (no declared length) over the entry limit: 413 too, not a cut-off entry
+        r = s.post(server.url + "/v1/entries", data=iter([b"\xa0" * 40_000, b"\xa0" * 40_000]),
+                   headers={"Content-Type": "application/cbor"}, timeout=60)
+        assert (r.status_code, r.json()["error"]) == (413, "body_too_large"), (kind, r.text)
         assert _tree(db) == stored
     finally:
         server.stop()
