@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from emshield.tlog.checkpoint import (
+    BadNoteSignature,
     Checkpoint,
     CosignatureVerifier,
     NoteVerifier,
     cosignature_timestamp,
-    split_note,
+    known_signatures,
     verify_checkpoint,
 )
 
@@ -51,15 +52,12 @@ def verify_witnessed(note: bytes, log: NoteVerifier, witnesses: Sequence[Cosigna
     if not 0 <= quorum <= len(witnesses):
         raise WitnessPolicyError(f"quorum {quorum} is not within 0..{len(witnesses)}")
     cp = verify_checkpoint(note, log)
-    text, sigs = split_note(note)
-    known = {(w.name, w.key_id): w for w in witnesses}
+    try:
+        _, found = known_signatures(note, witnesses)
+    except BadNoteSignature as exc:
+        raise WitnessPolicyError(f"invalid cosignature by witness {exc.key}") from exc
     good: list[tuple[str, int]] = []
-    for sig in sigs:
-        w = known.get((sig.name, sig.key_id))
-        if w is None:
-            continue
-        if not w.verify(text, sig.signature):
-            raise WitnessPolicyError(f"invalid cosignature by witness {sig.name}+{sig.key_id.hex()}")
+    for w, sig in found:
         ts = cosignature_timestamp(sig.signature)
         if not_before is None or ts >= not_before:
             good.append((w.verifier_key(), ts))

@@ -43,6 +43,14 @@ class NoteError(ValueError):
     """A signed note is malformed, or no trusted signature on it verifies."""
 
 
+class BadNoteSignature(NoteError):
+    """A known key's signature line does not verify; ``key`` is its ``name+keyid`` (hex)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"invalid signature for key {key}")
+        self.key = key
+
+
 class CheckpointError(ValueError):
     """A checkpoint body is malformed, or its note is not signed by the expected log."""
 
@@ -359,30 +367,40 @@ def sign_note(text: bytes, signers: Sequence[Signer], existing: Sequence[NoteSig
     return note
 
 
+def known_signatures(note: bytes, verifiers: Sequence[Verifier]) -> tuple[bytes, list[tuple[Verifier, NoteSignature]]]:
+    """The note text and, in note order, each signature by one of ``verifiers`` with its verifier.
+
+    Signatures by other keys (name and key ID) are ignored; a known key's signature that does not
+    verify raises :class:`BadNoteSignature`. Shared by note opening and witness cosignature policies.
+    """
+    text, sigs = split_note(note)
+    known = {(v.name, v.key_id): v for v in verifiers}
+    found: list[tuple[Verifier, NoteSignature]] = []
+    for sig in sigs:
+        v = known.get((sig.name, sig.key_id))
+        if v is None:
+            continue
+        if not v.verify(text, sig.signature):
+            raise BadNoteSignature(f"{sig.name}+{sig.key_id.hex()}")
+        found.append((v, sig))
+    return text, found
+
+
 def open_note(note: bytes, verifiers: Sequence[Verifier]) -> tuple[bytes, list[Verifier]]:
     """Return the note text and the known verifiers whose signatures verified.
 
     Signatures by keys not in ``verifiers`` (name and key ID) are ignored. A known key's signature
     that does not verify rejects the note, and so does a note no known key signed.
     """
-    text, sigs = split_note(note)
-    known: dict[tuple[str, bytes], Verifier] = {}
+    seen: set[tuple[str, bytes]] = set()
     for v in verifiers:
-        k = (v.name, v.key_id)
-        if k in known:
+        if (v.name, v.key_id) in seen:
             raise NoteError(f"two verifiers share key {v.name}+{v.key_id.hex()}")
-        known[k] = v
-    good: list[Verifier] = []
-    for sig in sigs:
-        v = known.get((sig.name, sig.key_id))
-        if v is None:
-            continue
-        if not v.verify(text, sig.signature):
-            raise NoteError(f"invalid signature for key {sig.name}+{sig.key_id.hex()}")
-        good.append(v)
-    if not good:
+        seen.add((v.name, v.key_id))
+    text, found = known_signatures(note, verifiers)
+    if not found:
         raise NoteError("note has no signature from a known key")
-    return text, good
+    return text, [v for v, _ in found]
 
 
 # --- checkpoints ------------------------------------------------------------------------------------
