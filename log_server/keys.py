@@ -14,6 +14,7 @@ import os
 import secrets
 from pathlib import Path
 
+from emshield.keyfile import read_private_text
 from emshield.tlog.checkpoint import NoteSigner
 
 TOKEN_ENV = "EMSHIELD_LOG_OPERATOR_TOKEN"
@@ -42,13 +43,7 @@ def write_signer_key(path: Path, signer: NoteSigner) -> None:
 
 def read_signer_key(path: Path) -> NoteSigner:
     try:
-        st = path.stat()
-    except FileNotFoundError as exc:
-        raise KeyFileError(f"signing key file {path} does not exist") from exc
-    if st.st_mode & 0o077:
-        raise KeyFileError(f"signing key file {path} is readable by others (mode {st.st_mode & 0o777:o}); chmod 600")
-    try:
-        return NoteSigner.from_signer_key(path.read_text(encoding="ascii").strip())
+        return NoteSigner.from_signer_key(read_private_text(path, "signing key file", KeyFileError))
     except (UnicodeDecodeError, ValueError) as exc:
         raise KeyFileError(f"{path} does not hold a signed-note signer key: {exc}") from exc
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
+from emshield.keyfile import read_private_text
 from emshield.tlog import merkle
 from emshield.tlog.checkpoint import (
     SIG_COSIGNATURE_ED25519,
@@ -98,13 +99,7 @@ def write_witness_key(path: Path, name: str) -> CosignatureSigner:
 
 
 def read_witness_key(path: Path) -> CosignatureSigner:
-    try:
-        st = path.stat()
-    except FileNotFoundError as exc:
-        raise WitnessKeyError(f"witness key file {path} does not exist") from exc
-    if st.st_mode & 0o077:
-        raise WitnessKeyError(f"witness key file {path} is readable by others (mode {st.st_mode & 0o777:o}); chmod 600")
-    return parse_witness_key(path.read_text(encoding="ascii").strip())
+    return parse_witness_key(read_private_text(path, "witness key file", WitnessKeyError))
 
 
 # --- the request --------------------------------------------------------------------------------
