@@ -162,7 +162,10 @@ def witness_serve(key_file: Path, state_db: Path, log_keys: tuple[str, ...], hos
     try:
         signer = read_witness_key(key_file)
         logs = [NoteVerifier.from_verifier_key(k) for k in log_keys]
-        Witness(signer, logs, state_db)  # fail here, clearly, rather than in a worker
+        # Fail here, clearly, rather than in a worker; and close before gunicorn forks: a worker that
+        # inherited this connection's descriptor and closed it (on garbage collection) would drop the
+        # POSIX locks of its own connections to the file, and SQLite would corrupt the state.
+        Witness(signer, logs, state_db).close()
     except (WitnessKeyError, NoteError, ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     serve(lambda: Witness(signer, logs, state_db), host, port, workers, threads, log_level)

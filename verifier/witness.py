@@ -192,6 +192,13 @@ class Witness:
         if version != STATE_VERSION:
             raise ValueError(f"{state}: witness state version {version}, this witness knows {STATE_VERSION}")
 
+    def close(self) -> None:
+        """Close this thread's connection to the state file."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            self._local.conn = None
+            conn.close()
+
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
