@@ -11,7 +11,7 @@ Every own server gets a fresh log and the same signed entries: the baseline sour
 then each WSGI server of --servers (default gunicorn, then granian) with this tree's code; each
 figure is printed with the 1-minute load average beside it, and later servers as ratios to the
 first. The clients are threads of this process on the same cores as the server (a raw-socket
-keep-alive HTTP/1.1 client, ~60 us of CPU per request), so client CPU is part of every figure.
+keep-alive HTTP/1.1 client; the single-append clients are flows of one event loop), so client CPU is part of every figure.
 
 Figures (issue #3 targets in brackets):
 - durable single-entry appends/s with 1, 8 and 32 concurrent clients [>= 2,000/s with 32 clients
@@ -40,7 +40,9 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import heapq
 import random
+import selectors
 import signal
 import socket
 import sqlite3
@@ -121,6 +123,42 @@ def registration(seed: bytes) -> bytes:
 # -- HTTP -------------------------------------------------------------------------------------------
 
 
+def request_bytes(host: str, method: str, path: str, body: bytes | None = None, ctype: str | None = None,
+                  token: str | None = None) -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n"
+    if ctype:
+        head += f"Content-Type: {ctype}\r\n"
+    if token:
+        head += f"Authorization: Bearer {token}\r\n"
+    if body is not None or method in ("POST", "PUT"):
+        head += f"Content-Length: {len(body or b'')}\r\n"
+    return head.encode("latin-1") + b"\r\n" + (body or b"")
+
+
+def parse_response(buf: bytes) -> tuple[int, bytes, bytes] | None:
+    """(status, body, what follows) of the complete response at the start of ``buf``; None while
+    incomplete. Enough HTTP/1.1 for the log's API: Content-Length bodies only (both servers send them)."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    lines = buf[:end].split(b"\r\n")
+    status = int(lines[0].split(b" ", 2)[1])
+    length = None
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding":
+            raise RuntimeError("chunked responses are not supported by this bench client")
+    if length is None:
+        raise RuntimeError(f"response without Content-Length: {lines[0]!r}")
+    start = end + 4
+    if len(buf) < start + length:
+        return None
+    return status, buf[start:start + length], buf[start + length:]
+
+
 class Conn:
     """One keep-alive HTTP/1.1 connection on a raw socket.
 
@@ -151,36 +189,15 @@ class Conn:
         if self.sock is None:
             self.sock = self._connect()
         self.sock.sendall(request)
-        while (end := self.buf.find(b"\r\n\r\n")) < 0:
+        while (got := parse_response(self.buf)) is None:
             self._recv()
-        lines = self.buf[:end].split(b"\r\n")
-        status = int(lines[0].split(b" ", 2)[1])
-        length = None
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"transfer-encoding":
-                raise RuntimeError("chunked responses are not supported by this bench client")
-        if length is None:
-            raise RuntimeError(f"response without Content-Length: {lines[0]!r}")
-        start = end + 4
-        while len(self.buf) < start + length:
-            self._recv()
-        body, self.buf = self.buf[start:start + length], self.buf[start + length:]
+        status, body, self.buf = got
         return status, body
 
     def request(self, method: str, path: str, body: bytes | None = None, ctype: str | None = None,
                 auth: bool = False) -> tuple[int, bytes]:
-        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-        if ctype:
-            head += f"Content-Type: {ctype}\r\n"
-        if auth:
-            head += f"Authorization: Bearer {self.token}\r\n"
-        if body is not None or method in ("POST", "PUT"):
-            head += f"Content-Length: {len(body or b'')}\r\n"
-        request = head.encode("latin-1") + b"\r\n" + (body or b"")
+        request = request_bytes(f"{self.host}:{self.port}", method, path, body, ctype,
+                                self.token if auth else None)
         for attempt in range(2):
             try:
                 return self._exchange(request)
@@ -316,42 +333,91 @@ def run_clients(work, shares: list) -> float:
     return time.perf_counter() - t0
 
 
+def run_flows(url: str, flows: list) -> float:
+    """Drive many clients from ONE thread: each flow is a generator that yields the bytes of its next
+    request and is sent back (status, body), or yields a float to pause that many seconds.
+
+    Why not a thread per client: 32 Python threads contending for one GIL cost ~150 us of CPU per
+    request on these two cores, which the server then lacks; one event loop costs a fraction of that.
+    Returns the wall time from the first request to the last answer."""
+    u = urllib.parse.urlsplit(url)
+    sel = selectors.DefaultSelector()
+    bufs: dict[int, bytes] = {}
+    timers: list[tuple[float, int, object]] = []
+
+    def advance(flow, sock: socket.socket, value) -> None:
+        try:
+            step = flow.send(value)
+        except StopIteration:
+            sel.unregister(sock)
+            sock.close()
+            return
+        if isinstance(step, float):
+            heapq.heappush(timers, (time.perf_counter() + step, id(flow), (flow, sock)))
+        else:
+            sock.sendall(step)
+
+    socks = []
+    for flow in flows:
+        sock = socket.create_connection((u.hostname, u.port), timeout=120)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        bufs[sock.fileno()] = b""
+        sel.register(sock, selectors.EVENT_READ, flow)
+        socks.append(sock)
+    t0 = time.perf_counter()
+    for flow, sock in zip(flows, socks):
+        advance(flow, sock, None)
+    while sel.get_map():
+        wait = max(0.0, timers[0][0] - time.perf_counter()) if timers else None
+        for key, _ in sel.select(wait):
+            sock, fd = key.fileobj, key.fd
+            data = sock.recv(1 << 16)
+            if not data:
+                raise ConnectionError("the server closed a client connection")
+            got = parse_response(bufs[fd] + data)
+            if got is None:
+                bufs[fd] += data
+                continue
+            status, body, bufs[fd] = got
+            advance(key.data, sock, (status, body))
+        while timers and timers[0][0] <= time.perf_counter():
+            _, _, (flow, sock) = heapq.heappop(timers)
+            advance(flow, sock, None)
+    return time.perf_counter() - t0
+
+
 def single_appends(url: str, entries: list[bytes], clients: int, verifier: NoteVerifier | None,
                    sample_every: int = 10) -> dict:
-    """Each client thread POSTs its share one at a time; every `sample_every`-th ack is followed by
+    """Each client POSTs its share one at a time; every `sample_every`-th ack is followed by
     fetching (and verifying) checkpoints until one includes the entry: the integration latency."""
-    shares = [entries[i::clients] for i in range(clients)]
+    host = urllib.parse.urlsplit(url).netloc
     latencies: list[float] = []
     integration: list[float] = []
     indices: list[int] = []
-    lock = threading.Lock()
-    errors: list[str] = []
+    get_checkpoint = request_bytes(host, "GET", "/checkpoint")
 
-    def work(share: list[bytes]) -> None:
-        conn = Conn(url)
-        lat, integ, idx = [], [], []
+    def flow(share: list[bytes]):
         for k, e in enumerate(share):
             t0 = time.perf_counter()
-            status, body = conn.request("POST", "/v1/entries", body=e, ctype="application/cbor")
+            status, body = yield request_bytes(host, "POST", "/v1/entries", e, "application/cbor")
             t1 = time.perf_counter()
             if status not in (200, 201):
-                errors.append(f"{status} {body[:200]!r}")
-                return
+                raise RuntimeError(f"append failed: {status} {body[:200]!r}")
             index = json.loads(body)["index"]
-            lat.append(t1 - t0)
-            idx.append(index)
+            latencies.append(t1 - t0)
+            indices.append(index)
             if k % sample_every == 0:
-                while checkpoint_size(conn, verifier) <= index:
-                    time.sleep(0.005)
-                integ.append(time.perf_counter() - t1)
-        with lock:
-            latencies.extend(lat)
-            integration.extend(integ)
-            indices.extend(idx)
+                while True:
+                    status, note = yield get_checkpoint
+                    if status != 200:
+                        raise RuntimeError(f"GET /checkpoint: {status}")
+                    size = int(note.split(b"\n")[1]) if verifier is None else verify_checkpoint(note, verifier).size
+                    if size > index:
+                        break
+                    yield 0.005
+                integration.append(time.perf_counter() - t1)
 
-    wall = run_clients(work, shares)
-    if errors:
-        raise RuntimeError(f"append failed: {errors[0]}")
+    wall = run_flows(url, [flow(entries[i::clients]) for i in range(clients)])
     if len(set(indices)) != len(entries):
         raise RuntimeError("duplicate indices were returned")
     return {"clients": clients, "entries": len(entries), "seconds": wall, "per_s": len(entries) / wall,
@@ -363,13 +429,15 @@ def single_appends(url: str, entries: list[bytes], clients: int, verifier: NoteV
 def get_rate(url: str, requests_total: int, clients: int) -> float:
     """Baseline: GET /checkpoint requests/s with the same clients: the HTTP + WSGI stack's floor."""
     per_client = requests_total // clients
+    request = request_bytes(urllib.parse.urlsplit(url).netloc, "GET", "/checkpoint")
 
-    def work(n: int) -> None:
-        conn = Conn(url)
-        for _ in range(n):
-            conn.request("GET", "/checkpoint")
+    def flow():
+        for _ in range(per_client):
+            status, _ = yield request
+            if status != 200:
+                raise RuntimeError(f"GET /checkpoint: {status}")
 
-    return per_client * clients / run_clients(work, [per_client] * clients)
+    return per_client * clients / run_flows(url, [flow() for _ in range(clients)])
 
 
 def batch_appends(url: str, entries: list[bytes], batch_size: int, clients: int) -> dict:

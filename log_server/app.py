@@ -28,8 +28,11 @@ from . import keys, tiles
 from .batch import BatchFormatError, decode_batch
 from .entries import EntryRejected, IssuerKeys, check_side_record, prepare_issuance, prepare_registration
 from .sequencer import AppendRejected, Appended, Sequencer
+from .sequencer_service import UNAVAILABLE, RemoteSequencer, SequencerUnavailable
+from .fast_append import AppendFastPath
 from .storage import LOOKUP_FIELDS, IssuerRecord, LogStore, SqliteStore
 from .witness import Cosigner, WitnessEndpoint, cosigned_note
+from .wsgi_io import ApiError, error_json, read_body
 
 CBOR = "application/cbor"
 
@@ -49,6 +52,7 @@ class ServerConfig:
     witnesses: tuple[str, ...] = ()  # "URL=VERIFIER_KEY" of C2SP tlog-witnesses to submit checkpoints to
     witness_quorum: int = 0  # GET /checkpoint serves the latest checkpoint cosigned by this many of them
     witness_poll_s: float = 0.2
+    sequencer_socket: Path | None = None  # set by `serve`: the sequencer process's Unix socket
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "ServerConfig":
@@ -58,19 +62,12 @@ class ServerConfig:
             raise ValueError(f"unknown server config keys: {sorted(unknown)}")
         cfg = cls(**{k: v for k, v in values.items()})
         return replace(cfg, db_path=Path(cfg.db_path), key_path=None if cfg.key_path is None else Path(cfg.key_path),
-                       witnesses=tuple(cfg.witnesses))
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.code, self.detail = status, code, detail
+                       witnesses=tuple(cfg.witnesses),
+                       sequencer_socket=None if cfg.sequencer_socket is None else Path(cfg.sequencer_socket))
 
 
 def _error(status: int, code: str, detail: str) -> Response:
-    resp = jsonify(error=code, detail=detail)
-    resp.status_code = status
-    return resp
+    return Response(error_json(status, code, detail), status=status, mimetype="application/json")
 
 
 def b64(data: bytes) -> str:
@@ -114,18 +111,7 @@ def _hex(raw: str, name: str, size: int | None = None) -> bytes:
 
 
 def _body(content_type: str, limit: int) -> bytes:
-    if request.mimetype != content_type:
-        raise ApiError(415, "unsupported_media_type",
-                       f"Content-Type must be {content_type}, got {request.mimetype or 'none'}")
-    # One byte of slack: a declared length over it is refused before reading (413 from werkzeug),
-    # and a chunked body, which werkzeug cuts at the limit instead, shows it is too long by that byte.
-    request.max_content_length = limit + 1
-    data = request.get_data(cache=False)
-    if len(data) > limit:
-        raise ApiError(413, "body_too_large", f"the body is over the {limit}-byte limit")
-    if not data:
-        raise ApiError(400, "empty_body", "the request body is empty")
-    return data
+    return read_body(request.environ, content_type, limit)
 
 
 # -- the app -------------------------------------------------------------------------------------
@@ -137,7 +123,7 @@ class _Log:
 
     config: ServerConfig
     store: LogStore
-    sequencer: Sequencer
+    sequencer: Sequencer | RemoteSequencer
     issuers: IssuerKeys
     origin: str
     witnesses: list[WitnessEndpoint]
@@ -172,6 +158,9 @@ def _submit(entries) -> list[Appended]:
         return _log().sequencer.submit(entries)
     except AppendRejected as rej:
         raise ApiError(rej.status, rej.code, rej.detail) from rej
+    except SequencerUnavailable as exc:
+        current_app.logger.error("%s %s: %s", request.method, request.path, exc)
+        raise ApiError(*UNAVAILABLE) from exc
 
 
 def _appended_json(a: Appended) -> dict[str, Any]:
@@ -184,9 +173,8 @@ def _issuer_json(i: IssuerRecord) -> dict[str, Any]:
             "revoked_at": i.revoked_at, "revocation_reason": i.revocation_reason}
 
 
-def create_app(config: ServerConfig | Mapping[str, Any]) -> Flask:
-    """The log's WSGI app for one store. Opening fails early if the store or key is unusable."""
-    cfg = config if isinstance(config, ServerConfig) else ServerConfig.from_mapping(config)
+def open_sequencer(cfg: ServerConfig) -> Sequencer:
+    """The store's sequencer with the log's signing key. Fails early if the store or key is unusable."""
     store = SqliteStore(cfg.db_path)
     origin_raw = store.meta("origin")
     if origin_raw is None or store.meta(keys.TOKEN_META_KEY) is None:
@@ -195,7 +183,16 @@ def create_app(config: ServerConfig | Mapping[str, Any]) -> Flask:
     signer = keys.read_signer_key(cfg.key_path or keys.default_key_path(cfg.db_path))
     if signer.name != origin:
         raise RuntimeError(f"signing key name {signer.name!r} does not match the log origin {origin!r}")
-    sequencer = Sequencer(store, signer, origin, max_batch=cfg.max_sequencer_batch)
+    return Sequencer(store, signer, origin, max_batch=cfg.max_sequencer_batch)
+
+
+def create_app(config: ServerConfig | Mapping[str, Any]) -> Flask:
+    """The log's WSGI app for one store. Appends go to this process's own sequencer thread, or to
+    the sequencer process at ``sequencer_socket`` (as `serve` runs it)."""
+    cfg = config if isinstance(config, ServerConfig) else ServerConfig.from_mapping(config)
+    local = open_sequencer(cfg)
+    store, origin = local.store, local.origin
+    sequencer = local if cfg.sequencer_socket is None else RemoteSequencer(cfg.sequencer_socket)
     witnesses = [WitnessEndpoint.parse(w) for w in cfg.witnesses]
     if not 0 <= cfg.witness_quorum <= len(witnesses):
         raise ValueError(f"witness quorum {cfg.witness_quorum} is not within 0..{len(witnesses)} (configured witnesses)")
@@ -207,9 +204,12 @@ def create_app(config: ServerConfig | Mapping[str, Any]) -> Flask:
     app = Flask("emshield_log")
     app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes
     app.json.sort_keys = False
-    app.extensions["emshield_log"] = _Log(cfg, store, sequencer, IssuerKeys(store), origin, witnesses, cosigner)
+    issuers = IssuerKeys(store)
+    app.extensions["emshield_log"] = _Log(cfg, store, sequencer, issuers, origin, witnesses, cosigner)
     # Started on the first request of each worker process (a thread does not survive a fork).
     app.before_request(cosigner.ensure_started)
+    app.wsgi_app = AppendFastPath(app.wsgi_app, issuers, sequencer, cosigner.ensure_started,  # type: ignore[method-assign]
+                                  app.logger)
 
     @app.errorhandler(ApiError)
     def _api_error(e: ApiError) -> Response:
@@ -258,13 +258,6 @@ def create_app(config: ServerConfig | Mapping[str, Any]) -> Flask:
                 data = gzip.compress(data, compresslevel=1)
                 headers["Content-Encoding"] = "gzip"
         return Response(data, mimetype="application/octet-stream", headers=headers)
-
-    @app.post("/v1/entries")
-    def append_entry():
-        _only_params()
-        prepared = _prepare(lambda body: prepare_issuance(body, _log().issuers), _body(CBOR, MAX_ENTRY_SIZE))
-        (done,) = _submit([prepared])
-        return jsonify(_appended_json(done)), 201 if done.created else 200
 
     @app.post("/v1/entries/batch")
     def append_batch():

@@ -1,10 +1,10 @@
 """Run the app under a production WSGI server: gunicorn (default) or Granian.
 
-Both run `workers` processes that each load their own app after the fork, so each has its own
-sequencer thread; the store's write lock serialises the sequencers (see sequencer.py), so any
-number of workers is safe. On two cores, two workers let request parsing and signature checks
-use both cores (Ed25519 verification in `cryptography` holds the GIL, so one process verifies on
-one core at a time).
+Both run `workers` processes that each load their own app after the fork; all of them hand
+their verified entries to ONE sequencer process started here first (sequencer_service.py), which
+group-commits for everybody. On two cores, two workers let request parsing and signature checks
+use both cores (Ed25519 verification in `cryptography` releases the GIL, but decoding and the
+request machinery hold it).
 
 - gunicorn: `gthread` workers, `threads` request threads each (a keep-alive connection does not
   pin a thread). Pure Python HTTP parsing: ~0.3-0.5 ms of CPU per request on this machine.
@@ -19,10 +19,12 @@ one core at a time).
 from __future__ import annotations
 
 import gc
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
 from .app import ServerConfig, create_app
+from .sequencer_service import sequencer_process
 
 SERVERS = ("gunicorn", "granian")
 
@@ -30,12 +32,14 @@ SERVERS = ("gunicorn", "granian")
 def serve(config: ServerConfig, host: str, port: int, workers: int, threads: int, log_level: str = "info",
           server: str = "gunicorn") -> None:
     """Block serving the log until the server is told to stop (SIGTERM / SIGINT)."""
-    if server == "gunicorn":
-        _serve_gunicorn(config, host, port, workers, threads, log_level)
-    elif server == "granian":
-        _serve_granian(config, host, port, workers, threads, log_level)
-    else:
+    if server not in SERVERS:
         raise ValueError(f"unknown server {server!r}; one of {', '.join(SERVERS)}")
+    with sequencer_process(config) as sock_path:
+        config = replace(config, sequencer_socket=sock_path)
+        if server == "gunicorn":
+            _serve_gunicorn(config, host, port, workers, threads, log_level)
+        else:
+            _serve_granian(config, host, port, workers, threads, log_level)
 
 
 def _serve_gunicorn(config: ServerConfig, host: str, port: int, workers: int, threads: int, log_level: str) -> None:

@@ -172,6 +172,13 @@ def test_both_servers_answer_the_api_the_same_way(log, kind: str) -> None:
                    headers={"Content-Type": "application/cbor"}, timeout=60)
         assert (r.status_code, r.json()["error"]) == (413, "body_too_large"), (kind, r.text)
         assert _tree(db) == stored
+        # a chunked body within the limit is read whole and appended
+        whole = issuance(23)
+        r = s.post(server.url + "/v1/entries", data=iter([whole[:100], whole[100:]]),
+                   headers={"Content-Type": "application/cbor"}, timeout=60)
+        assert r.status_code == 201, (kind, r.text)
+        assert s.get(server.url + "/v1/entries", params={"start": r.json()["index"], "end": r.json()["index"] + 1},
+                     timeout=10).json()["entries"][0]["leaf"] == base64.b64encode(whole).decode()
     finally:
         server.stop()
 

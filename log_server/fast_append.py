@@ -1,0 +1,80 @@
+"""POST /v1/entries answered by a bare WSGI handler in front of the Flask app.
+
+Why: the single-entry append is the log's hottest request, and Flask's per-request machinery
+(request context, URL matching, Response objects, jsonify) costs about as much CPU on this machine
+as decoding the entry and checking its signature together (bench/log_append.py measures it). The
+handler gives the same answers as the other routes (spec/api.md: status codes, JSON error bodies,
+limits) and hands every other request to Flask unchanged.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import parse_qsl
+
+from emshield.tlog.entry import MAX_ENTRY_SIZE
+
+from .entries import EntryRejected, IssuerKeys, prepare_issuance
+from .sequencer import AppendRejected, Sequencer
+from .sequencer_service import UNAVAILABLE, RemoteSequencer, SequencerUnavailable
+from .wsgi_io import ApiError, error_json, json_bytes, read_body
+
+PATH = "/v1/entries"
+_REASONS = {200: "200 OK", 201: "201 Created", 400: "400 Bad Request", 403: "403 Forbidden",
+            409: "409 Conflict", 413: "413 Content Too Large", 415: "415 Unsupported Media Type",
+            500: "500 Internal Server Error", 503: "503 Service Unavailable"}
+
+StartResponse = Callable[..., Any]
+WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+
+class AppendFastPath:
+    """WSGI middleware: ``POST /v1/entries`` here, everything else to ``app``."""
+
+    def __init__(self, app: WsgiApp, issuers: IssuerKeys, sequencer: Sequencer | RemoteSequencer, on_request: Callable[[], None],
+                 logger: logging.Logger) -> None:
+        self.app = app
+        self.issuers = issuers
+        self.sequencer = sequencer
+        self.on_request = on_request
+        self.logger = logger
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != PATH or environ.get("REQUEST_METHOD") != "POST":
+            return self.app(environ, start_response)
+        self.on_request()
+        try:
+            status, body = self._append(environ)
+        except ApiError as e:
+            status, body = e.status, error_json(e.status, e.code, e.detail)
+        except Exception:
+            # As the Flask routes: nothing was acknowledged (the sequencer answers only after
+            # COMMIT), so a retry is safe; the details go to the server log, not to the client.
+            self.logger.exception("request failed: POST %s", PATH)
+            status, body = 500, error_json(500, "internal_error",
+                                           "the server could not complete the request; retrying is safe")
+        start_response(_REASONS.get(status, str(status)),
+                       [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    def _append(self, environ: dict[str, Any]) -> tuple[int, bytes]:
+        query = environ.get("QUERY_STRING", "")
+        if query:
+            names = sorted({k for k, _ in parse_qsl(query, keep_blank_values=True)})
+            if names:
+                raise ApiError(400, "unknown_parameter", f"unknown query parameter(s): {', '.join(names)}")
+        body = read_body(environ, "application/cbor", MAX_ENTRY_SIZE)
+        try:
+            prepared = prepare_issuance(body, self.issuers)
+            (done,) = self.sequencer.submit([prepared])
+        except (EntryRejected, AppendRejected) as rej:
+            raise ApiError(rej.status, rej.code, rej.detail) from rej
+        except SequencerUnavailable as exc:
+            self.logger.error("POST %s: %s", PATH, exc)
+            raise ApiError(*UNAVAILABLE) from exc
+        return (201 if done.created else 200), json_bytes(
+            {"index": done.index, "leaf_hash": base64.b64encode(done.leaf_hash).decode("ascii"),
+             "created": done.created})

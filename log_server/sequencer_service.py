@@ -1,0 +1,275 @@
+"""One sequencer process serving every WSGI worker process of `emshield-log serve`.
+
+Why: a sequencer thread inside each worker shares that worker's GIL with its request threads, so
+the serial part of every append (the group commit, see sequencer.py) waits for the GIL again after
+each SQLite call: measured with two workers and 32 clients, a 6-entry commit held the write lock
+for ~4.7 ms to spend ~1.3 ms of CPU, and the two workers' sequencers alternated, each rebuilding
+its compact range after the other's commit. In a process of its own the sequencer runs commits
+back to back, and its groups grow with the load while the workers decode and verify in parallel.
+Durability and order are unchanged: the service runs the same `Sequencer.integrate` transaction
+and answers a worker only after COMMIT.
+
+Trust: the service appends what a worker sends without checking signatures again (the worker
+did, see entries.py). It listens on a Unix socket in a directory only the server's user may enter
+(mode 0700), so only processes that could write the database file anyway can reach it.
+
+Wire format (both ends are in this module): every message is a 4-byte big-endian length, then a
+CBOR array. Request: one unit, [* [data, leaf_hash, kind, issuance / null, registration / null]],
+issuance = [issuer_key_id, device_uuid, watermark_commitment / null, fingerprint_hash / null],
+registration = [key_id, public_key, name, registered_at]. Answer: [0, [* [index, leaf_hash,
+created]]] for appended, [1, status, code, detail] for refused, [2, message] for a storage failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import shutil
+import signal
+import socket
+import struct
+import tempfile
+import threading
+from collections import deque
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cbor2
+
+from .sequencer import AppendRejected, Appended, IssuanceFields, PreparedEntry, RegistrationFields, Sequencer
+
+log = logging.getLogger(__name__)
+
+_LEN = struct.Struct(">I")
+MAX_MESSAGE = 256 * 1024 * 1024  # far above the largest unit a worker sends (a 16 MiB batch body)
+SUBMIT_TIMEOUT_S = 60.0
+START_TIMEOUT_S = 60.0
+
+
+class SequencerUnavailable(RuntimeError):
+    """The sequencer process cannot be reached or went away mid-request (nothing was acknowledged)."""
+
+
+UNAVAILABLE = (503, "sequencer_unavailable", "the log cannot sequence entries right now; retrying is safe")
+
+
+# -- wire encoding ----------------------------------------------------------------------------------
+
+
+def _encode_unit(entries: Sequence[PreparedEntry]) -> bytes:
+    items = []
+    for e in entries:
+        iss = None if e.issuance is None else [e.issuance.issuer_key_id, e.issuance.device_uuid,
+                                               e.issuance.watermark_commitment, e.issuance.fingerprint_hash]
+        reg = None if e.registration is None else [e.registration.key_id, e.registration.public_key,
+                                                   e.registration.name, e.registration.registered_at]
+        items.append([e.data, e.leaf_hash, e.kind, iss, reg])
+    return _frame(items)
+
+
+def _decode_unit(items: list) -> list[PreparedEntry]:
+    return [PreparedEntry(data, leaf_hash, kind,
+                          issuance=None if iss is None else IssuanceFields(*iss),
+                          registration=None if reg is None else RegistrationFields(*reg))
+            for data, leaf_hash, kind, iss, reg in items]
+
+
+def _frame(obj: Any) -> bytes:
+    body = cbor2.dumps(obj)
+    return _LEN.pack(len(body)) + body
+
+
+def _answer(outcome: list[Appended] | AppendRejected | BaseException) -> bytes:
+    if isinstance(outcome, AppendRejected):
+        return _frame([1, outcome.status, outcome.code, outcome.detail])
+    if isinstance(outcome, BaseException):
+        return _frame([2, f"{type(outcome).__name__}: {outcome}"])
+    return _frame([0, [[a.index, a.leaf_hash, a.created] for a in outcome]])
+
+
+# -- the service process ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Peer:
+    sock: socket.socket
+    buf: bytearray
+
+
+def _take_frames(peer: _Peer) -> Iterator[Any]:
+    while len(peer.buf) >= 4:
+        (size,) = _LEN.unpack_from(peer.buf)
+        if size > MAX_MESSAGE:
+            raise ValueError(f"a worker sent a {size}-byte message")
+        if len(peer.buf) < 4 + size:
+            return
+        body = bytes(peer.buf[4:4 + size])
+        del peer.buf[:4 + size]
+        yield cbor2.loads(body)
+
+
+def run_service(sequencer: Sequencer, listener: socket.socket, should_stop=lambda: False) -> None:
+    """Serve `listener` until ``should_stop()`` (asked between commits, at least every second)."""
+    sel = selectors.DefaultSelector()
+    sel.register(listener, selectors.EVENT_READ)
+    pending: deque[tuple[_Peer, list[PreparedEntry]]] = deque()
+    while not should_stop():
+        for key, _ in sel.select(0 if pending else 1.0):
+            if key.fileobj is listener:
+                conn, _ = listener.accept()
+                sel.register(conn, selectors.EVENT_READ, _Peer(conn, bytearray()))
+                continue
+            peer: _Peer = key.data
+            data = peer.sock.recv(1 << 20)
+            if data:
+                peer.buf += data
+                try:
+                    pending.extend((peer, _decode_unit(items)) for items in _take_frames(peer))
+                    continue
+                except Exception:  # a worker bug, not hostile input: drop that connection only
+                    log.exception("malformed message from a worker; closing its connection")
+            sel.unregister(peer.sock)
+            peer.sock.close()
+        if not pending:
+            continue
+        group = [pending.popleft()]
+        count = len(group[0][1])
+        while pending and count + len(pending[0][1]) <= sequencer.max_batch:
+            group.append(pending.popleft())
+            count += len(group[-1][1])
+        try:
+            outcomes: list = sequencer.integrate([entries for _, entries in group])
+        except Exception as exc:  # storage failure: nobody in the group is acknowledged
+            log.exception("sequencer batch failed")
+            outcomes = [exc] * len(group)
+        for (peer, _), outcome in zip(group, outcomes):
+            try:
+                peer.sock.sendall(_answer(outcome))
+            except OSError:  # the worker went away; its entries are committed and a retry finds them
+                pass
+
+
+def _service_main(config, sock_path: str, stop, parent: int) -> None:
+    """Entry point of the spawned service process. It ignores SIGINT and SIGTERM, which reach the
+    whole process group when the server is stopped: it must outlive the workers' last appends, and
+    stops when the server's main process says so (``stop``) or is gone."""
+    from .app import open_sequencer  # here, not at import: the app module imports this one
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sequencer = open_sequencer(config)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(sock_path)
+    listener.listen(1024)
+    run_service(sequencer, listener, lambda: stop.is_set() or os.getppid() != parent)
+
+
+@contextmanager
+def sequencer_process(config) -> Iterator[Path]:
+    """Start the service in a process of its own; yields its socket path; stops it on exit.
+
+    If the service dies while the server runs, the server process is sent SIGTERM so that it
+    stops (loudly) instead of answering every append with an error."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited SQLite handles
+    workdir = Path(tempfile.mkdtemp(prefix="emshield-log-"))  # mode 0700
+    sock_path = workdir / "sequencer.sock"
+    stop = ctx.Event()
+    proc = ctx.Process(target=_service_main, args=(config, str(sock_path), stop, os.getpid()),
+                       name="emshield-log-sequencer", daemon=True)
+    stopping = threading.Event()
+    try:
+        proc.start()
+        _wait_until_listening(proc, sock_path)
+
+        def watch() -> None:
+            proc.join()
+            if not stopping.is_set():
+                log.error("the sequencer process exited (code %s); stopping the server", proc.exitcode)
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Thread(target=watch, name="emshield-log-sequencer-watch", daemon=True).start()
+        yield sock_path
+    finally:
+        stopping.set()
+        stop.set()
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()  # inside a commit or not: SQLite rolls an unfinished transaction back
+            proc.join(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _wait_until_listening(proc, sock_path: Path) -> None:
+    import time
+
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if not proc.is_alive():
+            raise RuntimeError(f"the sequencer process exited at start (code {proc.exitcode})")
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.connect(str(sock_path))
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"the sequencer process did not listen within {START_TIMEOUT_S:.0f} s")
+
+
+# -- the worker side --------------------------------------------------------------------------------
+
+
+class RemoteSequencer:
+    """`Sequencer.submit` for a worker process: one connection per request thread to the service."""
+
+    def __init__(self, sock_path: Path, timeout: float = SUBMIT_TIMEOUT_S) -> None:
+        self.sock_path = str(sock_path)
+        self.timeout = timeout
+        self._local = threading.local()
+
+    def _conn(self) -> socket.socket:
+        sock = getattr(self._local, "sock", None)
+        if sock is None or self._local.pid != os.getpid():
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(self.sock_path)
+            except OSError as exc:
+                sock.close()
+                raise SequencerUnavailable(f"cannot reach the sequencer process: {exc}") from exc
+            self._local.sock, self._local.pid = sock, os.getpid()
+        return sock
+
+    def submit(self, entries: Sequence[PreparedEntry]) -> list[Appended]:
+        """Make `entries` durable (all or none); raises AppendRejected for a refused request."""
+        sock = self._conn()
+        try:
+            sock.sendall(_encode_unit(entries))
+            (size,) = _LEN.unpack(self._read(sock, 4))
+            answer = cbor2.loads(self._read(sock, size))
+        except (OSError, EOFError) as exc:
+            self._local.sock = None
+            sock.close()
+            # A timeout or a lost connection: the entries may still be committed (a retry is safe:
+            # appends are idempotent), but this request gives up.
+            raise SequencerUnavailable(f"no answer from the sequencer process: {exc}") from exc
+        if answer[0] == 0:
+            return [Appended(index, leaf_hash, created) for index, leaf_hash, created in answer[1]]
+        if answer[0] == 1:
+            raise AppendRejected(answer[1], answer[2], answer[3])
+        raise RuntimeError(f"the sequencer failed: {answer[1]}")
+
+    @staticmethod
+    def _read(sock: socket.socket, size: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < size:
+            part = sock.recv(min(size - len(buf), 1 << 20))
+            if not part:
+                raise EOFError("the sequencer process closed the connection")
+            buf += part
+        return bytes(buf)

@@ -1,0 +1,69 @@
+"""Request-body reading and JSON errors at the WSGI level, shared by the Flask routes and the bare
+append handler (`fast_append.py`), so both refuse bad input with the same status, code and words.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+_READ_CHUNK = 64 * 1024
+
+
+class ApiError(Exception):
+    """A refused request: answered as {"error": code, "detail": msg} with ``status``."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail = status, code, detail
+
+
+def json_bytes(obj: Any) -> bytes:
+    """Compact JSON with a final newline, as Flask's jsonify writes it outside debug mode."""
+    return json.dumps(obj, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def error_json(status: int, code: str, detail: str) -> bytes:
+    return json_bytes({"error": code, "detail": detail})
+
+
+def mimetype(environ: dict[str, Any]) -> str:
+    """The media type of the body without parameters, lower case ('' if none)."""
+    return environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
+
+
+def read_body(environ: dict[str, Any], content_type: str, limit: int) -> bytes:
+    """The whole request body, refused unless it has ``content_type`` and 1..``limit`` bytes.
+
+    A declared Content-Length over the limit is refused before anything is read; a body without
+    one (chunked) is read up to one byte past the limit, which shows it is too long."""
+    if mimetype(environ) != content_type:
+        raise ApiError(415, "unsupported_media_type",
+                       f"Content-Type must be {content_type}, got {mimetype(environ) or 'none'}")
+    stream = environ["wsgi.input"]
+    declared = environ.get("CONTENT_LENGTH", "")
+    if declared:
+        if not declared.isdigit() or len(declared) > 19:
+            raise ApiError(400, "bad_request", f"Content-Length must be a decimal integer, got {declared[:40]!r}")
+        size = int(declared)
+        if size > limit:
+            raise ApiError(413, "body_too_large", f"the body is over the {limit}-byte limit")
+        data = stream.read(size) if size else b""
+        if len(data) != size:
+            raise ApiError(400, "bad_request", f"the body ended after {len(data)} of {size} declared bytes")
+    elif environ.get("wsgi.input_terminated"):
+        parts, got = [], 0
+        while got <= limit:
+            part = stream.read(min(_READ_CHUNK, limit + 1 - got))
+            if not part:
+                break
+            parts.append(part)
+            got += len(part)
+        data = b"".join(parts)
+        if len(data) > limit:
+            raise ApiError(413, "body_too_large", f"the body is over the {limit}-byte limit")
+    else:
+        data = b""
+    if not data:
+        raise ApiError(400, "empty_body", "the request body is empty")
+    return data

@@ -1,0 +1,125 @@
+"""The sequencer process of `emshield-log serve` (log_server/sequencer_service.py): real stores,
+real Unix sockets, a real server whose sequencer is killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from emshield.tlog.checkpoint import verify_checkpoint
+from log_server.app import ServerConfig, create_app, open_sequencer
+from log_server.entries import IssuerKeys, prepare_issuance, prepare_registration
+from log_server.sequencer import AppendRejected
+from log_server.sequencer_service import RemoteSequencer, SequencerUnavailable, run_service
+
+CBOR = "application/cbor"
+
+
+@pytest.fixture
+def service(log_files, tmp_path: Path):
+    """The service loop on a thread of this process, listening on a socket in ``tmp_path``."""
+    sequencer = open_sequencer(ServerConfig(db_path=log_files.db))
+    path = tmp_path / "sequencer.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(16)
+    stop = threading.Event()
+    thread = threading.Thread(target=run_service, args=(sequencer, listener, stop.is_set), daemon=True)
+    thread.start()
+    yield path, sequencer.store
+    stop.set()
+    thread.join(10)
+    listener.close()
+
+
+def test_remote_appends_are_durable_signed_and_idempotent(service, log_files, issuer_key, kit) -> None:
+    path, store = service
+    remote = RemoteSequencer(path)
+    (reg,) = remote.submit([prepare_registration(kit.registration(issuer_key))])
+    assert (reg.index, reg.created) == (0, True)
+    issuers = IssuerKeys(store)
+    first = remote.submit([prepare_issuance(kit.issuance(issuer_key, n), issuers) for n in range(3)])
+    assert [(a.index, a.created) for a in first] == [(1, True), (2, True), (3, True)]
+    again = remote.submit([prepare_issuance(kit.issuance(issuer_key, 1), issuers)])
+    assert [(a.index, a.leaf_hash, a.created) for a in again] == [(2, first[1].leaf_hash, False)]
+    # refused at commit: the same key under another name; nothing is stored
+    with pytest.raises(AppendRejected) as rej:
+        remote.submit([prepare_registration(kit.registration(issuer_key, name="Other Name"))])
+    assert (rej.value.status, rej.value.code) == (409, "issuer_exists")
+    assert store.tree_size() == 4
+    cp = verify_checkpoint(store.latest_checkpoint().note, log_files.verifier)
+    assert cp.size == 4
+
+
+def test_concurrent_remote_submits_get_distinct_indices(service, issuer_key, kit) -> None:
+    path, store = service
+    remote = RemoteSequencer(path)
+    remote.submit([prepare_registration(kit.registration(issuer_key))])
+    issuers = IssuerKeys(store)
+    got: list[int] = []
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        for n in range(k, 80, 8):
+            (a,) = remote.submit([prepare_issuance(kit.issuance(issuer_key, n), issuers)])
+            with lock:
+                got.append(a.index)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == list(range(1, 81))
+    assert store.tree_size() == 81
+
+
+def test_a_malformed_message_closes_only_that_connection(service, issuer_key, kit) -> None:
+    path, _ = service
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+        raw.settimeout(10)
+        raw.connect(str(path))
+        raw.sendall(b"\x00\x00\x00\x01\xff")  # a CBOR "break" with nothing to end
+        assert raw.recv(100) == b""
+    (reg,) = RemoteSequencer(path).submit([prepare_registration(kit.registration(issuer_key))])
+    assert reg.created
+
+
+def test_no_sequencer_answers_503_and_stores_nothing(log_files, issuer_key, kit, tmp_path: Path) -> None:
+    local = create_app({"db_path": log_files.db}).test_client()
+    auth = {"Authorization": f"Bearer {log_files.token}"}
+    assert local.post("/v1/issuers", data=kit.registration(issuer_key), content_type=CBOR, headers=auth).status_code == 201
+    with pytest.raises(SequencerUnavailable):
+        RemoteSequencer(tmp_path / "nothing-listens-here").submit([])
+    remote = create_app({"db_path": log_files.db, "sequencer_socket": tmp_path / "nothing-listens-here"}).test_client()
+    for path, body, headers in [("/v1/entries", kit.issuance(issuer_key, 1), {}),
+                                ("/v1/issuers", kit.registration(kit.ed25519_key("issuer-2")), auth)]:
+        r = remote.post(path, data=body, content_type=CBOR, headers=headers)
+        assert (r.status_code, r.get_json()["error"]) == (503, "sequencer_unavailable"), r.get_data()
+    assert local.get("/v1/entries?start=0&end=10").get_json()["end"] == 1
+
+
+def _descendants(pid: int) -> list[int]:
+    out = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        out += [int(child), *_descendants(int(child))]
+    return out
+
+
+def test_the_server_stops_when_its_sequencer_dies(server_factory, log_files) -> None:
+    server = server_factory(log_files.db, workers=2, threads=2)
+    spawned = [p for p in _descendants(server.proc.pid)
+               if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert len(spawned) == 1, spawned  # the sequencer (gunicorn forks its workers)
+    os.kill(spawned[0], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while server.proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server.proc.poll() is not None, "the server kept running without its sequencer"
+    assert b"sequencer process exited" in server.proc.stdout.read()
