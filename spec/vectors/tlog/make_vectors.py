@@ -29,10 +29,13 @@ from emshield.tlog.checkpoint import (
 )
 from emshield.tlog.entry import (
     MAX_ENTRY_SIZE,
+    MAX_SIGNING_BATCH,
     Issuance,
     IssuerRegistration,
+    batch_signing_bytes,
     encode_entry,
     issuer_key_id,
+    sign_batch,
     sign_entry,
     signing_bytes,
 )
@@ -232,15 +235,98 @@ def entries() -> dict:
         {"desc": "verified with a key that is not the issuer's", "cbor_hex": encode_entry(both).hex(),
          "public_key_hex": other.public_key().public_bytes_raw().hex(), "error": "issuer_key_id"},
     ]
+    batch, batch_malformed, batch_bad_sigs = batch_vectors(key, backbone)
     return {
         "produced_by": "spec/vectors/tlog/make_vectors.py",
         "issuer_seed_hex": seed("emshield/test-vector/issuer-key/v1").hex(),
         "issuer_public_key_hex": pub.hex(),
         "issuer_key_id_hex": issuer_key_id(pub).hex(),
         "valid": valid,
-        "malformed": malformed,
-        "bad_signatures": bad_sigs,
+        "malformed": malformed + batch_malformed,
+        "bad_signatures": bad_sigs + batch_bad_sigs,
+        "batch": batch,
     }
+
+
+BATCH_POLICIES = ["both", "watermark", "fingerprint", "both", "watermark"]
+
+
+def batch_vectors(key: Ed25519PrivateKey, backbone: bytes) -> tuple[list[dict], list[dict], list[dict]]:
+    """Batch-signed issuances (spec/entry.md, "Batch signatures"): a batch of 5 (not a power of two)
+    and a batch of 1, every entry with its bytes, its batch-tree leaf and proof; malformed "batch"
+    fields the decoder must refuse; well-formed entries whose batch signature must not verify."""
+    pub = key.public_key().public_bytes_raw()
+
+    def issuance(i: int, policy: str) -> Issuance:
+        return Issuance(uuid.UUID(int=0x0F8FAD5B_D9CB_469F_A165_708677289500 + i).bytes, backbone,
+                        hashlib.sha256(b"wm%d" % i).digest() if policy != "fingerprint" else None,
+                        hashlib.sha256(b"fp%d" % i).digest() if policy != "watermark" else None,
+                        policy, 1_790_001_000 + i, issuer_key_id(pub))
+
+    five = sign_batch([issuance(i, p) for i, p in enumerate(BATCH_POLICIES)], key)
+    one = sign_batch([issuance(9, "both")], key)
+    batches = []
+    for desc, signed in [("batch of 5 issuances (not a power of two)", five), ("batch of 1 issuance", one)]:
+        leaves = [leaf_hash(signing_bytes(s.entry)) for s in signed]
+        root = root_from_leaf_hashes(leaves)
+        batches.append({
+            "desc": desc, "size": len(signed), "root_hex": root.hex(),
+            "message_hex": batch_signing_bytes(len(signed), root).hex(), "sig_hex": signed[0].signature.hex(),
+            "entries": [{"index": s.batch.index, "cbor_hex": encode_entry(s).hex(), "leaf_hash_hex": leaf_hash(encode_entry(s)).hex(),
+                         "signing_bytes_hex": signing_bytes(s.entry).hex(), "batch_leaf_hash_hex": leaf.hex(),
+                         "proof_hex": [h.hex() for h in s.batch.proof]}
+                        for s, leaf in zip(signed, leaves, strict=True) if s.batch is not None],
+        })
+
+    good = cbor2.loads(encode_entry(five[2]))  # index 2 of 5: a proof of 3 hashes
+    index, size, proof = good["batch"]
+
+    def canon(**changes: object) -> bytes:
+        return cbor2.dumps({k: v for k, v in {**good, **changes}.items() if v is not DROP}, canonical=True)
+
+    h = proof[0]
+    malformed = [
+        ("batch: proof one hash short", canon(batch=[index, size, proof[:-1]]), "needs exactly 3"),
+        ("batch: proof one hash long", canon(batch=[index, size, proof + [h]]), "needs exactly 3"),
+        ("batch: index >= size", canon(batch=[size, size, proof]), "out of range"),
+        ("batch: negative index", canon(batch=[-1, size, proof]), "out of range"),
+        ("batch: size 0", canon(batch=[0, 0, []]), "batch size must be"),
+        ("batch: size over MAX_SIGNING_BATCH", canon(batch=[0, MAX_SIGNING_BATCH + 1, [h] * 17]), "batch size must be"),
+        ("batch: extra item in the array", canon(batch=[index, size, proof, 0]), "must be an array [index, size, proof]"),
+        ("batch: two items", canon(batch=[index, size]), "must be an array [index, size, proof]"),
+        ("batch: not an array", canon(batch=b"\x00" * 32), "must be an array [index, size, proof]"),
+        ("batch: text index", canon(batch=["2", size, proof]), "two unsigned integers"),
+        ("batch: float size", canon(batch=[index, 5.0, proof]), "two unsigned integers"),
+        ("batch: proof not an array", canon(batch=[index, size, h]), "must end with an array"),
+        ("batch: 31-byte proof hash", canon(batch=[index, size, [h[:31]] + proof[1:]]), "32-byte hashes"),
+        ("batch: proof hash nested in an array", canon(batch=[index, size, [[h]] + proof[1:]]), "not well-formed"),
+        ("batch: null", canon(batch=None), "null"),
+        ("batch: non-shortest index", _map([(k, RawItem(b"\x83\x18\x02" + cbor2.dumps(size) + cbor2.dumps(proof))
+                                             if k == "batch" else v) for k, v in good.items()]), "deterministic"),
+        ("batch: key out of order (before type)",
+         _map(sorted(good.items(), key=lambda kv: (kv[0] != "v", kv[0] != "sig", kv[0] != "batch"))), "deterministic"),
+        ("batch: on an issuer registration",
+         cbor2.dumps({**cbor2.loads(encode_entry(sign_entry(IssuerRegistration(pub, "Example Issuer GmbH",
+                      cbor2.dumps({"v": 1}, canonical=True), 1_790_000_000), key))), "batch": [0, 1, []]},
+                     canonical=True), "unknown field"),
+    ]
+    flipped = bytes([h[0] ^ 1]) + h[1:]
+    single = encode_entry(sign_entry(five[2].entry, key))
+    bad_sigs = [
+        ("batch: proof hash bit flipped", canon(batch=[index, size, [flipped] + proof[1:]]), pub, "does not verify"),
+        ("batch: entry field changed after signing", canon(issued_at=good["issued_at"] + 1), pub, "does not verify"),
+        ("batch: index changed (same proof length)", canon(batch=[index + 1, size, proof]), pub, "does not verify"),
+        ("batch: size changed (same proof length)", canon(batch=[index, size + 1, proof]), pub, "does not verify"),
+        ("batch: signature flipped", canon(sig=bytes([good["sig"][0] ^ 1]) + good["sig"][1:]), pub, "does not verify"),
+        ("batch signature without the batch field", canon(batch=DROP), pub, "does not verify"),
+        ("single signature with a batch field", cbor2.dumps({**cbor2.loads(single), "batch": good["batch"]},
+                                                            canonical=True), pub, "does not verify"),
+    ]
+    return (
+        batches,
+        [{"desc": d, "cbor_hex": b.hex(), "error": e} for d, b, e in malformed],
+        [{"desc": d, "cbor_hex": b.hex(), "public_key_hex": k.hex(), "error": e} for d, b, k, e in bad_sigs],
+    )
 
 
 DROP = object()
