@@ -268,9 +268,10 @@ def create_app(config: ServerConfig | Mapping[str, Any]) -> Flask:
         except BatchFormatError as exc:
             raise ApiError(400, "malformed_batch", str(exc)) from exc
         prepared = []
+        issuers, verified = _log().issuers, set()
         for i, item in enumerate(items):
             try:
-                prepared.append(prepare_issuance(item, _log().issuers))
+                prepared.append(prepare_issuance(item, issuers, verified))
             except EntryRejected as rej:
                 raise ApiError(rej.status, rej.code, f"entry {i}: {rej.detail}") from rej
         done = _submit(prepared)

@@ -18,9 +18,12 @@ class ApiError(Exception):
         self.status, self.code, self.detail = status, code, detail
 
 
+_JSON = json.JSONEncoder(separators=(",", ":"))  # one encoder: json.dumps with options builds one per call
+
+
 def json_bytes(obj: Any) -> bytes:
     """Compact JSON with a final newline, as Flask's jsonify writes it outside debug mode."""
-    return json.dumps(obj, separators=(",", ":")).encode("utf-8") + b"\n"
+    return _JSON.encode(obj).encode("utf-8") + b"\n"
 
 
 def error_json(status: int, code: str, detail: str) -> bytes:

@@ -78,10 +78,13 @@ def is_valid_key_name(name: str) -> bool:
     return bool(name) and "+" not in name and not any(c.isspace() or c < " " for c in name)
 
 
+_CONTROL = re.compile("[\x00-\x09\x0b-\x1f]")  # C0 controls but newline
+
+
 def _check_text_chars(text: str, what: str) -> None:
-    for c in text:
-        if c < " " and c != "\n":
-            raise NoteError(f"{what} contains the control character U+{ord(c):04X}")
+    found = _CONTROL.search(text)
+    if found:
+        raise NoteError(f"{what} contains the control character U+{ord(found.group()):04X}")
 
 
 def key_id(name: str, sig_type: int, public_key: bytes) -> bytes:

@@ -7,6 +7,7 @@ import hashlib
 
 import pytest
 
+from emshield.tlog import entry as E
 from emshield.tlog import merkle
 from emshield.tlog.checkpoint import CheckpointError, NoteSigner, verify_checkpoint
 from emshield.tlog.client import LogClient, LogClientError
@@ -107,3 +108,37 @@ def test_client_reports_api_errors(log_files, server_factory, kit) -> None:
     with pytest.raises(LogClientError) as exc:
         LogClient("http://127.0.0.1:1", timeout=2).checkpoint_note()
     assert exc.value.code == "unreachable"
+
+
+def test_batch_signed_entries_are_appended_and_each_verifies_alone(log_files, server_factory, issuer_key,
+                                                                     kit) -> None:
+    """Entries signed with one Merkle-tree batch signature (spec/entry.md) go through the batch
+    path; a tampered one refuses the whole request and stores nothing; each logged entry verifies
+    on its own with the issuer key."""
+    srv = server_factory(log_files.db, workers=1)
+    log = LogClient(srv.url, operator_token=log_files.token)
+    log.register_issuer(kit.registration(issuer_key))
+    kid = issuer_key_id(kit.public_bytes(issuer_key))
+
+    def issuances(ns):
+        return [E.Issuance(hashlib.sha256(b"dev%d" % n).digest()[:16], hashlib.sha256(b"backbone").digest(),
+                           hashlib.sha256(b"wm%d" % n).digest(), None, "watermark", 1_700_000_000 + n, kid)
+                for n in ns]
+
+    first, second = E.sign_batch(issuances(range(7)), issuer_key), E.sign_batch(issuances(range(7, 10)), issuer_key)
+    bodies = [s.encode() for s in first + second]
+    forged = E.SignedEntry(first[3].entry, bytes(64), first[3].batch).encode()  # the batch proof, no valid signature
+    with pytest.raises(LogClientError) as exc:
+        log.append_batch(bodies[:3] + [forged])
+    assert (exc.value.status, exc.value.code) == (400, "bad_signature")
+    assert "entry 3" in str(exc.value)
+    assert log.verified_checkpoint(log_files.verifier).size == 1  # nothing stored
+
+    got = log.append_batch(bodies)
+    assert [r.index for r in got] == list(range(1, 11)) and all(r.created for r in got)
+    assert log.append(bodies[4]).index == 5  # the single path takes a batch-signed entry too
+    public = issuer_key.public_key()
+    for r in got:
+        (leaf,) = log.entries(r.index, r.index + 1)
+        assert leaf.data == bodies[r.index - 1]
+        E.verify_entry_signature(E.decode_entry(leaf.data), public)  # no memo: each entry on its own
