@@ -42,3 +42,25 @@ def test_replay_rules(kit) -> None:
     assert (kind, index) == ("duplicate_entry", 2)
     (kind, index, detail), = findings([reg_a, b"\xa0"])
     assert (kind, index) == ("bad_entry", 1) and "malformed entry" in detail
+
+
+def test_replay_checks_batch_signed_entries_with_one_verification_per_batch(kit) -> None:
+    """Entries of one signing batch share a verified signature within a chunk, but an entry whose
+    content was changed after signing still fails, even beside its verified siblings."""
+    import hashlib
+
+    from emshield.tlog import entry as E
+    from verifier.audit import _check_chunk
+
+    a = kit.ed25519_key("a")
+    kid = issuer_key_id(kit.public_bytes(a))
+    batch = E.sign_batch([E.Issuance(bytes([n]) * 16, hashlib.sha256(b"bb").digest(), hashlib.sha256(bytes([n])).digest(),
+                                     None, "watermark", 1_700_000_000 + n, kid) for n in range(6)], a)
+    entries = [kit.registration(a, "A"), *(s.encode() for s in batch)]
+    _init_worker({kid: kit.public_bytes(a)})
+    assert [c[0] for c in _check_chunk(entries)] == [None] * 7
+    changed = E.SignedEntry(E.Issuance(**{**batch[4].entry.__dict__, "issued_at": 1}), batch[4].signature,
+                            batch[4].batch).encode()
+    checks = _check_chunk(entries[:5] + [changed])
+    assert [c[0] for c in checks[:5]] == [None] * 5
+    assert checks[5][0] == "issuance signature does not verify"
