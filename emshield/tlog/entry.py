@@ -12,15 +12,17 @@ such signing bytes plus its inclusion proof ("batch"), so one Ed25519 operation 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
+import cbor2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from emshield.cbor import canonical, strict_loads
+from emshield.cbor import strict_loads
 from emshield.tlog.merkle import CompactRange, ProofError, _decompose, inclusion_proof, leaf_hash, root_from_inclusion_proof
 
 VERSION = 1
@@ -170,22 +172,53 @@ _OPTIONAL: dict[type, frozenset[str]] = {
 }
 _ALLOWED = {t: frozenset({"v", "type", "sig", *_FIELD_NAMES[t], *_OPTIONAL[t]}) for t in _TYPES.values()}
 _REQUIRED = {t: _ALLOWED[t] - _OPTIONAL[t] for t in _TYPES.values()}
-_KNOWN_KEYS = frozenset().union(*_ALLOWED.values())
 
 
-def _to_map(entry: Entry) -> dict[str, Any]:
-    m: dict[str, Any] = {"v": VERSION, "type": entry.TYPE}
-    for f in fields(entry):
-        value = getattr(entry, f.name)
-        if value is not None:  # optional fields are left out, never null
-            m[f.name] = value
-    return m
+def _canonical_order(keys: Iterable[str]) -> tuple[str, ...]:
+    """Text keys in deterministic CBOR order (RFC 8949 §4.2.1: by encoded length, then bytewise)."""
+    return tuple(sorted(keys, key=lambda k: (len(k.encode()), k.encode())))
+
+
+# Every valid key layout of an entry map, as deterministic CBOR orders it -> its type. A decoded
+# map's keys are in that order (strict_loads checked the encoding), so one lookup checks them all.
+_LAYOUTS = {
+    _canonical_order(_REQUIRED[t] | set(chosen)): t
+    for t in _TYPES.values()
+    for n in range(len(_OPTIONAL[t]) + 1)
+    for chosen in itertools.combinations(sorted(_OPTIONAL[t]), n)
+}
+
+
+_KEY_ORDER = {t: _canonical_order(_ALLOWED[t]) for t in _TYPES.values()}
+
+
+def _encode_map(entry: Entry, sig: bytes | None = None, batch: BatchProof | None = None) -> bytes:
+    """Deterministic CBOR of the entry map (with "sig" and "batch" when given). The map is built in
+    deterministic key order and holds only unsigned integers, text, byte strings and the "batch"
+    array (the field checks guarantee it: no floats, no nested maps), for which cbor2's plain encoder
+    writes exactly the deterministic bytes, three times faster than its canonical mode."""
+    values = entry.__dict__  # the dataclass fields
+    m: dict[str, Any] = {}
+    for key in _KEY_ORDER[type(entry)]:
+        if key == "v":
+            m[key] = VERSION
+        elif key == "type":
+            m[key] = entry.TYPE
+        elif key == "sig":
+            if sig is not None:
+                m[key] = sig
+        elif key == "batch":
+            if batch is not None:
+                m[key] = [batch.index, batch.size, list(batch.proof)]
+        elif values[key] is not None:  # optional fields are left out, never null
+            m[key] = values[key]
+    return cbor2.dumps(m)
 
 
 def signing_bytes(entry: Entry) -> bytes:
     """What the issuer signs: the label, then the canonical CBOR map of the entry without "sig".
     In a batch it is also the data of the entry's leaf in the batch tree (``sign_batch``)."""
-    return SIGNATURE_LABEL + canonical(_to_map(entry))
+    return SIGNATURE_LABEL + _encode_map(entry)
 
 
 def batch_signing_bytes(size: int, root: bytes) -> bytes:
@@ -210,7 +243,7 @@ class BatchProof:
             raise EntryError(f"batch size must be an integer in 1..{MAX_SIGNING_BATCH}, got {size!r}")
         if type(index) is not int or not 0 <= index < size:
             raise EntryError(f"batch index {index!r} is out of range for batch size {size}")
-        if type(proof) is not tuple or any(type(h) is not bytes or len(h) != 32 for h in proof):
+        if type(proof) is not tuple or {*map(type, proof)} - {bytes} or {*map(len, proof)} - {32}:
             raise EntryError("batch proof must be a sequence of 32-byte hashes")
         want = sum(_decompose(index, size))
         if len(proof) != want:
@@ -288,10 +321,7 @@ def _signed_part(data: bytes, items: int, batch: BatchProof | None) -> bytes | N
 
 def encode_entry(signed: SignedEntry) -> bytes:
     """The log leaf data: canonical CBOR of the entry map with "sig" (and "batch") added."""
-    m = {**_to_map(signed.entry), "sig": signed.signature}
-    if signed.batch is not None:
-        m["batch"] = [signed.batch.index, signed.batch.size, list(signed.batch.proof)]
-    data = canonical(m)
+    data = _encode_map(signed.entry, signed.signature, signed.batch)
     if len(data) > MAX_ENTRY_SIZE:
         raise EntryError(f"entry is {len(data)} bytes, over the {MAX_ENTRY_SIZE}-byte limit")
     return data
@@ -308,21 +338,13 @@ def _decode_batch(value: Any) -> BatchProof:
     return BatchProof(index, size, tuple(proof))
 
 
-def decode_entry(data: bytes) -> SignedEntry:
-    """Strict decode of log leaf data (the signature is not checked here; see verify_entry_signature)."""
-    if type(data) is not bytes:
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise EntryError("entry must be bytes")
-        data = bytes(data)
-    if len(data) > MAX_ENTRY_SIZE:
-        raise EntryError(f"entry is {len(data)} bytes, over the {MAX_ENTRY_SIZE}-byte limit")
-    if not data:
-        raise EntryError("entry is empty")
-    obj = strict_loads(data, "entry", 3, EntryError)
+def _entry_type(obj: Any) -> type[IssuerRegistration] | type[Issuance]:
+    """The entry type of a decoded map, or an EntryError naming the first thing that is wrong with
+    its shape (keys, nulls, version, type, unknown and missing fields)."""
     if type(obj) is not dict:
         raise EntryError("entry must be a CBOR map")
     keys = obj.keys()
-    if not keys <= _KNOWN_KEYS and any(type(k) is not str for k in keys):
+    if any(type(k) is not str for k in keys):
         raise EntryError("entry map keys must be text strings")
     if None in obj.values():
         nulls = sorted(k for k, v in obj.items() if v is None)
@@ -340,6 +362,26 @@ def decode_entry(data: bytes) -> SignedEntry:
         raise EntryError(f"unknown field(s) in {cls.TYPE} entry: {', '.join(sorted(keys - _ALLOWED[cls]))}")
     if not _REQUIRED[cls] <= keys:
         raise EntryError(f"missing field(s) in {cls.TYPE} entry: {', '.join(sorted(_REQUIRED[cls] - keys))}")
+    return cls
+
+
+def decode_entry(data: bytes) -> SignedEntry:
+    """Strict decode of log leaf data (the signature is not checked here; see verify_entry_signature)."""
+    if type(data) is not bytes:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise EntryError("entry must be bytes")
+        data = bytes(data)
+    if len(data) > MAX_ENTRY_SIZE:
+        raise EntryError(f"entry is {len(data)} bytes, over the {MAX_ENTRY_SIZE}-byte limit")
+    if not data:
+        raise EntryError("entry is empty")
+    obj = strict_loads(data, "entry", 3, EntryError)
+    cls = _LAYOUTS.get(tuple(obj)) if type(obj) is dict else None
+    # The usual case in three tests: a known key layout (so text keys, none unknown or missing),
+    # its own type, version 1, no nulls. Anything else takes the checks that name the problem.
+    if cls is None or obj["type"] != cls.TYPE or obj["v"] != VERSION or type(obj["v"]) is not int \
+            or None in obj.values():
+        cls = _entry_type(obj)
     get = obj.get
     entry = cls(*[get(n) for n in _FIELD_NAMES[cls]])  # field checks run in __post_init__
     batch = get("batch")

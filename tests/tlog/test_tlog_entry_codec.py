@@ -12,6 +12,7 @@ import pytest
 from emshield import cbor as strict_cbor
 from emshield.cbor import canonical, strict_loads
 from emshield.tlog.entry import EntryError, Issuance
+from emshield.tlog.merkle import inclusion_proof
 
 
 def _reference_accepts(data: bytes, max_depth: int) -> bool:
@@ -152,3 +153,82 @@ def test_device_uuid_text_equals_uuid_module() -> None:
     for raw in [bytes(16), b"\xff" * 16] + [rnd.randbytes(16) for _ in range(500)]:
         e = Issuance(raw, bytes(32), b"w" * 32, None, "watermark", 0, bytes(32))
         assert e.device_uuid_text == str(uuid.UUID(bytes=raw))
+
+
+# --- the key-layout fast path of decode_entry -------------------------------------------------------
+
+
+def _issuance_map() -> dict:
+    from emshield.tlog.entry import SignedEntry
+
+    e = Issuance(bytes(16), bytes(32), b"w" * 32, b"f" * 32, "both", 1, bytes(32))
+    return cbor2.loads(SignedEntry(e, bytes(64)).encode())
+
+
+@pytest.mark.parametrize("change, error", [
+    ({"type": "issuer-registration"}, "unknown field(s) in issuer-registration entry"),  # layout of the other type
+    ({"type": b"issuance"}, "unknown entry type"),
+    ({"v": True}, "unsupported entry version"),
+    ({"v": 1.0}, "unsupported entry version"),
+    ({"v": 2}, "unsupported entry version"),
+    ({"fingerprint_hash": None}, "null"),
+    ({"policy": None}, "null"),
+])
+def test_known_layout_with_wrong_values_takes_the_naming_checks(change: dict, error: str) -> None:
+    from emshield.tlog.entry import decode_entry
+
+    data = cbor2.dumps({**_issuance_map(), **change}, canonical=True)
+    with pytest.raises(EntryError) as err:
+        decode_entry(data)
+    assert error in str(err.value)
+
+
+def test_every_valid_layout_decodes() -> None:
+    """Each valid issuance layout (three policies, with and without "batch") takes the fast path and decodes."""
+    from emshield.tlog.entry import BatchProof, SignedEntry, decode_entry
+
+    seen = set()
+    for policy in ("watermark", "fingerprint", "both"):
+        for batch in (None, BatchProof(0, 1, ())):
+            e = Issuance(bytes(16), bytes(32), b"w" * 32 if policy != "fingerprint" else None,
+                         b"f" * 32 if policy != "watermark" else None, policy, 1, bytes(32))
+            data = SignedEntry(e, bytes(64), batch).encode()
+            assert decode_entry(data) == SignedEntry(e, bytes(64), batch)
+            seen.add(tuple(cbor2.loads(data)))
+    assert len(seen) == 6  # "watermark + fingerprint absent" and vice versa, "both", each with/without batch
+
+
+def test_entry_encoder_writes_the_canonical_bytes() -> None:
+    """Entries are encoded with cbor2's plain encoder over a map built in deterministic key order;
+    the bytes must be what the canonical encoder gives, for every type, policy and batch width."""
+    from emshield.tlog.entry import (
+        SIGNATURE_LABEL,
+        BatchProof,
+        IssuerRegistration,
+        SignedEntry,
+        encode_entry,
+        signing_bytes,
+    )
+
+    rnd = random.Random(9)
+    for i in range(300):
+        if i % 3 == 0:
+            name = "".join(rnd.choice("aZé漢 -_") for _ in range(rnd.randint(1, 30))).strip() or "n"
+            params = cbor2.dumps({"v": 1, "x": [rnd.random() for _ in range(3)]}, canonical=True)
+            entry: object = IssuerRegistration(rnd.randbytes(32), name, params, rnd.randrange(2 ** 63))
+            batch = None
+        else:
+            policy = rnd.choice(["watermark", "fingerprint", "both"])
+            entry = Issuance(rnd.randbytes(16), rnd.randbytes(32), rnd.randbytes(32) if policy != "fingerprint" else None,
+                             rnd.randbytes(32) if policy != "watermark" else None, policy, rnd.randrange(2 ** 63),
+                             rnd.randbytes(32))
+            size = rnd.choice([1, 5, 24, 300, 65_536])
+            index = rnd.randrange(size)
+            proof = inclusion_proof(index, size, lambda ids: {n: rnd.randbytes(32) for n in ids})  # RFC 9162 length
+            batch = BatchProof(index, size, tuple(proof)) if i % 2 else None
+        signed = SignedEntry(entry, rnd.randbytes(64), batch)  # type: ignore[arg-type]
+        data = encode_entry(signed)
+        m = cbor2.loads(data)
+        assert data == cbor2.dumps(m, canonical=True)
+        m.pop("sig"), m.pop("batch", None)
+        assert signing_bytes(signed.entry) == SIGNATURE_LABEL + cbor2.dumps(m, canonical=True)
