@@ -26,11 +26,12 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from emshield.tlog.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
-from emshield.tlog.merkle import CompactRange
+from emshield.tlog.merkle import CompactRange, NodeID
 
-from .storage import IssuanceIndex, IssuerRecord, LeafRecord, LogStore, StoredCheckpoint
+from .storage import IssuanceRow, IssuerRecord, LeafRow, LogStore, StoredCheckpoint, WriteTxn
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,10 @@ class PreparedEntry:
     registration: RegistrationFields | None = None
 
 
-@dataclass(frozen=True)
-class Appended:
+class Appended(NamedTuple):
+    """Where an entry is: its leaf index, leaf hash, and whether this request added it (False: it
+    was already logged). A NamedTuple: the writer thread makes one per entry while holding the GIL."""
+
     index: int
     leaf_hash: bytes
     created: bool
@@ -202,28 +205,24 @@ class Sequencer:
             with self.store.write() as tx:
                 units = collect()
                 size = tx.tree_size()
-                if self._range is None or self._range.size != size:
-                    self._range = CompactRange.from_nodes(size, tx.get_nodes)
-                existing = tx.indices_of([e.leaf_hash for unit in units for e in unit])
-                new_leaves: list[LeafRecord] = []
-                new_issuances: list[IssuanceIndex] = []
-                new_issuers: dict[bytes, IssuerRecord] = {}
-                issuers: dict[bytes, IssuerRecord | None] = {}
+                rng = self._range_at(tx, size)
+                group = _Group(tx, size, tx.indices_of([e.leaf_hash for unit in units for e in unit]))
                 outcomes: list[list[Appended] | AppendRejected] = []
                 for unit in units:
                     try:
-                        outcomes.append(self._sequence_unit(unit, tx, size, existing, new_leaves, new_issuances,
-                                                            new_issuers, issuers))
+                        outcomes.append(_sequence_unit(unit, group))
                     except AppendRejected as rej:
                         outcomes.append(rej)
-                if new_leaves:
-                    tx.add_leaves(new_leaves)
-                    for issuer in new_issuers.values():
+                if group.leaves:
+                    # Parents before children (foreign keys): leaves, issuers, issuance indexes.
+                    tx.add_leaves(group.leaves)
+                    for issuer in group.new_issuers.values():
                         tx.add_issuer(issuer)
-                    tx.add_issuances(new_issuances)
-                    nodes = []
-                    for leaf in new_leaves:
-                        nodes.extend(self._range.append(leaf.leaf_hash))
+                    tx.add_issuances(group.issuances)
+                    append = rng.append
+                    nodes: list[tuple[NodeID, bytes]] = []
+                    for row in group.leaves:
+                        nodes += append(row[1])
                     tx.add_nodes(nodes)
                     self._add_checkpoint(tx)
             return outcomes
@@ -231,7 +230,33 @@ class Sequencer:
             self._range = None  # rebuilt from the store on the next batch
             raise
 
-    def _add_checkpoint(self, tx) -> None:
+    def _range_at(self, tx: WriteTxn, size: int) -> CompactRange:
+        """The compact range of the stored tree, which has ``size`` leaves.
+
+        When another sequencer (another worker process) committed since this one last did, the
+        stored tree grew past the range held here. The perfect nodes of the range held here are
+        still perfect nodes of the grown tree (the tree is append-only and a perfect node never
+        changes), so only the border nodes the other sequencer completed are read, not all
+        popcount(size) of them. After a failed transaction or a restart the range is rebuilt from
+        the store alone.
+        """
+        rng = self._range
+        if rng is None or rng.size > size:
+            rng = CompactRange.from_nodes(size, tx.get_nodes)
+        elif rng.size < size:
+            known = dict(rng.border_nodes())
+
+            def get_nodes(ids: Sequence[NodeID]) -> dict[NodeID, bytes]:
+                missing = [i for i in ids if i not in known]
+                found = dict(tx.get_nodes(missing)) if missing else {}
+                found.update((i, known[i]) for i in ids if i in known)
+                return found
+
+            rng = CompactRange.from_nodes(size, get_nodes)
+        self._range = rng
+        return rng
+
+    def _add_checkpoint(self, tx: WriteTxn) -> None:
         cp = Checkpoint(self.origin, self._range.size, self._range.root())
         tx.add_checkpoint(StoredCheckpoint(cp.size, cp.root_hash, sign_checkpoint(cp, self.signer), time.time()))
 
@@ -243,46 +268,69 @@ class Sequencer:
             if latest is None or latest.size != self._range.size:
                 self._add_checkpoint(tx)
 
-    @staticmethod
-    def _sequence_unit(unit, tx, size, existing, new_leaves, new_issuances, new_issuers, issuers) -> list[Appended]:
-        """Check one request's entries against the store; only then give its new ones indices."""
 
-        def issuer_of(key_id: bytes) -> IssuerRecord | None:
-            if key_id in new_issuers:
-                return new_issuers[key_id]
-            if key_id not in issuers:
-                issuers[key_id] = tx.issuer(key_id)
-            return issuers[key_id]
+class _Group:
+    """One commit's state while its units are sequenced: the next index, every leaf hash already
+    stored or given an index in this commit, the issuers read so far, and the new rows."""
 
-        for e in unit:
-            if e.leaf_hash in existing:
-                continue
-            if e.issuance is not None:
-                iss = issuer_of(e.issuance.issuer_key_id)
-                if iss is None:
-                    raise AppendRejected(403, "unknown_issuer",
-                                         f"issuer {e.issuance.issuer_key_id.hex()} is not registered")
-                if iss.revoked_at is not None:
-                    raise AppendRejected(403, "revoked_issuer", f"issuer {iss.key_id.hex()} was revoked")
-            elif e.registration is not None:
-                if issuer_of(e.registration.key_id) is not None:
-                    raise AppendRejected(409, "issuer_exists",
-                                         f"issuer {e.registration.key_id.hex()} is already registered"
-                                         " with a different registration entry")
-        out: list[Appended] = []
-        for e in unit:
-            if e.leaf_hash in existing:
-                out.append(Appended(existing[e.leaf_hash], e.leaf_hash, False))
-                continue
-            index = size + len(new_leaves)
-            existing[e.leaf_hash] = index
-            new_leaves.append(LeafRecord(index, e.leaf_hash, e.data, e.kind))
-            if e.issuance is not None:
-                f = e.issuance
-                new_issuances.append(IssuanceIndex(index, f.issuer_key_id, f.device_uuid, f.watermark_commitment,
-                                                   f.fingerprint_hash))
-            elif e.registration is not None:
-                r = e.registration
-                new_issuers[r.key_id] = IssuerRecord(r.key_id, r.public_key, r.name, index, r.registered_at)
-            out.append(Appended(index, e.leaf_hash, True))
-        return out
+    __slots__ = ("tx", "size", "existing", "issuers", "new_issuers", "leaves", "issuances")
+
+    def __init__(self, tx: WriteTxn, size: int, existing: dict[bytes, int]) -> None:
+        self.tx = tx
+        self.size = size
+        self.existing = existing
+        self.issuers: dict[bytes, IssuerRecord | None] = {}  # read in this transaction, or registered by it
+        self.new_issuers: dict[bytes, IssuerRecord] = {}
+        self.leaves: list[LeafRow] = []
+        self.issuances: list[IssuanceRow] = []
+
+    def issuer(self, key_id: bytes) -> IssuerRecord | None:
+        if key_id not in self.issuers:
+            self.issuers[key_id] = self.tx.issuer(key_id)  # inside the transaction: revocation is current
+        return self.issuers[key_id]
+
+
+def _sequence_unit(unit: Sequence[PreparedEntry], group: _Group) -> list[Appended]:
+    """Check one request's entries against the store; only then give its new ones indices.
+
+    The writer thread runs this for every entry while holding the GIL, so rows are plain tuples
+    and the common case (an issuance of a known issuer) costs a few dict look-ups.
+    """
+    existing, issuer = group.existing, group.issuer
+    registering: dict[bytes, bytes] = {}
+    for e in unit:
+        if e.leaf_hash in existing:
+            continue
+        f = e.issuance
+        if f is not None:
+            iss = issuer(f.issuer_key_id)
+            if iss is None:
+                raise AppendRejected(403, "unknown_issuer", f"issuer {f.issuer_key_id.hex()} is not registered")
+            if iss.revoked_at is not None:
+                raise AppendRejected(403, "revoked_issuer", f"issuer {iss.key_id.hex()} was revoked")
+        elif e.registration is not None:
+            key_id = e.registration.key_id
+            if issuer(key_id) is not None or registering.setdefault(key_id, e.leaf_hash) != e.leaf_hash:
+                raise AppendRejected(409, "issuer_exists",
+                                     f"issuer {key_id.hex()} is already registered with a different registration entry")
+    out: list[Appended] = []
+    leaves, issuances = group.leaves, group.issuances
+    index = group.size + len(leaves)
+    for e in unit:
+        h = e.leaf_hash
+        known = existing.get(h)
+        if known is not None:
+            out.append(Appended(known, h, False))
+            continue
+        existing[h] = index
+        leaves.append((index, h, e.data, e.kind))
+        f = e.issuance
+        if f is not None:
+            issuances.append((index, f.issuer_key_id, f.device_uuid, f.watermark_commitment, f.fingerprint_hash))
+        elif e.registration is not None:
+            r = e.registration
+            group.new_issuers[r.key_id] = group.issuers[r.key_id] = IssuerRecord(
+                r.key_id, r.public_key, r.name, index, r.registered_at)
+        out.append(Appended(index, h, True))
+        index += 1
+    return out
