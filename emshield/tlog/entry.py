@@ -189,7 +189,7 @@ _LAYOUTS = {
 }
 
 
-_KEY_ORDER = {t: _canonical_order(_ALLOWED[t]) for t in _TYPES.values()}
+_KEY_ORDER = {t.TYPE: _canonical_order(_ALLOWED[t]) for t in _TYPES.values()}
 
 
 def _encode_map(entry: Entry, sig: bytes | None = None, batch: BatchProof | None = None) -> bytes:
@@ -199,7 +199,7 @@ def _encode_map(entry: Entry, sig: bytes | None = None, batch: BatchProof | None
     writes exactly the deterministic bytes, three times faster than its canonical mode."""
     values = entry.__dict__  # the dataclass fields
     m: dict[str, Any] = {}
-    for key in _KEY_ORDER[type(entry)]:
+    for key in _KEY_ORDER[entry.TYPE]:
         if key == "v":
             m[key] = VERSION
         elif key == "type":
