@@ -284,6 +284,8 @@ class OwnServer:
         else:
             cmd = ["-c", self.CLI, "serve", "--db", str(self.db), "--port", str(self.port), "--workers", str(workers),
                    "--threads", str(threads), "--log-level", "warning"]
+            if server != "gunicorn":  # trees before `serve --server` existed serve with gunicorn only
+                cmd += ["--server", server]
         # cwd: `python -c` puts the working directory first on sys.path, before PYTHONPATH
         self.proc = subprocess.Popen([sys.executable, *cmd], env=env, cwd=src, start_new_session=True)
         deadline = time.monotonic() + 60
@@ -678,6 +680,8 @@ def main() -> int:
                     help="own server: first measure the log server of this source tree (e.g. the previous commit,"
                          " extracted with `git archive`) through its own `emshield-log serve`, as the baseline"
                          " (repeatable; the first one is what the others are compared with)")
+    ap.add_argument("--baseline-server", default="gunicorn", choices=["gunicorn", "granian"],
+                    help="the WSGI server of the --baseline-src runs (granian needs a tree with `serve --server`)")
     ap.add_argument("--workers", type=int, default=2, help="own server: worker processes")
     ap.add_argument("--threads", type=int, default=16, help="own server: request threads per worker")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON at the end")
@@ -719,7 +723,7 @@ def main() -> int:
             figures["proofs"] = [r]
             print(f"proofs at {size:,}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items() if k != "size"))
         else:
-            plan = [(f"baseline {src}", "gunicorn", src) for src in args.baseline_src]
+            plan = [(f"baseline {src}", args.baseline_server, src) for src in args.baseline_src]
             plan += [(f"{s} (this tree)", s, None) for s in servers]
             for n, (label, kind, src) in enumerate(plan):
                 server = OwnServer(workdir / f"run{n}", args.workers, args.threads, kind, src)
