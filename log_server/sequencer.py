@@ -10,8 +10,9 @@ acknowledged entry is both durable and already covered by a signed checkpoint: i
 latency after the acknowledgement is zero by construction.
 
 Why this is crash safe: leaves, nodes and the checkpoint commit together or not at all, and a
-restarted (or another) process rebuilds its compact range from the stored nodes (O(log n) reads)
-whenever the stored tree size differs from what it holds in memory. Several processes may run
+restarted (or another) process re-reads its compact range whenever the stored tree size differs
+from what it holds in memory: from the checkpoint row of that size, which carries the range's
+border (one row, checked against the signed root), or else from the stored nodes (O(log n)). Several processes may run
 sequencers against one store: the database write lock (BEGIN IMMEDIATE) makes whichever holds
 it the only sequencer for that transaction, and the size check above keeps each one's range
 current. The tree never changes a past leaf: leaves are only INSERTed at the next index.
@@ -29,9 +30,10 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from emshield.tlog.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
-from emshield.tlog.merkle import CompactRange, NodeID
+from emshield.tlog.merkle import HASH_SIZE, CompactRange, NodeID, root_node_ids
 
-from .storage import IssuanceRow, IssuerRecord, LeafRow, LogStore, StoredCheckpoint, WriteTxn
+from .storage import (DuplicateLeaf, IssuanceRow, IssuerRecord, LeafRow, LogStore, StoredCheckpoint, TreeHead,
+                      WriteTxn)
 
 log = logging.getLogger(__name__)
 
@@ -200,22 +202,28 @@ class Sequencer:
         return self._integrate(lambda: units)
 
     def _integrate(self, collect) -> list[list[Appended] | AppendRejected]:
-        """`integrate` for the units ``collect()`` returns, called inside the write transaction."""
+        """`integrate` for the units ``collect()`` returns, called inside the write transaction.
+
+        Re-submissions are rare, so the units are first sequenced expecting none (only repeats
+        within this commit are known) and the leaves inserted: the UNIQUE index on leaf hashes
+        checks them all in the same B-tree descent that inserts them. If it finds a stored one
+        (`DuplicateLeaf`: nothing was inserted), or a unit was refused (a refusal may be an entry
+        already logged: an identical registration, an issuer revoked since), the commit is
+        sequenced again knowing the stored index of every one of its leaf hashes.
+        """
         try:
             with self.store.write() as tx:
                 units = collect()
-                size = tx.tree_size()
-                rng = self._range_at(tx, size)
-                group = _Group(tx, size, tx.indices_of([e.leaf_hash for unit in units for e in unit]))
-                outcomes: list[list[Appended] | AppendRejected] = []
-                for unit in units:
-                    try:
-                        outcomes.append(_sequence_unit(unit, group))
-                    except AppendRejected as rej:
-                        outcomes.append(rej)
+                rng = self._range_at(tx)
+                size = rng.size
+                group = _Group(tx, size, {})
+                outcomes = group.sequence(units)
+                if group.refused or not _added(tx, group.leaves):
+                    group = _Group(tx, size, tx.indices_of([e.leaf_hash for unit in units for e in unit]))
+                    outcomes = group.sequence(units)
+                    tx.add_leaves(group.leaves)
                 if group.leaves:
                     # Parents before children (foreign keys): leaves, issuers, issuance indexes.
-                    tx.add_leaves(group.leaves)
                     for issuer in group.new_issuers.values():
                         tx.add_issuer(issuer)
                     tx.add_issuances(group.issuances)
@@ -230,35 +238,26 @@ class Sequencer:
             self._range = None  # rebuilt from the store on the next batch
             raise
 
-    def _range_at(self, tx: WriteTxn, size: int) -> CompactRange:
-        """The compact range of the stored tree, which has ``size`` leaves.
+    def _range_at(self, tx: WriteTxn) -> CompactRange:
+        """The compact range of the stored tree, read when the size held here is not the stored one.
 
-        When another sequencer (another worker process) committed since this one last did, the
-        stored tree grew past the range held here. The perfect nodes of the range held here are
-        still perfect nodes of the grown tree (the tree is append-only and a perfect node never
-        changes), so only the border nodes the other sequencer completed are read, not all
-        popcount(size) of them. After a failed transaction or a restart the range is rebuilt from
-        the store alone.
+        That is the case at nearly every commit while two worker processes take turns. The border
+        comes from the checkpoint row of the stored size (one row, read with the size), checked
+        against that checkpoint's root; a row without one (written before borders were kept, or
+        leaves added without a checkpoint) makes it rebuilt from the stored nodes.
         """
+        head = tx.tree_head()
         rng = self._range
-        if rng is None or rng.size > size:
-            rng = CompactRange.from_nodes(size, tx.get_nodes)
-        elif rng.size < size:
-            known = dict(rng.border_nodes())
-
-            def get_nodes(ids: Sequence[NodeID]) -> dict[NodeID, bytes]:
-                missing = [i for i in ids if i not in known]
-                found = dict(tx.get_nodes(missing)) if missing else {}
-                found.update((i, known[i]) for i in ids if i in known)
-                return found
-
-            rng = CompactRange.from_nodes(size, get_nodes)
-        self._range = rng
+        if rng is None or rng.size != head.size:
+            rng = _range_from_border(head) or CompactRange.from_nodes(head.size, tx.get_nodes)
+            self._range = rng
         return rng
 
     def _add_checkpoint(self, tx: WriteTxn) -> None:
-        cp = Checkpoint(self.origin, self._range.size, self._range.root())
-        tx.add_checkpoint(StoredCheckpoint(cp.size, cp.root_hash, sign_checkpoint(cp, self.signer), time.time()))
+        rng = self._range
+        cp = Checkpoint(self.origin, rng.size, rng.root())
+        tx.add_checkpoint(StoredCheckpoint(cp.size, cp.root_hash, sign_checkpoint(cp, self.signer), time.time()),
+                          border=b"".join(h for _, h in rng.border_nodes()))
 
     def sign_current(self) -> None:
         """Sign a checkpoint of the stored tree if its size has none yet (the empty tree at init)."""
@@ -269,20 +268,53 @@ class Sequencer:
                 self._add_checkpoint(tx)
 
 
+def _range_from_border(head: TreeHead) -> CompactRange | None:
+    """The compact range a checkpoint row's border describes, if it has one that folds to its root."""
+    if head.border is None:
+        return None
+    ids = root_node_ids(head.size)
+    if len(head.border) != HASH_SIZE * len(ids):
+        return None
+    nodes = {node: head.border[HASH_SIZE * i:HASH_SIZE * (i + 1)] for i, node in enumerate(ids)}
+    rng = CompactRange.from_nodes(head.size, lambda wanted: nodes)
+    return rng if rng.root() == head.root else None
+
+
+def _added(tx: WriteTxn, leaves: list[LeafRow]) -> bool:
+    """Insert ``leaves``; False (and nothing inserted) if one of their hashes is stored already."""
+    try:
+        tx.add_leaves(leaves)
+    except DuplicateLeaf:
+        return False
+    return True
+
+
 class _Group:
     """One commit's state while its units are sequenced: the next index, every leaf hash already
     stored or given an index in this commit, the issuers read so far, and the new rows."""
 
-    __slots__ = ("tx", "size", "existing", "issuers", "new_issuers", "leaves", "issuances")
+    __slots__ = ("tx", "size", "existing", "issuers", "new_issuers", "leaves", "issuances", "refused")
 
     def __init__(self, tx: WriteTxn, size: int, existing: dict[bytes, int]) -> None:
         self.tx = tx
         self.size = size
         self.existing = existing
+        self.refused = 0
         self.issuers: dict[bytes, IssuerRecord | None] = {}  # read in this transaction, or registered by it
         self.new_issuers: dict[bytes, IssuerRecord] = {}
         self.leaves: list[LeafRow] = []
         self.issuances: list[IssuanceRow] = []
+
+    def sequence(self, units: Sequence[Sequence[PreparedEntry]]) -> list[list[Appended] | AppendRejected]:
+        """Each unit's indices, or its refusal (a refused unit leaves no trace in the group)."""
+        outcomes: list[list[Appended] | AppendRejected] = []
+        for unit in units:
+            try:
+                outcomes.append(_sequence_unit(unit, self))
+            except AppendRejected as rej:
+                self.refused += 1
+                outcomes.append(rej)
+        return outcomes
 
     def issuer(self, key_id: bytes) -> IssuerRecord | None:
         if key_id not in self.issuers:

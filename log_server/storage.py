@@ -10,7 +10,11 @@ What is kept, and why:
 - `nodes`: every perfect subtree hash above the leaves, keyed (level, index); level 0 is the
   leaf hash column of `leaves`. Any inclusion or consistency proof at any size needs at most
   ~2·log2(n) of them, fetched with ONE indexed query: O(log n) reads.
-- `checkpoints`: every signed checkpoint note, one per integrated batch, keyed by tree size.
+- `checkpoints`: every signed checkpoint note, one per integrated batch, keyed by tree size, with
+  the right border of the tree at that size (the perfect-subtree hashes a compact range holds,
+  concatenated left to right), so a sequencer that finds the tree grown by another process's
+  commit reads its new state with the size in ONE row instead of O(log n) nodes. (Added to
+  schema version 1 in place; rows written before carry none and the nodes serve instead.)
 - `issuers`, `issuances`: indexes derived from the leaves (issuers by key id; issuances by
   watermark commitment, fingerprint hash and device UUID), written in the same transaction
   as the leaf, so an index never points at a leaf that is not stored and vice versa.
@@ -44,6 +48,10 @@ NodeID = tuple[int, int]
 
 class StoreError(RuntimeError):
     """The store is missing, of another version, or inconsistent."""
+
+
+class DuplicateLeaf(ValueError):
+    """`WriteTxn.add_leaves` was given a leaf hash that is already stored; it added none of its rows."""
 
 
 class LeafRecord(NamedTuple):
@@ -90,6 +98,15 @@ class StoredCheckpoint:
     created_at: float
 
 
+class TreeHead(NamedTuple):
+    """The stored tree's size and, if the checkpoint of that size carries them, its root hash and
+    right border (the hashes of `merkle.root_node_ids(size)`, concatenated); else both None."""
+
+    size: int
+    root: bytes | None
+    border: bytes | None
+
+
 LOOKUP_FIELDS = ("watermark_commitment", "fingerprint_hash", "device_uuid")
 
 LeafRow = tuple[int, bytes, bytes, str]  # (index, leaf_hash, data, kind): a LeafRecord or a plain tuple
@@ -100,16 +117,19 @@ class WriteTxn(Protocol):
     """One exclusive write transaction (the only writer in the whole deployment while open)."""
 
     def tree_size(self) -> int: ...
+    def tree_head(self) -> TreeHead: ...
     def latest_checkpoint(self) -> StoredCheckpoint | None: ...
     def get_nodes(self, ids: Sequence[NodeID]) -> Mapping[NodeID, bytes]: ...
     def indices_of(self, leaf_hashes: Sequence[bytes]) -> dict[bytes, int]: ...
     def issuer(self, key_id: bytes) -> IssuerRecord | None: ...
     # Rows are tuples shaped like LeafRecord / IssuanceIndex (those records, or plain tuples).
+    # add_leaves adds all rows, or none and raises DuplicateLeaf if one's leaf hash is stored already
+    # (the UNIQUE index serves as the idempotency look-up of a commit that expects no repeats).
     def add_leaves(self, leaves: Sequence[LeafRow]) -> None: ...
     def add_issuances(self, rows: Sequence[IssuanceRow]) -> None: ...
     def add_issuer(self, issuer: IssuerRecord) -> None: ...
     def add_nodes(self, nodes: Sequence[tuple[NodeID, bytes]]) -> None: ...
-    def add_checkpoint(self, cp: StoredCheckpoint) -> None: ...
+    def add_checkpoint(self, cp: StoredCheckpoint, border: bytes | None = None) -> None: ...
     def revoke_issuer(self, key_id: bytes, at: float, reason: str) -> None: ...
     def put_side_record(self, leaf_index: int, data: bytes) -> None: ...
     def add_cosignatures(self, size: int, sigs: Sequence[tuple[str, bytes, bytes]]) -> None: ...
@@ -156,6 +176,9 @@ CREATE TABLE IF NOT EXISTS cosignatures(
     PRIMARY KEY(size, name, key_id)
 ) WITHOUT ROWID"""
 
+# The border column came after schema version 1 shipped: an older store gets it when opened.
+_CHECKPOINT_BORDER = "ALTER TABLE checkpoints ADD COLUMN border BLOB"
+
 _SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE leaves(
@@ -174,7 +197,8 @@ CREATE TABLE checkpoints(
     size INTEGER PRIMARY KEY,
     root BLOB NOT NULL,
     note BLOB NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    border BLOB
 );
 CREATE TABLE issuers(
     key_id BLOB PRIMARY KEY,
@@ -204,7 +228,7 @@ CREATE TABLE side_records(
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    # cached_statements: the multi-row INSERTs (see _insert_rows) add up to ~50 statements.
+    # cached_statements: the multi-row INSERTs (see _insert_rows) add up to ~130 statements.
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000,
                            cached_statements=256)
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
@@ -274,6 +298,7 @@ _ISSUER_COLS = "key_id, public_key, name, leaf_idx, registered_at, revoked_at, r
 # Rows per INSERT statement: 2,048 rows of at most 5 columns stay far below SQLite's limit of
 # 32,766 host parameters per statement.
 _MAX_ROWS = 2048
+_EXACT_ROWS = 32
 _INSERT_LEAVES = ("INSERT INTO leaves(idx, leaf_hash, data, kind)", 4)
 _INSERT_ISSUANCES = ("INSERT INTO issuances(leaf_idx, issuer_key_id, device_uuid, watermark_commitment,"
                      " fingerprint_hash)", 5)
@@ -296,18 +321,25 @@ def _indices_sql(marks: int) -> str:
 
 
 def _insert_rows(conn: sqlite3.Connection, table: tuple[str, int], rows: Sequence[tuple]) -> None:
-    """INSERT ``rows`` with multi-row VALUES statements of power-of-two sizes.
+    """INSERT ``rows`` with as few multi-row VALUES statements as the statement cache allows.
 
-    Why: `executemany` steps the statement once per row, and every step gives up and re-takes
-    the GIL, which the request threads of the same process are waiting for; one statement per
-    power of two in the row count (cached, so never compiled twice) does the B-tree work of all
-    its rows in ONE step without the GIL.
+    Why: `executemany` steps the statement once per row, and every step gives up and re-takes the
+    GIL, which the request threads of the same process are waiting for (and a re-take may wait a
+    whole switch interval while this process holds the store's write lock); one multi-row
+    statement does the B-tree work of all its rows in ONE step without the GIL. Up to
+    _EXACT_ROWS rows (group commits of single appends) take one statement of exactly that size;
+    larger counts one per power of two in the count: at most ~45 statements per table are cached.
     """
     head, width = table
+    n = len(rows)
     flat = list(itertools.chain.from_iterable(rows))
-    n, done = len(rows), 0
     if len(flat) != n * width:
         raise ValueError(f"{head}: every row needs {width} values")
+    if n <= _EXACT_ROWS:
+        if n:
+            conn.execute(_values_sql(head, width, n), flat)
+        return
+    done = 0
     while done < n:
         k = min(_MAX_ROWS, 1 << ((n - done).bit_length() - 1))
         conn.execute(_values_sql(head, width, k), flat[done * width:(done + k) * width])
@@ -322,6 +354,13 @@ class _SqliteTxn:
 
     def tree_size(self) -> int:
         return _tree_size(self._c)
+
+    def tree_head(self) -> TreeHead:
+        # max(idx) is the last key of the rowid B-tree; the checkpoint a primary-key look-up
+        n, root, border = self._c.execute(
+            "SELECT l.n, c.root, c.border FROM (SELECT coalesce(max(idx) + 1, 0) AS n FROM leaves) AS l"
+            " LEFT JOIN checkpoints AS c ON c.size = l.n").fetchone()
+        return TreeHead(n, root, border) if border is not None else TreeHead(n, None, None)
 
     def latest_checkpoint(self) -> StoredCheckpoint | None:
         return _latest_checkpoint(self._c)
@@ -344,7 +383,21 @@ class _SqliteTxn:
         return _issuer_row(self._c.execute(f"SELECT {_ISSUER_COLS} FROM issuers WHERE key_id=?", (key_id,)).fetchone())
 
     def add_leaves(self, leaves: Sequence[LeafRow]) -> None:
-        _insert_rows(self._c, _INSERT_LEAVES, leaves)
+        # One statement is all-or-nothing by itself; several need a savepoint to be.
+        several = len(leaves) > _EXACT_ROWS
+        if several:
+            self._c.execute("SAVEPOINT add_leaves")
+        try:
+            _insert_rows(self._c, _INSERT_LEAVES, leaves)
+        except sqlite3.IntegrityError as exc:
+            if several:
+                self._c.execute("ROLLBACK TO add_leaves")
+                self._c.execute("RELEASE add_leaves")
+            if "leaves.leaf_hash" in str(exc):
+                raise DuplicateLeaf("a leaf hash is already stored") from exc
+            raise
+        if several:
+            self._c.execute("RELEASE add_leaves")
 
     def add_issuances(self, rows: Sequence[IssuanceRow]) -> None:
         _insert_rows(self._c, _INSERT_ISSUANCES, rows)
@@ -360,9 +413,9 @@ class _SqliteTxn:
         # Level 0 is the leaf hash, already in `leaves` (added first, in the same transaction).
         _insert_rows(self._c, _INSERT_NODES, [(lv, ix, h) for (lv, ix), h in nodes if lv > 0])
 
-    def add_checkpoint(self, cp: StoredCheckpoint) -> None:
-        self._c.execute("INSERT INTO checkpoints(size, root, note, created_at) VALUES (?,?,?,?)",
-                        (cp.size, cp.root_hash, cp.note, cp.created_at))
+    def add_checkpoint(self, cp: StoredCheckpoint, border: bytes | None = None) -> None:
+        self._c.execute("INSERT INTO checkpoints(size, root, note, created_at, border) VALUES (?,?,?,?,?)",
+                        (cp.size, cp.root_hash, cp.note, cp.created_at, border))
 
     def revoke_issuer(self, key_id: bytes, at: float, reason: str) -> None:
         self._c.execute("UPDATE issuers SET revoked_at=?, revocation_reason=? WHERE key_id=? AND revoked_at IS NULL",
@@ -473,6 +526,14 @@ class SqliteStore:
         if self._conn().execute("SELECT 1 FROM sqlite_master WHERE name='cosignatures'").fetchone() is None:
             with self.write():
                 self._conn().execute(_COSIGNATURES)
+        if not self._has_border_column():
+            with self.write():
+                if not self._has_border_column():  # another process may have added it meanwhile
+                    self._conn().execute(_CHECKPOINT_BORDER)
+
+    def _has_border_column(self) -> bool:
+        return self._conn().execute(
+            "SELECT 1 FROM pragma_table_info('checkpoints') WHERE name = 'border'").fetchone() is not None
 
     @classmethod
     def create(cls, path: str | Path, meta: Mapping[str, bytes]) -> "SqliteStore":

@@ -18,7 +18,7 @@ from log_server import storage
 from log_server.entries import IssuerKeys, prepare_issuance, prepare_registration
 from log_server.keys import read_signer_key
 from log_server.sequencer import AppendRejected, Appended, Sequencer
-from log_server.storage import LeafRecord, SqliteStore
+from log_server.storage import DuplicateLeaf, LeafRecord, SqliteStore
 
 
 def _sequencer(log_files, kit) -> Sequencer:
@@ -48,6 +48,27 @@ def test_inserts_of_any_size_store_every_row_in_order(tmp_path) -> None:
     with pytest.raises(ValueError, match="4 values"), store.write() as tx:
         tx.add_leaves([(start, bytes(32), b"x")])
     assert store.tree_size() == start  # the failed transaction was rolled back
+    store.close()
+
+
+@pytest.mark.parametrize("count", [5, 70])  # one statement; several under a savepoint
+def test_a_stored_leaf_hash_makes_add_leaves_add_nothing(tmp_path, count: int) -> None:
+    store = SqliteStore.create(tmp_path / "dup.db", {"origin": b"dup"})
+    with store.write() as tx:
+        tx.add_leaves(_leaf_rows(0, 100))
+    stored = _leaf_rows(0, 100)[40]
+    with store.write() as tx:
+        rows = _leaf_rows(100, count)
+        rows[-2] = (rows[-2][0], stored[1], stored[2], "again")
+        with pytest.raises(DuplicateLeaf):
+            tx.add_leaves(rows)
+        assert tx.tree_size() == 100  # none of the rows before the repeat stayed
+        tx.add_leaves(_leaf_rows(100, count))  # the transaction goes on
+    assert store.tree_size() == 100 + count
+    # any other constraint failure is not a repeat: it propagates as it is
+    with pytest.raises(sqlite3.IntegrityError, match="leaves.idx") as caught, store.write() as tx:
+        tx.add_leaves([(99, hashlib.sha256(b"fresh").digest(), b"fresh", "x")] * (count // 5))
+    assert not isinstance(caught.value, DuplicateLeaf)
     store.close()
 
 
@@ -150,6 +171,10 @@ def test_two_registrations_of_one_key_in_one_request_are_refused(log_files, issu
     (same,) = seq.integrate([[a, a]])  # the identical entry twice is one leaf
     assert same == [Appended(0, a.leaf_hash, True), Appended(0, a.leaf_hash, False)]
     assert seq.store.issuer(a.registration.key_id).leaf_index == 0
+    again, other = seq.integrate([[a], [b]])  # later: the same entry is idempotent, another one refused
+    assert again == [Appended(0, a.leaf_hash, False)]
+    assert isinstance(other, AppendRejected) and other.code == "issuer_exists"
+    assert seq.store.tree_size() == 1 and seq.store.latest_checkpoint().size == 1
     seq.store.close()
 
 
@@ -172,4 +197,65 @@ def test_a_failed_commit_leaves_nothing_and_the_next_one_rebuilds(log_files, iss
     cp = verify_checkpoint(seq.store.latest_checkpoint().note, log_files.verifier)
     leaves = [lf.data for lf in seq.store.leaves(0, 5)]
     assert cp.root_hash == merkle.root_from_leaf_hashes([merkle.leaf_hash(x) for x in leaves])
+    seq.store.close()
+
+
+def _node_reads(seq: Sequencer, units) -> tuple[list, list[str]]:
+    """Integrate ``units`` and return the outcomes and the node-table reads it made."""
+    conn = seq.store._conn()  # integrate runs in this thread, on this thread's connection
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    try:
+        out = seq.integrate(units)
+    finally:
+        conn.set_trace_callback(None)
+    return out, [s for s in statements if "FROM nodes" in s or "FROM leaves WHERE idx IN" in s]
+
+
+def _assert_tree(seq: Sequencer, log_files) -> None:
+    size = seq.store.tree_size()
+    cp = verify_checkpoint(seq.store.latest_checkpoint().note, log_files.verifier)
+    leaves = [merkle.leaf_hash(lf.data) for lf in seq.store.leaves(0, size)]
+    assert (cp.size, cp.root_hash) == (size, merkle.root_from_leaf_hashes(leaves))
+
+
+@pytest.mark.parametrize("damage", ["none", "wrong bytes", "wrong length", "missing"])
+def test_the_range_comes_from_the_checkpoint_row_unless_it_is_unusable(log_files, issuer_key, kit, damage) -> None:
+    """Another process's commit is picked up from the border in its checkpoint row without
+    reading nodes; a border that does not fold to the signed root, has the wrong length or is
+    missing (rows from before borders were kept) is not used: the nodes are read instead."""
+    a, b = _sequencer(log_files, kit), _sequencer(log_files, kit)
+    a.integrate([[prepare_registration(kit.registration(issuer_key))]])
+    b.integrate([[prepare_issuance(kit.issuance(issuer_key, 1), IssuerKeys(b.store))]])
+    a.integrate([[prepare_issuance(kit.issuance(issuer_key, n), IssuerKeys(a.store)) for n in range(2, 7)]])
+    border = {"none": None, "wrong bytes": bytes(32 * 2), "wrong length": b"\x00", "missing": "NULL"}[damage]
+    if border is not None:
+        other = sqlite3.connect(log_files.db, isolation_level=None)
+        other.execute("UPDATE checkpoints SET border = ? WHERE size = 7", (None if border == "NULL" else border,))
+        other.close()
+    out, reads = _node_reads(b, [[prepare_issuance(kit.issuance(issuer_key, 7), IssuerKeys(b.store))]])
+    assert out[0][0].index == 7
+    assert bool(reads) == (damage != "none"), reads
+    _assert_tree(b, log_files)
+    # and the next process finds a good border again
+    _, reads = _node_reads(a, [[prepare_issuance(kit.issuance(issuer_key, 8), IssuerKeys(a.store))]])
+    assert reads == []
+    _assert_tree(a, log_files)
+    a.store.close()
+    b.store.close()
+
+
+def test_a_store_from_before_checkpoint_borders_gets_the_column(log_files, issuer_key, kit) -> None:
+    seq = _sequencer(log_files, kit)
+    seq.integrate([[prepare_registration(kit.registration(issuer_key))]])
+    seq.store.close()
+    old = sqlite3.connect(log_files.db, isolation_level=None)
+    old.execute("ALTER TABLE checkpoints DROP COLUMN border")  # the schema as first shipped
+    old.close()
+    seq = _sequencer(log_files, kit)
+    columns = [r[1] for r in seq.store._conn().execute("PRAGMA table_info(checkpoints)")]
+    assert columns == ["size", "root", "note", "created_at", "border"]
+    out, reads = _node_reads(seq, [[prepare_issuance(kit.issuance(issuer_key, 1), IssuerKeys(seq.store))]])
+    assert out[0][0].index == 1 and reads  # the old row has no border: read from the nodes
+    _assert_tree(seq, log_files)
     seq.store.close()
