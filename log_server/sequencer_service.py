@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 _LEN = struct.Struct(">I")
 MAX_MESSAGE = 256 * 1024 * 1024  # far above the largest unit a worker sends (a 16 MiB batch body)
 SUBMIT_TIMEOUT_S = 60.0
+SEND_TIMEOUT_S = 10.0
 START_TIMEOUT_S = 60.0
 
 
@@ -121,6 +122,7 @@ def run_service(sequencer: Sequencer, listener: socket.socket, should_stop=lambd
         for key, _ in sel.select(0 if pending else 1.0):
             if key.fileobj is listener:
                 conn, _ = listener.accept()
+                conn.settimeout(SEND_TIMEOUT_S)  # reads happen only when ready; a stuck worker must not stall the log
                 sel.register(conn, selectors.EVENT_READ, _Peer(conn, bytearray()))
                 continue
             peer: _Peer = key.data
@@ -132,8 +134,7 @@ def run_service(sequencer: Sequencer, listener: socket.socket, should_stop=lambd
                     continue
                 except Exception:  # a worker bug, not hostile input: drop that connection only
                     log.exception("malformed message from a worker; closing its connection")
-            sel.unregister(peer.sock)
-            peer.sock.close()
+            _drop(sel, peer)
         if not pending:
             continue
         group = [pending.popleft()]
@@ -147,10 +148,17 @@ def run_service(sequencer: Sequencer, listener: socket.socket, should_stop=lambd
             log.exception("sequencer batch failed")
             outcomes = [exc] * len(group)
         for (peer, _), outcome in zip(group, outcomes):
+            if peer.sock.fileno() < 0:
+                continue  # the worker hung up while waiting; its entries are committed, a retry finds them
             try:
                 peer.sock.sendall(_answer(outcome))
-            except OSError:  # the worker went away; its entries are committed and a retry finds them
-                pass
+            except OSError:  # the worker went away or stopped reading: drop its connection, not the log
+                _drop(sel, peer)
+
+
+def _drop(sel: selectors.BaseSelector, peer: _Peer) -> None:
+    sel.unregister(peer.sock)
+    peer.sock.close()
 
 
 def _service_main(config, sock_path: str, stop, parent: int) -> None:

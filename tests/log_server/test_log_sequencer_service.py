@@ -16,7 +16,7 @@ from emshield.tlog.checkpoint import verify_checkpoint
 from log_server.app import ServerConfig, create_app, open_sequencer
 from log_server.entries import IssuerKeys, prepare_issuance, prepare_registration
 from log_server.sequencer import AppendRejected
-from log_server.sequencer_service import RemoteSequencer, SequencerUnavailable, run_service
+from log_server.sequencer_service import RemoteSequencer, SequencerUnavailable, _encode_unit, run_service
 
 CBOR = "application/cbor"
 
@@ -89,6 +89,24 @@ def test_a_malformed_message_closes_only_that_connection(service, issuer_key, ki
         assert raw.recv(100) == b""
     (reg,) = RemoteSequencer(path).submit([prepare_registration(kit.registration(issuer_key))])
     assert reg.created
+
+
+def test_a_worker_that_hangs_up_before_its_answer_does_not_stop_the_service(service, issuer_key, kit) -> None:
+    path, store = service
+    remote = RemoteSequencer(path)
+    remote.submit([prepare_registration(kit.registration(issuer_key))])
+    issuers = IssuerKeys(store)
+    for n in range(5):  # each unit is committed, then its answer finds the connection gone
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+            raw.connect(str(path))
+            raw.sendall(_encode_unit([prepare_issuance(kit.issuance(issuer_key, n), issuers)]))
+    deadline = time.monotonic() + 30  # the service accepts the hung-up connections in its own time
+    while store.tree_size() < 6 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (late,) = remote.submit([prepare_issuance(kit.issuance(issuer_key, 99), issuers)])
+    assert (late.index, late.created) == (6, True)
+    again = remote.submit([prepare_issuance(kit.issuance(issuer_key, n), issuers) for n in range(5)])
+    assert sorted(a.index for a in again) == [1, 2, 3, 4, 5] and not any(a.created for a in again)
 
 
 def test_no_sequencer_answers_503_and_stores_nothing(log_files, issuer_key, kit, tmp_path: Path) -> None:
