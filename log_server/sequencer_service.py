@@ -191,6 +191,7 @@ def sequencer_process(config) -> Iterator[Path]:
     proc = ctx.Process(target=_service_main, args=(config, str(sock_path), stop, os.getpid()),
                        name="emshield-log-sequencer", daemon=True)
     stopping = threading.Event()
+    owner = os.getpid()
     try:
         proc.start()
         _wait_until_listening(proc, sock_path)
@@ -204,13 +205,16 @@ def sequencer_process(config) -> Iterator[Path]:
         threading.Thread(target=watch, name="emshield-log-sequencer-watch", daemon=True).start()
         yield sock_path
     finally:
-        stopping.set()
-        stop.set()
-        proc.join(30)
-        if proc.is_alive():
-            proc.kill()  # inside a commit or not: SQLite rolls an unfinished transaction back
-            proc.join(10)
-        shutil.rmtree(workdir, ignore_errors=True)
+        # gunicorn's forked workers leave by raising SystemExit through the stack they inherited,
+        # this block included: only the process that started the service may stop it.
+        if os.getpid() == owner:
+            stopping.set()
+            stop.set()
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()  # inside a commit or not: SQLite rolls an unfinished transaction back
+                proc.join(10)
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _wait_until_listening(proc, sock_path: Path) -> None:

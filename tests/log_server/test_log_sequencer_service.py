@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from emshield.tlog.checkpoint import verify_checkpoint
 from log_server.app import ServerConfig, create_app, open_sequencer
@@ -141,3 +142,30 @@ def test_the_server_stops_when_its_sequencer_dies(server_factory, log_files) -> 
         time.sleep(0.1)
     assert server.proc.poll() is not None, "the server kept running without its sequencer"
     assert b"sequencer process exited" in server.proc.stdout.read()
+
+
+def test_a_worker_restart_leaves_the_sequencer_running(server_factory, log_files, issuer_key, kit) -> None:
+    """A gunicorn worker leaves by unwinding the stack it inherited from the server's main process,
+    the block that owns the sequencer process included: that must not stop the sequencer."""
+    server = server_factory(log_files.db, workers=2, threads=2)
+    session = requests.Session()
+    auth = {"Authorization": f"Bearer {log_files.token}", "Content-Type": CBOR}
+    assert session.post(server.url + "/v1/issuers", data=kit.registration(issuer_key), headers=auth,
+                        timeout=30).status_code == 201
+    workers = [p for p in _descendants(server.proc.pid)
+               if b"spawn_main" not in Path(f"/proc/{p}/cmdline").read_bytes()
+               and b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert len(workers) == 2, workers
+    for pid in workers:
+        os.kill(pid, signal.SIGTERM)  # gunicorn starts a new worker for each
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        alive = [p for p in _descendants(server.proc.pid) if p not in workers]
+        if len(alive) >= 3:
+            break
+        time.sleep(0.1)
+    for n in range(20):
+        r = session.post(server.url + "/v1/entries", data=kit.issuance(issuer_key, n),
+                         headers={"Content-Type": CBOR}, timeout=30)
+        assert r.status_code == 201, r.text
+    assert server.proc.poll() is None
