@@ -245,6 +245,8 @@ def main() -> None:
     ap.add_argument("--commits", type=int, default=200, help="commits per small group size")
     ap.add_argument("--contend", type=int, default=0,
                     help="busy pure-Python threads competing for the GIL while commits are timed (default 0)")
+    ap.add_argument("--switch-interval", type=float, default=None,
+                    help="sys.setswitchinterval seconds while timing (default: Python's 0.005)")
     ap.add_argument("--no-alternate", action="store_true", help="one sequencer instead of two in alternation")
     ap.add_argument("--workdir", type=Path, default=None, help="where the stores go (default: a temp dir)")
     args = ap.parse_args()
@@ -274,6 +276,8 @@ def main() -> None:
         timer = Timer()
         offset = args.prefill
         # Commit by commit, every implementation in turn: a busy spell of the machine hits all alike.
+        if args.switch_interval is not None:
+            sys.setswitchinterval(args.switch_interval)
         with Contention(args.contend):
             for key, size, count in workloads:
                 for c in range(count):
@@ -292,6 +296,7 @@ def main() -> None:
     mode = "one sequencer" if args.no_alternate else "two sequencers committing in alternation"
     if args.contend:
         mode += f", {args.contend} busy Python thread(s) competing for the GIL"
+    mode += f", GIL switch interval {sys.getswitchinterval() * 1e3:g} ms"
     print(f"\nSequencer.integrate on SQLite (WAL, synchronous=FULL), {mode}; prefill {args.prefill} entries;"
           " mean of every commit")
     names = [im.name for im in impls] + ["floor"]
@@ -302,7 +307,9 @@ def main() -> None:
         cells = "  ".join(f"{n}: {timer.cpu(f'{n}/{key}') / per:8.1f} (wall {timer.wall(f'{n}/{key}'):6.2f} ms)"
                           for n in names)
         ratio = timer.cpu(f"{base}/{key}") / timer.cpu(f"{mine}/{key}")
-        print(f"groups of {size:5d}: CPU µs per {unit:6s}  {cells}  baseline/this tree = {ratio:.2f}x")
+        wall_ratio = timer.wall(f"{base}/{key}") / timer.wall(f"{mine}/{key}")
+        print(f"groups of {size:5d}: CPU µs per {unit:6s}  {cells}  baseline/this tree = {ratio:.2f}x CPU,"
+              f" {wall_ratio:.2f}x wall")
     ceiling = {n: 1e6 * args.big / timer.cpu(f"{n}/big") for n in names}
     print(f"\nserial ceiling of the batch path (1 / CPU per entry): baseline {ceiling[base]:,.0f} entries/s,"
           f" this tree {ceiling[mine]:,.0f} entries/s, floor {ceiling['floor']:,.0f} entries/s"

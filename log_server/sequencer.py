@@ -16,6 +16,10 @@ border (one row, checked against the signed root), or else from the stored nodes
 sequencers against one store: the database write lock (BEGIN IMMEDIATE) makes whichever holds
 it the only sequencer for that transaction, and the size check above keeps each one's range
 current. The tree never changes a past leaf: leaves are only INSERTed at the next index.
+
+Issuer checks are repeated inside the transaction, so an issuer revoked after the request thread
+checked it is refused at commit; issuer records are reused across commits only while the store's
+issuer epoch (read with the tree size, changed by every revocation) is unchanged.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from .storage import (DuplicateLeaf, IssuanceRow, IssuerRecord, LeafRow, LogStor
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH = 20_000
+MAX_KNOWN_ISSUERS = 10_000
 SUBMIT_TIMEOUT_S = 60.0
 
 
@@ -118,6 +123,11 @@ class Sequencer:
         self.origin = origin
         self.max_batch = max_batch
         self._range: CompactRange | None = None
+        # Issuer records read from the store, kept while the store's issuer epoch stays the same
+        # (it changes with every revocation); unknown issuers are never kept, as another process
+        # may register them at any time.
+        self._issuers: dict[bytes, IssuerRecord] = {}
+        self._issuer_epoch: bytes | None = None
         self._queue: queue.SimpleQueue = queue.SimpleQueue()  # C-implemented: cheap put/get
         self._thread: threading.Thread | None = None
         self._pid = 0
@@ -214,12 +224,16 @@ class Sequencer:
         try:
             with self.store.write() as tx:
                 units = collect()
-                rng = self._range_at(tx)
+                head = tx.tree_head()
+                rng = self._range_at(tx, head)
+                if head.issuer_epoch != self._issuer_epoch:  # an issuer was revoked since they were read
+                    self._issuers, self._issuer_epoch = {}, head.issuer_epoch
                 size = rng.size
-                group = _Group(tx, size, {})
+                group = _Group(tx, size, {}, self._issuers)
                 outcomes = group.sequence(units)
                 if group.refused or not _added(tx, group.leaves):
-                    group = _Group(tx, size, tx.indices_of([e.leaf_hash for unit in units for e in unit]))
+                    group = _Group(tx, size, tx.indices_of([e.leaf_hash for unit in units for e in unit]),
+                                   self._issuers)
                     outcomes = group.sequence(units)
                     tx.add_leaves(group.leaves)
                 if group.leaves:
@@ -236,9 +250,10 @@ class Sequencer:
             return outcomes
         except BaseException:
             self._range = None  # rebuilt from the store on the next batch
+            self._issuers = {}
             raise
 
-    def _range_at(self, tx: WriteTxn) -> CompactRange:
+    def _range_at(self, tx: WriteTxn, head: TreeHead) -> CompactRange:
         """The compact range of the stored tree, read when the size held here is not the stored one.
 
         That is the case at nearly every commit while two worker processes take turns. The border
@@ -246,7 +261,6 @@ class Sequencer:
         against that checkpoint's root; a row without one (written before borders were kept, or
         leaves added without a checkpoint) makes it rebuilt from the stored nodes.
         """
-        head = tx.tree_head()
         rng = self._range
         if rng is None or rng.size != head.size:
             rng = _range_from_border(head) or CompactRange.from_nodes(head.size, tx.get_nodes)
@@ -293,14 +307,15 @@ class _Group:
     """One commit's state while its units are sequenced: the next index, every leaf hash already
     stored or given an index in this commit, the issuers read so far, and the new rows."""
 
-    __slots__ = ("tx", "size", "existing", "issuers", "new_issuers", "leaves", "issuances", "refused")
+    __slots__ = ("tx", "size", "existing", "known", "issuers", "new_issuers", "leaves", "issuances", "refused")
 
-    def __init__(self, tx: WriteTxn, size: int, existing: dict[bytes, int]) -> None:
+    def __init__(self, tx: WriteTxn, size: int, existing: dict[bytes, int], known: dict[bytes, IssuerRecord]) -> None:
         self.tx = tx
         self.size = size
         self.existing = existing
+        self.known = known  # the sequencer's current issuer records from the store
         self.refused = 0
-        self.issuers: dict[bytes, IssuerRecord | None] = {}  # read in this transaction, or registered by it
+        self.issuers: dict[bytes, IssuerRecord | None] = {}  # looked up in this transaction, or registered by it
         self.new_issuers: dict[bytes, IssuerRecord] = {}
         self.leaves: list[LeafRow] = []
         self.issuances: list[IssuanceRow] = []
@@ -317,9 +332,17 @@ class _Group:
         return outcomes
 
     def issuer(self, key_id: bytes) -> IssuerRecord | None:
-        if key_id not in self.issuers:
-            self.issuers[key_id] = self.tx.issuer(key_id)  # inside the transaction: revocation is current
-        return self.issuers[key_id]
+        if key_id in self.issuers:
+            return self.issuers[key_id]
+        record = self.known.get(key_id)
+        if record is None:
+            record = self.tx.issuer(key_id)  # inside the transaction: revocation is current
+            if record is not None:
+                if len(self.known) >= MAX_KNOWN_ISSUERS:
+                    self.known.clear()
+                self.known[key_id] = record
+        self.issuers[key_id] = record
+        return record
 
 
 def _sequence_unit(unit: Sequence[PreparedEntry], group: _Group) -> list[Appended]:

@@ -42,6 +42,7 @@ SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 30_000
 CACHE_KIB = 32 * 1024  # page cache per connection
 WAL_CHECKPOINT_PAGES = 4000
+ISSUER_EPOCH_META_KEY = "issuer_epoch"
 
 NodeID = tuple[int, int]
 
@@ -99,12 +100,16 @@ class StoredCheckpoint:
 
 
 class TreeHead(NamedTuple):
-    """The stored tree's size and, if the checkpoint of that size carries them, its root hash and
-    right border (the hashes of `merkle.root_node_ids(size)`, concatenated); else both None."""
+    """What a sequencer reads first in its transaction, in one go: the stored tree's size; if the
+    checkpoint of that size carries them, its root hash and right border (the hashes of
+    `merkle.root_node_ids(size)`, concatenated), else both None; and the issuer epoch, a value that
+    changes in every transaction that revokes an issuer (None before the first revocation), so
+    an issuer record read at the same epoch is still current."""
 
     size: int
     root: bytes | None
     border: bytes | None
+    issuer_epoch: bytes | None
 
 
 LOOKUP_FIELDS = ("watermark_commitment", "fingerprint_hash", "device_uuid")
@@ -356,11 +361,14 @@ class _SqliteTxn:
         return _tree_size(self._c)
 
     def tree_head(self) -> TreeHead:
-        # max(idx) is the last key of the rowid B-tree; the checkpoint a primary-key look-up
-        n, root, border = self._c.execute(
-            "SELECT l.n, c.root, c.border FROM (SELECT coalesce(max(idx) + 1, 0) AS n FROM leaves) AS l"
-            " LEFT JOIN checkpoints AS c ON c.size = l.n").fetchone()
-        return TreeHead(n, root, border) if border is not None else TreeHead(n, None, None)
+        # max(idx) is the last key of the rowid B-tree; checkpoint and epoch are primary-key look-ups
+        n, root, border, epoch = self._c.execute(
+            "SELECT l.n, c.root, c.border, (SELECT value FROM meta WHERE key = ?)"
+            " FROM (SELECT coalesce(max(idx) + 1, 0) AS n FROM leaves) AS l"
+            " LEFT JOIN checkpoints AS c ON c.size = l.n", (ISSUER_EPOCH_META_KEY,)).fetchone()
+        if border is None:
+            root = None
+        return TreeHead(n, root, border, epoch)
 
     def latest_checkpoint(self) -> StoredCheckpoint | None:
         return _latest_checkpoint(self._c)
@@ -418,8 +426,10 @@ class _SqliteTxn:
                         (cp.size, cp.root_hash, cp.note, cp.created_at, border))
 
     def revoke_issuer(self, key_id: bytes, at: float, reason: str) -> None:
-        self._c.execute("UPDATE issuers SET revoked_at=?, revocation_reason=? WHERE key_id=? AND revoked_at IS NULL",
-                        (at, reason, key_id))
+        changed = self._c.execute("UPDATE issuers SET revoked_at=?, revocation_reason=? WHERE key_id=?"
+                                  " AND revoked_at IS NULL", (at, reason, key_id)).rowcount
+        if changed:  # issuer records cached by sequencers are stale now
+            self.set_meta(ISSUER_EPOCH_META_KEY, os.urandom(16))
 
     def add_cosignatures(self, size: int, sigs: Sequence[tuple[str, bytes, bytes]]) -> None:
         self._c.executemany("INSERT OR REPLACE INTO cosignatures(size, name, key_id, signature, received_at)"

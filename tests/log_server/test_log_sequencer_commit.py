@@ -200,8 +200,8 @@ def test_a_failed_commit_leaves_nothing_and_the_next_one_rebuilds(log_files, iss
     seq.store.close()
 
 
-def _node_reads(seq: Sequencer, units) -> tuple[list, list[str]]:
-    """Integrate ``units`` and return the outcomes and the node-table reads it made."""
+def _traced(seq: Sequencer, units) -> tuple[list, list[str]]:
+    """Integrate ``units``; the outcomes and every SQL statement it ran."""
     conn = seq.store._conn()  # integrate runs in this thread, on this thread's connection
     statements: list[str] = []
     conn.set_trace_callback(statements.append)
@@ -209,6 +209,12 @@ def _node_reads(seq: Sequencer, units) -> tuple[list, list[str]]:
         out = seq.integrate(units)
     finally:
         conn.set_trace_callback(None)
+    return out, statements
+
+
+def _node_reads(seq: Sequencer, units) -> tuple[list, list[str]]:
+    """Integrate ``units``; the outcomes and the node-table reads it made."""
+    out, statements = _traced(seq, units)
     return out, [s for s in statements if "FROM nodes" in s or "FROM leaves WHERE idx IN" in s]
 
 
@@ -259,3 +265,45 @@ def test_a_store_from_before_checkpoint_borders_gets_the_column(log_files, issue
     assert out[0][0].index == 1 and reads  # the old row has no border: read from the nodes
     _assert_tree(seq, log_files)
     seq.store.close()
+
+
+def _issuer_reads(seq: Sequencer, units) -> tuple[list, int]:
+    out, statements = _traced(seq, units)
+    return out, sum("FROM issuers" in s for s in statements)
+
+
+def test_issuer_records_are_kept_until_a_revocation_anywhere(log_files, issuer_key, kit) -> None:
+    """The commit re-checks revocation: a record read earlier is reused only while no issuer was
+    revoked since, by any process (here another store connection and writer lock)."""
+    seq = _sequencer(log_files, kit)
+    other = SqliteStore(log_files.db)
+    seq.integrate([[prepare_registration(kit.registration(issuer_key))]])
+    kid = issuer_key_id(kit.public_bytes(issuer_key))
+    entries = [prepare_issuance(kit.issuance(issuer_key, n), IssuerKeys(seq.store)) for n in range(5)]
+    assert _issuer_reads(seq, [[entries[0]]])[1] == 1
+    assert _issuer_reads(seq, [[entries[1]]])[1] == 0  # kept
+    with other.write() as tx:  # revoking an unknown key changes nothing
+        tx.revoke_issuer(bytes(32), 1_700_000_100.0, "no such issuer")
+    assert _issuer_reads(seq, [[entries[2]]])[1] == 0
+    with other.write() as tx:
+        tx.revoke_issuer(kid, 1_700_000_200.0, "compromised")
+    out, reads = _issuer_reads(seq, [[entries[3]]])
+    assert reads == 1 and isinstance(out[0], AppendRejected) and out[0].code == "revoked_issuer"
+    assert seq.store.tree_size() == 4
+    other.close()
+    seq.store.close()
+
+
+def test_an_unknown_issuer_is_looked_up_again_at_the_next_commit(log_files, issuer_key, kit) -> None:
+    a, b = _sequencer(log_files, kit), _sequencer(log_files, kit)
+    stranger = kit.ed25519_key("registered later")
+    a.integrate([[prepare_registration(kit.registration(issuer_key))]])
+    entry = prepare_issuance(kit.issuance(issuer_key, 1), IssuerKeys(a.store))
+    early = replace(entry, issuance=replace(entry.issuance, issuer_key_id=issuer_key_id(kit.public_bytes(stranger))))
+    out = a.integrate([[early]])
+    assert isinstance(out[0], AppendRejected) and out[0].code == "unknown_issuer"
+    b.integrate([[prepare_registration(kit.registration(stranger, "Stranger"))]])  # another process registers it
+    (done,) = a.integrate([[early]])
+    assert done[0].index == 2 and done[0].created
+    a.store.close()
+    b.store.close()
