@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 _READ_CHUNK = 64 * 1024
+_DRAIN_LIMIT = 1 << 20
 
 
 class ApiError(Exception):
@@ -64,9 +65,19 @@ def read_body(environ: dict[str, Any], content_type: str, limit: int) -> bytes:
             got += len(part)
         data = b"".join(parts)
         if len(data) > limit:
+            _drain(stream)
             raise ApiError(413, "body_too_large", f"the body is over the {limit}-byte limit")
     else:
         data = b""
     if not data:
         raise ApiError(400, "empty_body", "the request body is empty")
     return data
+
+
+def _drain(stream) -> None:
+    """Read (and drop) what is left of a refused chunked body, up to 1 MiB: a server that closes
+    the connection on unread data makes the client's TCP stack reset it, and the client may then
+    lose the 413 answer before reading it."""
+    left = _DRAIN_LIMIT
+    while left > 0 and (part := stream.read(min(_READ_CHUNK, left))):
+        left -= len(part)

@@ -23,7 +23,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from emshield.cbor import strict_loads
-from emshield.tlog.merkle import CompactRange, ProofError, _decompose, inclusion_proof, leaf_hash, root_from_inclusion_proof
+from emshield.tlog.merkle import (
+    CompactRange,
+    ProofError,
+    inclusion_proof,
+    inclusion_proof_length,
+    leaf_hash,
+    root_from_inclusion_proof,
+)
 
 VERSION = 1
 MAX_ENTRY_SIZE = 65_535  # fits the uint16 length prefix of C2SP tlog-tiles entry bundles
@@ -245,7 +252,7 @@ class BatchProof:
             raise EntryError(f"batch index {index!r} is out of range for batch size {size}")
         if type(proof) is not tuple or {*map(type, proof)} - {bytes} or {*map(len, proof)} - {32}:
             raise EntryError("batch proof must be a sequence of 32-byte hashes")
-        want = sum(_decompose(index, size))
+        want = inclusion_proof_length(index, size)
         if len(proof) != want:
             raise EntryError(f"batch inclusion proof has {len(proof)} hashes; index {index} in a batch of "
                              f"{size} needs exactly {want} (RFC 9162 §2.1.3)")

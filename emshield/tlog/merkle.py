@@ -201,6 +201,11 @@ def _decompose(index: int, size: int) -> tuple[int, int]:
     return inner, border
 
 
+def inclusion_proof_length(index: int, size: int) -> int:
+    """How many hashes RFC 9162's inclusion proof of leaf ``index`` in a tree of ``size`` has."""
+    return sum(_decompose(index, size))
+
+
 def _match(calculated: bytes, expected: bytes, what: str) -> None:
     if calculated != expected:
         raise ProofError(f"{what}: calculated root {calculated.hex()} does not match {expected.hex()}")
