@@ -40,7 +40,7 @@ from typing import NamedTuple, Protocol
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 30_000
-CACHE_KIB = 32 * 1024  # page cache per connection
+WRITER_CACHE_KIB = 32 * 1024  # page cache of a connection that writes
 WAL_CHECKPOINT_PAGES = 4000
 ISSUER_EPOCH_META_KEY = "issuer_epoch"
 
@@ -247,9 +247,6 @@ def _connect(path: Path) -> sqlite3.Connection:
     # A multi-row INSERT keeps a statement journal (the pages it changed, to undo just that statement
     # if a later row breaks a constraint); in memory it costs a page copy, on disk a temporary file.
     conn.execute("PRAGMA temp_store=MEMORY")
-    # The sequencer's inserts touch random pages of four hash-keyed indexes; SQLite's default page
-    # cache (2 MiB) is far smaller than that working set. Pages are allocated only once used.
-    conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
     # Whichever connection commits past this many WAL pages copies them back into the database file
     # (and fsyncs it) inside its COMMIT, i.e. while holding the write lock. A batch commit rewrites
     # most index pages, so checkpointing every 4,000 pages (16 MiB) instead of SQLite's 1,000 copies
@@ -574,7 +571,14 @@ class SqliteStore:
         return conn
 
     def write(self) -> _SqliteWriteCtx:
-        return _SqliteWriteCtx(self._conn(), self._writer)
+        conn = self._conn()
+        if not getattr(self._local, "writes", False):
+            # The sequencer's inserts touch random pages of four hash-keyed indexes; SQLite's default
+            # page cache (2 MiB) is far smaller than that working set. Only connections that write
+            # get the large one (pages are allocated once used); readers keep the default.
+            conn.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
+            self._local.writes = True
+        return _SqliteWriteCtx(conn, self._writer)
 
     def meta(self, key: str) -> bytes | None:
         row = self._conn().execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()

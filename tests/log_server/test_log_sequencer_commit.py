@@ -97,6 +97,11 @@ def test_store_connections_keep_durable_settings(tmp_path) -> None:
     # synchronous=2 is FULL: the WAL is fsync'ed at every COMMIT; temp_store=2 keeps statement journals in memory
     assert pragma == {"journal_mode": "wal", "synchronous": 2, "foreign_keys": 1, "temp_store": 2,
                       "wal_autocheckpoint": storage.WAL_CHECKPOINT_PAGES}
+    default = sqlite3.connect(":memory:").execute("PRAGMA cache_size").fetchone()[0]
+    assert conn.execute("PRAGMA cache_size").fetchone()[0] == default != -storage.WRITER_CACHE_KIB  # readers
+    with store.write():
+        pass
+    assert conn.execute("PRAGMA cache_size").fetchone()[0] == -storage.WRITER_CACHE_KIB
     store.close()
 
 
