@@ -54,24 +54,27 @@ class AppendRejected(Exception):
         self.status, self.code, self.detail = status, code, detail
 
 
-@dataclass(frozen=True)
-class IssuanceFields:
+# The records below are NamedTuples rather than dataclasses: one of each is built per entry on the
+# serial path (the sequencer process decodes every unit it is sent) and by request threads, and a
+# NamedTuple is built in ~0.8 µs against ~2.4 µs for the frozen dataclasses they replace (same
+# fields, same constructor; `._replace` instead of `dataclasses.replace`).
+
+
+class IssuanceFields(NamedTuple):
     issuer_key_id: bytes
     device_uuid: str
     watermark_commitment: bytes | None
     fingerprint_hash: bytes | None
 
 
-@dataclass(frozen=True)
-class RegistrationFields:
+class RegistrationFields(NamedTuple):
     key_id: bytes
     public_key: bytes
     name: str
     registered_at: int
 
 
-@dataclass(frozen=True)
-class PreparedEntry:
+class PreparedEntry(NamedTuple):
     """An entry whose encoding and signature the request thread has already checked."""
 
     data: bytes
@@ -348,44 +351,41 @@ class _Group:
 def _sequence_unit(unit: Sequence[PreparedEntry], group: _Group) -> list[Appended]:
     """Check one request's entries against the store; only then give its new ones indices.
 
-    The writer thread runs this for every entry while holding the GIL, so rows are plain tuples
-    and the common case (an issuance of a known issuer) costs a few dict look-ups.
+    The writer runs this for every entry on the serial path, so rows are plain tuples (an
+    issuance row is its index and its IssuanceFields, in order) and the common case, an issuance
+    of an issuer already looked up, costs a few dict look-ups.
     """
-    existing, issuer = group.existing, group.issuer
+    existing, issuers, issuer = group.existing, group.issuers, group.issuer
     registering: dict[bytes, bytes] = {}
-    for e in unit:
-        if e.leaf_hash in existing:
+    for _, h, _, f, r in unit:
+        if h in existing:
             continue
-        f = e.issuance
         if f is not None:
-            iss = issuer(f.issuer_key_id)
+            kid = f.issuer_key_id
+            iss = issuers[kid] if kid in issuers else issuer(kid)
             if iss is None:
-                raise AppendRejected(403, "unknown_issuer", f"issuer {f.issuer_key_id.hex()} is not registered")
+                raise AppendRejected(403, "unknown_issuer", f"issuer {kid.hex()} is not registered")
             if iss.revoked_at is not None:
-                raise AppendRejected(403, "revoked_issuer", f"issuer {iss.key_id.hex()} was revoked")
-        elif e.registration is not None:
-            key_id = e.registration.key_id
-            if issuer(key_id) is not None or registering.setdefault(key_id, e.leaf_hash) != e.leaf_hash:
+                raise AppendRejected(403, "revoked_issuer", f"issuer {kid.hex()} was revoked")
+        elif r is not None:
+            if issuer(r.key_id) is not None or registering.setdefault(r.key_id, h) != h:
                 raise AppendRejected(409, "issuer_exists",
-                                     f"issuer {key_id.hex()} is already registered with a different registration entry")
+                                     f"issuer {r.key_id.hex()} is already registered with a different registration entry")
     out: list[Appended] = []
     leaves, issuances = group.leaves, group.issuances
     index = group.size + len(leaves)
-    for e in unit:
-        h = e.leaf_hash
+    for data, h, kind, f, r in unit:
         known = existing.get(h)
         if known is not None:
             out.append(Appended(known, h, False))
             continue
         existing[h] = index
-        leaves.append((index, h, e.data, e.kind))
-        f = e.issuance
+        leaves.append((index, h, data, kind))
         if f is not None:
-            issuances.append((index, f.issuer_key_id, f.device_uuid, f.watermark_commitment, f.fingerprint_hash))
-        elif e.registration is not None:
-            r = e.registration
-            group.new_issuers[r.key_id] = group.issuers[r.key_id] = IssuerRecord(
-                r.key_id, r.public_key, r.name, index, r.registered_at)
+            issuances.append((index, *f))
+        elif r is not None:
+            group.new_issuers[r.key_id] = issuers[r.key_id] = IssuerRecord(r.key_id, r.public_key, r.name, index,
+                                                                          r.registered_at)
         out.append(Appended(index, h, True))
         index += 1
     return out

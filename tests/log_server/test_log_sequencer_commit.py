@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import random
 import sqlite3
-from dataclasses import replace
 
 import pytest
 
@@ -191,7 +190,7 @@ def test_a_failed_commit_leaves_nothing_and_the_next_one_rebuilds(log_files, iss
     seq.integrate([[prepare_registration(kit.registration(issuer_key))]])
     good = [prepare_issuance(kit.issuance(issuer_key, n), IssuerKeys(seq.store)) for n in range(4)]
     seq.integrate([good[:1]])
-    broken = replace(good[2], issuance=replace(good[2].issuance, device_uuid=None))
+    broken = good[2]._replace(issuance=good[2].issuance._replace(device_uuid=None))
     with pytest.raises(sqlite3.IntegrityError, match="device_uuid"):
         seq.integrate([[good[1], broken]])
     assert seq.store.tree_size() == 2 and seq.store.latest_checkpoint().size == 2
@@ -304,7 +303,8 @@ def test_an_unknown_issuer_is_looked_up_again_at_the_next_commit(log_files, issu
     stranger = kit.ed25519_key("registered later")
     a.integrate([[prepare_registration(kit.registration(issuer_key))]])
     entry = prepare_issuance(kit.issuance(issuer_key, 1), IssuerKeys(a.store))
-    early = replace(entry, issuance=replace(entry.issuance, issuer_key_id=issuer_key_id(kit.public_bytes(stranger))))
+    stranger_id = issuer_key_id(kit.public_bytes(stranger))
+    early = entry._replace(issuance=entry.issuance._replace(issuer_key_id=stranger_id))
     out = a.integrate([[early]])
     assert isinstance(out[0], AppendRejected) and out[0].code == "unknown_issuer"
     b.integrate([[prepare_registration(kit.registration(stranger, "Stranger"))]])  # another process registers it
