@@ -12,7 +12,8 @@ without HTTP, on a real SQLite file (WAL, synchronous=FULL: every COMMIT is fsyn
 signed issuance entries prepared outside the clock (as the request threads do). Two Sequencers,
 each with its own store connection and writer lock, commit in alternation on the same file, as the
 sequencers of two gunicorn workers do, so every commit first finds the other's leaves and brings
-its compact range up to date (the rebuild path); --no-alternate uses one sequencer.
+its compact range up to date (the rebuild path); --no-alternate uses one sequencer, as the
+single sequencer process of `emshield-log serve` (log_server/sequencer_service.py) does.
 
 Figures: CPU µs (thread_time of the committing thread: Python, SQLite and the fsync syscall) per
 entry for groups of --big entries, and per commit for groups of --small entries, plus the mean
