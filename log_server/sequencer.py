@@ -12,10 +12,11 @@ latency after the acknowledgement is zero by construction.
 Why this is crash safe: leaves, nodes and the checkpoint commit together or not at all, and a
 restarted (or another) process re-reads its compact range whenever the stored tree size differs
 from what it holds in memory: from the checkpoint row of that size, which carries the range's
-border (one row, checked against the signed root), or else from the stored nodes (O(log n)). Several processes may run
-sequencers against one store: the database write lock (BEGIN IMMEDIATE) makes whichever holds
-it the only sequencer for that transaction, and the size check above keeps each one's range
-current. The tree never changes a past leaf: leaves are only INSERTed at the next index.
+border (one row, checked against the signed root), or else from the stored nodes (O(log n)).
+Several processes may run sequencers against one store: the database write lock (BEGIN
+IMMEDIATE) makes whichever holds it the only sequencer for that transaction, and the size check
+above keeps each one's range current. The tree never changes a past leaf: leaves are only
+INSERTed at the next index.
 
 Issuer checks are repeated inside the transaction, so an issuer revoked after the request thread
 checked it is refused at commit; issuer records are reused across commits only while the store's
@@ -259,10 +260,11 @@ class Sequencer:
     def _range_at(self, tx: WriteTxn, head: TreeHead) -> CompactRange:
         """The compact range of the stored tree, read when the size held here is not the stored one.
 
-        That is the case at nearly every commit while two worker processes take turns. The border
-        comes from the checkpoint row of the stored size (one row, read with the size), checked
-        against that checkpoint's root; a row without one (written before borders were kept, or
-        leaves added without a checkpoint) makes it rebuilt from the stored nodes.
+        That is the case after a restart, and at nearly every commit while sequencers of several
+        processes take turns on one store. The border comes from the checkpoint row of the stored
+        size (one row, read with the size), checked against that checkpoint's root; a row without
+        one (written before borders were kept, or leaves added without a checkpoint) makes it
+        rebuilt from the stored nodes.
         """
         rng = self._range
         if rng is None or rng.size != head.size:

@@ -394,11 +394,11 @@ class _SqliteTxn:
             self._c.execute("SAVEPOINT add_leaves")
         try:
             _insert_rows(self._c, _INSERT_LEAVES, leaves)
-        except sqlite3.IntegrityError as exc:
+        except BaseException as exc:
             if several:
                 self._c.execute("ROLLBACK TO add_leaves")
                 self._c.execute("RELEASE add_leaves")
-            if "leaves.leaf_hash" in str(exc):
+            if isinstance(exc, sqlite3.IntegrityError) and "leaves.leaf_hash" in str(exc):
                 raise DuplicateLeaf("a leaf hash is already stored") from exc
             raise
         if several:
