@@ -1,4 +1,4 @@
-"""Run the app under a production WSGI server: gunicorn (default) or Granian.
+"""Run the app under a production WSGI server: Granian (the default of `emshield-log serve`) or gunicorn.
 
 Both run `workers` processes that each load their own app after the fork; all of them hand
 their verified entries to ONE sequencer process started here first (sequencer_service.py), which
@@ -10,8 +10,8 @@ request machinery hold it).
   pin a thread). Pure Python HTTP parsing: ~0.3-0.5 ms of CPU per request on this machine.
 - granian: HTTP parsing and connection handling in Rust (hyper); `threads` is the number of
   Python threads per worker that run the WSGI app, and also the per-worker backpressure (requests
-  beyond it wait in Rust, not in Python). About 40 % less server CPU per request than gunicorn
-  here (bench/log_append.py measures both). An append holds its thread until the group commit
+  beyond it wait in Rust, not in Python). Less than half gunicorn's server CPU per single append
+  here, about twice its rate (bench/log_append.py measures both). An append holds its thread until the group commit
   that contains it is fsync'ed, so `workers * threads` should be at least the number of
   concurrently appending clients.
 """
@@ -26,11 +26,11 @@ from typing import Any
 from .app import ServerConfig, create_app
 from .sequencer_service import sequencer_process
 
-SERVERS = ("gunicorn", "granian")
+SERVERS = ("granian", "gunicorn")
 
 
 def serve(config: ServerConfig, host: str, port: int, workers: int, threads: int, log_level: str = "info",
-          server: str = "gunicorn") -> None:
+          server: str = "granian") -> None:
     """Block serving the log until the server is told to stop (SIGTERM / SIGINT)."""
     if server not in SERVERS:
         raise ValueError(f"unknown server {server!r}; one of {', '.join(SERVERS)}")

@@ -42,7 +42,7 @@ class RunningLog:
 
 @contextmanager
 def running_log(directory: Path, origin: str = "issue-test.emshield.example/log") -> Iterator[RunningLog]:
-    """`emshield-log init`, then `emshield-log serve` (gunicorn, own session) on a free port."""
+    """`emshield-log init`, then `emshield-log serve` (own session) on a free port."""
     db = directory / "log.db"
     result = CliRunner().invoke(log_cli, ["init", "--db", str(db), "--origin", origin, "--json"],
                                 env={"EMSHIELD_LOG_OPERATOR_TOKEN": TOKEN})

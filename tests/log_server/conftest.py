@@ -84,7 +84,7 @@ def free_port() -> int:
 
 @dataclass(kw_only=True)
 class Daemon:
-    """A gunicorn-served command as a real subprocess in its own session, on a free 127.0.0.1 port.
+    """A served command as a real subprocess in its own session, on a free 127.0.0.1 port.
 
     Subclasses say what to run (`command`) and which GET answer means it is up (READY_*)."""
 
@@ -119,7 +119,7 @@ class Daemon:
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        os.killpg(self.proc.pid, sig)  # the gunicorn master and its workers (own session)
+        os.killpg(self.proc.pid, sig)  # the server, its workers and its sequencer (own session)
         try:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -134,7 +134,7 @@ class Daemon:
 
 @dataclass
 class ServerProcess(Daemon):
-    """`emshield-log serve` (gunicorn); up once it serves a checkpoint."""
+    """`emshield-log serve`; up once it serves a checkpoint."""
 
     READY_PATH = "/checkpoint"
     db: Path
@@ -142,11 +142,14 @@ class ServerProcess(Daemon):
     threads: int = 8
     witnesses: list[str] = field(default_factory=list)  # URL=VERIFIER_KEY
     witness_quorum: int = 0
+    server: str | None = None  # None: the command's default (granian)
 
     def command(self) -> list[str]:
         cmd = [str(BIN / "emshield-log"), "serve", "--db", str(self.db), "--port", str(self.port),
                "--workers", str(self.workers), "--threads", str(self.threads), "--log-level", "warning",
                "--witness-quorum", str(self.witness_quorum)]
+        if self.server:
+            cmd += ["--server", self.server]
         for w in self.witnesses:
             cmd += ["--witness", w]
         return cmd

@@ -1,4 +1,4 @@
-"""Round trips over real HTTP (`emshield-log serve`, gunicorn) with every answer verified by the
+"""Round trips over real HTTP (`emshield-log serve`) with every answer verified by the
 pure core: checkpoint signatures, inclusion and consistency proofs, look-ups and side records."""
 
 from __future__ import annotations

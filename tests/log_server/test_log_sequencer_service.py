@@ -132,7 +132,7 @@ def _descendants(pid: int) -> list[int]:
 
 
 def test_the_server_stops_when_its_sequencer_dies(server_factory, log_files) -> None:
-    server = server_factory(log_files.db, workers=2, threads=2)
+    server = server_factory(log_files.db, workers=2, threads=2, server="gunicorn")
     spawned = [p for p in _descendants(server.proc.pid)
                if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
     assert len(spawned) == 1, spawned  # the sequencer (gunicorn forks its workers)
@@ -147,14 +147,18 @@ def test_the_server_stops_when_its_sequencer_dies(server_factory, log_files) -> 
 def test_a_worker_restart_leaves_the_sequencer_running(server_factory, log_files, issuer_key, kit) -> None:
     """A gunicorn worker leaves by unwinding the stack it inherited from the server's main process,
     the block that owns the sequencer process included: that must not stop the sequencer."""
-    server = server_factory(log_files.db, workers=2, threads=2)
+    server = server_factory(log_files.db, workers=2, threads=2, server="gunicorn")
     session = requests.Session()
     auth = {"Authorization": f"Bearer {log_files.token}", "Content-Type": CBOR}
     assert session.post(server.url + "/v1/issuers", data=kit.registration(issuer_key), headers=auth,
                         timeout=30).status_code == 201
-    workers = [p for p in _descendants(server.proc.pid)
-               if b"spawn_main" not in Path(f"/proc/{p}/cmdline").read_bytes()
-               and b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes()]
+
+    def gunicorn_workers() -> list[int]:
+        return [p for p in _descendants(server.proc.pid) if b"multiprocessing" not in Path(f"/proc/{p}/cmdline").read_bytes()]
+
+    deadline = time.monotonic() + 30  # gunicorn forks its workers a random fraction of a second apart
+    while len(workers := gunicorn_workers()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert len(workers) == 2, workers
     for pid in workers:
         os.kill(pid, signal.SIGTERM)  # gunicorn starts a new worker for each
