@@ -51,6 +51,8 @@ def read_body(environ: dict[str, Any], content_type: str, limit: int) -> bytes:
             raise ApiError(400, "bad_request", f"Content-Length must be a decimal integer, got {declared[:40]!r}")
         size = int(declared)
         if size > limit:
+            if size <= limit + _DRAIN_LIMIT:  # else refused unread: the server then drops the connection
+                _drain(stream, size)
             raise ApiError(413, "body_too_large", f"the body is over the {limit}-byte limit")
         data = stream.read(size) if size else b""
         if len(data) != size:
@@ -65,7 +67,7 @@ def read_body(environ: dict[str, Any], content_type: str, limit: int) -> bytes:
             got += len(part)
         data = b"".join(parts)
         if len(data) > limit:
-            _drain(stream)
+            _drain(stream, _DRAIN_LIMIT)
             raise ApiError(413, "body_too_large", f"the body is over the {limit}-byte limit")
     else:
         data = b""
@@ -74,10 +76,10 @@ def read_body(environ: dict[str, Any], content_type: str, limit: int) -> bytes:
     return data
 
 
-def _drain(stream) -> None:
-    """Read (and drop) what is left of a refused chunked body, up to 1 MiB: a server that closes
-    the connection on unread data makes the client's TCP stack reset it, and the client may then
-    lose the 413 answer before reading it."""
-    left = _DRAIN_LIMIT
-    while left > 0 and (part := stream.read(min(_READ_CHUNK, left))):
-        left -= len(part)
+def _drain(stream, most: int) -> None:
+    """Read (and drop) up to ``most`` bytes of a refused body, so that the connection stays usable:
+    a body left unread makes the WSGI server close the keep-alive connection (or the client's TCP
+    stack reset it), and a client that sends its next request on it loses that request, or the
+    413 itself. Bodies more than 1 MiB over the limit are not read at all."""
+    while most > 0 and (part := stream.read(min(_READ_CHUNK, most))):
+        most -= len(part)
