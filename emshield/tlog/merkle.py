@@ -222,13 +222,11 @@ def root_from_inclusion_proof(leaf: bytes, index: int, size: int, proof: Sequenc
     for i, h in enumerate(proof):
         if len(h) != HASH_SIZE:
             _check_hash(f"proof[{i}]", h)
-    # node_hash inlined: batch-signed entries (entry.py) put this loop on the log's append path
-    sha256, node = hashlib.sha256, _NODE_PREFIX
     acc = leaf
-    for i in range(inner):
-        acc = sha256(node + proof[i] + acc).digest() if index >> i & 1 else sha256(node + acc + proof[i]).digest()
+    for i, h in enumerate(proof[:inner]):
+        acc = node_hash(h, acc) if index >> i & 1 else node_hash(acc, h)
     for h in proof[inner:]:
-        acc = sha256(node + h + acc).digest()
+        acc = node_hash(h, acc)
     return acc
 
 
