@@ -32,9 +32,8 @@ from .sequencer_service import UNAVAILABLE, RemoteSequencer, SequencerUnavailabl
 from .fast_append import AppendFastPath
 from .storage import LOOKUP_FIELDS, IssuerRecord, LogStore, SqliteStore
 from .witness import Cosigner, WitnessEndpoint, cosigned_note
-from .wsgi_io import ApiError, error_json, read_body
+from .wsgi_io import CBOR, INTERNAL_ERROR, ApiError, error_json, read_body
 
-CBOR = "application/cbor"
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,7 @@ class ServerConfig:
 
 
 def _error(status: int, code: str, detail: str) -> Response:
-    return Response(error_json(status, code, detail), status=status, mimetype="application/json")
+    return Response(error_json(code, detail), status=status, mimetype="application/json")
 
 
 def b64(data: bytes) -> str:
@@ -222,10 +221,8 @@ def create_app(config: ServerConfig | Mapping[str, Any]) -> Flask:
 
     @app.errorhandler(Exception)
     def _internal_error(e: Exception) -> Response:
-        # A storage failure or a bug: nothing was acknowledged (the sequencer answers only after
-        # COMMIT), so a retry is safe; the details go to the server log, not to the client.
         app.logger.exception("request failed: %s %s", request.method, request.path)
-        return _error(500, "internal_error", "the server could not complete the request; retrying is safe")
+        return _error(*INTERNAL_ERROR)
 
     @app.get("/checkpoint")
     def checkpoint() -> Response:

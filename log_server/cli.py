@@ -124,7 +124,7 @@ def set_token(db: Path, as_json: bool) -> None:
 @click.option("--server", "server", default="granian", show_default=True, type=click.Choice(["granian", "gunicorn"]),
               help="WSGI server: Granian (HTTP in Rust; ~2x gunicorn's single appends/s here) or gunicorn (gthread).")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64),
-              help="worker processes (all share the store; the DB write lock serialises sequencing).")
+              help="worker processes (they decode and verify; one sequencer process commits for all).")
 @click.option("--threads", default=16, show_default=True, type=click.IntRange(1, 1024),
               help="request threads per worker.")
 @click.option("--log-level", default="info", show_default=True,

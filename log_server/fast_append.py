@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import logging
+from http import HTTPStatus
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qsl
@@ -20,12 +21,9 @@ from emshield.tlog.entry import MAX_ENTRY_SIZE
 from .entries import EntryRejected, IssuerKeys, prepare_issuance
 from .sequencer import AppendRejected, Sequencer
 from .sequencer_service import UNAVAILABLE, RemoteSequencer, SequencerUnavailable
-from .wsgi_io import ApiError, error_json, json_bytes, read_body
+from .wsgi_io import CBOR, INTERNAL_ERROR, ApiError, error_json, json_bytes, read_body
 
 PATH = "/v1/entries"
-_REASONS = {200: "200 OK", 201: "201 Created", 400: "400 Bad Request", 403: "403 Forbidden",
-            409: "409 Conflict", 413: "413 Content Too Large", 415: "415 Unsupported Media Type",
-            500: "500 Internal Server Error", 503: "503 Service Unavailable"}
 
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -49,14 +47,12 @@ class AppendFastPath:
         try:
             status, body = self._append(environ)
         except ApiError as e:
-            status, body = e.status, error_json(e.status, e.code, e.detail)
+            status, body = e.status, error_json(e.code, e.detail)
         except Exception:
-            # As the Flask routes: nothing was acknowledged (the sequencer answers only after
-            # COMMIT), so a retry is safe; the details go to the server log, not to the client.
             self.logger.exception("request failed: POST %s", PATH)
-            status, body = 500, error_json(500, "internal_error",
-                                           "the server could not complete the request; retrying is safe")
-        start_response(_REASONS.get(status, str(status)),
+            status, code, detail = INTERNAL_ERROR
+            body = error_json(code, detail)
+        start_response(f"{status} {HTTPStatus(status).phrase}",
                        [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
         return [body]
 
@@ -66,7 +62,7 @@ class AppendFastPath:
             names = sorted({k for k, _ in parse_qsl(query, keep_blank_values=True)})
             if names:
                 raise ApiError(400, "unknown_parameter", f"unknown query parameter(s): {', '.join(names)}")
-        body = read_body(environ, "application/cbor", MAX_ENTRY_SIZE)
+        body = read_body(environ, CBOR, MAX_ENTRY_SIZE)
         try:
             prepared = prepare_issuance(body, self.issuers)
             (done,) = self.sequencer.submit([prepared])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+CBOR = "application/cbor"
 _READ_CHUNK = 64 * 1024
 _DRAIN_LIMIT = 1 << 20
 
@@ -27,7 +28,12 @@ def json_bytes(obj: Any) -> bytes:
     return _JSON.encode(obj).encode("utf-8") + b"\n"
 
 
-def error_json(status: int, code: str, detail: str) -> bytes:
+# A failure inside the server: nothing was acknowledged (the sequencer answers only after COMMIT),
+# so a retry is safe; the details go to the server log, not to the client.
+INTERNAL_ERROR = (500, "internal_error", "the server could not complete the request; retrying is safe")
+
+
+def error_json(code: str, detail: str) -> bytes:
     return json_bytes({"error": code, "detail": detail})
 
 
@@ -39,8 +45,9 @@ def mimetype(environ: dict[str, Any]) -> str:
 def read_body(environ: dict[str, Any], content_type: str, limit: int) -> bytes:
     """The whole request body, refused unless it has ``content_type`` and 1..``limit`` bytes.
 
-    A declared Content-Length over the limit is refused before anything is read; a body without
-    one (chunked) is read up to one byte past the limit, which shows it is too long."""
+    A body without a declared length (chunked) is read up to one byte past the limit, which shows
+    it is too long. An over-limit body is drained when it is at most 1 MiB past the limit (see
+    `_drain`) and otherwise refused without being read."""
     if mimetype(environ) != content_type:
         raise ApiError(415, "unsupported_media_type",
                        f"Content-Type must be {content_type}, got {mimetype(environ) or 'none'}")
