@@ -172,13 +172,18 @@ def _issuer_json(i: IssuerRecord) -> dict[str, Any]:
             "revoked_at": i.revoked_at, "revocation_reason": i.revocation_reason}
 
 
-def open_sequencer(cfg: ServerConfig) -> Sequencer:
-    """The store's sequencer with the log's signing key. Fails early if the store or key is unusable."""
+def open_store(cfg: ServerConfig) -> tuple[SqliteStore, str]:
+    """The store and its origin. Fails early if the store is not one `emshield-log init` made."""
     store = SqliteStore(cfg.db_path)
     origin_raw = store.meta("origin")
     if origin_raw is None or store.meta(keys.TOKEN_META_KEY) is None:
         raise RuntimeError(f"{cfg.db_path}: store has no origin or operator credential; re-run `emshield-log init`")
-    origin = origin_raw.decode("utf-8")
+    return store, origin_raw.decode("utf-8")
+
+
+def open_sequencer(cfg: ServerConfig) -> Sequencer:
+    """The store's sequencer with the log's signing key. Fails early if the store or key is unusable."""
+    store, origin = open_store(cfg)
     signer = keys.read_signer_key(cfg.key_path or keys.default_key_path(cfg.db_path))
     if signer.name != origin:
         raise RuntimeError(f"signing key name {signer.name!r} does not match the log origin {origin!r}")
@@ -187,11 +192,16 @@ def open_sequencer(cfg: ServerConfig) -> Sequencer:
 
 def create_app(config: ServerConfig | Mapping[str, Any]) -> Flask:
     """The log's WSGI app for one store. Appends go to this process's own sequencer thread, or to
-    the sequencer process at ``sequencer_socket`` (as `serve` runs it)."""
+    the sequencer process at ``sequencer_socket`` (as `serve` runs it): then only that process
+    holds the checkpoint signing key, not the workers that parse requests."""
     cfg = config if isinstance(config, ServerConfig) else ServerConfig.from_mapping(config)
-    local = open_sequencer(cfg)
-    store, origin = local.store, local.origin
-    sequencer = local if cfg.sequencer_socket is None else RemoteSequencer(cfg.sequencer_socket)
+    sequencer: Sequencer | RemoteSequencer
+    if cfg.sequencer_socket is None:
+        sequencer = open_sequencer(cfg)
+        store, origin = sequencer.store, sequencer.origin
+    else:
+        store, origin = open_store(cfg)
+        sequencer = RemoteSequencer(cfg.sequencer_socket)
     witnesses = [WitnessEndpoint.parse(w) for w in cfg.witnesses]
     if not 0 <= cfg.witness_quorum <= len(witnesses):
         raise ValueError(f"witness quorum {cfg.witness_quorum} is not within 0..{len(witnesses)} (configured witnesses)")

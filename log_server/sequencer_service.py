@@ -23,6 +23,7 @@ created]]] for appended, [1, status, code, detail] for refused, [2, message] for
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import selectors
 import shutil
@@ -31,6 +32,7 @@ import socket
 import struct
 import tempfile
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -62,14 +64,7 @@ UNAVAILABLE = (503, "sequencer_unavailable", "the log cannot sequence entries ri
 
 
 def _encode_unit(entries: Sequence[PreparedEntry]) -> bytes:
-    items = []
-    for e in entries:
-        iss = None if e.issuance is None else [e.issuance.issuer_key_id, e.issuance.device_uuid,
-                                               e.issuance.watermark_commitment, e.issuance.fingerprint_hash]
-        reg = None if e.registration is None else [e.registration.key_id, e.registration.public_key,
-                                                   e.registration.name, e.registration.registered_at]
-        items.append([e.data, e.leaf_hash, e.kind, iss, reg])
-    return _frame(items)
+    return _frame(entries)  # NamedTuples, nested ones included, encode as CBOR arrays of their fields
 
 
 def _decode_unit(items: list) -> list[PreparedEntry]:
@@ -182,23 +177,20 @@ def sequencer_process(config) -> Iterator[Path]:
 
     If the service dies while the server runs, the server process is sent SIGTERM so that it
     stops (loudly) instead of answering every append with an error."""
-    import multiprocessing
-
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited SQLite handles
     workdir = Path(tempfile.mkdtemp(prefix="emshield-log-"))  # mode 0700
     sock_path = workdir / "sequencer.sock"
     stop = ctx.Event()
-    proc = ctx.Process(target=_service_main, args=(config, str(sock_path), stop, os.getpid()),
-                       name="emshield-log-sequencer", daemon=True)
-    stopping = threading.Event()
     owner = os.getpid()
+    proc = ctx.Process(target=_service_main, args=(config, str(sock_path), stop, owner),
+                       name="emshield-log-sequencer", daemon=True)
     try:
         proc.start()
         _wait_until_listening(proc, sock_path)
 
         def watch() -> None:
             proc.join()
-            if not stopping.is_set():
+            if not stop.is_set():
                 log.error("the sequencer process exited (code %s); stopping the server", proc.exitcode)
                 os.kill(os.getpid(), signal.SIGTERM)
 
@@ -208,7 +200,6 @@ def sequencer_process(config) -> Iterator[Path]:
         # gunicorn's forked workers leave by raising SystemExit through the stack they inherited,
         # this block included: only the process that started the service may stop it.
         if os.getpid() == owner:
-            stopping.set()
             stop.set()
             proc.join(30)
             if proc.is_alive():
@@ -218,8 +209,6 @@ def sequencer_process(config) -> Iterator[Path]:
 
 
 def _wait_until_listening(proc, sock_path: Path) -> None:
-    import time
-
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if not proc.is_alive():

@@ -173,3 +173,12 @@ def test_a_worker_restart_leaves_the_sequencer_running(server_factory, log_files
                          headers={"Content-Type": CBOR}, timeout=30)
         assert r.status_code == 201, r.text
     assert server.proc.poll() is None
+
+
+def test_workers_of_a_sequencer_process_do_not_read_the_signing_key(log_files, tmp_path: Path) -> None:
+    """Only the sequencer process signs checkpoints: an app handing appends to it never opens the
+    key file (here: one that does not exist), while an app with its own sequencer needs it."""
+    missing = tmp_path / "no-such-key"
+    create_app({"db_path": log_files.db, "key_path": missing, "sequencer_socket": tmp_path / "sequencer.sock"})
+    with pytest.raises(Exception, match="no-such-key"):
+        create_app({"db_path": log_files.db, "key_path": missing})
