@@ -79,18 +79,18 @@ def _plain_in_order(obj: Any, what: str, error: type[ValueError]) -> bool:
     return in_order
 
 
+def text_key_order(key: str) -> tuple[int, bytes]:
+    """Where a text key sorts in deterministic CBOR: RFC 8949's bytewise order of the encoded keys,
+    which for text strings is by UTF-8 length first (the head grows with the length), then by the
+    UTF-8 bytes."""
+    data = key.encode()
+    return len(data), data
+
+
 def _text_keys_in_order(keys: tuple[Any, ...]) -> bool:
-    """True if every key is a text string and they are in deterministic order: RFC 8949's bytewise
-    order of the encoded keys, which for text strings is by UTF-8 length first (the head grows with
-    the length) and then by the UTF-8 bytes, which order as Python compares the strings (UTF-8
-    preserves code point order). Layouts found in order are memoised by the caller: every entry
-    has one of a handful."""
-    last_size, last = -1, ""
-    for key in keys:
-        if type(key) is not str:
-            return False
-        size = len(key) if key.isascii() else len(key.encode())
-        if size < last_size or (size == last_size and key <= last):
-            return False
-        last_size, last = size, key
-    return True
+    """True if every key is a text string and they are in deterministic order (``text_key_order``).
+    Layouts found in order are memoised by the caller: every entry has one of a handful."""
+    if any(type(key) is not str for key in keys):
+        return False
+    order = [text_key_order(key) for key in keys]
+    return all(a < b for a, b in zip(order, order[1:]))

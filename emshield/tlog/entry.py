@@ -22,7 +22,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from emshield.cbor import strict_loads
+from emshield.cbor import strict_loads, text_key_order
 from emshield.tlog.merkle import (
     CompactRange,
     ProofError,
@@ -182,8 +182,8 @@ _REQUIRED = {t: _ALLOWED[t] - _OPTIONAL[t] for t in _TYPES.values()}
 
 
 def _canonical_order(keys: Iterable[str]) -> tuple[str, ...]:
-    """Text keys in deterministic CBOR order (RFC 8949 §4.2.1: by encoded length, then bytewise)."""
-    return tuple(sorted(keys, key=lambda k: (len(k.encode()), k.encode())))
+    """Text keys in deterministic CBOR order (RFC 8949 §4.2.1)."""
+    return tuple(sorted(keys, key=text_key_order))
 
 
 # Every valid key layout of an entry map, as deterministic CBOR orders it -> its type. A decoded
