@@ -7,7 +7,8 @@ for ~4.7 ms to spend ~1.3 ms of CPU, and the two workers' sequencers alternated,
 its compact range after the other's commit. In a process of its own the sequencer runs commits
 back to back, and its groups grow with the load while the workers decode and verify in parallel.
 Durability and order are unchanged: the service runs the same `Sequencer.integrate` transaction
-and answers a worker only after COMMIT.
+and answers a worker only after COMMIT. Inside the service one thread reads and decodes units while
+another commits (`run_service`), so decoding overlaps SQLite's work, which runs without the GIL.
 
 Trust: the service appends what a worker sends without checking signatures again (the worker
 did, see entries.py). It listens on a Unix socket in a directory only the server's user may enter
@@ -94,6 +95,7 @@ def _answer(outcome: list[Appended] | AppendRejected | BaseException) -> bytes:
 class _Peer:
     sock: socket.socket
     buf: bytearray
+    broken: bool = False  # an answer could not be sent: it gets no more
 
 
 def _take_frames(peer: _Peer) -> Iterator[Any]:
@@ -109,51 +111,109 @@ def _take_frames(peer: _Peer) -> Iterator[Any]:
 
 
 def run_service(sequencer: Sequencer, listener: socket.socket, should_stop=lambda: False) -> None:
-    """Serve `listener` until ``should_stop()`` (asked between commits, at least every second)."""
+    """Serve `listener` until ``should_stop()`` (asked at least every second).
+
+    Two threads: this one accepts connections, reads and decodes units; a `_Writer` thread commits
+    them and sends the answers. SQLite releases the GIL inside every statement and COMMIT, so the
+    reading and decoding of the next units runs while the current group is being written, and the
+    serial stage of every append is the commit alone (bench/log_append.py, batch path)."""
     sel = selectors.DefaultSelector()
     sel.register(listener, selectors.EVENT_READ)
-    pending: deque[tuple[_Peer, list[PreparedEntry]]] = deque()
-    while not should_stop():
-        for key, _ in sel.select(0 if pending else 1.0):
-            if key.fileobj is listener:
-                conn, _ = listener.accept()
-                conn.settimeout(SEND_TIMEOUT_S)  # reads happen only when ready; a stuck worker must not stall the log
-                sel.register(conn, selectors.EVENT_READ, _Peer(conn, bytearray()))
-                continue
-            peer: _Peer = key.data
-            data = peer.sock.recv(1 << 20)
-            if data:
-                peer.buf += data
-                try:
-                    pending.extend((peer, _decode_unit(items)) for items in _take_frames(peer))
+    writer = _Writer(sequencer)
+    writer.start()
+    try:
+        while not should_stop():
+            for key, _ in sel.select(1.0):
+                if key.fileobj is listener:
+                    conn, _ = listener.accept()
+                    conn.settimeout(SEND_TIMEOUT_S)  # a stuck worker must not stall the log
+                    sel.register(conn, selectors.EVENT_READ, _Peer(conn, bytearray()))
                     continue
-                except Exception:  # a worker bug, not hostile input: drop that connection only
-                    log.exception("malformed message from a worker; closing its connection")
-            _drop(sel, peer)
-        if not pending:
-            continue
-        group = [pending.popleft()]
-        count = len(group[0][1])
-        while pending and count + len(pending[0][1]) <= sequencer.max_batch:
-            group.append(pending.popleft())
-            count += len(group[-1][1])
+                peer: _Peer = key.data
+                try:
+                    data = peer.sock.recv(1 << 20)
+                except OSError:  # the writer shut it down after a failed answer, or the worker reset it
+                    data = b""
+                if data:
+                    peer.buf += data
+                    try:
+                        writer.put([(peer, _decode_unit(items)) for items in _take_frames(peer)])
+                        continue
+                    except Exception:  # a worker bug, not hostile input: drop that connection only
+                        log.exception("malformed message from a worker; closing its connection")
+                sel.unregister(peer.sock)
+                writer.put([(peer, None)])  # closed by the writer, after its answers in flight
+    finally:
+        writer.stop()
+
+
+class _Writer(threading.Thread):
+    """Commits queued units in groups of up to ``max_batch`` entries and answers each worker.
+
+    It alone sends on and closes the workers' sockets, so a socket is never closed (and its number
+    reused by a new connection) while an answer is being written to it: the reading thread queues a
+    close after the units of that connection."""
+
+    def __init__(self, sequencer: Sequencer) -> None:
+        super().__init__(name="emshield-sequencer-writer", daemon=True)
+        self.sequencer = sequencer
+        self._pending: deque[tuple[_Peer, list[PreparedEntry] | None]] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+
+    def put(self, items: list[tuple[_Peer, list[PreparedEntry] | None]]) -> None:
+        if items:
+            with self._cond:
+                self._pending.extend(items)
+                self._cond.notify()
+
+    def stop(self) -> None:
+        """Commit and answer what is queued, then end the thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self.join(30)
+
+    def run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._stopping:
+                    self._cond.wait()
+                if not self._pending:
+                    return
+                group, closing, count = [], [], 0
+                while self._pending:
+                    peer, entries = self._pending[0]
+                    if entries is not None:
+                        if group and count + len(entries) > self.sequencer.max_batch:
+                            break
+                        group.append((peer, entries))
+                        count += len(entries)
+                    else:
+                        closing.append(peer)
+                    self._pending.popleft()
+            if group:
+                self._commit(group)
+            for peer in closing:
+                peer.sock.close()
+
+    def _commit(self, group: list[tuple[_Peer, list[PreparedEntry]]]) -> None:
         try:
-            outcomes: list = sequencer.integrate([entries for _, entries in group])
+            outcomes: list = self.sequencer.integrate([entries for _, entries in group])
         except Exception as exc:  # storage failure: nobody in the group is acknowledged
             log.exception("sequencer batch failed")
             outcomes = [exc] * len(group)
         for (peer, _), outcome in zip(group, outcomes):
-            if peer.sock.fileno() < 0:
-                continue  # the worker hung up while waiting; its entries are committed, a retry finds them
+            if peer.broken:
+                continue  # its entries are committed; the worker's retry finds them
             try:
                 peer.sock.sendall(_answer(outcome))
-            except OSError:  # the worker went away or stopped reading: drop its connection, not the log
-                _drop(sel, peer)
-
-
-def _drop(sel: selectors.BaseSelector, peer: _Peer) -> None:
-    sel.unregister(peer.sock)
-    peer.sock.close()
+            except OSError:  # the worker went away or stopped reading: the reader drops the connection
+                peer.broken = True
+                try:
+                    peer.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
 
 def _service_main(config, sock_path: str, stop, parent: int) -> None:
