@@ -17,8 +17,9 @@ did, see entries.py). It listens on a Unix socket in a directory only the server
 Wire format (both ends are in this module): every message is a 4-byte big-endian length, then a
 CBOR array. Request: one unit, [* [data, leaf_hash, kind, issuance / null, registration / null]],
 issuance = [issuer_key_id, device_uuid, watermark_commitment / null, fingerprint_hash / null],
-registration = [key_id, public_key, name, registered_at]. Answer: [0, [* [index, leaf_hash,
-created]]] for appended, [1, status, code, detail] for refused, [2, message] for a storage failure.
+registration = [key_id, public_key, name, registered_at]. Answer: [0, [* index], created] for
+appended (created: one byte per entry, 1 if this request added it, 0 if it was logged already),
+[1, status, code, detail] for refused, [2, message] for a storage failure.
 """
 
 from __future__ import annotations
@@ -69,10 +70,14 @@ def _encode_unit(entries: Sequence[PreparedEntry]) -> bytes:
 
 
 def _decode_unit(items: list) -> list[PreparedEntry]:
-    return [PreparedEntry(data, leaf_hash, kind,
-                          issuance=None if iss is None else IssuanceFields(*iss),
-                          registration=None if reg is None else RegistrationFields(*reg))
+    # The unpacking checks the outer arity, so tuple.__new__ builds the PreparedEntry (its own
+    # constructor costs twice as much); the field records keep theirs, which check their arity.
+    return [_new(PreparedEntry, (data, leaf_hash, kind, None if iss is None else IssuanceFields(*iss),
+                                 None if reg is None else RegistrationFields(*reg)))
             for data, leaf_hash, kind, iss, reg in items]
+
+
+_new = tuple.__new__
 
 
 def _frame(obj: Any) -> bytes:
@@ -85,7 +90,8 @@ def _answer(outcome: list[Appended] | AppendRejected | BaseException) -> bytes:
         return _frame([1, outcome.status, outcome.code, outcome.detail])
     if isinstance(outcome, BaseException):
         return _frame([2, f"{type(outcome).__name__}: {outcome}"])
-    return _frame([0, [[a.index, a.leaf_hash, a.created] for a in outcome]])
+    # The worker knows its leaf hashes: only the indices and whether each entry was added go back.
+    return _frame([0, [a.index for a in outcome], bytes(a.created for a in outcome)])
 
 
 # -- the service process ----------------------------------------------------------------------------
@@ -320,7 +326,8 @@ class RemoteSequencer:
             # appends are idempotent), but this request gives up.
             raise SequencerUnavailable(f"no answer from the sequencer process: {exc}") from exc
         if answer[0] == 0:
-            return [Appended(index, leaf_hash, created) for index, leaf_hash, created in answer[1]]
+            return [Appended(index, e.leaf_hash, created == 1) for index, e, created in zip(answer[1], entries, answer[2],
+                                                                                             strict=True)]
         if answer[0] == 1:
             raise AppendRejected(answer[1], answer[2], answer[3])
         raise RuntimeError(f"the sequencer failed: {answer[1]}")
