@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import re
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
@@ -326,6 +328,105 @@ def _signed_part(data: bytes, items: int, batch: BatchProof | None) -> bytes | N
     return _SIGNED_PREFIX[items - 2] + _ISSUANCE_TYPE_ITEM + data[end:]
 
 
+# --- fast exact recognizer for canonical issuances ---------------------------------------------
+
+
+def _head(value: Any, payload: int) -> bytes:
+    """The deterministic CBOR head cbor2 writes before the ``payload`` content bytes of ``value``."""
+    data = cbor2.dumps(value)
+    return data[:len(data) - payload]
+
+
+def _item(value: Any) -> bytes:
+    """A regex matching exactly the deterministic CBOR encoding of ``value``."""
+    return re.escape(cbor2.dumps(value))
+
+
+def _bstr(group: str, size: int) -> bytes:
+    """A regex for a byte string of exactly ``size`` bytes (its one canonical head), content captured."""
+    return re.escape(_head(bytes(size), size)) + b"(?P<%s>.{%d})" % (group.encode(), size)
+
+
+# An unsigned integer in its shortest head only (RFC 8949 §4.2.1): the value in the initial byte
+# below 24, else 1, 2, 4 or 8 argument bytes holding a value too large for the next shorter form.
+_UINT = (rb"(?:[\x00-\x17]|\x18[\x18-\xff]|\x19[\x01-\xff].|\x1a(?:[\x01-\xff].|\x00[\x01-\xff]).."
+         rb"|\x1b(?:[\x01-\xff]...|\x00[\x01-\xff]..|\x00\x00[\x01-\xff].|\x00\x00\x00[\x01-\xff])....)")
+_MAX_PROOF = (MAX_SIGNING_BATCH - 1).bit_length()  # the longest inclusion proof in a signing batch
+_HASH_ITEM = re.escape(_head(bytes(32), 32)) + b".{32}"
+_ISSUANCE_VALUES = {  # issuance key -> regex of its value, in the one canonical encoding
+    "v": _item(VERSION),
+    "sig": _bstr("sig", 64),
+    "type": _item(Issuance.TYPE),
+    "batch": re.escape(_head([0, 0, []], 3)) + b"(?P<index>" + _UINT + b")(?P<size>" + _UINT + b")(?P<proof>"
+             + b"|".join(re.escape(_head([bytes(32)] * n, 34 * n)) + b"(?:%s){%d}" % (_HASH_ITEM, n)
+                         for n in range(_MAX_PROOF + 1)) + b")",
+    "policy": b"(?P<policy>" + b"|".join(_item(p) for p in POLICIES) + b")",
+    "issued_at": b"(?P<issued_at>" + _UINT + b")",
+    "backbone_id": _bstr("backbone_id", 32),
+    "device_uuid": _bstr("device_uuid", 16),
+    "issuer_key_id": _bstr("issuer_key_id", 32),
+    "fingerprint_hash": _bstr("fingerprint_hash", 32),
+    "watermark_commitment": _bstr("watermark_commitment", 32),
+}
+# The map head byte, then every key in deterministic order with its value; optional keys may be
+# missing (the head byte must then count the items present, checked after the match).
+_ISSUANCE_RE = re.compile(b"." + b"".join(
+    (b"(?:%s)?" if key in _OPTIONAL[Issuance] else b"%s") % (_item(key) + _ISSUANCE_VALUES[key])
+    for key in _KEY_ORDER[Issuance.TYPE]), re.DOTALL)
+# Cuts the hashes out of a matched proof array of n hashes: skip the array head, then each hash's head.
+_PROOF_HASHES = [struct.Struct("x" + "2x32s" * n) for n in range(_MAX_PROOF + 1)]
+_POLICY_OF_ITEM = {cbor2.dumps(p): p for p in POLICIES}
+_ISSUANCE_REQUIRED_ITEMS = len(_REQUIRED[Issuance])
+
+
+def _uint(item: bytes) -> int:
+    """The value of an unsigned integer item ``_UINT`` matched."""
+    return item[0] if len(item) == 1 else int.from_bytes(item[1:], "big")
+
+
+def _filled(cls: type[Any], values: dict[str, Any]) -> Any:
+    """An instance of the frozen dataclass ``cls`` holding ``values``, checked by its __post_init__.
+    Filled without the generated __init__ (one object.__setattr__ per field, a third of the cost)."""
+    obj = object.__new__(cls)
+    obj.__dict__.update(values)
+    obj.__post_init__()
+    return obj
+
+
+def _match_issuance(data: bytes) -> SignedEntry | None:
+    """The fast path of ``decode_entry`` for the usual leaf, a canonical issuance (any policy, single-
+    or batch-signed): one anchored regex over the exact canonical bytes instead of decoding,
+    re-encoding and comparing.
+
+    Invariant: for every input it returns exactly what ``_decode_strict`` returns (an equal
+    SignedEntry with the same cached signed part), or None, declining; it never accepts what the
+    strict path rejects and never raises. It holds because the regex reads the bytes item by item as
+    CBOR does, admitting only canonical forms (literal keys in deterministic order, byte strings of
+    the exact sizes with their one head, integers in their shortest head, the policy as one of its
+    texts, the proof array with the head that counts its hashes, nothing after the map), and the
+    objects are then built and checked by the same __post_init__ as on the strict path; any
+    EntryError there makes it decline, so the strict path names the problem."""
+    m = _ISSUANCE_RE.fullmatch(data)
+    if m is None:
+        return None
+    # The groups in the order the regex defines them: "sig", then the batch items, then the rest in key order.
+    sig, index, size, proof, policy, issued_at, backbone, device, key_id, fingerprint, watermark = m.groups()
+    items = _ISSUANCE_REQUIRED_ITEMS + (index is not None) + (fingerprint is not None) + (watermark is not None)
+    if data[0] != 0xA0 | items:
+        return None
+    try:
+        entry = _filled(Issuance, {"device_uuid": device, "backbone_id": backbone, "watermark_commitment": watermark,
+                                   "fingerprint_hash": fingerprint, "policy": _POLICY_OF_ITEM[policy],
+                                   "issued_at": _uint(issued_at), "issuer_key_id": key_id})
+        batch = None if index is None else _filled(BatchProof, {
+            "index": _uint(index), "size": _uint(size), "proof": _PROOF_HASHES[proof[0] & 0x1F].unpack(proof)})
+        signed = _filled(SignedEntry, {"entry": entry, "signature": sig, "batch": batch})
+    except EntryError:
+        return None
+    signed.__dict__["_signed_part"] = _signed_part(data, items, batch)
+    return signed
+
+
 def encode_entry(signed: SignedEntry) -> bytes:
     """The log leaf data: canonical CBOR of the entry map with "sig" (and "batch") added."""
     data = _encode_map(signed.entry, signed.signature, signed.batch)
@@ -373,7 +474,9 @@ def _entry_type(obj: Any) -> type[IssuerRegistration] | type[Issuance]:
 
 
 def decode_entry(data: bytes) -> SignedEntry:
-    """Strict decode of log leaf data (the signature is not checked here; see verify_entry_signature)."""
+    """Strict decode of log leaf data (the signature is not checked here; see verify_entry_signature).
+    A canonical issuance is recognised directly (``_match_issuance``); everything else, including
+    every invalid input, takes the generic strict path, which names what is wrong."""
     if type(data) is not bytes:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise EntryError("entry must be bytes")
@@ -382,6 +485,12 @@ def decode_entry(data: bytes) -> SignedEntry:
         raise EntryError(f"entry is {len(data)} bytes, over the {MAX_ENTRY_SIZE}-byte limit")
     if not data:
         raise EntryError("entry is empty")
+    return _match_issuance(data) or _decode_strict(data)
+
+
+def _decode_strict(data: bytes) -> SignedEntry:
+    """The generic path of ``decode_entry`` for 1..MAX_ENTRY_SIZE bytes: decode, re-encode and
+    compare (``strict_loads``), then check the schema."""
     obj = strict_loads(data, "entry", 3, EntryError)
     cls = _LAYOUTS.get(tuple(obj)) if type(obj) is dict else None
     # The usual case in three tests: a known key layout (so text keys, none unknown or missing),
@@ -389,15 +498,10 @@ def decode_entry(data: bytes) -> SignedEntry:
     if cls is None or obj["type"] != cls.TYPE or obj["v"] != VERSION or type(obj["v"]) is not int \
             or None in obj.values():
         cls = _entry_type(obj)
-    # The frozen dataclasses are filled without their generated __init__ (one object.__setattr__ per
-    # field, a third of the construction cost here) and then checked by the same __post_init__.
-    entry = object.__new__(cls)
-    entry.__dict__.update({n: obj.get(n) for n in _FIELD_NAMES[cls]})
-    entry.__post_init__()
+    entry = _filled(cls, {n: obj.get(n) for n in _FIELD_NAMES[cls]})
     batch = obj.get("batch")
-    signed = object.__new__(SignedEntry)
-    signed.__dict__.update(entry=entry, signature=obj["sig"], batch=None if batch is None else _decode_batch(batch))
-    signed.__post_init__()
+    signed = _filled(SignedEntry, {"entry": entry, "signature": obj["sig"],
+                                   "batch": None if batch is None else _decode_batch(batch)})
     # Cache what the signature covers (an attribute, not a field: equality and repr are unchanged;
     # the entry is frozen, so it cannot go stale). verify_entry_signature then needs no re-encode.
     signed.__dict__["_signed_part"] = _signed_part(data, len(obj), signed.batch)
