@@ -212,21 +212,22 @@ class Contention:
 
 
 class Floor:
-    """The same rows, stored by a bare executemany per table in one fsync'ed transaction per group."""
+    """The same rows, stored by a bare executemany per table in one fsync'ed transaction per group
+    (the issuance rows with the index keys of this tree's schema)."""
 
-    def __init__(self, store) -> None:
+    def __init__(self, store, storage: ModuleType) -> None:
         self.conn = store._conn()
         self.size = store.tree_size()
+        self.keyed = storage.keyed_issuance
 
     def commit(self, group: list) -> list:
-        conn, size = self.conn, self.size
+        conn, size, keyed = self.conn, self.size, self.keyed
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany("INSERT INTO leaves(idx, leaf_hash, data, kind) VALUES (?,?,?,?)",
                          [(size + i, e.leaf_hash, e.data, e.kind) for i, e in enumerate(group)])
         conn.executemany("INSERT INTO issuances(leaf_idx, issuer_key_id, device_uuid, watermark_commitment,"
-                         " fingerprint_hash) VALUES (?,?,?,?,?)",
-                         [(size + i, e.issuance.issuer_key_id, e.issuance.device_uuid, e.issuance.watermark_commitment,
-                           e.issuance.fingerprint_hash) for i, e in enumerate(group)])
+                         " fingerprint_hash, watermark_key, fingerprint_key, device_key) VALUES (?,?,?,?,?,?,?,?)",
+                         [keyed((size + i, *e.issuance)) for i, e in enumerate(group)])
         conn.execute("COMMIT")
         self.size += len(group)
         return []
@@ -268,10 +269,10 @@ def main() -> None:
         for im in impls:
             stores, seqs = im.new_log(work / f"{len(logs)}.db", raw[:args.prefill])
             logs[im.name] = (stores, seqs[:1] if args.no_alternate else seqs)
-        floor_stores, _ = this_tree().new_log(work / "floor.db", raw[:args.prefill])
+        floor_stores, _ = impls[1].new_log(work / "floor.db", raw[:args.prefill])
         floor_store = floor_stores[1]
         floor_stores[0].close()
-        floor = Floor(floor_store)
+        floor = Floor(floor_store, impls[1].storage)
 
         workloads = [("big", args.big, args.big_commits)] + [(f"small{s}", s, args.commits) for s in smalls]
         timer = Timer()

@@ -18,6 +18,9 @@ What is kept, and why:
 - `issuers`, `issuances`: indexes derived from the leaves (issuers by key id; issuances by
   watermark commitment, fingerprint hash and device UUID), written in the same transaction
   as the leaf, so an index never points at a leaf that is not stored and vice versa.
+  Schema version 2 indexes the issuance look-ups by 64-bit integer prefixes of the values
+  (`blob_key`, `device_key`) instead of the values themselves, and every look-up also compares
+  the full value: see `_ISSUANCE_KEYS`.
 - `side_records`: bytes published beside a leaf (outside the tree) whose hash the leaf commits to.
 
 Durability: WAL with synchronous=FULL, so every COMMIT is fsync'ed before it returns; the server
@@ -30,6 +33,7 @@ import fcntl
 import functools
 import itertools
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -38,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 30_000
 WRITER_CACHE_KIB = 32 * 1024  # page cache of a connection that writes
 WAL_CHECKPOINT_PAGES = 4000
@@ -112,10 +116,50 @@ class TreeHead(NamedTuple):
     issuer_epoch: bytes | None
 
 
-LOOKUP_FIELDS = ("watermark_commitment", "fingerprint_hash", "device_uuid")
-
 LeafRow = tuple[int, bytes, bytes, str]  # (index, leaf_hash, data, kind): a LeafRecord or a plain tuple
 IssuanceRow = tuple[int, bytes, str, bytes | None, bytes | None]  # the fields of IssuanceIndex, in order
+
+LOOKUP_FIELDS = ("watermark_commitment", "fingerprint_hash", "device_uuid")
+
+
+def blob_key(value: object) -> int | None:
+    """The index key of a watermark commitment or fingerprint hash: its first 8 bytes as a signed
+    big-endian 64-bit integer (fewer bytes: those); None (SQL NULL) for anything but bytes."""
+    return int.from_bytes(value[:8], "big", signed=True) if isinstance(value, bytes) else None
+
+
+_UUID_PREFIX = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-")
+
+
+def device_key(text: object) -> int:
+    """The index key of a device UUID text: the UUID's first 8 bytes (hex digits 0-7, 9-12 and
+    14-17 of the canonical lower-case 8-4-4-4-12 text) as a signed big-endian 64-bit integer;
+    0 for a text that does not begin like a canonical UUID (stored texts always do: the entry
+    decoder writes the canonical form). The bytes, not the text: 8 characters of text carry only
+    4 bytes of the UUID."""
+    if not isinstance(text, str) or _UUID_PREFIX.match(text) is None:
+        return 0
+    key = int(text[:8] + text[9:13] + text[14:18], 16)
+    return key - (1 << 64) if key >= 1 << 63 else key
+
+
+# Schema version 2: each issuance look-up field has an integer key column, and the index is on
+# the key. Why: a batch commit inserts one random key per entry into each index, touching a random
+# leaf page of each; an 8-byte integer key packs ~4x more entries per page than a 32-byte hash or a
+# 36-character text, so the indexes have ~4x fewer pages to read, dirty and write back per commit
+# (bench/log_sequencer.py). Keys are prefixes, so two values may share one; every look-up compares
+# the full value too (`WHERE key = ? AND value = ?`), so a collision costs reading the colliding
+# rows, never a wrong answer. field -> (key column, key function).
+_ISSUANCE_KEYS = {
+    "watermark_commitment": ("watermark_key", blob_key),
+    "fingerprint_hash": ("fingerprint_key", blob_key),
+    "device_uuid": ("device_key", device_key),
+}
+
+
+def keyed_issuance(row: IssuanceRow) -> tuple:
+    """An `issuances` row of schema version 2: the IssuanceIndex fields, then the three keys."""
+    return (*row, blob_key(row[3]), blob_key(row[4]), device_key(row[2]))
 
 
 class WriteTxn(Protocol):
@@ -169,8 +213,8 @@ class _WriteCtx(Protocol):
 
 
 # Witness cosignatures (spec/witness.md) of stored checkpoints, kept outside the signed note so a
-# checkpoint can gather them after it was committed. Added after schema version 1 shipped, so an
-# older store gets the table (and nothing else changes) when it is opened.
+# checkpoint can gather them after it was committed. Added after schema version 1 shipped: a
+# version-1 store without it gets it in the upgrade to version 2.
 _COSIGNATURES = """
 CREATE TABLE IF NOT EXISTS cosignatures(
     size INTEGER NOT NULL REFERENCES checkpoints(size),
@@ -181,7 +225,8 @@ CREATE TABLE IF NOT EXISTS cosignatures(
     PRIMARY KEY(size, name, key_id)
 ) WITHOUT ROWID"""
 
-# The border column came after schema version 1 shipped: an older store gets it when opened.
+# The border column came after schema version 1 shipped: a version-1 store without it gets it in
+# the upgrade to version 2.
 _CHECKPOINT_BORDER = "ALTER TABLE checkpoints ADD COLUMN border BLOB"
 
 _SCHEMA = """
@@ -219,16 +264,37 @@ CREATE TABLE issuances(
     issuer_key_id BLOB NOT NULL REFERENCES issuers(key_id),
     device_uuid TEXT NOT NULL,
     watermark_commitment BLOB,
-    fingerprint_hash BLOB
+    fingerprint_hash BLOB,
+    watermark_key INTEGER,
+    fingerprint_key INTEGER,
+    device_key INTEGER
 );
-CREATE INDEX issuances_by_watermark ON issuances(watermark_commitment);
-CREATE INDEX issuances_by_fingerprint ON issuances(fingerprint_hash);
-CREATE INDEX issuances_by_device ON issuances(device_uuid);
+CREATE INDEX issuances_by_watermark_key ON issuances(watermark_key) WHERE watermark_key IS NOT NULL;
+CREATE INDEX issuances_by_fingerprint_key ON issuances(fingerprint_key) WHERE fingerprint_key IS NOT NULL;
+CREATE INDEX issuances_by_device_key ON issuances(device_key);
 CREATE TABLE side_records(
     leaf_idx INTEGER PRIMARY KEY REFERENCES leaves(idx),
     data BLOB NOT NULL,
     stored_at REAL NOT NULL
 );
+"""
+
+# Version 1 -> 2, in the one write transaction that also sets the version (see `_upgrade`). The
+# keys are filled by SQL functions bound to `blob_key` / `device_key` for the statement's duration,
+# then the new indexes are built from the filled column (one sorted build, not n inserts).
+_UPGRADE_TO_2 = """
+ALTER TABLE issuances ADD COLUMN watermark_key INTEGER;
+ALTER TABLE issuances ADD COLUMN fingerprint_key INTEGER;
+ALTER TABLE issuances ADD COLUMN device_key INTEGER;
+UPDATE issuances SET watermark_key = emshield_blob_key(watermark_commitment),
+    fingerprint_key = emshield_blob_key(fingerprint_hash), device_key = emshield_device_key(device_uuid);
+DROP INDEX IF EXISTS issuances_by_watermark;
+DROP INDEX IF EXISTS issuances_by_fingerprint;
+DROP INDEX IF EXISTS issuances_by_device;
+CREATE INDEX issuances_by_watermark_key ON issuances(watermark_key) WHERE watermark_key IS NOT NULL;
+CREATE INDEX issuances_by_fingerprint_key ON issuances(fingerprint_key) WHERE fingerprint_key IS NOT NULL;
+CREATE INDEX issuances_by_device_key ON issuances(device_key);
+UPDATE meta SET value = CAST('2' AS BLOB) WHERE key = 'schema_version'
 """
 
 
@@ -303,7 +369,7 @@ _MAX_ROWS = 2048
 _EXACT_ROWS = 32
 _INSERT_LEAVES = ("INSERT INTO leaves(idx, leaf_hash, data, kind)", 4)
 _INSERT_ISSUANCES = ("INSERT INTO issuances(leaf_idx, issuer_key_id, device_uuid, watermark_commitment,"
-                     " fingerprint_hash)", 5)
+                     " fingerprint_hash, watermark_key, fingerprint_key, device_key)", 8)
 _INSERT_NODES = ("INSERT INTO nodes(level, idx, hash)", 3)
 
 
@@ -405,7 +471,7 @@ class _SqliteTxn:
             self._c.execute("RELEASE add_leaves")
 
     def add_issuances(self, rows: Sequence[IssuanceRow]) -> None:
-        _insert_rows(self._c, _INSERT_ISSUANCES, rows)
+        _insert_rows(self._c, _INSERT_ISSUANCES, [keyed_issuance(row) for row in rows])
 
     def add_issuer(self, issuer: IssuerRecord) -> None:
         self._c.execute(
@@ -525,22 +591,50 @@ class SqliteStore:
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._writer = _WriterLock(self.path.with_name(self.path.name + ".write-lock"))
+        version = self._schema_version()
+        if version not in (1, SCHEMA_VERSION):
+            raise StoreError(f"{self.path}: store schema version {version}, this server knows {SCHEMA_VERSION}")
+        if version == 1 or not self._has_later_additions():
+            self._upgrade()
+
+    def _schema_version(self) -> int:
         version = self.meta("schema_version")
         if version is None:
             raise StoreError(f"{self.path} is not an EMShield log store")
-        if int(version) != SCHEMA_VERSION:
-            raise StoreError(f"{self.path}: store schema version {int(version)}, this server knows {SCHEMA_VERSION}")
-        if self._conn().execute("SELECT 1 FROM sqlite_master WHERE name='cosignatures'").fetchone() is None:
-            with self.write():
-                self._conn().execute(_COSIGNATURES)
-        if not self._has_border_column():
-            with self.write():
-                if not self._has_border_column():  # another process may have added it meanwhile
-                    self._conn().execute(_CHECKPOINT_BORDER)
+        return int(version)
 
-    def _has_border_column(self) -> bool:
+    def _has_later_additions(self) -> bool:
+        """Whether the cosignatures table and the checkpoints' border column (added to version 1
+        after it shipped) are there."""
         return self._conn().execute(
-            "SELECT 1 FROM pragma_table_info('checkpoints') WHERE name = 'border'").fetchone() is not None
+            "SELECT (SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'cosignatures')"
+            " + (SELECT count(*) FROM pragma_table_info('checkpoints') WHERE name = 'border')").fetchone()[0] == 2
+
+    def _upgrade(self) -> None:
+        """Bring an older store up to date in ONE write transaction: all of it or none.
+
+        A version-1 store gets the later additions it lacks and the issuance keys of version 2.
+        Several processes may open the store at once: the write lock lets one upgrade, and the
+        others find it done once they hold the lock. Processes of a version-1 server must be
+        stopped first (they would keep inserting issuances without keys, which look-ups then miss).
+        """
+        conn = self._conn()
+        with self.write():
+            version = self._schema_version()
+            if version not in (1, SCHEMA_VERSION):
+                raise StoreError(f"{self.path}: store schema version {version}, this server knows {SCHEMA_VERSION}")
+            conn.execute(_COSIGNATURES)
+            if conn.execute("SELECT 1 FROM pragma_table_info('checkpoints') WHERE name = 'border'").fetchone() is None:
+                conn.execute(_CHECKPOINT_BORDER)
+            if version == 1:
+                conn.create_function("emshield_blob_key", 1, blob_key, deterministic=True)
+                conn.create_function("emshield_device_key", 1, device_key, deterministic=True)
+                try:
+                    for statement in _UPGRADE_TO_2.split(";"):
+                        conn.execute(statement)
+                finally:
+                    conn.create_function("emshield_blob_key", 1, None)
+                    conn.create_function("emshield_device_key", 1, None)
 
     @classmethod
     def create(cls, path: str | Path, meta: Mapping[str, bytes]) -> "SqliteStore":
@@ -650,9 +744,12 @@ class SqliteStore:
     def issuances(self, field: str, value: bytes | str, limit: int) -> list[IssuanceIndex]:
         if field not in LOOKUP_FIELDS:
             raise ValueError(f"cannot look issuances up by {field!r}")
+        column, key = _ISSUANCE_KEYS[field]
+        # The index on the key column holds (key, leaf_idx) in order: one range of it, filtered
+        # on the full value, is already in leaf order.
         rows = self._conn().execute(
             "SELECT leaf_idx, issuer_key_id, device_uuid, watermark_commitment, fingerprint_hash FROM issuances"
-            f" WHERE {field}=? ORDER BY leaf_idx LIMIT ?", (value, limit))
+            f" WHERE {column} = ? AND {field} = ? ORDER BY leaf_idx LIMIT ?", (key(value), value, limit))
         return [IssuanceIndex(i, bytes(k), d, None if w is None else bytes(w), None if f is None else bytes(f))
                 for i, k, d, w, f in rows]
 
