@@ -22,7 +22,6 @@ from typing import Any, ClassVar
 import cbor2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from emshield.cbor import strict_loads, text_key_order
 from emshield.tlog.merkle import (
@@ -31,6 +30,7 @@ from emshield.tlog.merkle import (
     inclusion_proof,
     inclusion_proof_length,
     leaf_hash,
+    node_hash,
     root_from_inclusion_proof,
 )
 
@@ -511,7 +511,7 @@ def _decode_strict(data: bytes) -> SignedEntry:
 def sign_entry(entry: Entry, private_key: Ed25519PrivateKey) -> SignedEntry:
     """Sign with the issuer key; a registration must be signed by the key it registers, an
     issuance by the key its issuer_key_id names."""
-    public = private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    public = private_key.public_key().public_bytes_raw()
     if isinstance(entry, IssuerRegistration) and public != entry.issuer_public_key:
         raise EntryError("a registration must be signed by the key it registers")
     if isinstance(entry, Issuance) and issuer_key_id(public) != entry.issuer_key_id:
@@ -528,7 +528,7 @@ def sign_batch(entries: Sequence[Issuance], private_key: Ed25519PrivateKey) -> l
     the order given. Even a batch of one carries "batch" (its proof is empty)."""
     if not 1 <= len(entries) <= MAX_SIGNING_BATCH:
         raise EntryError(f"a signing batch holds 1..{MAX_SIGNING_BATCH} issuances, got {len(entries)}")
-    public = private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    public = private_key.public_key().public_bytes_raw()
     key_id = issuer_key_id(public)
     messages = []
     for i, entry in enumerate(entries):
@@ -564,13 +564,30 @@ def verify_entry_signature(signed: SignedEntry, public_key: Ed25519PublicKey,
     the caller, e.g. one set per request) remembers (public key, batch message, signature) triples
     that verified, so the other entries of a batch already seen cost hashing only; only successes
     are added, and single-signed entries neither use nor fill it."""
-    public = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    _check_signature(signed, public_key, _key_names(public_key), verified)
+
+
+def _key_names(public_key: Ed25519PublicKey) -> tuple[bytes, bytes]:
+    """The raw 32 bytes of an Ed25519 public key and the issuer key id they give."""
+    public = public_key.public_bytes_raw()
+    return public, issuer_key_id(public)
+
+
+def _message(signed: SignedEntry) -> bytes:
+    """The entry's signing bytes: cached by decode_entry and sign_batch, else encoded."""
+    return signed.__dict__.get("_signed_part") or signing_bytes(signed.entry)
+
+
+def _check_signature(signed: SignedEntry, public_key: Ed25519PublicKey, names: tuple[bytes, bytes],
+                     verified: set[tuple[bytes, bytes, bytes]] | None) -> None:
+    """``verify_entry_signature`` with the key's ``_key_names`` already computed."""
+    public, key_id = names
     entry = signed.entry
     if isinstance(entry, IssuerRegistration) and public != entry.issuer_public_key:
         raise EntryError("a registration is verified with the key it registers")
-    if isinstance(entry, Issuance) and issuer_key_id(public) != entry.issuer_key_id:
+    if isinstance(entry, Issuance) and key_id != entry.issuer_key_id:
         raise EntryError("key does not match the issuance's issuer_key_id")
-    message = signed.__dict__.get("_signed_part") or signing_bytes(entry)
+    message = _message(signed)
     batch = signed.batch
     if batch is None:
         try:
@@ -591,3 +608,99 @@ def verify_entry_signature(signed: SignedEntry, public_key: Ed25519PublicKey,
         raise EntryError("batch signature does not verify (the entry, its proof or the signature was changed)") from exc
     if verified is not None:
         verified.add(memo)
+
+
+class EntryPositionError(EntryError):
+    """An entry of a list failed its signature check: ``position`` is its index in the list and
+    ``reason`` the message of its own check (``verify_entry_signature``)."""
+
+    def __init__(self, position: int, reason: str) -> None:
+        super().__init__(f"entry {position}: {reason}")
+        self.position, self.reason = position, reason
+
+
+def verify_entry_signatures(entries: Sequence[SignedEntry], public_keys: Sequence[Ed25519PublicKey]) -> None:
+    """Check a whole request's entries: ``public_keys[i]`` is the issuer key of ``entries[i]`` (the
+    list may mix issuers, single- and batch-signed entries). Accepts and rejects exactly what
+    ``verify_entry_signature`` on each entry in list order does: raises EntryPositionError for the
+    first entry that fails, with that entry's own message.
+
+    Why it is cheaper: the batch-signed entries of one complete signing batch (same key, signature
+    and size; every index 0..size-1 once, how clients send them) are checked together: the batch
+    tree is built once from their leaves (about one node hash per entry, where checking each proof
+    costs about log2(size)), the one signature is verified over its root, and then every entry's
+    proof must equal the path the tree gives (comparisons, no hashing). That is exactly what makes
+    each entry's own check pass; if anything differs the group is checked entry by entry, so errors
+    are the per-entry ones. The other entries are checked one by one (batch signatures memoised
+    for the call); key bytes and issuer key ids are computed once per key object."""
+    if len(entries) != len(public_keys):
+        raise ValueError(f"{len(entries)} entries but {len(public_keys)} public keys")
+    names: dict[int, tuple[bytes, bytes]] = {}  # id(key) -> _key_names(key); public_keys keeps them alive
+    for key in public_keys:
+        if id(key) not in names:
+            names[id(key)] = _key_names(key)
+    done = _complete_batches_verified(entries, public_keys, names)
+    verified: set[tuple[bytes, bytes, bytes]] = set()
+    for i, (signed, key) in enumerate(zip(entries, public_keys, strict=True)):
+        if i not in done:
+            try:
+                _check_signature(signed, key, names[id(key)], verified)
+            except EntryError as exc:
+                raise EntryPositionError(i, str(exc)) from exc
+
+
+def _complete_batches_verified(entries: Sequence[SignedEntry], public_keys: Sequence[Ed25519PublicKey],
+                               names: dict[int, tuple[bytes, bytes]]) -> set[int]:
+    """Positions of the entries that form complete signing batches passing the whole-batch check
+    (``_complete_batch_verifies``): entries grouped by (public key, signature, batch size)."""
+    groups: dict[tuple[bytes, bytes, int], list[int]] = {}
+    for i, signed in enumerate(entries):
+        if signed.batch is not None:
+            groups.setdefault((names[id(public_keys[i])][0], signed.signature, signed.batch.size), []).append(i)
+    done: set[int] = set()
+    for (_, signature, size), positions in groups.items():
+        key = public_keys[positions[0]]
+        if len(positions) == size and _complete_batch_verifies(
+                [entries[i] for i in positions], key, names[id(key)][1], signature, size):
+            done.update(positions)
+    return done
+
+
+def _tree_levels(leaves: list[bytes]) -> list[list[bytes]]:
+    """Every level of the RFC 9162 tree over ``leaves``, leaves first, root last: an unpaired last
+    node moves up unchanged (the same tree as RFC 9162's split at the largest power of two)."""
+    levels = [leaves]
+    while len(level := levels[-1]) > 1:
+        up = [node_hash(level[j], level[j + 1]) for j in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            up.append(level[-1])
+        levels.append(up)
+    return levels
+
+
+def _complete_batch_verifies(group: list[SignedEntry], public_key: Ed25519PublicKey, key_id: bytes,
+                             signature: bytes, size: int) -> bool:
+    """True if ``group`` (``size`` batch-signed entries sharing ``signature`` and ``size``) holds
+    every index 0..size-1 once, every entry names ``key_id``, the signature verifies over the root
+    of the tree of their signing bytes and each entry's proof is its path in that tree (RFC 9162
+    §2.1.3.1: the siblings that exist, bottom first). Then every entry passes its own check."""
+    slots: list[SignedEntry | None] = [None] * size
+    for signed in group:
+        index = signed.batch.index  # type: ignore[union-attr]
+        if not 0 <= index < size or slots[index] is not None:
+            return False
+        slots[index] = signed
+    if any(type(s.entry) is not Issuance or s.entry.issuer_key_id != key_id for s in group):
+        return False
+    levels = _tree_levels([leaf_hash(_message(s)) for s in slots])  # type: ignore[arg-type]
+    try:
+        public_key.verify(signature, batch_signing_bytes(size, levels[-1][0]))
+    except InvalidSignature:
+        return False
+    # The path of a node is its sibling (where one exists) followed by its parent's path: built top
+    # down, one short tuple per node, then all proofs compared in one list comparison.
+    paths: list[tuple[bytes, ...]] = [()]
+    for level in reversed(levels[:-1]):
+        width = len(level)
+        paths = [((level[j ^ 1],) if j ^ 1 < width else ()) + paths[j >> 1] for j in range(width)]
+    return [s.batch.proof for s in slots] == paths  # type: ignore[union-attr]
