@@ -27,7 +27,7 @@ from emshield.tlog.tiles import TileError, parse_tile_path
 
 from . import keys, tiles
 from .batch import BatchFormatError, decode_batch
-from .entries import EntryRejected, IssuerKeys, check_side_record, prepare_issuance, prepare_registration
+from .entries import EntryRejected, IssuerKeys, check_side_record, prepare_issuances, prepare_registration
 from .sequencer import AppendRejected, Appended, Sequencer
 from .sequencer_service import UNAVAILABLE, RemoteSequencer, SequencerUnavailable
 from .fast_append import AppendFastPath
@@ -277,18 +277,15 @@ def create_app(config: ServerConfig | Mapping[str, Any]) -> Flask:
             items = decode_batch(body, cfg.max_batch_entries, MAX_ENTRY_SIZE)
         except BatchFormatError as exc:
             raise ApiError(400, "malformed_batch", str(exc)) from exc
-        prepared = []
         log = _log()
         # One batch at a time per process: batches decoded side by side share this process's GIL
         # and all finish late together, so the sequencer idles and then gets them all at once;
         # taken in turn, each reaches the sequencer as early as it can while the next is decoded.
         with log.batch_admission:
-            verified: set = set()
-            for i, item in enumerate(items):
-                try:
-                    prepared.append(prepare_issuance(item, log.issuers, verified))
-                except EntryRejected as rej:
-                    raise ApiError(rej.status, rej.code, f"entry {i}: {rej.detail}") from rej
+            try:
+                prepared = prepare_issuances(items, log.issuers)
+            except EntryRejected as rej:
+                raise ApiError(rej.status, rej.code, f"entry {rej.position}: {rej.detail}") from rej
         done = _submit(prepared)
         created = sum(a.created for a in done)
         return jsonify(count=len(done), created=created, results=[_appended_json(a) for a in done]), \

@@ -8,9 +8,12 @@ the operator credential is checked by the route). The admitted bytes are the lea
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from emshield.tlog.entry import EntryError, Issuance, IssuerRegistration, SignedEntry, decode_entry, verify_entry_signature
+from emshield.tlog.entry import (EntryError, EntryPositionError, Issuance, IssuerRegistration, SignedEntry, decode_entry,
+                                 verify_entry_signature, verify_entry_signatures)
 from emshield.tlog.merkle import leaf_hash
 
 from .sequencer import IssuanceFields, PreparedEntry, RegistrationFields
@@ -18,11 +21,12 @@ from .storage import IssuerRecord, LogStore
 
 
 class EntryRejected(Exception):
-    """Why an entry or side record is refused: an HTTP status, an error code and a sentence."""
+    """Why an entry or side record is refused: an HTTP status, an error code, a sentence and, for
+    one of several entries, its position in the request."""
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(self, status: int, code: str, detail: str, position: int = 0) -> None:
         super().__init__(detail)
-        self.status, self.code, self.detail = status, code, detail
+        self.status, self.code, self.detail, self.position = status, code, detail, position
 
 
 def _decode(body: bytes) -> SignedEntry:
@@ -32,9 +36,9 @@ def _decode(body: bytes) -> SignedEntry:
         raise EntryRejected(400, "malformed_entry", str(exc)) from exc
 
 
-def _verify(signed: SignedEntry, public_key: Ed25519PublicKey, verified: set | None = None) -> None:
+def _verify(signed: SignedEntry, public_key: Ed25519PublicKey) -> None:
     try:
-        verify_entry_signature(signed, public_key, verified)
+        verify_entry_signature(signed, public_key)
     except EntryError as exc:
         raise EntryRejected(400, "bad_signature", str(exc)) from exc
 
@@ -69,10 +73,41 @@ class IssuerKeys:
         return hit
 
 
-def prepare_issuance(body: bytes, issuers: IssuerKeys, verified: set | None = None) -> PreparedEntry:
-    """Check an issuance entry against the registered issuers. ``verified``: batch signatures
-    already verified for this request (see `verify_entry_signature`), so the entries of one
-    signing batch cost one Ed25519 verification in all."""
+def prepare_issuances(bodies: Sequence[bytes], issuers: IssuerKeys) -> list[PreparedEntry]:
+    """Check one request's issuance entries against the registered issuers, all or none.
+
+    Raises EntryRejected for the first entry in order that fails any check (its ``position``), as
+    checking them one by one would. Each entry is decoded and its issuer checked in turn; then the
+    signatures of all entries before the first failure are verified together
+    (`verify_entry_signatures`: a complete signing batch costs one tree build and one Ed25519
+    verification instead of an inclusion proof per entry)."""
+    decoded: list[tuple[SignedEntry, Ed25519PublicKey]] = []
+    refusal: EntryRejected | None = None
+    for position, body in enumerate(bodies):
+        try:
+            decoded.append(_issuance(body, issuers))
+        except EntryRejected as rej:
+            rej.position, refusal = position, rej
+            break
+    try:
+        verify_entry_signatures([signed for signed, _ in decoded], [key for _, key in decoded])
+    except EntryPositionError as exc:
+        raise EntryRejected(400, "bad_signature", exc.reason, exc.position) from exc
+    if refusal is not None:
+        raise refusal
+    return [PreparedEntry(body, leaf_hash(body), Issuance.TYPE,
+                          issuance=IssuanceFields(e.issuer_key_id, e.device_uuid_text, e.watermark_commitment,
+                                                  e.fingerprint_hash))
+            for body, e in zip(bodies, (signed.entry for signed, _ in decoded))]
+
+
+def prepare_issuance(body: bytes, issuers: IssuerKeys) -> PreparedEntry:
+    """`prepare_issuances` for a single entry."""
+    return prepare_issuances([body], issuers)[0]
+
+
+def _issuance(body: bytes, issuers: IssuerKeys) -> tuple[SignedEntry, Ed25519PublicKey]:
+    """A decoded issuance and its registered, non-revoked issuer's key (the signature is not checked)."""
     signed = _decode(body)
     entry = signed.entry
     if not isinstance(entry, Issuance):
@@ -84,10 +119,7 @@ def prepare_issuance(body: bytes, issuers: IssuerKeys, verified: set | None = No
     issuer, public_key = found
     if issuer.revoked_at is not None:
         raise EntryRejected(403, "revoked_issuer", f"issuer {issuer.key_id.hex()} was revoked")
-    _verify(signed, public_key, verified)
-    fields = IssuanceFields(entry.issuer_key_id, entry.device_uuid_text, entry.watermark_commitment,
-                            entry.fingerprint_hash)
-    return PreparedEntry(body, leaf_hash(body), entry.TYPE, issuance=fields)
+    return signed, public_key
 
 
 def prepare_registration(body: bytes) -> PreparedEntry:
