@@ -320,12 +320,20 @@ def _signed_part(data: bytes, items: int, batch: BatchProof | None) -> bytes | N
     if not 2 < items < 24 or data[0] != 0xA0 | items or not data.startswith(_VERSION_ITEM + _SIG_ITEM_HEAD, 1):
         return None
     if batch is None:
-        return _SIGNED_PREFIX[items - 1] + data[_AFTER_SIG:]
+        return _cut_signed_part(data, items, None)
     start = _AFTER_SIG + len(_ISSUANCE_TYPE_ITEM)
     end = start + len(_BATCH_ITEM_HEAD) + _uint_size(batch.index) + _uint_size(batch.size) + 1 + 34 * len(batch.proof)
     if not data.startswith(_ISSUANCE_TYPE_ITEM, _AFTER_SIG) or not data.startswith(_BATCH_ITEM_HEAD, start):
         return None
-    return _SIGNED_PREFIX[items - 2] + _ISSUANCE_TYPE_ITEM + data[end:]
+    return _cut_signed_part(data, items, end)
+
+
+def _cut_signed_part(data: bytes, items: int, batch_end: int | None) -> bytes:
+    """The cut ``_signed_part`` makes, for leaf bytes of ``items`` items laid out as it requires,
+    whose "batch" item (if any) ends at ``batch_end``."""
+    if batch_end is None:
+        return _SIGNED_PREFIX[items - 1] + data[_AFTER_SIG:]
+    return _SIGNED_PREFIX[items - 2] + _ISSUANCE_TYPE_ITEM + data[batch_end:]
 
 
 # --- fast exact recognizer for canonical issuances ---------------------------------------------
@@ -423,7 +431,8 @@ def _match_issuance(data: bytes) -> SignedEntry | None:
         signed = _filled(SignedEntry, {"entry": entry, "signature": sig, "batch": batch})
     except EntryError:
         return None
-    signed.__dict__["_signed_part"] = _signed_part(data, items, batch)
+    # The regex fixed the layout _signed_part requires ("v", "sig", "type", then "batch" if any).
+    signed.__dict__["_signed_part"] = _cut_signed_part(data, items, None if batch is None else m.end("proof"))
     return signed
 
 
