@@ -693,6 +693,8 @@ def _complete_batch_verifies(group: list[SignedEntry], public_key: Ed25519Public
     every index 0..size-1 once, every entry names ``key_id``, the signature verifies over the root
     of the tree of their signing bytes and each entry's proof is its path in that tree (RFC 9162
     §2.1.3.1: the siblings that exist, bottom first). Then every entry passes its own check."""
+    if len(group) != size:
+        return False
     slots: list[SignedEntry | None] = [None] * size
     for signed in group:
         index = signed.batch.index  # type: ignore[union-attr]
