@@ -30,8 +30,8 @@ from emshield.tlog.merkle import (
     inclusion_proof,
     inclusion_proof_length,
     leaf_hash,
-    node_hash,
     root_from_inclusion_proof,
+    tree_levels,
 )
 
 VERSION = 1
@@ -676,18 +676,6 @@ def _complete_batches_verified(entries: Sequence[SignedEntry], public_keys: Sequ
     return done
 
 
-def _tree_levels(leaves: list[bytes]) -> list[list[bytes]]:
-    """Every level of the RFC 9162 tree over ``leaves``, leaves first, root last: an unpaired last
-    node moves up unchanged (the same tree as RFC 9162's split at the largest power of two)."""
-    levels = [leaves]
-    while len(level := levels[-1]) > 1:
-        up = [node_hash(level[j], level[j + 1]) for j in range(0, len(level) - 1, 2)]
-        if len(level) % 2:
-            up.append(level[-1])
-        levels.append(up)
-    return levels
-
-
 def _complete_batch_verifies(group: list[SignedEntry], public_key: Ed25519PublicKey, key_id: bytes,
                              signature: bytes, size: int) -> bool:
     """True if ``group`` (``size`` batch-signed entries sharing ``signature`` and ``size``) holds
@@ -704,7 +692,7 @@ def _complete_batch_verifies(group: list[SignedEntry], public_key: Ed25519Public
         slots[index] = signed
     if any(type(s.entry) is not Issuance or s.entry.issuer_key_id != key_id for s in group):
         return False
-    levels = _tree_levels([leaf_hash(_message(s)) for s in slots])  # type: ignore[arg-type]
+    levels = tree_levels([leaf_hash(_message(s)) for s in slots])  # type: ignore[arg-type]
     try:
         public_key.verify(signature, batch_signing_bytes(size, levels[-1][0]))
     except InvalidSignature:

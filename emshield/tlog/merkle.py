@@ -42,19 +42,23 @@ def node_hash(left: bytes, right: bytes) -> bytes:
     return hashlib.sha256(_NODE_PREFIX + left + right).digest()
 
 
-def root_from_leaf_hashes(hashes: Sequence[bytes]) -> bytes:
-    """MTH(D[n]) of a whole list of leaf hashes, level by level (an odd last node moves up as is,
-    which gives the same tree as RFC 9162's split at the largest power of two below n)."""
-    if not hashes:
-        return EMPTY_ROOT
-    level = list(hashes)
+def tree_levels(hashes: Sequence[bytes]) -> list[list[bytes]]:
+    """Every level of the tree over a non-empty list of leaf hashes, leaves first, root last: an
+    unpaired last node moves up unchanged, which gives the same tree as RFC 9162's split at the
+    largest power of two below n."""
+    levels = [list(hashes)]
     sha256 = hashlib.sha256
-    while len(level) > 1:
-        nxt = [sha256(_NODE_PREFIX + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)]
+    while len(level := levels[-1]) > 1:
+        up = [sha256(_NODE_PREFIX + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)]
         if len(level) % 2:
-            nxt.append(level[-1])
-        level = nxt
-    return level[0]
+            up.append(level[-1])
+        levels.append(up)
+    return levels
+
+
+def root_from_leaf_hashes(hashes: Sequence[bytes]) -> bytes:
+    """MTH(D[n]) of a whole list of leaf hashes."""
+    return tree_levels(hashes)[-1][0] if hashes else EMPTY_ROOT
 
 
 # --- which perfect nodes a tree, a proof or a compact range consists of --------------------------
