@@ -36,6 +36,7 @@ them alike; means per commit are reported.
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import importlib
 import statistics
@@ -265,6 +266,11 @@ def main() -> None:
         work = Path(tmp)
         impls = [load_revision(args.baseline_rev, work), this_tree()]
         prepared = {im.name: im.prepared(raw) for im in impls}
+        # The inputs live through the whole run: out of the collector (as serve.py freezes what it
+        # loads), else the full collections the commits' garbage triggers walk all of them, which
+        # the sequencer process never does (measured: ~9 µs more CPU per entry at 20,000 prefill).
+        gc.collect()
+        gc.freeze()
         logs = {}
         for im in impls:
             stores, seqs = im.new_log(work / f"{len(logs)}.db", raw[:args.prefill])
