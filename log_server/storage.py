@@ -32,6 +32,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import itertools
+import logging
 import os
 import re
 import sqlite3
@@ -46,9 +47,13 @@ SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 30_000
 WRITER_CACHE_KIB = 32 * 1024  # page cache of a connection that writes
 WAL_CHECKPOINT_PAGES = 4000
+CHECKPOINT_INTERVAL_S = 1.0  # the background checkpointer copies the WAL back at most this often
+WRITER_WAL_CHECKPOINT_PAGES = 10 * WAL_CHECKPOINT_PAGES  # a writer checkpoints itself past this (backstop)
 ISSUER_EPOCH_META_KEY = "issuer_epoch"
 
 NodeID = tuple[int, int]
+
+log = logging.getLogger(__name__)
 
 
 class StoreError(RuntimeError):
@@ -320,7 +325,8 @@ def _connect(path: Path) -> sqlite3.Connection:
     # (and fsyncs it) inside its COMMIT, i.e. while holding the write lock. A batch commit rewrites
     # most index pages, so checkpointing every 4,000 pages (16 MiB) instead of SQLite's 1,000 copies
     # each hot page once for several commits (bench/log_sequencer.py, 2,000-entry groups: ~10 % less
-    # CPU per entry with two sequencers taking turns, within the noise with one).
+    # CPU per entry with two sequencers taking turns, within the noise with one). Connections that
+    # write through `SqliteStore.write` leave it to a background thread instead (`_Checkpointer`).
     conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
     return conn
 
@@ -560,10 +566,74 @@ class _WriterLock:
             self._fd = None
 
 
+class _Checkpointer:
+    """Copies the WAL back into the database file on a thread and connection of its own.
+
+    Why: with SQLite's automatic checkpoint, the connection whose COMMIT takes the WAL past
+    WAL_CHECKPOINT_PAGES copies it back (writes and fsyncs the database file) inside that COMMIT,
+    i.e. on the sequencer's serial path while it holds the write lock. A PASSIVE checkpoint needs no
+    lock against the writer, so here it runs beside the commits (on the other core; the thread gives
+    the GIL up while SQLite works), at most every CHECKPOINT_INTERVAL_S once a commit woke it. A
+    writer's own automatic checkpoint stays as a backstop at WRITER_WAL_CHECKPOINT_PAGES. Durability
+    is unchanged: a commit is durable once its WAL frames are fsync'ed, before any checkpoint.
+    Started per process on the first commit (a thread does not survive fork).
+
+    Measured (bench/log_sequencer.py, one sequencer, 100,000 prefill, same run): CPU of the
+    committing thread 1.12x less for 2,000-entry groups and 1.17x for 16-entry groups, wall time
+    per commit 1.38x less; CPU of both threads together unchanged (1.00x, 1.02x; single-entry
+    commits 0.94x). At one checkpoint per 0.2 s instead of 1 s, both threads together took 1.05x
+    more CPU: hot index pages are copied back once per interval, not once per commit.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._start_lock = threading.Lock()
+
+    def committed(self) -> None:
+        if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+            with self._start_lock:
+                if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                    self._pid, self._wake, self._stop = os.getpid(), threading.Event(), threading.Event()
+                    self._thread = threading.Thread(target=self._run, args=(self._wake, self._stop), daemon=True,
+                                                    name=f"emshield-checkpoint-{self._path}")
+                    self._thread.start()
+        self._wake.set()
+
+    def _run(self, wake: threading.Event, stop: threading.Event) -> None:
+        conn = _connect(self._path)
+        try:
+            while True:
+                wake.wait()
+                if stop.is_set():
+                    return
+                wake.clear()
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error:  # e.g. the file went away; the writer's own backstop remains
+                    log.exception("background WAL checkpoint of %s failed", self._path)
+                if stop.wait(CHECKPOINT_INTERVAL_S):
+                    return
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        thread = self._thread
+        if thread is not None and self._pid == os.getpid() and thread.is_alive():
+            self._stop.set()
+            self._wake.set()
+            thread.join(timeout=30)
+        self._thread = None
+
+
 class _SqliteWriteCtx:
-    def __init__(self, conn: sqlite3.Connection, lock: _WriterLock) -> None:
+    def __init__(self, conn: sqlite3.Connection, lock: _WriterLock, checkpointer: _Checkpointer) -> None:
         self._conn = conn
         self._lock = lock
+        self._checkpointer = checkpointer
 
     def __enter__(self) -> WriteTxn:
         self._lock.__enter__()
@@ -581,6 +651,8 @@ class _SqliteWriteCtx:
             self._conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
         finally:
             self._lock.__exit__()
+        if exc_type is None:
+            self._checkpointer.committed()
 
 
 class SqliteStore:
@@ -594,6 +666,7 @@ class SqliteStore:
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._writer = _WriterLock(self.path.with_name(self.path.name + ".write-lock"))
+        self._checkpointer = _Checkpointer(self.path)
         version = self._schema_version()
         if version not in (1, SCHEMA_VERSION):
             raise StoreError(f"{self.path}: store schema version {version}, this server knows {SCHEMA_VERSION}")
@@ -674,8 +747,9 @@ class SqliteStore:
             # page cache (2 MiB) is far smaller than that working set. Only connections that write
             # get the large one (pages are allocated once used); readers keep the default.
             conn.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
+            conn.execute(f"PRAGMA wal_autocheckpoint={WRITER_WAL_CHECKPOINT_PAGES}")  # see _Checkpointer
             self._local.writes = True
-        return _SqliteWriteCtx(conn, self._writer)
+        return _SqliteWriteCtx(conn, self._writer, self._checkpointer)
 
     def meta(self, key: str) -> bytes | None:
         row = self._conn().execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -761,6 +835,7 @@ class SqliteStore:
         return None if row is None else bytes(row[0])
 
     def close(self) -> None:
+        self._checkpointer.close()
         self._writer.close()
         with self._lock:
             for conn in self._all:
