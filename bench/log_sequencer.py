@@ -16,18 +16,21 @@ its compact range up to date (the rebuild path); --no-alternate uses one sequenc
 single sequencer process of `emshield-log serve` (log_server/sequencer_service.py) does.
 
 Figures: CPU µs (thread_time of the committing thread: Python, SQLite and the fsync syscall) per
-entry for groups of --big entries, and per commit for groups of --small entries, plus the mean
+entry for groups of --big entries, and per commit for groups of --small entries, plus the CPU of
+the store's background WAL checkpoint thread where the implementation has one (work taken off the
+committing thread is counted beside it: "all CPU"), plus the mean
 wall time per commit (which includes waiting for the fsync; with --contend N, also waiting for
 the GIL that N busy Python threads keep taking, as a worker's request threads do: the commit path
 gives the GIL up at every SQLite step and may wait up to 5 ms to get it back, all the while
 holding the write lock). Implementations, each on its own
 fresh store filled with the same --prefill entries and then given the same groups:
 - baseline: log_server/sequencer.py and storage.py as of --baseline-rev (loaded from git into a
-  temporary package);
+  temporary package; it creates its own store, so schema versions may differ);
 - this tree: the working tree's log_server;
 - floor: BEGIN IMMEDIATE, a bare executemany of the same leaf and issuance rows into this tree's
   schema and an fsync'ed COMMIT: what storing the rows alone costs (no idempotency look-up, no tree
-  nodes, no signed checkpoint, no issuer checks).
+  nodes, no signed checkpoint, no issuer checks; the WAL copied back inside its commits, SQLite's
+  automatic checkpoint every 4,000 pages).
 Ratios are baseline / this tree (above 1: this tree is faster). The three take turns commit by
 commit (each on its own store, with the same group), so a busy spell of the machine hits all of
 them alike; means per commit are reported.
