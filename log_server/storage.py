@@ -24,7 +24,8 @@ What is kept, and why:
 - `side_records`: bytes published beside a leaf (outside the tree) whose hash the leaf commits to.
 
 Durability: WAL with synchronous=FULL, so every COMMIT is fsync'ed before it returns; the server
-acknowledges an append only after its COMMIT returned.
+acknowledges an append only after its COMMIT returned. The WAL is copied back into the database
+file by a background thread of the writing process (`_Checkpointer`), not inside the commits.
 """
 
 from __future__ import annotations
