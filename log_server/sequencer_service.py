@@ -130,6 +130,8 @@ def run_service(sequencer: Sequencer, listener: socket.socket, should_stop=lambd
     writer.start()
     try:
         while not should_stop():
+            if not writer.is_alive():  # it only ends on stop(): fail loudly (the server then stops) rather than hang
+                raise RuntimeError("the sequencer's writer thread ended unexpectedly")
             for key, _ in sel.select(1.0):
                 if key.fileobj is listener:
                     conn, _ = listener.accept()
@@ -152,6 +154,10 @@ def run_service(sequencer: Sequencer, listener: socket.socket, should_stop=lambd
                 writer.put([(peer, None)])  # closed by the writer, after its answers in flight
     finally:
         writer.stop()
+        for key in list(sel.get_map().values()):  # workers still connected get EOF (503), not a timeout
+            if key.fileobj is not listener:
+                key.fileobj.close()
+        sel.close()
 
 
 class _Writer(threading.Thread):

@@ -16,7 +16,7 @@ import requests
 from emshield.tlog.checkpoint import verify_checkpoint
 from log_server.app import ServerConfig, create_app, open_sequencer
 from log_server.entries import IssuerKeys, prepare_issuance, prepare_registration
-from log_server.sequencer import AppendRejected
+from log_server.sequencer import AppendRejected, Sequencer
 from log_server.sequencer_service import RemoteSequencer, SequencerUnavailable, _encode_unit, run_service
 
 CBOR = "application/cbor"
@@ -108,6 +108,41 @@ def test_a_worker_that_hangs_up_before_its_answer_does_not_stop_the_service(serv
     assert (late.index, late.created) == (6, True)
     again = remote.submit([prepare_issuance(kit.issuance(issuer_key, n), issuers) for n in range(5)])
     assert sorted(a.index for a in again) == [1, 2, 3, 4, 5] and not any(a.created for a in again)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the simulated death
+def test_the_service_stops_when_its_writer_thread_dies(log_files, issuer_key, kit, tmp_path: Path) -> None:
+    """A commit that ends the writer thread (here SystemExit from inside the transaction) must not
+    leave a service that accepts units and never answers: the loop raises, the process exits and the
+    server's watchdog stops the server (test_the_server_stops_when_its_sequencer_dies)."""
+
+    class ExitingSequencer(Sequencer):
+        def integrate(self, units):
+            raise SystemExit("simulated")
+
+    base = open_sequencer(ServerConfig(db_path=log_files.db))
+    sequencer = ExitingSequencer(base.store, base.signer, base.origin)
+    path = tmp_path / "dying.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(4)
+    failure: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            run_service(sequencer, listener)
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            failure.append(exc)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    remote = RemoteSequencer(path, timeout=5)
+    with pytest.raises(SequencerUnavailable):
+        remote.submit([prepare_registration(kit.registration(issuer_key))])
+    thread.join(10)
+    assert not thread.is_alive() and len(failure) == 1 and "writer thread" in str(failure[0])
+    listener.close()
+    assert sequencer.store.tree_size() == 0  # nothing was stored
 
 
 def test_no_sequencer_answers_503_and_stores_nothing(log_files, issuer_key, kit, tmp_path: Path) -> None:
