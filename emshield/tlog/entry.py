@@ -25,9 +25,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from emshield.cbor import strict_loads, text_key_order
 from emshield.tlog.merkle import (
-    CompactRange,
     ProofError,
-    inclusion_proof,
+    inclusion_paths,
     inclusion_proof_length,
     leaf_hash,
     root_from_inclusion_proof,
@@ -549,15 +548,12 @@ def sign_batch(entries: Sequence[Issuance], private_key: Ed25519PrivateKey) -> l
         messages.append(signing_bytes(entry))
     if len(set(messages)) != len(messages):
         raise EntryError("a signing batch must not hold the same issuance twice (it would get two encodings)")
-    tree = CompactRange()
-    nodes: dict[tuple[int, int], bytes] = {}
-    for message in messages:
-        nodes.update(tree.append(leaf_hash(message)))
+    levels = tree_levels([leaf_hash(message) for message in messages])
     size = len(messages)
-    signature = private_key.sign(batch_signing_bytes(size, tree.root()))
+    signature = private_key.sign(batch_signing_bytes(size, levels[-1][0]))
     signed_entries = []
-    for i, (entry, message) in enumerate(zip(entries, messages, strict=True)):
-        batch = BatchProof(i, size, tuple(inclusion_proof(i, size, lambda _ids: nodes)))
+    for i, (entry, message, proof) in enumerate(zip(entries, messages, inclusion_paths(levels), strict=True)):
+        batch = BatchProof(i, size, proof)
         signed = SignedEntry(entry, signature, batch)
         encode_entry(signed)  # refuse to produce an entry the log would refuse (size)
         object.__setattr__(signed, "_signed_part", message)  # as decode_entry caches it
@@ -697,10 +693,4 @@ def _complete_batch_verifies(group: list[SignedEntry], public_key: Ed25519Public
         public_key.verify(signature, batch_signing_bytes(size, levels[-1][0]))
     except InvalidSignature:
         return False
-    # The path of a node is its sibling (where one exists) followed by its parent's path: built top
-    # down, one short tuple per node, then all proofs compared in one list comparison.
-    paths: list[tuple[bytes, ...]] = [()]
-    for level in reversed(levels[:-1]):
-        width = len(level)
-        paths = [((level[j ^ 1],) if j ^ 1 < width else ()) + paths[j >> 1] for j in range(width)]
-    return [s.batch.proof for s in slots] == paths  # type: ignore[union-attr]
+    return [s.batch.proof for s in slots] == inclusion_paths(levels)  # type: ignore[union-attr]

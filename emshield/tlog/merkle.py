@@ -56,6 +56,17 @@ def tree_levels(hashes: Sequence[bytes]) -> list[list[bytes]]:
     return levels
 
 
+def inclusion_paths(levels: list[list[bytes]]) -> list[tuple[bytes, ...]]:
+    """The RFC 9162 inclusion proof of every leaf of the tree ``tree_levels`` gave, in leaf order:
+    the siblings that exist, bottom first (a promoted last node has none at its level). Built top
+    down, one short tuple per node: the path of a node is its sibling followed by its parent's path."""
+    paths: list[tuple[bytes, ...]] = [()]
+    for level in reversed(levels[:-1]):
+        width = len(level)
+        paths = [((level[j ^ 1],) if j ^ 1 < width else ()) + paths[j >> 1] for j in range(width)]
+    return paths
+
+
 def root_from_leaf_hashes(hashes: Sequence[bytes]) -> bytes:
     """MTH(D[n]) of a whole list of leaf hashes."""
     return tree_levels(hashes)[-1][0] if hashes else EMPTY_ROOT

@@ -183,13 +183,16 @@ def test_roots_and_proofs_agree_with_reference(n: int) -> None:
     root = ref_mth(data)
     assert root_from_leaf_hashes(hashes) == root
     assert root_from_nodes(n, store) == root
+    levels = merkle.tree_levels(hashes)
+    assert levels[0] == hashes and levels[-1] == [root]
+    paths = merkle.inclusion_paths(levels)
     rnd = random.Random(n)
     indexes = range(n) if n <= 70 else sorted({0, n - 1, *(rnd.randrange(n) for _ in range(8))})
     for m in indexes:
         store.calls.clear()
         proof = inclusion_proof(m, n, store)
         assert len(store.calls) == (n > 1) and sum(map(len, store.calls)) <= 2 * n.bit_length()
-        assert proof == ref_path(m, data)
+        assert proof == ref_path(m, data) == list(paths[m])
         verify_inclusion(hashes[m], m, n, proof, root)
         assert len(inclusion_node_ids(m, n)) == sum(map(len, store.calls))
     for m in indexes:
