@@ -28,9 +28,9 @@ from emshield.tlog.tiles import TileError, parse_tile_path
 from . import keys, tiles
 from .batch import BatchFormatError, decode_batch
 from .entries import EntryRejected, IssuerKeys, check_side_record, prepare_issuances, prepare_registration
-from .sequencer import AppendRejected, Appended, Sequencer
-from .sequencer_service import UNAVAILABLE, RemoteSequencer, SequencerUnavailable
-from .fast_append import AppendFastPath
+from .sequencer import Appended, PreparedEntry, Sequencer
+from .sequencer_service import RemoteSequencer
+from .fast_append import AppendFastPath, submit_entries
 from .storage import LOOKUP_FIELDS, IssuerRecord, LogStore, SqliteStore
 from .witness import Cosigner, WitnessEndpoint, cosigned_note
 from .wsgi_io import CBOR, INTERNAL_ERROR, ApiError, error_json, read_body
@@ -155,14 +155,8 @@ def _tree_size() -> int:
     return 0 if cp is None else cp.size
 
 
-def _submit(entries) -> list[Appended]:
-    try:
-        return _log().sequencer.submit(entries)
-    except AppendRejected as rej:
-        raise ApiError(rej.status, rej.code, rej.detail) from rej
-    except SequencerUnavailable as exc:
-        current_app.logger.error("%s %s: %s", request.method, request.path, exc)
-        raise ApiError(*UNAVAILABLE) from exc
+def _submit(entries: list[PreparedEntry]) -> list[Appended]:
+    return submit_entries(_log().sequencer, entries, current_app.logger, f"{request.method} {request.path}")
 
 
 def _appended_json(a: Appended) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl
 from emshield.tlog.entry import MAX_ENTRY_SIZE
 
 from .entries import EntryRejected, IssuerKeys, prepare_issuance
-from .sequencer import AppendRejected, Sequencer
+from .sequencer import AppendRejected, Appended, PreparedEntry, Sequencer
 from .sequencer_service import UNAVAILABLE, RemoteSequencer, SequencerUnavailable
 from .wsgi_io import CBOR, INTERNAL_ERROR, ApiError, error_json, json_bytes, read_body
 
@@ -65,12 +65,22 @@ class AppendFastPath:
         body = read_body(environ, CBOR, MAX_ENTRY_SIZE)
         try:
             prepared = prepare_issuance(body, self.issuers)
-            (done,) = self.sequencer.submit([prepared])
-        except (EntryRejected, AppendRejected) as rej:
+        except EntryRejected as rej:
             raise ApiError(rej.status, rej.code, rej.detail) from rej
-        except SequencerUnavailable as exc:
-            self.logger.error("POST %s: %s", PATH, exc)
-            raise ApiError(*UNAVAILABLE) from exc
+        (done,) = submit_entries(self.sequencer, [prepared], self.logger, f"POST {PATH}")
         return (201 if done.created else 200), json_bytes(
             {"index": done.index, "leaf_hash": base64.b64encode(done.leaf_hash).decode("ascii"),
              "created": done.created})
+
+
+def submit_entries(sequencer: Sequencer | RemoteSequencer, entries: list[PreparedEntry], logger: logging.Logger,
+                   request_line: str) -> list[Appended]:
+    """Hand admitted entries to the sequencer; its refusals and its absence become API errors
+    (the same for this handler and the Flask routes)."""
+    try:
+        return sequencer.submit(entries)
+    except AppendRejected as rej:
+        raise ApiError(rej.status, rej.code, rej.detail) from rej
+    except SequencerUnavailable as exc:
+        logger.error("%s: %s", request_line, exc)
+        raise ApiError(*UNAVAILABLE) from exc
