@@ -668,17 +668,18 @@ class SqliteStore:
         self._lock = threading.Lock()
         self._writer = _WriterLock(self.path.with_name(self.path.name + ".write-lock"))
         self._checkpointer = _Checkpointer(self.path)
-        version = self._schema_version()
-        if version not in (1, SCHEMA_VERSION):
-            raise StoreError(f"{self.path}: store schema version {version}, this server knows {SCHEMA_VERSION}")
-        if version == 1 or not self._has_later_additions():
+        if self._schema_version() == 1 or not self._has_later_additions():
             self._upgrade()
 
     def _schema_version(self) -> int:
-        version = self.meta("schema_version")
-        if version is None:
+        """The store's schema version, if this server can open it (1: after an upgrade)."""
+        raw = self.meta("schema_version")
+        if raw is None:
             raise StoreError(f"{self.path} is not an EMShield log store")
-        return int(version)
+        version = int(raw)
+        if version not in (1, SCHEMA_VERSION):
+            raise StoreError(f"{self.path}: store schema version {version}, this server knows {SCHEMA_VERSION}")
+        return version
 
     def _has_later_additions(self) -> bool:
         """Whether the cosignatures table and the checkpoints' border column (added to version 1
@@ -697,9 +698,7 @@ class SqliteStore:
         """
         conn = self._conn()
         with self.write():
-            version = self._schema_version()
-            if version not in (1, SCHEMA_VERSION):
-                raise StoreError(f"{self.path}: store schema version {version}, this server knows {SCHEMA_VERSION}")
+            version = self._schema_version()  # again under the lock: another process may have upgraded it
             conn.execute(_COSIGNATURES)
             if conn.execute("SELECT 1 FROM pragma_table_info('checkpoints') WHERE name = 'border'").fetchone() is None:
                 conn.execute(_CHECKPOINT_BORDER)
