@@ -26,7 +26,6 @@ issuer epoch (read with the tree size, changed by every revocation) is unchanged
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -37,6 +36,7 @@ from typing import NamedTuple
 from emshield.tlog.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
 from emshield.tlog.merkle import HASH_SIZE, CompactRange, NodeID, root_node_ids
 
+from .process_thread import ProcessThread
 from .storage import (DuplicateLeaf, IssuanceRow, IssuerRecord, LeafRow, LogStore, StoredCheckpoint, TreeHead,
                       WriteTxn)
 
@@ -133,15 +133,13 @@ class Sequencer:
         self._issuers: dict[bytes, IssuerRecord] = {}
         self._issuer_epoch: bytes | None = None
         self._queue: queue.SimpleQueue = queue.SimpleQueue()  # C-implemented: cheap put/get
-        self._thread: threading.Thread | None = None
-        self._pid = 0
-        self._start_lock = threading.Lock()
+        self._writer = ProcessThread(self._run, "emshield-sequencer", before_start=self._fresh_queue)
 
     # -- request side -------------------------------------------------------------------------
 
     def submit(self, entries: Sequence[PreparedEntry], timeout: float = SUBMIT_TIMEOUT_S) -> list[Appended]:
         """Make `entries` durable (all or none); raises AppendRejected for a refused request."""
-        self._ensure_started()
+        self._writer.ensure_started()
         unit = _Unit(entries)
         self._queue.put(unit)
         if not unit.done.acquire(timeout=timeout):
@@ -152,23 +150,16 @@ class Sequencer:
             raise unit.outcome
         return unit.outcome
 
-    def _ensure_started(self) -> None:
-        # Started lazily and per process: a thread does not survive gunicorn's fork.
-        if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
-            return
-        with self._start_lock:
-            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
-                self._queue = queue.SimpleQueue()
-                self._range = None
-                self._pid = os.getpid()
-                self._thread = threading.Thread(target=self._run, name="emshield-sequencer", daemon=True)
-                self._thread.start()
+    def _fresh_queue(self) -> None:
+        # A new writer thread (in a forked worker, or after one ended) starts from an empty queue
+        # and re-reads its compact range from the store.
+        self._queue = queue.SimpleQueue()
+        self._range = None
 
     def stop(self) -> None:
-        if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
+        if self._writer.running_here():
             self._queue.put(_STOP)
-            self._thread.join(timeout=30)
-        self._thread = None
+            self._writer.join(timeout=30)
 
     # -- writer side --------------------------------------------------------------------------
 

@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
+from .process_thread import ProcessThread
+
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 30_000
 WRITER_CACHE_KIB = 32 * 1024  # page cache of a connection that writes
@@ -590,21 +592,17 @@ class _Checkpointer:
         self._path = path
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._pid = 0
-        self._start_lock = threading.Lock()
+        self._thread = ProcessThread(self._run, f"emshield-checkpoint-{path}", before_start=self._fresh_events)
+
+    def _fresh_events(self) -> None:
+        self._wake, self._stop = threading.Event(), threading.Event()
 
     def committed(self) -> None:
-        if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
-            with self._start_lock:
-                if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
-                    self._pid, self._wake, self._stop = os.getpid(), threading.Event(), threading.Event()
-                    self._thread = threading.Thread(target=self._run, args=(self._wake, self._stop), daemon=True,
-                                                    name=f"emshield-checkpoint-{self._path}")
-                    self._thread.start()
+        self._thread.ensure_started()
         self._wake.set()
 
-    def _run(self, wake: threading.Event, stop: threading.Event) -> None:
+    def _run(self) -> None:
+        wake, stop = self._wake, self._stop  # this thread's: a later thread (after a fork) gets its own
         conn = _connect(self._path)
         try:
             while True:
@@ -622,12 +620,10 @@ class _Checkpointer:
             conn.close()
 
     def close(self) -> None:
-        thread = self._thread
-        if thread is not None and self._pid == os.getpid() and thread.is_alive():
+        if self._thread.running_here():
             self._stop.set()
             self._wake.set()
-            thread.join(timeout=30)
-        self._thread = None
+            self._thread.join(timeout=30)
 
 
 class _SqliteWriteCtx:

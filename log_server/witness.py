@@ -16,7 +16,6 @@ import base64
 import fcntl
 import logging
 import os
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import requests
 from emshield.tlog import merkle
 from emshield.tlog.checkpoint import CosignatureVerifier, NoteError, NoteSignature, open_note, split_note
 
+from .process_thread import ProcessThread
 from .storage import LogStore, StoredCheckpoint
 
 log = logging.getLogger(__name__)
@@ -71,18 +71,11 @@ class Cosigner:
         self.poll_s = poll_s
         self.timeout_s = timeout_s
         self._lock_path = lock_path
-        self._pid = 0
-        self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
+        self._thread = ProcessThread(self._run, "emshield-cosigner")
 
     def ensure_started(self) -> None:
-        if not self.witnesses or (self._pid == os.getpid() and self._thread is not None and self._thread.is_alive()):
-            return
-        with self._start_lock:
-            if self._pid != os.getpid() or self._thread is None or not self._thread.is_alive():
-                self._pid = os.getpid()
-                self._thread = threading.Thread(target=self._run, name="emshield-cosigner", daemon=True)
-                self._thread.start()
+        if self.witnesses:
+            self._thread.ensure_started()
 
     def _run(self) -> None:
         fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
