@@ -140,6 +140,9 @@ def _make_v1(log_files, issuer_key, kit) -> list[bytes]:
     leaves = _fill(log_files, issuer_key, kit)
     v1 = log_files.db.with_name("v1.db")
     conn = sqlite3.connect(v1, isolation_level=None)
+    # In WAL mode, as every store `emshield-log init` made: switching a rollback-journal file to WAL
+    # takes an exclusive lock that SQLite may refuse at once (no busy wait) to concurrent openers.
+    conn.execute("PRAGMA journal_mode=WAL")
     conn.executescript(V1_SCHEMA)
     conn.execute("ATTACH ? AS src", (str(log_files.db),))
     conn.execute("BEGIN")
@@ -151,7 +154,7 @@ def _make_v1(log_files, issuer_key, kit) -> list[bytes]:
     conn.close()
     for suffix in ("", "-wal", "-shm"):
         Path(str(log_files.db) + suffix).unlink(missing_ok=True)
-    v1.rename(log_files.db)
+    v1.rename(log_files.db)  # closed cleanly: its WAL was checkpointed and removed
     return leaves
 
 
