@@ -538,7 +538,7 @@ def bulk_fill(db: Path, seed: bytes, start: int, stop: int, chunk: int = 50_000)
     t0 = time.perf_counter()
     for a in range(start, stop, chunk):
         prepared = [PreparedEntry(data, merkle.leaf_hash(data), "issuance",
-                                  issuance=IssuanceFields(kid, device, wm, None))
+                                  issuance=IssuanceFields.of(kid, device, wm, None))
                     for data, device, wm in make_issuances(seed, a, min(a + chunk, stop))]
         (result,) = state.sequencer.integrate([prepared])
         if isinstance(result, Exception):

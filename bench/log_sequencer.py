@@ -113,8 +113,9 @@ class Impl:
     def prepared(self, raw: list[RawEntry]) -> list:
         """What the request threads hand the sequencer (built outside the clock)."""
         kid = E.issuer_key_id(_public(ISSUER))
+        fields = getattr(self.seq.IssuanceFields, "of", self.seq.IssuanceFields)  # trees before the keys moved
         return [self.seq.PreparedEntry(r.data, merkle.leaf_hash(r.data), "issuance",
-                                       issuance=self.seq.IssuanceFields(kid, r.device, r.watermark, None))
+                                       issuance=fields(kid, r.device, r.watermark, None))
                 for r in raw]
 
     def new_log(self, db: Path, prefill: list[RawEntry]) -> tuple[list, list]:
@@ -243,7 +244,8 @@ class Floor:
     def __init__(self, store, storage: ModuleType) -> None:
         self.conn = store._conn()
         self.size = store.tree_size()
-        self.keyed = storage.keyed_issuance
+        # Trees before IssuanceFields carried the keys computed them in storage.keyed_issuance.
+        self.keyed = getattr(storage, "keyed_issuance", tuple)
 
     def commit(self, group: list) -> list:
         conn, size, keyed = self.conn, self.size, self.keyed

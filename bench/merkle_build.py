@@ -34,8 +34,7 @@ def bulk_ours(data: list[bytes]) -> bytes:
 
 def bulk_compact(data: list[bytes]) -> bytes:
     rng = CompactRange()
-    for d in data:
-        rng.append(leaf_hash(d))
+    rng.extend([leaf_hash(d) for d in data])
     return rng.root()
 
 
@@ -57,8 +56,7 @@ def incr_compact(data: list[bytes], batch: int) -> bytes:
     rng = CompactRange()
     root = rng.root()
     for start in range(0, len(data), batch):
-        for d in data[start:start + batch]:
-            rng.append(leaf_hash(d))
+        rng.extend([leaf_hash(d) for d in data[start:start + batch]])
         root = rng.root()
     return root
 

@@ -96,8 +96,8 @@ def prepare_issuances(bodies: Sequence[bytes], issuers: IssuerKeys) -> list[Prep
     if refusal is not None:
         raise refusal
     return [PreparedEntry(body, leaf_hash(body), Issuance.TYPE,
-                          issuance=IssuanceFields(e.issuer_key_id, e.device_uuid_text, e.watermark_commitment,
-                                                  e.fingerprint_hash))
+                          issuance=IssuanceFields.of(e.issuer_key_id, e.device_uuid_text, e.watermark_commitment,
+                                                     e.fingerprint_hash))
             for body, e in zip(bodies, (signed.entry for signed, _ in decoded))]
 
 

@@ -34,11 +34,11 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from emshield.tlog.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
-from emshield.tlog.merkle import HASH_SIZE, CompactRange, NodeID, root_node_ids
+from emshield.tlog.merkle import HASH_SIZE, CompactRange, root_node_ids
 
 from .process_thread import ProcessThread
 from .storage import (DuplicateLeaf, IssuanceRow, IssuerRecord, LeafRow, LogStore, StoredCheckpoint, TreeHead,
-                      WriteTxn)
+                      WriteTxn, blob_key, device_key)
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +62,22 @@ class AppendRejected(Exception):
 
 
 class IssuanceFields(NamedTuple):
+    """An issuance's look-up fields and their index keys (``of`` computes them). The keys travel with
+    the fields so the request threads of every worker compute them, not the one writer thread."""
+
     issuer_key_id: bytes
     device_uuid: str
     watermark_commitment: bytes | None
     fingerprint_hash: bytes | None
+    watermark_key: int | None
+    fingerprint_key: int | None
+    device_key: int
+
+    @classmethod
+    def of(cls, issuer_key_id: bytes, device_uuid: str, watermark_commitment: bytes | None,
+           fingerprint_hash: bytes | None) -> IssuanceFields:
+        return cls(issuer_key_id, device_uuid, watermark_commitment, fingerprint_hash,
+                   blob_key(watermark_commitment), blob_key(fingerprint_hash), device_key(device_uuid))
 
 
 class RegistrationFields(NamedTuple):
@@ -236,11 +248,7 @@ class Sequencer:
                     for issuer in group.new_issuers.values():
                         tx.add_issuer(issuer)
                     tx.add_issuances(group.issuances)
-                    append = rng.append
-                    nodes: list[tuple[NodeID, bytes]] = []
-                    for row in group.leaves:
-                        nodes += append(row[1])
-                    tx.add_nodes(nodes)
+                    tx.add_nodes(rng.extend([row[1] for row in group.leaves]))
                     self._add_checkpoint(tx)
             return outcomes
         except BaseException:

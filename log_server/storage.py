@@ -30,6 +30,7 @@ file by a background thread of the writing process (`_Checkpointer`), not inside
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import itertools
@@ -49,9 +50,15 @@ from .process_thread import ProcessThread
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 30_000
 WRITER_CACHE_KIB = 32 * 1024  # page cache of a connection that writes
-WAL_CHECKPOINT_PAGES = 4000
+# Page size of a new store (a file keeps the page size it was created with). Why not SQLite's 4 KiB:
+# a batch commit inserts a few thousand random keys into each hash-keyed index and dirties most of
+# its pages, and SQLite's work per commit goes with the number of pages it changes, logs and writes
+# back (B-tree balancing, WAL frame headers and checksums, one write per frame); 16 KiB pages hold
+# four times as many index entries (bench/log_sequencer.py: ~20 % less sequencer CPU per entry).
+PAGE_SIZE = 16 * 1024
+WAL_CHECKPOINT_BYTES = 16 * 1024 * 1024
 CHECKPOINT_INTERVAL_S = 1.0  # the background checkpointer copies the WAL back at most this often
-WRITER_WAL_CHECKPOINT_PAGES = 10 * WAL_CHECKPOINT_PAGES  # a writer checkpoints itself past this (backstop)
+WRITER_WAL_CHECKPOINT_BYTES = 10 * WAL_CHECKPOINT_BYTES  # a writer checkpoints itself past this (backstop)
 ISSUER_EPOCH_META_KEY = "issuer_epoch"
 
 NodeID = tuple[int, int]
@@ -125,7 +132,8 @@ class TreeHead(NamedTuple):
 
 
 LeafRow = tuple[int, bytes, bytes, str]  # (index, leaf_hash, data, kind): a LeafRecord or a plain tuple
-IssuanceRow = tuple[int, bytes, str, bytes | None, bytes | None]  # the fields of IssuanceIndex, in order
+# The fields of IssuanceIndex, in order, then the three index keys (watermark, fingerprint, device)
+IssuanceRow = tuple[int, bytes, str, bytes | None, bytes | None, int | None, int | None, int]
 
 LOOKUP_FIELDS = ("watermark_commitment", "fingerprint_hash", "device_uuid")
 
@@ -168,11 +176,6 @@ _ISSUANCE_KEYS = {
 }
 
 
-def keyed_issuance(row: IssuanceRow) -> tuple:
-    """An `issuances` row of schema version 2: the IssuanceIndex fields, then the three keys."""
-    return (*row, blob_key(row[3]), blob_key(row[4]), device_key(row[2]))
-
-
 class WriteTxn(Protocol):
     """One exclusive write transaction (the only writer in the whole deployment while open)."""
 
@@ -186,6 +189,7 @@ class WriteTxn(Protocol):
     # add_leaves adds all rows, or none and raises DuplicateLeaf if one's leaf hash is stored already
     # (the UNIQUE index serves as the idempotency look-up of a commit that expects no repeats).
     def add_leaves(self, leaves: Sequence[LeafRow]) -> None: ...
+    # Issuance rows carry their index keys (`blob_key`, `device_key` of the values: IssuanceFields.of).
     def add_issuances(self, rows: Sequence[IssuanceRow]) -> None: ...
     def add_issuer(self, issuer: IssuerRecord) -> None: ...
     def add_nodes(self, nodes: Sequence[tuple[NodeID, bytes]]) -> None: ...
@@ -324,14 +328,19 @@ def _connect(path: Path) -> sqlite3.Connection:
     # A multi-row INSERT keeps a statement journal (the pages it changed, to undo just that statement
     # if a later row breaks a constraint); in memory it costs a page copy, on disk a temporary file.
     conn.execute("PRAGMA temp_store=MEMORY")
-    # Whichever connection commits past this many WAL pages copies them back into the database file
-    # (and fsyncs it) inside its COMMIT, i.e. while holding the write lock. A batch commit rewrites
-    # most index pages, so checkpointing every 4,000 pages (16 MiB) instead of SQLite's 1,000 copies
-    # each hot page once for several commits (bench/log_sequencer.py, 2,000-entry groups: ~10 % less
-    # CPU per entry with two sequencers taking turns, within the noise with one). Connections that
-    # write through `SqliteStore.write` leave it to a background thread instead (`_Checkpointer`).
-    conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+    # Whichever connection commits past this much WAL copies it back into the database file (and
+    # fsyncs it) inside its COMMIT, i.e. while holding the write lock. A batch commit rewrites most
+    # index pages, so checkpointing every 16 MiB instead of SQLite's 1,000 pages copies each hot page
+    # once for several commits (bench/log_sequencer.py, 2,000-entry groups: ~10 % less CPU per entry
+    # with two sequencers taking turns, within the noise with one). Connections that write through
+    # `SqliteStore.write` leave it to a background thread instead (`_Checkpointer`).
+    _set_wal_autocheckpoint(conn, WAL_CHECKPOINT_BYTES)
     return conn
+
+
+def _set_wal_autocheckpoint(conn: sqlite3.Connection, nbytes: int) -> None:
+    """SQLite counts the threshold in pages, whose size each store fixed when it was created."""
+    conn.execute(f"PRAGMA wal_autocheckpoint={nbytes // conn.execute('PRAGMA page_size').fetchone()[0]}")
 
 
 def _nodes_query(conn: sqlite3.Connection, ids: Sequence[NodeID]) -> dict[NodeID, bytes]:
@@ -483,7 +492,7 @@ class _SqliteTxn:
             self._c.execute("RELEASE add_leaves")
 
     def add_issuances(self, rows: Sequence[IssuanceRow]) -> None:
-        _insert_rows(self._c, _INSERT_ISSUANCES, [keyed_issuance(row) for row in rows])
+        _insert_rows(self._c, _INSERT_ISSUANCES, rows)
 
     def add_issuer(self, issuer: IssuerRecord) -> None:
         self._c.execute(
@@ -573,11 +582,11 @@ class _Checkpointer:
     """Copies the WAL back into the database file on a thread and connection of its own.
 
     Why: with SQLite's automatic checkpoint, the connection whose COMMIT takes the WAL past
-    WAL_CHECKPOINT_PAGES copies it back (writes and fsyncs the database file) inside that COMMIT,
+    WAL_CHECKPOINT_BYTES copies it back (writes and fsyncs the database file) inside that COMMIT,
     i.e. on the sequencer's serial path while it holds the write lock. A PASSIVE checkpoint needs no
     lock against the writer, so here it runs beside the commits (on the other core; the thread gives
     the GIL up while SQLite works), at most every CHECKPOINT_INTERVAL_S once a commit woke it. A
-    writer's own automatic checkpoint stays as a backstop at WRITER_WAL_CHECKPOINT_PAGES. Durability
+    writer's own automatic checkpoint stays as a backstop at WRITER_WAL_CHECKPOINT_BYTES. Durability
     is unchanged: a commit is durable once its WAL frames are fsync'ed, before any checkpoint.
     Started per process on the first commit (a thread does not survive fork).
 
@@ -714,8 +723,13 @@ class SqliteStore:
         p = Path(path)
         if p.exists():
             raise StoreError(f"{p} already exists; refusing to overwrite a log store")
+        with contextlib.closing(sqlite3.connect(p)) as raw:
+            raw.execute(f"PRAGMA page_size={PAGE_SIZE}")  # takes effect only before the first write:
+            raw.execute("PRAGMA journal_mode=WAL")  # which this is (the file header)
         conn = _connect(p)
         try:
+            if conn.execute("PRAGMA page_size").fetchone()[0] != PAGE_SIZE:
+                raise StoreError(f"{p}: SQLite did not create the store with {PAGE_SIZE}-byte pages")
             conn.execute("BEGIN IMMEDIATE")
             for statement in [*_SCHEMA.split(";"), _COSIGNATURES]:  # not executescript(): it would COMMIT first
                 if statement.strip():
@@ -743,7 +757,7 @@ class SqliteStore:
             # page cache (2 MiB) is far smaller than that working set. Only connections that write
             # get the large one (pages are allocated once used); readers keep the default.
             conn.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
-            conn.execute(f"PRAGMA wal_autocheckpoint={WRITER_WAL_CHECKPOINT_PAGES}")  # see _Checkpointer
+            _set_wal_autocheckpoint(conn, WRITER_WAL_CHECKPOINT_BYTES)  # see _Checkpointer
             self._local.writes = True
         return _SqliteWriteCtx(conn, self._writer, self._checkpointer)
 

@@ -326,20 +326,36 @@ class CompactRange:
 
     def append(self, leaf: bytes) -> list[tuple[NodeID, bytes]]:
         """Add one leaf hash; return every perfect node this completes, the leaf itself first."""
-        if len(leaf) != HASH_SIZE:
-            raise ValueError(f"leaf hash must be {HASH_SIZE} bytes, got {len(leaf)}")
-        leaf = bytes(leaf)
         index = self._size
-        done: list[tuple[NodeID, bytes]] = [((0, index), leaf)]
-        level, acc = 0, leaf
-        border = self._border
-        while border and border[-1][0] == level:
-            acc = node_hash(border.pop()[1], acc)
-            level += 1
-            index >>= 1
-            done.append(((level, index), acc))
-        border.append((level, acc))
-        self._size += 1
+        return [((0, index), bytes(leaf)), *self.extend([leaf])]
+
+    def extend(self, leaves: Sequence[bytes]) -> list[tuple[NodeID, bytes]]:
+        """Add leaf hashes in order; return every perfect node above the leaves that this completes.
+
+        One level at a time: the new nodes of a level form one run of consecutive indices; an odd
+        first index pairs with the border node at that level (all old leaves), an unpaired last
+        node becomes the new border node of its level, and the pairs make the next level's run.
+        Why not ``append`` per leaf: the same hashes, without a Python loop step per leaf and level
+        (the sequencer extends by a few thousand leaves per commit on its serial path)."""
+        run = [bytes(h) for h in leaves]
+        if any(len(h) != HASH_SIZE for h in run):
+            raise ValueError(f"leaf hashes must be {HASH_SIZE} bytes")
+        old = dict(self._border)
+        kept: list[tuple[int, bytes]] = []  # new border nodes, lowest level first
+        done: list[tuple[NodeID, bytes]] = []
+        sha256, prefix = hashlib.sha256, _NODE_PREFIX
+        level, start = 0, self._size
+        while run:
+            if start & 1:
+                run.insert(0, old.pop(level))
+                start -= 1
+            if len(run) & 1:
+                kept.append((level, run.pop()))
+            run = [sha256(prefix + run[i] + run[i + 1]).digest() for i in range(0, len(run), 2)]
+            level, start = level + 1, start >> 1
+            done += [((level, start + i), h) for i, h in enumerate(run)]
+        self._border = sorted([*old.items(), *kept], reverse=True)
+        self._size += len(leaves)
         return done
 
     def root(self) -> bytes:

@@ -27,10 +27,10 @@ def test_commits_are_checkpointed_in_the_background(tmp_path) -> None:
     conn = store._conn()
     with store.write() as tx:
         tx.add_leaves(_leaves(0, 10))
-    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == storage.WRITER_WAL_CHECKPOINT_PAGES
+    assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == storage.WRITER_WAL_CHECKPOINT_BYTES // storage.PAGE_SIZE
     assert len(_checkpoint_threads(db)) == 1
-    # ~6,000 pages of leaves: past SQLite's and the readers' threshold (4,000), below the writer's
-    # backstop, so only the background thread copies them into the database file.
+    # ~24 MB of leaves: past SQLite's and the readers' threshold (16 MiB), below the writer's
+    # backstop (160 MiB), so only the background thread copies them into the database file.
     for n in range(12):
         with store.write() as tx:
             tx.add_leaves(_leaves(10 + 2000 * n, 2000))

@@ -90,7 +90,7 @@ def test_a_refused_request_does_not_take_the_others_down(log) -> None:
     # an issuance of an unregistered issuer (the route refuses it first; the commit checks again)
     data = _issuance(3, stranger)
     kid = E.issuer_key_id(stranger.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
-    unknown = PreparedEntry(data, leaf_hash(data), "issuance", issuance=IssuanceFields(kid, "u", None, None))
+    unknown = PreparedEntry(data, leaf_hash(data), "issuance", issuance=IssuanceFields.of(kid, "u", None, None))
     outcomes = seq.integrate([[good], [unknown], [bad]])
     assert [o[0].index for o in (outcomes[0], outcomes[2])] == [1, 2]
     assert isinstance(outcomes[1], AppendRejected) and outcomes[1].code == "unknown_issuer"

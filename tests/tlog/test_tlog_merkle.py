@@ -224,6 +224,27 @@ def test_compact_range_matches_reference_and_reports_every_node() -> None:
     assert persisted == store.nodes
 
 
+def test_compact_range_extend_equals_appending_one_by_one() -> None:
+    """``extend`` completes exactly the nodes above the leaves that ``append`` reports, for runs of
+    every shape (empty, one leaf, odd and even starts, runs that cross several powers of two)."""
+    rnd = random.Random(11)
+    data = leaves(700, seed=13)
+    store = NodeStore(data)
+    one, many = CompactRange(), CompactRange()
+    start = 0
+    for n in [0, 1, 1, 2, 3, 0, 5, 7, 8, 16, 31, 33, 64, 1, 127, *[rnd.randint(0, 40) for _ in range(12)]]:
+        hashes = [leaf_hash(x) for x in data[start:start + n]]
+        expected = [node for h in hashes for node in one.append(h) if node[0][0] > 0]
+        got = many.extend(hashes)
+        assert sorted(got) == sorted(expected)
+        assert all(store.nodes[node] == h for node, h in got)
+        start += n
+        assert many.size == one.size == start
+        assert many.root() == ref_mth(data[:start]) and many.border_nodes() == one.border_nodes()
+    with pytest.raises(ValueError):
+        CompactRange().extend([bytes(32), b"short"])
+
+
 def test_compact_range_from_nodes_continues_identically() -> None:
     data = leaves(100, seed=5)
     store = NodeStore(data[:45])
