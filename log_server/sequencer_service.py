@@ -24,7 +24,6 @@ appended (created: one byte per entry, 1 if this request added it, 0 if it was l
 
 from __future__ import annotations
 
-import gc
 import logging
 import multiprocessing
 import os
@@ -45,6 +44,7 @@ from typing import Any
 
 import cbor2
 
+from .gc_tuning import settle_after_startup
 from .sequencer import AppendRejected, Appended, IssuanceFields, PreparedEntry, RegistrationFields, Sequencer
 
 log = logging.getLogger(__name__)
@@ -238,7 +238,7 @@ def _service_main(config, sock_path: str, stop, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sequencer = open_sequencer(config)
-    gc.freeze()  # as in the workers (serve._app_for_worker): collections skip the ~40,000 objects of the imports
+    settle_after_startup()  # as in the workers (serve._app_for_worker)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(sock_path)
     listener.listen(1024)

@@ -18,12 +18,12 @@ request machinery hold it).
 
 from __future__ import annotations
 
-import gc
 from dataclasses import replace
 from functools import partial
 from typing import Any
 
 from .app import ServerConfig, create_app
+from .gc_tuning import settle_after_startup
 from .sequencer_service import sequencer_process
 
 SERVERS = ("granian", "gunicorn")
@@ -74,13 +74,9 @@ def _serve_gunicorn(config: ServerConfig, host: str, port: int, workers: int, th
 
 
 def _app_for_worker(config: ServerConfig):
-    """The app for one worker process, built after the fork.
-
-    gc.freeze() moves everything loaded so far (Flask, cryptography, the app) out of the collector's
-    generations: every request allocates enough to trigger collections, and a full collection then
-    no longer walks the ~40,000 long-lived objects of the imports (10-40 ms each time here)."""
+    """The app for one worker process, built after the fork (collector settled: gc_tuning)."""
     app = create_app(config)
-    gc.freeze()
+    settle_after_startup()
     return app
 
 

@@ -15,7 +15,7 @@ import hashlib
 import itertools
 import re
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -246,13 +246,19 @@ class BatchProof:
     proof: tuple[bytes, ...]
 
     def __post_init__(self) -> None:
+        proof = self.proof
+        if type(proof) is not tuple or {*map(type, proof)} - {bytes} or {*map(len, proof)} - {32}:
+            raise EntryError("batch proof must be a sequence of 32-byte hashes")
+        self._check_place()
+
+    def _check_place(self) -> None:
+        """The checks of everything but the hashes themselves (``_match_issuance`` cut those out as
+        32-byte strings already)."""
         index, size, proof = self.index, self.size, self.proof
         if type(size) is not int or not 1 <= size <= MAX_SIGNING_BATCH:
             raise EntryError(f"batch size must be an integer in 1..{MAX_SIGNING_BATCH}, got {size!r}")
         if type(index) is not int or not 0 <= index < size:
             raise EntryError(f"batch index {index!r} is out of range for batch size {size}")
-        if type(proof) is not tuple or {*map(type, proof)} - {bytes} or {*map(len, proof)} - {32}:
-            raise EntryError("batch proof must be a sequence of 32-byte hashes")
         want = inclusion_proof_length(index, size)
         if len(proof) != want:
             raise EntryError(f"batch inclusion proof has {len(proof)} hashes; index {index} in a batch of "
@@ -391,12 +397,13 @@ def _uint(item: bytes) -> int:
     return item[0] if len(item) == 1 else int.from_bytes(item[1:], "big")
 
 
-def _filled(cls: type[Any], values: dict[str, Any]) -> Any:
-    """An instance of the frozen dataclass ``cls`` holding ``values``, checked by its __post_init__.
-    Filled without the generated __init__ (one object.__setattr__ per field, a third of the cost)."""
+def _filled(cls: type[Any], values: dict[str, Any], check: Callable[[Any], None] | None = None) -> Any:
+    """An instance of the frozen dataclass ``cls`` holding ``values``, checked by its __post_init__
+    (or by ``check``). Filled without the generated __init__ (one object.__setattr__ per field, a
+    third of the cost)."""
     obj = object.__new__(cls)
     obj.__dict__.update(values)
-    obj.__post_init__()
+    (check or cls.__post_init__)(obj)
     return obj
 
 
@@ -411,7 +418,8 @@ def _match_issuance(data: bytes) -> SignedEntry | None:
     CBOR does, admitting only canonical forms (literal keys in deterministic order, byte strings of
     the exact sizes with their one head, integers in their shortest head, the policy as one of its
     texts, the proof array with the head that counts its hashes, nothing after the map), and the
-    objects are then built and checked by the same __post_init__ as on the strict path; any
+    objects are then built and checked by the same __post_init__ as on the strict path (for the
+    batch proof, all but the hash types and sizes, which cutting them out of the match fixed); any
     EntryError there makes it decline, so the strict path names the problem. Matching is linear in
     the input: every alternative starts with a different byte and every repetition has a fixed count."""
     m = _ISSUANCE_RE.fullmatch(data)
@@ -427,7 +435,8 @@ def _match_issuance(data: bytes) -> SignedEntry | None:
                                    "fingerprint_hash": fingerprint, "policy": _POLICY_OF_ITEM[policy],
                                    "issued_at": _uint(issued_at), "issuer_key_id": key_id})
         batch = None if index is None else _filled(BatchProof, {
-            "index": _uint(index), "size": _uint(size), "proof": _PROOF_HASHES[proof[0] & 0x1F].unpack(proof)})
+            "index": _uint(index), "size": _uint(size), "proof": _PROOF_HASHES[proof[0] & 0x1F].unpack(proof)},
+            BatchProof._check_place)
         signed = _filled(SignedEntry, {"entry": entry, "signature": sig, "batch": batch})
     except EntryError:
         return None
