@@ -143,15 +143,18 @@ def _check(outcomes: list) -> None:
 
 
 def load_revision(rev: str, workdir: Path) -> Impl:
-    """log_server/sequencer.py and storage.py of ``rev`` as a package of their own."""
+    """log_server/sequencer.py and storage.py of ``rev`` (and the modules of theirs they import, where
+    that revision has them) as a package of their own."""
     name = "seqbench_baseline"
     pkg = workdir / name
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    for mod in ("sequencer", "storage"):
-        src = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:log_server/{mod}.py"], check=True,
-                             capture_output=True).stdout
-        (pkg / f"{mod}.py").write_bytes(src)
+    for mod in ("sequencer", "storage", "process_thread"):
+        got = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:log_server/{mod}.py"], capture_output=True)
+        if got.returncode != 0 and mod != "process_thread":  # added after the first two
+            raise SystemExit(f"{rev}: no log_server/{mod}.py ({got.stderr.decode().strip()})")
+        if got.returncode == 0:
+            (pkg / f"{mod}.py").write_bytes(got.stdout)
     sys.path.insert(0, str(workdir))
     return Impl(f"baseline {rev}", importlib.import_module(f"{name}.sequencer"),
                 importlib.import_module(f"{name}.storage"))
