@@ -17,7 +17,7 @@ from emshield.tlog.entry import (EntryError, EntryPositionError, Issuance, Issue
 from emshield.tlog.merkle import leaf_hash
 
 from .sequencer import IssuanceFields, PreparedEntry, RegistrationFields
-from .storage import IssuerRecord, LogStore
+from .storage import IssuerRecord, LogStore, blob_key
 
 
 class EntryRejected(Exception):
@@ -95,10 +95,17 @@ def prepare_issuances(bodies: Sequence[bytes], issuers: IssuerKeys) -> list[Prep
         raise EntryRejected(400, "bad_signature", exc.reason, exc.position) from exc
     if refusal is not None:
         raise refusal
-    return [PreparedEntry(body, leaf_hash(body), Issuance.TYPE,
-                          issuance=IssuanceFields.of(e.issuer_key_id, e.device_uuid_text, e.watermark_commitment,
-                                                     e.fingerprint_hash))
-            for body, e in zip(bodies, (signed.entry for signed, _ in decoded))]
+    return [PreparedEntry(body, leaf_hash(body), Issuance.TYPE, issuance=issuance_fields(signed.entry))
+            for body, (signed, _) in zip(bodies, decoded)]
+
+
+def issuance_fields(entry: Issuance) -> IssuanceFields:
+    """`IssuanceFields.of` the entry's values, its device key taken from the UUID's bytes: the key
+    is their first 8 bytes (`storage.device_key` reads the same 8 bytes from the text), which
+    saves parsing the text back on the hottest path of the batch append."""
+    wm, fp = entry.watermark_commitment, entry.fingerprint_hash
+    return IssuanceFields(entry.issuer_key_id, entry.device_uuid_text, wm, fp, blob_key(wm), blob_key(fp),
+                          blob_key(entry.device_uuid))
 
 
 def prepare_issuance(body: bytes, issuers: IssuerKeys) -> PreparedEntry:

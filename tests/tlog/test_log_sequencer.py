@@ -95,3 +95,23 @@ def test_a_refused_request_does_not_take_the_others_down(log) -> None:
     assert [o[0].index for o in (outcomes[0], outcomes[2])] == [1, 2]
     assert isinstance(outcomes[1], AppendRejected) and outcomes[1].code == "unknown_issuer"
     assert _latest_checkpoint_size(store) == 3
+
+
+def test_request_threads_compute_the_index_keys_the_store_defines() -> None:
+    """entries.issuance_fields (device key from the UUID's bytes) gives exactly IssuanceFields.of (from
+    its text: storage.device_key), for UUIDs with the high bit set or not and both policies."""
+    import random
+
+    from log_server.entries import issuance_fields
+
+    rnd = random.Random(5)
+    for n in range(200):
+        device = uuid.UUID(int=rnd.getrandbits(128)).bytes
+        wm = rnd.randbytes(32) if n % 3 else None
+        fp = rnd.randbytes(32) if n % 3 != 1 else None
+        policy = {(True, False): "watermark", (False, True): "fingerprint", (True, True): "both"}
+        entry = E.Issuance(device, bytes(32), wm, fp, policy[(wm is not None, fp is not None)], 1_700_000_000,
+                           E.issuer_key_id(PUB))
+        fields = issuance_fields(entry)
+        assert fields == IssuanceFields.of(entry.issuer_key_id, str(uuid.UUID(bytes=device)), wm, fp)
+        assert fields.device_key == int.from_bytes(device[:8], "big", signed=True)
