@@ -16,7 +16,8 @@ did, see entries.py). It listens on a Unix socket in a directory only the server
 
 Wire format (both ends are in this module): every message is a 4-byte big-endian length, then a
 CBOR array. Request: one unit, [* [data, leaf_hash, kind, issuance / null, registration / null]],
-issuance = [issuer_key_id, device_uuid, watermark_commitment / null, fingerprint_hash / null],
+issuance = [issuer_key_id, device_uuid, watermark_commitment / null, fingerprint_hash / null,
+watermark_key / null, fingerprint_key / null, device_key] (IssuanceFields),
 registration = [key_id, public_key, name, registered_at]. Answer: [0, [* index], created] for
 appended (created: one byte per entry, 1 if this request added it, 0 if it was logged already),
 [1, status, code, detail] for refused, [2, message] for a storage failure.

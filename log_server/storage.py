@@ -249,7 +249,14 @@ CREATE TABLE IF NOT EXISTS cosignatures(
 # the upgrade to version 2.
 _CHECKPOINT_BORDER = "ALTER TABLE checkpoints ADD COLUMN border BLOB"
 
-_SCHEMA = """
+# The issuance look-up indexes of schema version 2 (new stores, and the upgrade from version 1).
+_KEY_INDEXES = """
+CREATE INDEX issuances_by_watermark_key ON issuances(watermark_key) WHERE watermark_key IS NOT NULL;
+CREATE INDEX issuances_by_fingerprint_key ON issuances(fingerprint_key) WHERE fingerprint_key IS NOT NULL;
+CREATE INDEX issuances_by_device_key ON issuances(device_key);
+"""
+
+_SCHEMA = f"""
 CREATE TABLE meta(key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE leaves(
     idx INTEGER PRIMARY KEY,
@@ -289,9 +296,7 @@ CREATE TABLE issuances(
     fingerprint_key INTEGER,
     device_key INTEGER
 );
-CREATE INDEX issuances_by_watermark_key ON issuances(watermark_key) WHERE watermark_key IS NOT NULL;
-CREATE INDEX issuances_by_fingerprint_key ON issuances(fingerprint_key) WHERE fingerprint_key IS NOT NULL;
-CREATE INDEX issuances_by_device_key ON issuances(device_key);
+{_KEY_INDEXES}
 CREATE TABLE side_records(
     leaf_idx INTEGER PRIMARY KEY REFERENCES leaves(idx),
     data BLOB NOT NULL,
@@ -302,7 +307,7 @@ CREATE TABLE side_records(
 # Version 1 -> 2, in the one write transaction that also sets the version (see `_upgrade`). The
 # keys are filled by SQL functions bound to `blob_key` / `device_key` for the statement's duration,
 # then the new indexes are built from the filled column (one sorted build, not n inserts).
-_UPGRADE_TO_2 = """
+_UPGRADE_TO_2 = f"""
 ALTER TABLE issuances ADD COLUMN watermark_key INTEGER;
 ALTER TABLE issuances ADD COLUMN fingerprint_key INTEGER;
 ALTER TABLE issuances ADD COLUMN device_key INTEGER;
@@ -311,9 +316,7 @@ UPDATE issuances SET watermark_key = emshield_blob_key(watermark_commitment),
 DROP INDEX IF EXISTS issuances_by_watermark;
 DROP INDEX IF EXISTS issuances_by_fingerprint;
 DROP INDEX IF EXISTS issuances_by_device;
-CREATE INDEX issuances_by_watermark_key ON issuances(watermark_key) WHERE watermark_key IS NOT NULL;
-CREATE INDEX issuances_by_fingerprint_key ON issuances(fingerprint_key) WHERE fingerprint_key IS NOT NULL;
-CREATE INDEX issuances_by_device_key ON issuances(device_key);
+{_KEY_INDEXES}
 UPDATE meta SET value = CAST('2' AS BLOB) WHERE key = 'schema_version'
 """
 

@@ -47,13 +47,20 @@ def tree_levels(hashes: Sequence[bytes]) -> list[list[bytes]]:
     unpaired last node moves up unchanged, which gives the same tree as RFC 9162's split at the
     largest power of two below n."""
     levels = [list(hashes)]
-    sha256 = hashlib.sha256
     while len(level := levels[-1]) > 1:
-        up = [sha256(_NODE_PREFIX + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)]
+        up = _parents(level)
         if len(level) % 2:
             up.append(level[-1])
         levels.append(up)
     return levels
+
+
+def _parents(level: Sequence[bytes]) -> list[bytes]:
+    """The node hash of each pair (0, 1), (2, 3), ... of ``level``; an unpaired last node is left
+    out. One comprehension over hashlib, without a call of `node_hash` per node: this is the inner
+    loop of batch verification and of every commit's tree extension."""
+    sha256, prefix = hashlib.sha256, _NODE_PREFIX
+    return [sha256(prefix + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)]
 
 
 def inclusion_paths(levels: list[list[bytes]]) -> list[tuple[bytes, ...]]:
@@ -343,7 +350,6 @@ class CompactRange:
         old = dict(self._border)
         kept: list[tuple[int, bytes]] = []  # new border nodes, lowest level first
         done: list[tuple[NodeID, bytes]] = []
-        sha256, prefix = hashlib.sha256, _NODE_PREFIX
         level, start = 0, self._size
         while run:
             if start & 1:
@@ -351,7 +357,7 @@ class CompactRange:
                 start -= 1
             if len(run) & 1:
                 kept.append((level, run.pop()))
-            run = [sha256(prefix + run[i] + run[i + 1]).digest() for i in range(0, len(run), 2)]
+            run = _parents(run)
             level, start = level + 1, start >> 1
             done += [((level, start + i), h) for i, h in enumerate(run)]
         self._border = sorted([*old.items(), *kept], reverse=True)

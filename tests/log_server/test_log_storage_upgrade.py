@@ -18,8 +18,7 @@ from emshield.tlog import merkle
 from emshield.tlog.checkpoint import verify_checkpoint
 from log_server.entries import IssuerKeys, prepare_issuance, prepare_registration
 from log_server.keys import read_signer_key
-from log_server.sequencer import Sequencer
-from log_server.sequencer import IssuanceFields
+from log_server.sequencer import IssuanceFields, Sequencer
 from log_server.storage import (LOOKUP_FIELDS, SCHEMA_VERSION, IssuerRecord, SqliteStore, StoreError, blob_key,
                                 device_key)
 
