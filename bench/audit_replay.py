@@ -35,15 +35,15 @@ import uuid
 from pathlib import Path
 
 import requests
+from _util import timed
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from _util import timed
+from emshield.logclient.http import LogClient
+from emshield.logclient.tiles import TileClient
 from emshield.tlog import entry as E
-from emshield.tlog.client import LogClient
 from emshield.tlog.tiles import bundles_for
-from verifier.audit import audit
-from verifier.tile_client import TileClient
+from verifier.audit.auditor import audit
 
 BIN = Path(sys.executable).parent
 TOKEN = "bench-audit-operator-token-" + "0" * 16

@@ -40,23 +40,21 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import heapq
 import json
 import multiprocessing as mp
 import os
-import heapq
 import random
 import selectors
 import signal
 import socket
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.parse
-import uuid
 from pathlib import Path
 
 import cbor2
@@ -257,7 +255,7 @@ class OwnServer:
     initialised and served by its own `emshield-log serve` instead: the same-run baseline."""
 
     CLI = "import sys; sys.argv[0] = 'emshield-log'; from log_server.cli import main; main()"
-    LAUNCH = ("import sys; from pathlib import Path; from log_server.app import ServerConfig;"
+    LAUNCH = ("import sys; from pathlib import Path; from log_server.config import ServerConfig;"
               " from log_server.serve import serve;"
               " serve(ServerConfig(db_path=Path(sys.argv[1])), '127.0.0.1', int(sys.argv[2]), int(sys.argv[3]),"
               " int(sys.argv[4]), 'warning', sys.argv[5])")
@@ -528,12 +526,13 @@ def proof_compute(db: Path, size: int, samples: int, rng: random.Random) -> dict
 
 def bulk_fill(db: Path, seed: bytes, start: int, stop: int, chunk: int = 50_000) -> float:
     """Append issuance entries [start, stop) straight through Sequencer.integrate; returns seconds."""
-    from log_server.app import ServerConfig, create_app
-    from log_server.entries import IssuanceFields
-    from log_server.sequencer import PreparedEntry
+    from log_server.app import create_app
+    from log_server.config import ServerConfig
+    from log_server.sequencer import IssuanceFields, PreparedEntry
+    from log_server.state import EXTENSION
 
     app = create_app(ServerConfig(db_path=db))
-    state = app.extensions["emshield_log"]
+    state = app.extensions[EXTENSION]
     kid = E.issuer_key_id(_pub(_key(seed)))
     t0 = time.perf_counter()
     for a in range(start, stop, chunk):

@@ -13,7 +13,7 @@ signed issuance entries prepared outside the clock (as the request threads do). 
 each with its own store connection and writer lock, commit in alternation on the same file, as the
 sequencers of two gunicorn workers do, so every commit first finds the other's leaves and brings
 its compact range up to date (the rebuild path); --no-alternate uses one sequencer, as the
-single sequencer process of `emshield-log serve` (log_server/sequencer_service.py) does.
+single sequencer process of `emshield-log serve` (log_server/runtime/sequencer_service.py) does.
 
 Figures: CPU µs (thread_time of the committing thread: Python, SQLite and the fsync syscall) per
 entry for groups of --big entries, and per commit for groups of --small entries, plus the CPU of
@@ -149,9 +149,9 @@ def load_revision(rev: str, workdir: Path) -> Impl:
     pkg = workdir / name
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    for mod in ("sequencer", "storage", "process_thread"):
+    for mod in ("sequencer", "storage", "process_thread", "errors"):
         got = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:log_server/{mod}.py"], capture_output=True)
-        if got.returncode != 0 and mod != "process_thread":  # added after the first two
+        if got.returncode != 0 and mod in ("sequencer", "storage"):  # the others were added later
             raise SystemExit(f"{rev}: no log_server/{mod}.py ({got.stderr.decode().strip()})")
         if got.returncode == 0:
             (pkg / f"{mod}.py").write_bytes(got.stdout)

@@ -31,8 +31,10 @@ from safetensors.torch import load_file, save_file
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "marking"))
-from marking_helpers import (  # noqa: E402
+sys.path.insert(0, str(ROOT / "tests"))  # the test kit: cores and attacks shared with tests/marking
+from _util import timed  # noqa: E402
+
+from _kit.cores import (  # noqa: E402
     DELTA_RMS,
     FIXTURE_DIMS,
     W_RMS,
@@ -46,9 +48,6 @@ from marking_helpers import (  # noqa: E402
     random_core,
     refactorise,
 )
-
-from _util import timed  # noqa: E402
-
 from emshield.marking import ecc, fingerprint, watermark  # noqa: E402
 from emshield.marking.chaos import ChaosStream  # noqa: E402
 from emshield.marking.cli import LazyTensors  # noqa: E402

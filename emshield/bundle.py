@@ -11,7 +11,7 @@ Parsing is strict and bounded (fixed section order, length limits, no trailing b
 base64 and decimals in the proofs). Verification trusts nothing in the file except what the pinned
 log key and the entries' own signatures vouch for. Whether the sealed core is bound to the same
 device, backbone and leaf hash is checked by the device when it installs the bundle
-(:mod:`emshield.deploy`), because reading a sealed header belongs to :mod:`emshield.tee`, which
+(:mod:`emshield.device.deploy`), because reading a sealed header belongs to :mod:`emshield.tee`, which
 verifiers must not import.
 
 Imports only the log's pure core, the CBOR codec, the standard library and ``cryptography``.

@@ -8,10 +8,10 @@ from __future__ import annotations
 import click
 
 from emshield import __version__
-from emshield.issue_cli import issue_cmd, issuer_group
+from emshield.device.cli import device_group
+from emshield.issue.cli import issue_cmd, issuer_group
 from emshield.marking.cli import mark_group
 from emshield.model.cli import decouple_group
-from emshield.tee.cli import device_group
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
@@ -140,8 +140,8 @@ class Demo:
         return f"emshield {emshield.__version__}, torch {torch.__version__}"
 
     def start_log(self) -> str:
+        from emshield.logclient.http import LogClient
         from emshield.tlog.checkpoint import NoteVerifier
-        from emshield.tlog.client import LogClient
 
         self.url, self.vkey = self.stack.enter_context(_log_server(self.workdir, self.token))
         cp = LogClient(self.url).verified_checkpoint(NoteVerifier.from_verifier_key(self.vkey), ORIGIN)
@@ -217,7 +217,7 @@ class Demo:
         """Device LEAKER's owner dumps its merged model: fp16 state dict in a .pt file."""
         import torch
 
-        from emshield.deploy import check_sealed_core, installed_bundle
+        from emshield.device.deploy import check_sealed_core, installed_bundle
         from emshield.model.io import open_tensors
         from emshield.model.merge import merge_tensors
         from emshield.tee.device import load_device

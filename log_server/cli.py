@@ -122,7 +122,7 @@ def set_token(db: Path, as_json: bool) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--server", "server", default="granian", show_default=True, type=click.Choice(["granian", "gunicorn"]),
-              help="WSGI server: Granian (HTTP in Rust; ~2x gunicorn's single appends/s here) or gunicorn (gthread).")
+              help="WSGI server: Granian (HTTP in Rust, less CPU per request) or gunicorn (gthread).")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64),
               help="worker processes (they decode and verify; one sequencer process commits for all).")
 @click.option("--threads", default=16, show_default=True, type=click.IntRange(1, 1024),
@@ -137,14 +137,16 @@ def set_token(db: Path, as_json: bool) -> None:
 def serve(db: Path, key_file: Path | None, host: str, port: int, server: str, workers: int, threads: int,
           log_level: str, witnesses: tuple[str, ...], witness_quorum: int) -> None:
     """Serve the log over HTTP with a production WSGI server (gunicorn or Granian)."""
-    from .app import ServerConfig, create_app
+    from .app import create_app
+    from .config import ServerConfig
     from .keys import KeyFileError
     from .serve import serve as run_server
+    from .state import EXTENSION
     from .storage import StoreError
 
     config = ServerConfig(db_path=db, key_path=key_file, witnesses=witnesses, witness_quorum=witness_quorum)
     try:  # fail here, with a clear message, rather than in every worker
-        create_app(config).extensions["emshield_log"].store.close()
+        create_app(config).extensions[EXTENSION].store.close()
     except (StoreError, KeyFileError, RuntimeError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     run_server(config, host, port, workers, threads, log_level, server=server)

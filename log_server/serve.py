@@ -1,19 +1,19 @@
 """Run the app under a production WSGI server: Granian (the default of `emshield-log serve`) or gunicorn.
 
 Both run `workers` processes that each load their own app after the fork; all of them hand
-their verified entries to ONE sequencer process started here first (sequencer_service.py), which
-group-commits for everybody. On two cores, two workers let request parsing and signature checks
-use both cores (Ed25519 verification in `cryptography` releases the GIL, but decoding and the
+their verified entries to ONE sequencer process started here first (runtime/sequencer_service.py),
+which group-commits for everybody. One worker per core lets request parsing and signature checks
+use every core (Ed25519 verification in `cryptography` releases the GIL, but decoding and the
 request machinery hold it).
 
 - gunicorn: `gthread` workers, `threads` request threads each (a keep-alive connection does not
-  pin a thread). Pure Python HTTP parsing: ~0.3-0.5 ms of CPU per request on this machine.
+  pin a thread). HTTP parsing in pure Python.
 - granian: HTTP parsing and connection handling in Rust (hyper); `threads` is the number of
   Python threads per worker that run the WSGI app, and also the per-worker backpressure (requests
-  beyond it wait in Rust, not in Python). Less than half gunicorn's server CPU per single append
-  here, about twice its rate (bench/log_append.py measures both). An append holds its thread until the group commit
-  that contains it is fsync'ed, so `workers * threads` should be at least the number of
-  concurrently appending clients.
+  beyond it wait in Rust, not in Python). It spends less server CPU per append than gunicorn
+  (bench/log_append.py measures both; figures in spec/notes/tlog-throughput.md). An append holds
+  its thread until the group commit that contains it is fsync'ed, so `workers * threads` should be
+  at least the number of concurrently appending clients.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
-from .app import ServerConfig, create_app
-from .gc_tuning import settle_after_startup
-from .sequencer_service import sequencer_process
+from .app import create_app
+from .config import ServerConfig
+from .runtime.gc_tuning import settle_after_startup
+from .runtime.sequencer_service import sequencer_process
 
 SERVERS = ("granian", "gunicorn")
 

@@ -2,7 +2,7 @@
 
 Routes and the sequencer talk only to `LogStore` / `WriteTxn`, so a PostgreSQL store can be added
 by implementing these two protocols (BEGIN IMMEDIATE becomes an advisory lock or
-`SELECT ... FOR UPDATE` on a one-row table) without touching `app.py` or `sequencer.py`.
+`SELECT ... FOR UPDATE` on a one-row table) without touching `config.py` or `sequencer.py`.
 
 What is kept, and why:
 - `leaves`: the exact leaf bytes by index (append-only; the index is the Merkle leaf index) and
@@ -55,11 +55,8 @@ WRITER_CACHE_KIB = 32 * 1024  # page cache of a connection that writes
 # its pages, and SQLite's work per commit goes with the number of pages it changes, logs and writes
 # back (B-tree balancing, WAL frame headers and checksums, one write per frame). Why not larger:
 # a small group commit (single appends) changes about ten pages whatever their size, and writing
-# and fsyncing them takes longer the larger they are. Measured on this machine: the same inserts
-# into stores of 100,000-200,000 entries, 4,000-entry commits, took 1.11x less CPU per entry with
-# 8 KiB pages and 1.26x less with 16 KiB (no difference at 500,000-1,000,000 entries); with 16 KiB,
-# bench/log_sequencer.py showed ~1.12x more CPU and ~1.6x more wall time per 1- or 16-entry commit,
-# which cost the single-append path ~10 % of its rate; with 8 KiB, the same CPU and ~1.1x the wall.
+# and fsyncing them takes longer the larger they are. 8 KiB serves both (measurements:
+# spec/notes/log-storage.md, "Page size").
 PAGE_SIZE = 8 * 1024
 WAL_CHECKPOINT_BYTES = 16 * 1024 * 1024
 CHECKPOINT_INTERVAL_S = 1.0  # the background checkpointer copies the WAL back at most this often
@@ -169,7 +166,7 @@ def device_key(text: object) -> int:
 # hundred thousand entries or fewer it rewrites most leaf pages of each index; an index entry of an
 # 8-byte integer is less than half the size of one of a 32-byte hash or a 36-character text, so
 # each commit has less than half as many index pages to dirty, log and write back
-# (bench/log_sequencer.py: ~1.2x less CPU per entry of 2,000-entry groups). The watermark and
+# (spec/notes/log-storage.md). The watermark and
 # fingerprint indexes are partial (an issuance of the other policy has no row in them). Keys are
 # prefixes, so two values may share one; every look-up compares the full value too
 # (`WHERE key = ? AND value = ?`), so a collision costs reading the colliding rows, never a wrong
@@ -339,8 +336,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     # Whichever connection commits past this much WAL copies it back into the database file (and
     # fsyncs it) inside its COMMIT, i.e. while holding the write lock. A batch commit rewrites most
     # index pages, so checkpointing every 16 MiB instead of SQLite's 1,000 pages copies each hot page
-    # once for several commits (bench/log_sequencer.py, 2,000-entry groups: ~10 % less CPU per entry
-    # with two sequencers taking turns, within the noise with one). Connections that write through
+    # once for several commits instead of once per commit. Connections that write through
     # `SqliteStore.write` leave it to a background thread instead (`_Checkpointer`).
     _set_wal_autocheckpoint(conn, WAL_CHECKPOINT_BYTES)
     return conn
@@ -596,13 +592,9 @@ class _Checkpointer:
     the GIL up while SQLite works), at most every CHECKPOINT_INTERVAL_S once a commit woke it. A
     writer's own automatic checkpoint stays as a backstop at WRITER_WAL_CHECKPOINT_BYTES. Durability
     is unchanged: a commit is durable once its WAL frames are fsync'ed, before any checkpoint.
-    Started per process on the first commit (a thread does not survive fork).
-
-    Measured (bench/log_sequencer.py, one sequencer, 100,000 prefill, same run): CPU of the
-    committing thread 1.12x less for 2,000-entry groups and 1.17x for 16-entry groups, wall time
-    per commit 1.38x less; CPU of both threads together unchanged (1.00x, 1.02x; single-entry
-    commits 0.94x). At one checkpoint per 0.2 s instead of 1 s, both threads together took 1.05x
-    more CPU: hot index pages are copied back once per interval, not once per commit.
+    Started per process on the first commit (a thread does not survive fork). The interval bounds
+    the extra work: hot index pages are copied back once per interval, not once per commit
+    (measurements: spec/notes/log-storage.md).
     """
 
     def __init__(self, path: Path) -> None:

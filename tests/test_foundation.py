@@ -18,7 +18,7 @@ BIN = Path(sys.executable).parent
 @pytest.mark.parametrize(
     "module",
     ["emshield", "emshield.cli", "emshield.tlog", "emshield.model", "emshield.marking", "emshield.tee",
-     "log_server", "log_server.cli", "verifier", "verifier.verify_cli", "verifier.audit_cli"],
+     "log_server", "log_server.cli", "verifier", "verifier.verify.cli", "verifier.audit.cli"],
 )
 def test_package_imports(module: str) -> None:
     importlib.import_module(module)
@@ -38,6 +38,7 @@ def test_torch_is_the_pinned_cpu_build() -> None:
         ("emshield-log", ["init", "serve"]),
         ("emshield-verify", ["--log", "--backbone", "--bundle", "--json"]),
         ("emshield-audit", ["--log", "--key", "--state", "--replay", "--json"]),
+        ("emshield-witness", ["init", "serve", "conflicts"]),
     ],
 )
 def test_console_scripts_answer_help(script: str, expect: list[str]) -> None:
@@ -55,8 +56,9 @@ def _sub_commands(group_name: str) -> list[tuple[str, ...]]:
 
     from emshield.cli import main as emshield_main
     from log_server.cli import main as log_main
+    from witness.cli import main as witness_main
 
-    root = {"emshield": emshield_main, "emshield-log": log_main}[group_name]
+    root = {"emshield": emshield_main, "emshield-log": log_main, "emshield-witness": witness_main}[group_name]
     paths: list[tuple[str, ...]] = []
 
     def walk(cmd, path):
@@ -70,7 +72,7 @@ def _sub_commands(group_name: str) -> list[tuple[str, ...]]:
     return paths
 
 
-@pytest.mark.parametrize("group", ["emshield", "emshield-log"])
+@pytest.mark.parametrize("group", ["emshield", "emshield-log", "emshield-witness"])
 def test_every_sub_command_answers_help(group: str) -> None:
     paths = _sub_commands(group)
     assert paths

@@ -39,7 +39,6 @@ from emshield.tee.blobformat import (
     TAG_LEN,
     Binding,
     Header,
-    read_header,
 )
 from emshield.tee.devicekey import DevicePublicKey
 from emshield.tee.errors import (

@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from _kit.logs import ORIGIN, init_log, issuance, registration
+from emshield.logclient.http import LogClient
 from emshield.tlog import merkle
 from emshield.tlog.checkpoint import NoteVerifier, verify_checkpoint
-from emshield.tlog.client import LogClient
-from verifier.audit_cli import main as audit_cli
+from verifier.audit.cli import main as audit_cli
 
 
 def _kinds(out: dict) -> set[str]:
@@ -29,35 +30,35 @@ def _kinds(out: dict) -> set[str]:
 
 
 @pytest.fixture
-def populated(log_files, server_factory, issuer_key, kit):
+def populated(log_files, server_factory, issuer_key):
     srv = server_factory(log_files.db)
     log = LogClient(srv.url, operator_token=log_files.token)
-    log.register_issuer(kit.registration(issuer_key))
-    log.append_batch([kit.issuance(issuer_key, n) for n in range(300)])
+    log.register_issuer(registration(issuer_key))
+    log.append_batch([issuance(issuer_key, n) for n in range(300)])
     return srv, log
 
 
-def test_honest_log_passes_run_after_run_and_state_advances(run_audit, populated, log_files, issuer_key, kit, tmp_path) -> None:
+def test_honest_log_passes_run_after_run_and_state_advances(run_audit, populated, log_files, issuer_key, tmp_path) -> None:
     srv, log = populated
     key = log_files.verifier.verifier_key()
     state = tmp_path / "audit.json"
     code, out = run_audit(srv.url, key, state, "--replay", "--jobs", "2")
     assert (code, out["ok"], out["replayed"], out["checkpoint"]["size"]) == (0, True, 301, 301), out
-    saved = json.loads(state.read_text())["logs"][kit.ORIGIN]
+    saved = json.loads(state.read_text())["logs"][ORIGIN]
     assert (saved["size"], saved["verifier_key"], saved["replayed_size"]) == (301, key, 301)
-    log.append_batch([kit.issuance(issuer_key, n) for n in range(300, 700)])
+    log.append_batch([issuance(issuer_key, n) for n in range(300, 700)])
     code, out = run_audit(srv.url, key, state, "--replay", "--incremental", "--jobs", "1")
     assert (code, out["previous"]["size"], out["replayed_from"], out["replayed"]) == (0, 301, 301, 400), out
-    log.append_batch([kit.issuance(issuer_key, n) for n in range(700, 800)])
+    log.append_batch([issuance(issuer_key, n) for n in range(700, 800)])
     code, out = run_audit(srv.url, key, state)  # no replay: the next incremental one cannot resume
     assert (code, out["checkpoint"]["size"], out["replayed"]) == (0, 801, 0)
     code, out = run_audit(srv.url, key, state, "--replay", "--incremental")
     assert (code, out["replayed_from"], out["replayed"]) == (0, 0, 801)
-    cp = verify_checkpoint(json.loads(state.read_text())["logs"][kit.ORIGIN]["checkpoint"].encode(), log_files.verifier)
+    cp = verify_checkpoint(json.loads(state.read_text())["logs"][ORIGIN]["checkpoint"].encode(), log_files.verifier)
     assert cp == log.verified_checkpoint(log_files.verifier)
     # A damaged replay cache is never trusted: the replay starts over.
     _sqlite(state.with_name(state.name + ".replay.db"), "UPDATE leaf_hashes SET hash = zeroblob(32) WHERE idx = 7")
-    log.append_batch([kit.issuance(issuer_key, n) for n in range(800, 810)])
+    log.append_batch([issuance(issuer_key, n) for n in range(800, 810)])
     code, out = run_audit(srv.url, key, state, "--replay", "--incremental")
     assert (code, out["replayed_from"], out["replayed"]) == (0, 0, 811)
     code, out = run_audit(srv.url, key, state, "--replay", "--incremental")
@@ -68,7 +69,7 @@ def test_honest_log_passes_run_after_run_and_state_advances(run_audit, populated
     assert f"OK: consistent; state saved to {state}" in text.output
 
 
-def test_key_pinning_state_and_reachability_errors(run_audit, populated, log_files, kit, tmp_path) -> None:
+def test_key_pinning_state_and_reachability_errors(run_audit, populated, log_files, tmp_path) -> None:
     srv, _ = populated
     key = log_files.verifier.verifier_key()
     state = tmp_path / "audit.json"
@@ -76,7 +77,7 @@ def test_key_pinning_state_and_reachability_errors(run_audit, populated, log_fil
     before = state.read_bytes()
     # Another key for the same origin: refused against the pin (5), state untouched.
     (tmp_path / "other").mkdir()
-    other = kit.init_log(tmp_path / "other")
+    other = init_log(tmp_path / "other")
     assert other.verifier.name == log_files.verifier.name and other.verifier.verifier_key() != key
     code, out = run_audit(srv.url, other.verifier.verifier_key(), state)
     assert code == 5 and "pinned" in out["error"]
@@ -92,7 +93,7 @@ def test_key_pinning_state_and_reachability_errors(run_audit, populated, log_fil
     state.write_text("{not json")
     assert run_audit(srv.url, key, state)[0] == 5
     doc = json.loads(before)
-    doc["logs"][kit.ORIGIN]["size"] += 1  # no longer matches the saved signed note
+    doc["logs"][ORIGIN]["size"] += 1  # no longer matches the saved signed note
     state.write_text(json.dumps(doc))
     code, out = run_audit(srv.url, key, state)
     assert code == 5 and "corrupt" in out["error"]
@@ -155,14 +156,13 @@ def _fork(log_files, tmp_path: Path) -> Path:
     return twin / "log.db"
 
 
-def test_fork_between_two_servers_with_the_same_key(run_audit, populated, log_files, server_factory, issuer_key, kit,
-                                                    tmp_path) -> None:
+def test_fork_between_two_servers_with_the_same_key(run_audit, populated, log_files, server_factory, issuer_key, tmp_path) -> None:
     srv_a, log_a = populated
     key = log_files.verifier.verifier_key()
     srv_b = server_factory(_fork(log_files, tmp_path))
     log_b = LogClient(srv_b.url)
-    log_a.append_batch([kit.issuance(issuer_key, n) for n in range(1000, 1050)])
-    log_b.append_batch([kit.issuance(issuer_key, n) for n in range(2000, 2080)])  # B diverges, grows larger
+    log_a.append_batch([issuance(issuer_key, n) for n in range(1000, 1050)])
+    log_b.append_batch([issuance(issuer_key, n) for n in range(2000, 2080)])  # B diverges, grows larger
 
     state = tmp_path / "audit.json"
     assert run_audit(srv_a.url, key, state)[0] == 0
@@ -188,7 +188,7 @@ def test_fork_between_two_servers_with_the_same_key(run_audit, populated, log_fi
     assert run_audit(srv_b.url, key, state_b)[0] == 0
     code, out = run_audit(srv_a.url, key, state_b)
     assert code == 1 and _kinds(out) == {"rollback"}
-    log_a.append_batch([kit.issuance(issuer_key, n) for n in range(1050, 1080)])  # now both 381
+    log_a.append_batch([issuance(issuer_key, n) for n in range(1050, 1080)])  # now both 381
     code, out = run_audit(srv_a.url, key, state_b)
     assert code == 1 and _kinds(out) == {"fork"}
     assert "different roots" in out["findings"][0]["detail"]

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import requests
 
-from emshield.tlog.client import LogClient
+from _kit.logs import free_port, issuance, registration
+from emshield.logclient.http import LogClient
 from emshield.tlog.tiles import bundles_for, tiles_at_level
 
 
@@ -27,14 +28,14 @@ def mirror(url: str, size: int, directory: Path) -> None:
         out.write_bytes(r.content)
 
 
-def test_a_static_tile_mirror_can_be_audited(run_audit, log_files, server_factory, issuer_key, kit, tmp_path) -> None:
+def test_a_static_tile_mirror_can_be_audited(run_audit, log_files, server_factory, issuer_key, tmp_path) -> None:
     srv = server_factory(log_files.db)
     log = LogClient(srv.url, operator_token=log_files.token)
-    log.register_issuer(kit.registration(issuer_key))
-    log.append_batch([kit.issuance(issuer_key, n) for n in range(599)])
+    log.register_issuer(registration(issuer_key))
+    log.append_batch([issuance(issuer_key, n) for n in range(599)])
     site = tmp_path / "site"
     mirror(srv.url, 600, site)
-    port = kit.free_port()
+    port = free_port()
     static = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port), "--directory",
                                str(site)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -52,12 +53,12 @@ def test_a_static_tile_mirror_can_be_audited(run_audit, log_files, server_factor
         code, out = run_audit(murl, key, state, "--replay")
         assert (code, out["replayed"]) == (0, 600), out
         # The log grows; the mirror job copies the new state; the auditor proves consistency from tiles.
-        log.append_batch([kit.issuance(issuer_key, n) for n in range(599, 899)])
+        log.append_batch([issuance(issuer_key, n) for n in range(599, 899)])
         mirror(srv.url, 900, site)
         code, out = run_audit(murl, key, state, "--replay", "--incremental")
         assert (code, out["previous"]["size"], out["checkpoint"]["size"], out["replayed"]) == (0, 600, 900, 300), out
         # The mirror has no /v1 API: asking for API proofs is an error to report, not a finding.
-        log.append_batch([kit.issuance(issuer_key, n) for n in range(899, 909)])
+        log.append_batch([issuance(issuer_key, n) for n in range(899, 909)])
         mirror(srv.url, 910, site)
         code, out = run_audit(murl, key, state, "--proofs", "api")
         assert code == 4 and "consistency proof" in out["error"]

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests import issue_helpers
-
-from issue_helpers import RunningLog, fixture_core, running_log  # noqa: E402
-
-from emshield.core import LoraFactors  # noqa: E402
-from emshield.tee.device import Device, init_device  # noqa: E402
+from _kit.cores import fixture_core
+from _kit.logs import RunningLog, running_log
+from emshield.core import LoraFactors
+from emshield.tee.device import Device, init_device
 
 
 @pytest.fixture(scope="session")
 def log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLog]:
     """A real `emshield-log serve` on 127.0.0.1, shared by the issuance tests (each uses its own issuer key)."""
-    with running_log(tmp_path_factory.mktemp("log")) as running:
+    with running_log(tmp_path_factory.mktemp("log"), "issue-test.emshield.example/log") as running:
         yield running
 
 

@@ -23,7 +23,7 @@ from emshield.bundle import (
     verify_bundle,
     write_bundle_file,
 )
-from emshield.deploy import DeployError, check_sealed_core
+from emshield.device.deploy import DeployError, check_sealed_core
 from emshield.tlog.checkpoint import NoteSigner, NoteVerifier
 
 VECTORS = json.loads((Path(__file__).resolve().parents[2] / "spec/vectors/bundle/bundles.json").read_text())

@@ -9,19 +9,23 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from issue_helpers import BACKBONE, fixture_core
 from safetensors.torch import load_file, save_file
 
+from _kit.cores import fixture_core
+from _kit.paths import TINY as BACKBONE
 from emshield.bundle import Bundle, TlogProof, parse_bundle, read_bundle_file
 from emshield.cli import main
-from emshield.deploy import INSTALLED_FILE, PINNED_KEY_FILE
-from emshield.issue import DeviceTarget, fetch_registration, issue_core, load_issuer
+from emshield.device.deploy import INSTALLED_FILE, PINNED_KEY_FILE
+from emshield.issue.devices import DeviceTarget
+from emshield.issue.keys import load_issuer
+from emshield.issue.pipeline import issue_core
+from emshield.issue.registration import fetch_registration
+from emshield.logclient.http import LogClient
 from emshield.tee.blobformat import Binding
 from emshield.tee.device import init_device
 from emshield.tee.seal import seal_core
 from emshield.tlog import entry as E
 from emshield.tlog.checkpoint import Checkpoint, NoteSigner, sign_checkpoint, verify_checkpoint
-from emshield.tlog.client import LogClient
 from emshield.tlog.merkle import leaf_hash
 
 

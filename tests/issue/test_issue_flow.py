@@ -10,26 +10,23 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from issue_helpers import BACKBONE, fixture_core
 
+from _kit.cores import fixture_core
+from _kit.paths import TINY as BACKBONE
 from emshield.bundle import read_bundle_file, verify_bundle
 from emshield.cli import main
 from emshield.core import core_to_bytes
-from emshield.deploy import INSTALLED_FILE, PINNED_KEY_FILE, merge_into_model
-from emshield.issue import (
-    DeviceTarget,
-    IssueError,
-    issue_to_device,
-    load_issuer,
-    mark_for_device,
-    prepare_issuer,
-)
+from emshield.device.deploy import INSTALLED_FILE, PINNED_KEY_FILE, merge_into_model
+from emshield.issue.devices import DeviceTarget
+from emshield.issue.errors import IssueError
+from emshield.issue.keys import load_issuer
+from emshield.issue.pipeline import issue_to_device, mark_for_device, prepare_run
+from emshield.logclient.http import LogClient
 from emshield.marking import watermark
 from emshield.marking.fingerprint import Fingerprint
 from emshield.marking.params import watermark_commitment
 from emshield.marking.policy import Tolerance
 from emshield.tee.device import init_device
-from emshield.tlog.client import LogClient
 from emshield.tlog.entry import Issuance, decode_entry, sign_entry
 
 TOKEN_ENV = "EMSHIELD_LOG_OPERATOR_TOKEN"
@@ -91,7 +88,7 @@ def test_issue_install_run_end_to_end(tmp_path, log, core, device):
     Fingerprint.from_cbor(client.side_record(hit.index), expected_hash=entry.fingerprint_hash)
 
     # The issued (marked) core carries the device's payload: re-marking is deterministic.
-    issuer = prepare_issuer(client, log.verifier, load_issuer(issuer_dir), core, BACKBONE,
+    issuer = prepare_run(client, log.verifier, load_issuer(issuer_dir), core, BACKBONE,
                             tolerance=Tolerance(max_perturbation=0.5))
     marked = mark_for_device(issuer, device.uuid)
     ex = watermark.extract_from_factors(marked.core, issuer.params)
@@ -134,7 +131,7 @@ def test_batch_issuance_is_resumable(tmp_path, log, core):
     issuer_dir, core_file = setup_issuer(tmp_path, log, core)
     devices = [init_device(tmp_path / f"dev{i}") for i in range(3)]
     csv_path = tmp_path / "devices.csv"
-    from emshield.issue import write_devices_csv
+    from emshield.issue.devices import write_devices_csv
 
     write_devices_csv(csv_path, [DeviceTarget(d.uuid, d.record.public) for d in devices])
     out = tmp_path / "bundles"
@@ -176,7 +173,7 @@ def test_payload_collision_with_another_device_is_refused(tmp_path, log, core, d
     issuer_dir, _ = setup_issuer(tmp_path, log, core)
     keys = load_issuer(issuer_dir)
     client = LogClient(log.url)
-    issuer = prepare_issuer(client, log.verifier, keys, core, BACKBONE, tolerance=Tolerance(max_perturbation=0.5))
+    issuer = prepare_run(client, log.verifier, keys, core, BACKBONE, tolerance=Tolerance(max_perturbation=0.5))
     # A device whose 48-bit payload equals ours (as happens by chance after ~2^24 devices) is in the log already.
     from emshield.marking.params import payload_for_device
 

@@ -16,22 +16,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 from click.testing import CliRunner
-from issue_helpers import BACKBONE
 
+from _kit.paths import TINY as BACKBONE
 from emshield.cli import main
 from emshield.core import core_to_bytes
-from emshield.issue import (
-    DeviceTarget,
-    LogMisbehavingError,
-    init_issuer,
-    issue_many,
-    marking_params_for,
-    prepare_issuer,
-    register_issuer,
-)
+from emshield.issue.devices import DeviceTarget
+from emshield.issue.errors import LogMisbehavingError
+from emshield.issue.keys import init_issuer
+from emshield.issue.pipeline import issue_many, prepare_run
+from emshield.issue.registration import marking_params_for, register_issuer
+from emshield.logclient.http import LogClient
 from emshield.model.io import backbone_id
 from emshield.tee.device import init_device
-from emshield.tlog.client import LogClient
 
 _PASSED_HEADERS = ("Content-Type", "Authorization")
 
@@ -82,7 +78,7 @@ def test_bad_proofs_stop_the_batch_and_an_honest_log_resumes_it(tmp_path, log, c
     targets = [DeviceTarget(d.uuid, d.record.public) for d in devices]
     out = tmp_path / "bundles"
     with lying_relay(log.url) as relay:
-        issuer = prepare_issuer(LogClient(relay), log.verifier, keys, core, BACKBONE)
+        issuer = prepare_run(LogClient(relay), log.verifier, keys, core, BACKBONE)
         results = issue_many(issuer, targets, out, progress=False)
         with pytest.raises(LogMisbehavingError) as exc:
             next(results)
@@ -99,5 +95,5 @@ def test_bad_proofs_stop_the_batch_and_an_honest_log_resumes_it(tmp_path, log, c
         r = CliRunner().invoke(main, [str(a) for a in args])
         assert r.exit_code == 3 and "log-misbehaving" in r.output, r.output
 
-    honest = prepare_issuer(LogClient(log.url), log.verifier, keys, core, BACKBONE)
+    honest = prepare_run(LogClient(log.url), log.verifier, keys, core, BACKBONE)
     assert [r.status for r in issue_many(honest, targets, out, progress=False)] == ["bundle-rebuilt", "bundle-rebuilt"]

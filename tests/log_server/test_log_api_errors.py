@@ -11,6 +11,7 @@ import hashlib
 import cbor2
 import pytest
 
+from _kit.logs import TOKEN, ed25519_key, issuance, public_bytes, registration
 from emshield.tlog.entry import MAX_ENTRY_SIZE
 from log_server.app import create_app
 
@@ -18,24 +19,24 @@ CBOR = "application/cbor"
 
 
 @pytest.fixture
-def env(log_files, issuer_key, kit):
+def env(log_files, issuer_key):
     """An app with one registered issuer (index 0), one revoked issuer (1) and 3 issuances (2-4)."""
     app = create_app({"db_path": log_files.db, "max_body_bytes": 256 * 1024, "max_batch_entries": 50,
                       "max_side_record_bytes": 4096})
     client = app.test_client()
-    auth = {"Authorization": f"Bearer {kit.TOKEN}"}
-    revoked_key = kit.ed25519_key("revoked")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    revoked_key = ed25519_key("revoked")
     for key in (issuer_key, revoked_key):
-        r = client.post("/v1/issuers", data=kit.registration(key), content_type=CBOR, headers=auth)
+        r = client.post("/v1/issuers", data=registration(key), content_type=CBOR, headers=auth)
         assert r.status_code == 201, r.json
     r = client.post(f"/v1/issuers/{hashlib.sha256(b'x').hexdigest()}/revoke", headers=auth)
     assert r.status_code == 404
     from emshield.tlog.entry import issuer_key_id
 
-    rk = issuer_key_id(kit.public_bytes(revoked_key)).hex()
+    rk = issuer_key_id(public_bytes(revoked_key)).hex()
     assert client.post(f"/v1/issuers/{rk}/revoke", json={"reason": "key leaked"}, headers=auth).status_code == 200
     for n in range(3):
-        assert client.post("/v1/entries", data=kit.issuance(issuer_key, n), content_type=CBOR).status_code == 201
+        assert client.post("/v1/entries", data=issuance(issuer_key, n), content_type=CBOR).status_code == 201
     return app, client, auth, revoked_key
 
 
@@ -49,24 +50,24 @@ def _state(app) -> tuple:
     return store.latest_checkpoint().note, counts, revoked
 
 
-def _entry_map(kit, key, n: int = 99) -> dict:
-    return cbor2.loads(kit.issuance(key, n))
+def _entry_map(key, n: int = 99) -> dict:
+    return cbor2.loads(issuance(key, n))
 
 
-def _bad_cases(kit, key, revoked_key):
-    good = kit.issuance(key, 50)
-    m = _entry_map(kit, key)
+def _bad_cases(key, revoked_key):
+    good = issuance(key, 50)
+    m = _entry_map(key)
     reversed_map = cbor2.dumps(dict(reversed(list(m.items()))))  # keys not in canonical order
     wrong_type = dict(m, device_uuid="00000000-0000-0000-0000-000000000063")
     flipped = bytearray(good)
     flipped[-1] ^= 1  # the last byte is inside the watermark commitment: signature no longer matches
     sig_flip = dict(m, sig=bytes(64))
-    stranger = kit.ed25519_key("stranger")
-    impostor = kit.issuance(stranger, 7)
+    stranger = ed25519_key("stranger")
+    impostor = issuance(stranger, 7)
     # An entry naming our issuer but signed by another key.
-    forged = cbor2.dumps(dict(m, sig=cbor2.loads(kit.issuance(stranger, 99))["sig"]), canonical=True)
+    forged = cbor2.dumps(dict(m, sig=cbor2.loads(issuance(stranger, 99))["sig"]), canonical=True)
     v2 = cbor2.dumps(dict(m, v=2), canonical=True)
-    batch_bad_item = cbor2.dumps([kit.issuance(key, 60), kit.issuance(key, 61), bytes(flipped)], canonical=True)
+    batch_bad_item = cbor2.dumps([issuance(key, 60), issuance(key, 61), bytes(flipped)], canonical=True)
     return [
         # (what, method, path, request kwargs, status, error code)
         ("wrong content type", "post", "/v1/entries", dict(data=good, content_type="application/json"), 415,
@@ -97,10 +98,10 @@ def _bad_cases(kit, key, revoked_key):
          400, "bad_signature"),
         ("signed by another key", "post", "/v1/entries", dict(data=forged, content_type=CBOR), 400, "bad_signature"),
         ("unknown issuer", "post", "/v1/entries", dict(data=impostor, content_type=CBOR), 403, "unknown_issuer"),
-        ("revoked issuer", "post", "/v1/entries", dict(data=kit.issuance(revoked_key, 1), content_type=CBOR), 403,
+        ("revoked issuer", "post", "/v1/entries", dict(data=issuance(revoked_key, 1), content_type=CBOR), 403,
          "revoked_issuer"),
         ("registration on the entries path", "post", "/v1/entries",
-         dict(data=kit.registration(stranger), content_type=CBOR), 400, "wrong_entry_type"),
+         dict(data=registration(stranger), content_type=CBOR), 400, "wrong_entry_type"),
         ("query parameter on append", "post", "/v1/entries?x=1", dict(data=good, content_type=CBOR), 400,
          "unknown_parameter"),
         # batch
@@ -117,28 +118,28 @@ def _bad_cases(kit, key, revoked_key):
         ("batch: non-shortest length", "post", "/v1/entries/batch", dict(data=b"\x98\x01" + cbor2.dumps(good),
                                                                           content_type=CBOR), 400, "malformed_batch"),
         ("batch: too many entries", "post", "/v1/entries/batch",
-         dict(data=cbor2.dumps([kit.issuance(key, 100 + i) for i in range(51)], canonical=True), content_type=CBOR),
+         dict(data=cbor2.dumps([issuance(key, 100 + i) for i in range(51)], canonical=True), content_type=CBOR),
          400, "malformed_batch"),
         ("batch: one bad entry", "post", "/v1/entries/batch", dict(data=batch_bad_item, content_type=CBOR), 400,
          "bad_signature"),
         ("batch: over the body limit", "post", "/v1/entries/batch", dict(data=b"\x81" + b"\x00" * 300_000,
                                                                           content_type=CBOR), 413, "body_too_large"),
         # issuer registration and revocation
-        ("register: no credential", "post", "/v1/issuers", dict(data=kit.registration(stranger), content_type=CBOR),
+        ("register: no credential", "post", "/v1/issuers", dict(data=registration(stranger), content_type=CBOR),
          401, "missing_credential"),
-        ("register: not bearer", "post", "/v1/issuers", dict(data=kit.registration(stranger), content_type=CBOR,
+        ("register: not bearer", "post", "/v1/issuers", dict(data=registration(stranger), content_type=CBOR,
                                                              headers={"Authorization": "Basic abc"}), 401,
          "bad_credential"),
-        ("register: wrong token", "post", "/v1/issuers", dict(data=kit.registration(stranger), content_type=CBOR,
+        ("register: wrong token", "post", "/v1/issuers", dict(data=registration(stranger), content_type=CBOR,
                                                               headers={"Authorization": "Bearer " + "x" * 40}), 403,
          "wrong_credential"),
         ("register: an issuance", "post", "/v1/issuers", dict(data=good, content_type=CBOR, auth=True), 400,
          "wrong_entry_type"),
         ("register: bad self-signature", "post", "/v1/issuers",
-         dict(data=cbor2.dumps(dict(cbor2.loads(kit.registration(stranger)), sig=bytes(64)), canonical=True),
+         dict(data=cbor2.dumps(dict(cbor2.loads(registration(stranger)), sig=bytes(64)), canonical=True),
               content_type=CBOR, auth=True), 400, "bad_signature"),
         ("register: same key, other name", "post", "/v1/issuers",
-         dict(data=kit.registration(key, "Someone Else"), content_type=CBOR, auth=True), 409, "issuer_exists"),
+         dict(data=registration(key, "Someone Else"), content_type=CBOR, auth=True), 409, "issuer_exists"),
         ("revoke: no credential", "post", "/v1/issuers/" + "00" * 32 + "/revoke", dict(), 401, "missing_credential"),
         ("revoke: unknown issuer", "post", "/v1/issuers/" + "00" * 32 + "/revoke", dict(auth=True), 404,
          "unknown_issuer"),
@@ -198,10 +199,10 @@ def _bad_cases(kit, key, revoked_key):
     ]
 
 
-def test_every_bad_input_is_refused_and_nothing_is_stored(env, issuer_key, kit) -> None:
+def test_every_bad_input_is_refused_and_nothing_is_stored(env, issuer_key) -> None:
     app, client, auth, revoked_key = env
     before = _state(app)
-    cases = _bad_cases(kit, issuer_key, revoked_key)
+    cases = _bad_cases(issuer_key, revoked_key)
     assert len({c[0] for c in cases}) == len(cases)
     for what, method, path, kw, status, code in cases:
         kw = dict(kw)
@@ -216,13 +217,13 @@ def test_every_bad_input_is_refused_and_nothing_is_stored(env, issuer_key, kit) 
         assert _state(app) == before, f"{what}: the store changed"
 
 
-def test_side_record_must_match_the_committed_fingerprint(env, issuer_key, kit) -> None:
+def test_side_record_must_match_the_committed_fingerprint(env, issuer_key) -> None:
     from emshield.marking.fingerprint import Fingerprint
 
     app, client, _, _ = env
     fp = Fingerprint(hashlib.sha256(b"params").digest(), (("layers.0.q", (1, 2, 3)), ("layers.0.v", (4, 5, 6))))
     other = Fingerprint(fp.params_digest, (("layers.0.q", (1, 2, 4)), ("layers.0.v", (4, 5, 6))))
-    r = client.post("/v1/entries", data=kit.issuance(issuer_key, 7, policy="fingerprint", fingerprint_hash=fp.hash()),
+    r = client.post("/v1/entries", data=issuance(issuer_key, 7, policy="fingerprint", fingerprint_hash=fp.hash()),
                     content_type=CBOR)
     index = r.json["index"]
     before = _state(app)
@@ -239,15 +240,15 @@ def test_side_record_must_match_the_committed_fingerprint(env, issuer_key, kit) 
     assert [h["index"] for h in hits] == [index] and hits[0]["has_side_record"]
 
 
-def test_revocation_stops_appends_but_keeps_history(env, issuer_key, kit) -> None:
+def test_revocation_stops_appends_but_keeps_history(env, issuer_key) -> None:
     app, client, auth, _ = env
-    kid = kit.public_bytes(issuer_key)
+    kid = public_bytes(issuer_key)
     from emshield.tlog.entry import issuer_key_id
 
     key_id = issuer_key_id(kid).hex()
     r = client.post(f"/v1/issuers/{key_id}/revoke", json={"reason": "retired"}, headers=auth)
     assert r.status_code == 200 and r.json["revoked"] and r.json["revocation_reason"] == "retired"
-    r = client.post("/v1/entries", data=kit.issuance(issuer_key, 40), content_type=CBOR)
+    r = client.post("/v1/entries", data=issuance(issuer_key, 40), content_type=CBOR)
     assert (r.status_code, r.json["error"]) == (403, "revoked_issuer")
     # Entries logged before the revocation stay, and so does the registration.
     assert client.get("/v1/entries?start=0&end=10").json["tree_size"] == 5
@@ -258,12 +259,12 @@ def test_revocation_stops_appends_but_keeps_history(env, issuer_key, kit) -> Non
     assert again["revocation_reason"] == "retired"
 
 
-def test_entries_are_paged_and_batches_deduplicate(log_files, issuer_key, kit) -> None:
+def test_entries_are_paged_and_batches_deduplicate(log_files, issuer_key) -> None:
     app = create_app({"db_path": log_files.db, "max_page": 3})
     client = app.test_client()
-    auth = {"Authorization": f"Bearer {kit.TOKEN}"}
-    assert client.post("/v1/issuers", data=kit.registration(issuer_key), content_type=CBOR, headers=auth).status_code == 201
-    a, b = kit.issuance(issuer_key, 1), kit.issuance(issuer_key, 2)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert client.post("/v1/issuers", data=registration(issuer_key), content_type=CBOR, headers=auth).status_code == 201
+    a, b = issuance(issuer_key, 1), issuance(issuer_key, 2)
     r = client.post("/v1/entries/batch", data=cbor2.dumps([a, b, a, b, a], canonical=True), content_type=CBOR)
     assert r.status_code == 201 and r.json["created"] == 2
     assert [(x["index"], x["created"]) for x in r.json["results"]] == [(1, True), (2, True), (1, False), (2, False),
@@ -271,7 +272,7 @@ def test_entries_are_paged_and_batches_deduplicate(log_files, issuer_key, kit) -
     again = client.post("/v1/entries/batch", data=cbor2.dumps([b, a], canonical=True), content_type=CBOR)
     assert again.status_code == 200 and [x["index"] for x in again.json["results"]] == [2, 1]
     for n in range(3, 8):
-        client.post("/v1/entries", data=kit.issuance(issuer_key, n), content_type=CBOR)
+        client.post("/v1/entries", data=issuance(issuer_key, n), content_type=CBOR)
     seen, start = [], 0
     while True:
         page = client.get(f"/v1/entries?start={start}&end=100").json

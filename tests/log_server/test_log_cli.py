@@ -10,15 +10,16 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from _kit.logs import init_log, registration
+from emshield.logclient.http import LogClient, LogClientError
 from emshield.tlog.checkpoint import NoteVerifier, verify_checkpoint
-from emshield.tlog.client import LogClient, LogClientError
 from log_server.cli import main as log_cli
 from log_server.storage import SqliteStore
 
 BIN = Path(sys.executable).parent
 
 
-def test_init_creates_store_key_and_generated_token(tmp_path: Path, server_factory, issuer_key, kit) -> None:
+def test_init_creates_store_key_and_generated_token(tmp_path: Path, server_factory, issuer_key) -> None:
     db = tmp_path / "log.db"
     env = {k: v for k, v in os.environ.items() if k != "EMSHIELD_LOG_OPERATOR_TOKEN"}
     out = subprocess.run([str(BIN / "emshield-log"), "init", "--db", str(db), "--origin", "example.org/log"],
@@ -35,7 +36,7 @@ def test_init_creates_store_key_and_generated_token(tmp_path: Path, server_facto
     assert (cp.origin, cp.size) == ("example.org/log", 0)
     store.close()
     srv = server_factory(db, workers=1)
-    assert LogClient(srv.url, operator_token=token).register_issuer(kit.registration(issuer_key)).index == 0
+    assert LogClient(srv.url, operator_token=token).register_issuer(registration(issuer_key)).index == 0
 
 
 def test_init_refuses_bad_input(tmp_path: Path) -> None:
@@ -57,7 +58,7 @@ def test_init_refuses_bad_input(tmp_path: Path) -> None:
     assert again.exit_code != 0 and "already exists" in again.output
 
 
-def test_serve_refuses_unusable_store_or_key(tmp_path: Path, log_files, kit) -> None:
+def test_serve_refuses_unusable_store_or_key(tmp_path: Path, log_files) -> None:
     def serve(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([str(BIN / "emshield-log"), "serve", *args, "--port", "1"], capture_output=True,
                               text=True, timeout=60)
@@ -73,20 +74,20 @@ def test_serve_refuses_unusable_store_or_key(tmp_path: Path, log_files, kit) -> 
     assert out.returncode != 0 and "readable by others" in out.stderr
     log_files.key_file.chmod(0o600)
     (tmp_path / "other").mkdir()
-    stranger = kit.init_log(tmp_path / "other", origin="other.example/log")
+    stranger = init_log(tmp_path / "other", origin="other.example/log")
     out = serve("--db", str(log_files.db), "--key-file", str(stranger.key_file))
     assert out.returncode != 0 and "does not match the log origin" in out.stderr
 
 
-def test_set_token_replaces_the_operator_credential(log_files, server_factory, issuer_key, kit) -> None:
+def test_set_token_replaces_the_operator_credential(log_files, server_factory, issuer_key) -> None:
     srv = server_factory(log_files.db, workers=1)
     result = CliRunner().invoke(log_cli, ["set-token", "--db", str(log_files.db), "--json"],
                                 env={"EMSHIELD_LOG_OPERATOR_TOKEN": None})
     assert result.exit_code == 0, result.output
     new = json.loads(result.output)["operator_token"]
     try:
-        LogClient(srv.url, operator_token=log_files.token).register_issuer(kit.registration(issuer_key))
+        LogClient(srv.url, operator_token=log_files.token).register_issuer(registration(issuer_key))
         raise AssertionError("the old token still works")
     except LogClientError as exc:
         assert exc.code == "wrong_credential"
-    assert LogClient(srv.url, operator_token=new).register_issuer(kit.registration(issuer_key)).created
+    assert LogClient(srv.url, operator_token=new).register_issuer(registration(issuer_key)).created

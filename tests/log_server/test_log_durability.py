@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import threading
 
+from _kit.logs import ed25519_key, issuance, public_bytes, registration
+from emshield.logclient.http import LogClient, LogClientError
 from emshield.tlog import merkle
 from emshield.tlog.checkpoint import verify_checkpoint
-from emshield.tlog.client import LogClient, LogClientError
 from emshield.tlog.entry import decode_entry, issuer_key_id
 
 
@@ -24,7 +25,9 @@ def _verified_tree(log: LogClient, verifier) -> tuple:
     return cp, leaves
 
 
-def _run_clients(url: str, jobs: list[list[bytes]]) -> tuple[list[tuple[bytes, int]], list[Exception]]:
+def _run_clients(url: str, jobs: list[list[bytes]], after_ack=None) -> tuple[list[tuple[bytes, int]], list[Exception]]:
+    """Append each job's entries in turn, one client thread per job; ``after_ack(acked)`` runs after
+    every acknowledgement (outside the lock), so a test can act on a condition, not on a clock."""
     acked: list[tuple[bytes, int]] = []
     errors: list[Exception] = []
     lock = threading.Lock()
@@ -40,6 +43,8 @@ def _run_clients(url: str, jobs: list[list[bytes]]) -> tuple[list[tuple[bytes, i
                 return
             with lock:
                 acked.append((e, r.index))
+            if after_ack is not None:
+                after_ack(acked)
 
     threads = [threading.Thread(target=work, args=(job,)) for job in jobs]
     for t in threads:
@@ -49,18 +54,18 @@ def _run_clients(url: str, jobs: list[list[bytes]]) -> tuple[list[tuple[bytes, i
     return acked, errors
 
 
-def test_state_survives_a_clean_restart(log_files, server_factory, issuer_key, kit) -> None:
+def test_state_survives_a_clean_restart(log_files, server_factory, issuer_key) -> None:
     from emshield.marking.fingerprint import Fingerprint
 
     srv = server_factory(log_files.db)
     log = LogClient(srv.url, operator_token=log_files.token)
-    log.register_issuer(kit.registration(issuer_key))
-    other = kit.ed25519_key("issuer-2")
-    log.register_issuer(kit.registration(other, "Other Lab"))
-    log.revoke_issuer(issuer_key_id(kit.public_bytes(other)), "test")
+    log.register_issuer(registration(issuer_key))
+    other = ed25519_key("issuer-2")
+    log.register_issuer(registration(other, "Other Lab"))
+    log.revoke_issuer(issuer_key_id(public_bytes(other)), "test")
     fp = Fingerprint(hashlib.sha256(b"p").digest(), (("l", (7, 8, 9)),))
-    log.append_batch([kit.issuance(issuer_key, n) for n in range(20)])
-    fp_entry = kit.issuance(issuer_key, 20, policy="both", fingerprint_hash=fp.hash())
+    log.append_batch([issuance(issuer_key, n) for n in range(20)])
+    fp_entry = issuance(issuer_key, 20, policy="both", fingerprint_hash=fp.hash())
     fp_index = log.append(fp_entry).index
     assert log.put_side_record(fp_index, fp.to_cbor())
     cp, leaves = _verified_tree(log, log_files.verifier)
@@ -82,8 +87,8 @@ def test_state_survives_a_clean_restart(log_files, server_factory, issuer_key, k
     assert log2.issuers() == issuers and [i.revoked for i in issuers] == [False, True]
     assert log2.side_record(fp_index) == fp.to_cbor()
     # The log goes on from where it was: next index, an extension of the old tree, no duplicate.
-    assert log2.append(kit.issuance(issuer_key, 3)).created is False
-    nxt = log2.append(kit.issuance(issuer_key, 100))
+    assert log2.append(issuance(issuer_key, 3)).created is False
+    nxt = log2.append(issuance(issuer_key, 100))
     assert (nxt.index, nxt.created) == (cp.size, True)
     log2.prove_consistency(cp, log2.verified_checkpoint(log_files.verifier))
 
@@ -108,23 +113,31 @@ def _watch_checkpoints(url: str, stop: threading.Event) -> list[bytes]:
     return seen  # filled by the thread as it goes
 
 
-def test_crash_during_concurrent_appends_loses_no_acknowledged_entry(log_files, server_factory, issuer_key, kit) -> None:
+def test_crash_during_concurrent_appends_loses_no_acknowledged_entry(log_files, server_factory, issuer_key) -> None:
     srv = server_factory(log_files.db)
     log = LogClient(srv.url, operator_token=log_files.token)
-    log.register_issuer(kit.registration(issuer_key))
-    entries = [kit.issuance(issuer_key, n) for n in range(1200)]
+    log.register_issuer(registration(issuer_key))
+    entries = [issuance(issuer_key, n) for n in range(1200)]
     before = log.verified_checkpoint(log_files.verifier)
 
     stop = threading.Event()
     served = _watch_checkpoints(srv.url, stop)  # a reader watching checkpoints throughout
-    killer = threading.Timer(1.5, srv.kill)  # SIGKILL master and workers while 8 clients append
-    killer.start()
-    acked, errors = _run_clients(srv.url, [entries[i::8] for i in range(8)])
-    killer.join()
+    killed = threading.Event()
+    kill_lock = threading.Lock()
+
+    def kill_once_a_third_is_acknowledged(acked: list) -> None:
+        # SIGKILL master and workers while 8 clients append: after 400 of 1,200 acknowledgements
+        # and 3 served checkpoints, whatever the machine's speed.
+        if len(acked) >= len(entries) // 3 and len(served) >= 3:
+            with kill_lock:
+                if not killed.is_set():
+                    srv.kill()
+                    killed.set()
+
+    acked, errors = _run_clients(srv.url, [entries[i::8] for i in range(8)], kill_once_a_third_is_acknowledged)
     stop.set()
-    assert acked, "nothing was acknowledged before the crash; the test proves nothing"
-    assert errors, "the server was not killed during the appends; the test proves nothing"
-    assert len(served) >= 3, "the watcher saw too few checkpoints to prove anything"
+    assert killed.is_set(), "the kill condition was never met; the test proves nothing"
+    assert len(acked) < len(entries) and errors, "the server was not killed during the appends"
 
     srv2 = server_factory(log_files.db)
     log2 = LogClient(srv2.url, operator_token=log_files.token)
@@ -140,15 +153,15 @@ def test_crash_during_concurrent_appends_loses_no_acknowledged_entry(log_files, 
         if old.size:
             log2.prove_consistency(old, cp)
             assert merkle.root_from_leaf_hashes([merkle.leaf_hash(d) for d in leaves[:old.size]]) == old.root_hash
-    nxt = log2.append(kit.issuance(issuer_key, 5000))
+    nxt = log2.append(issuance(issuer_key, 5000))
     assert nxt.index == cp.size
 
 
-def test_concurrent_appends_leave_no_gaps_or_duplicates(log_files, server_factory, issuer_key, kit) -> None:
+def test_concurrent_appends_leave_no_gaps_or_duplicates(log_files, server_factory, issuer_key) -> None:
     srv = server_factory(log_files.db, workers=2, threads=8)
     log = LogClient(srv.url, operator_token=log_files.token)
-    log.register_issuer(kit.registration(issuer_key))
-    entries = [kit.issuance(issuer_key, n) for n in range(320)]
+    log.register_issuer(registration(issuer_key))
+    entries = [issuance(issuer_key, n) for n in range(320)]
     # 16 clients; every entry is also sent by a second client at about the same time.
     jobs = [entries[i::8] for i in range(8)] + [list(reversed(entries[i::8])) for i in range(8)]
     acked, errors = _run_clients(srv.url, jobs)

@@ -1,4 +1,4 @@
-"""The collector settings of the server processes (log_server.gc_tuning), checked in a fresh interpreter."""
+"""The collector settings of the server processes (log_server.runtime.gc_tuning), checked in a fresh interpreter."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import json
 import subprocess
 import sys
 
-from log_server.gc_tuning import YOUNG_THRESHOLD
+from log_server.runtime.gc_tuning import YOUNG_THRESHOLD
 
 _PROBE = """
 import gc, json, weakref
-from log_server.gc_tuning import settle_after_startup
+from log_server.runtime.gc_tuning import settle_after_startup
 default = gc.get_threshold()
 settle_after_startup()
 class Node: pass

@@ -7,14 +7,15 @@ import hashlib
 
 import pytest
 
+from _kit.logs import ORIGIN, ed25519_key, issuance, public_bytes, registration
+from emshield.logclient.http import LogClient, LogClientError
 from emshield.tlog import entry as E
 from emshield.tlog import merkle
 from emshield.tlog.checkpoint import CheckpointError, NoteSigner, verify_checkpoint
-from emshield.tlog.client import LogClient, LogClientError
 from emshield.tlog.entry import decode_entry, issuer_key_id
 
 
-def test_round_trip_with_verified_proofs(log_files, server_factory, issuer_key, kit) -> None:
+def test_round_trip_with_verified_proofs(log_files, server_factory, issuer_key) -> None:
     srv = server_factory(log_files.db)
     log = LogClient(srv.url, operator_token=log_files.token)
     verifier = log_files.verifier
@@ -22,12 +23,12 @@ def test_round_trip_with_verified_proofs(log_files, server_factory, issuer_key, 
     cp0 = log.verified_checkpoint(verifier)
     assert (cp0.size, cp0.root_hash) == (0, merkle.EMPTY_ROOT)
 
-    reg = kit.registration(issuer_key)
+    reg = registration(issuer_key)
     first = log.register_issuer(reg)
     assert (first.index, first.created, first.leaf_hash) == (0, True, merkle.leaf_hash(reg))
     assert log.register_issuer(reg) == first.__class__(0, first.leaf_hash, False)  # idempotent
 
-    singles = [kit.issuance(issuer_key, n) for n in range(5)]
+    singles = [issuance(issuer_key, n) for n in range(5)]
     results = [log.append(e) for e in singles]
     assert [r.index for r in results] == [1, 2, 3, 4, 5] and all(r.created for r in results)
     again = log.append(singles[2])
@@ -35,7 +36,7 @@ def test_round_trip_with_verified_proofs(log_files, server_factory, issuer_key, 
 
     cp1 = log.verified_checkpoint(verifier)
     assert cp1.size == 6
-    batch = [kit.issuance(issuer_key, n) for n in range(5, 40)] + [singles[0]]
+    batch = [issuance(issuer_key, n) for n in range(5, 40)] + [singles[0]]
     got = log.append_batch(batch)
     assert [r.index for r in got] == list(range(6, 41)) + [1]
     assert [r.created for r in got] == [True] * 35 + [False]
@@ -71,7 +72,7 @@ def test_round_trip_with_verified_proofs(log_files, server_factory, issuer_key, 
     for kw in ({"watermark_commitment": target.watermark_commitment}, {"device_uuid": target.device_uuid_text}):
         hits = log.issuances(**kw)
         assert [(h.index, h.leaf) for h in hits] == [(4, singles[3])]
-        assert hits[0].issuer_key_id == issuer_key_id(kit.public_bytes(issuer_key))
+        assert hits[0].issuer_key_id == issuer_key_id(public_bytes(issuer_key))
     assert log.issuances(watermark_commitment=hashlib.sha256(b"none").digest()) == []
 
     issuers = log.issuers()
@@ -79,15 +80,15 @@ def test_round_trip_with_verified_proofs(log_files, server_factory, issuer_key, 
     assert log.side_record(4) is None
 
 
-def test_checkpoint_is_a_c2sp_note_only_the_log_key_opens(log_files, server_factory, issuer_key, kit) -> None:
+def test_checkpoint_is_a_c2sp_note_only_the_log_key_opens(log_files, server_factory, issuer_key) -> None:
     srv = server_factory(log_files.db, workers=1)
     log = LogClient(srv.url, operator_token=log_files.token)
-    log.register_issuer(kit.registration(issuer_key))
+    log.register_issuer(registration(issuer_key))
     note = log.checkpoint_note()
     text = note.decode()
-    assert text.startswith(f"{kit.ORIGIN}\n1\n") and "\n\n\u2014 " + kit.ORIGIN + " " in text
+    assert text.startswith(f"{ORIGIN}\n1\n") and "\n\n\u2014 " + ORIGIN + " " in text
     assert verify_checkpoint(note, log_files.verifier).size == 1
-    other = NoteSigner.generate(kit.ORIGIN)
+    other = NoteSigner.generate(ORIGIN)
     from emshield.tlog.checkpoint import NoteVerifier
 
     with pytest.raises(CheckpointError):
@@ -96,29 +97,28 @@ def test_checkpoint_is_a_c2sp_note_only_the_log_key_opens(log_files, server_fact
         verify_checkpoint(note, log_files.verifier, origin="another.example/log")
 
 
-def test_client_reports_api_errors(log_files, server_factory, kit) -> None:
+def test_client_reports_api_errors(log_files, server_factory) -> None:
     srv = server_factory(log_files.db, workers=1)
     log = LogClient(srv.url)  # no operator token
     with pytest.raises(LogClientError) as exc:
         log.inclusion_proof(0, 5)
     assert (exc.value.status, exc.value.code) == (400, "out_of_range")
     with pytest.raises(LogClientError) as exc:
-        log.register_issuer(kit.registration(kit.ed25519_key("x")))
+        log.register_issuer(registration(ed25519_key("x")))
     assert exc.value.code == "missing_credential"
     with pytest.raises(LogClientError) as exc:
         LogClient("http://127.0.0.1:1", timeout=2).checkpoint_note()
     assert exc.value.code == "unreachable"
 
 
-def test_batch_signed_entries_are_appended_and_each_verifies_alone(log_files, server_factory, issuer_key,
-                                                                     kit) -> None:
+def test_batch_signed_entries_are_appended_and_each_verifies_alone(log_files, server_factory, issuer_key) -> None:
     """Entries signed with one Merkle-tree batch signature (spec/entry.md) go through the batch
     path; a tampered one refuses the whole request and stores nothing; each logged entry verifies
     on its own with the issuer key."""
     srv = server_factory(log_files.db, workers=1)
     log = LogClient(srv.url, operator_token=log_files.token)
-    log.register_issuer(kit.registration(issuer_key))
-    kid = issuer_key_id(kit.public_bytes(issuer_key))
+    log.register_issuer(registration(issuer_key))
+    kid = issuer_key_id(public_bytes(issuer_key))
 
     def issuances(ns):
         return [E.Issuance(hashlib.sha256(b"dev%d" % n).digest()[:16], hashlib.sha256(b"backbone").digest(),

@@ -10,18 +10,16 @@ import sqlite3
 
 import pytest
 
+from _kit.logs import ORIGIN
 from emshield.tlog import merkle
-from emshield.tlog.checkpoint import verify_checkpoint
-from emshield.tlog.entry import issuer_key_id
 from log_server import storage
-from log_server.entries import IssuerKeys, prepare_issuance, prepare_registration
 from log_server.keys import read_signer_key
-from log_server.sequencer import AppendRejected, Appended, Sequencer
+from log_server.sequencer import Sequencer
 from log_server.storage import DuplicateLeaf, LeafRecord, SqliteStore
 
 
-def _sequencer(log_files, kit) -> Sequencer:
-    return Sequencer(SqliteStore(log_files.db), read_signer_key(log_files.key_file), kit.ORIGIN)
+def _sequencer(log_files) -> Sequencer:
+    return Sequencer(SqliteStore(log_files.db), read_signer_key(log_files.key_file), ORIGIN)
 
 
 def _leaf_rows(start: int, count: int) -> list[tuple[int, bytes, bytes, str]]:

@@ -8,9 +8,10 @@ from __future__ import annotations
 import multiprocessing as mp
 import threading
 
+from _kit.logs import ORIGIN, issuance, registration
 from emshield.tlog import merkle
 from emshield.tlog.checkpoint import verify_checkpoint
-from log_server.entries import IssuerKeys, prepare_issuance, prepare_registration
+from log_server.admission import RegisteredIssuers, prepare_issuance, prepare_registration
 from log_server.keys import read_signer_key
 from log_server.sequencer import Sequencer
 from log_server.storage import SqliteStore
@@ -43,12 +44,12 @@ def _worker(db, key_file, origin, singles, batch, answers) -> None:
     answers.put(got)
 
 
-def test_sequencers_in_several_processes_build_one_tree(log_files, issuer_key, kit) -> None:
+def test_sequencers_in_several_processes_build_one_tree(log_files, issuer_key) -> None:
     store = SqliteStore(log_files.db)
-    seq = Sequencer(store, read_signer_key(log_files.key_file), kit.ORIGIN)
-    seq.integrate([[prepare_registration(kit.registration(issuer_key))]])
-    issuers = IssuerKeys(store)
-    entries = [prepare_issuance(kit.issuance(issuer_key, n), issuers) for n in range(200)]
+    seq = Sequencer(store, read_signer_key(log_files.key_file), ORIGIN)
+    seq.integrate([[prepare_registration(registration(issuer_key))]])
+    issuers = RegisteredIssuers(store)
+    entries = [prepare_issuance(issuance(issuer_key, n), issuers) for n in range(200)]
     shared = entries[:20]  # submitted by every process: appended once, answered alike
     store.close()  # a forked child must not inherit open SQLite connections (POSIX locks are per process)
     ctx = mp.get_context("fork")
@@ -56,7 +57,7 @@ def test_sequencers_in_several_processes_build_one_tree(log_files, issuer_key, k
     procs = []
     for p in range(PROCESSES):
         own = entries[20 + p * 90:20 + (p + 1) * 90]
-        procs.append(ctx.Process(target=_worker, args=(log_files.db, log_files.key_file, kit.ORIGIN,
+        procs.append(ctx.Process(target=_worker, args=(log_files.db, log_files.key_file, ORIGIN,
                                                        shared + own[:60], own[60:] + shared[::-1], answers)))
     for proc in procs:
         proc.start()

@@ -1,4 +1,4 @@
-"""The sequencer process of `emshield-log serve` (log_server/sequencer_service.py): real stores,
+"""The sequencer process of `emshield-log serve` (log_server/runtime/sequencer_service.py): real stores,
 real Unix sockets, a real server whose sequencer is killed."""
 
 from __future__ import annotations
@@ -13,11 +13,14 @@ from pathlib import Path
 import pytest
 import requests
 
+from _kit.logs import ed25519_key, issuance, registration
 from emshield.tlog.checkpoint import verify_checkpoint
-from log_server.app import ServerConfig, create_app, open_sequencer
-from log_server.entries import IssuerKeys, prepare_issuance, prepare_registration
-from log_server.sequencer import AppendRejected, Sequencer
-from log_server.sequencer_service import RemoteSequencer, SequencerUnavailable, _encode_unit, run_service
+from log_server.admission import RegisteredIssuers, prepare_issuance, prepare_registration
+from log_server.app import create_app
+from log_server.config import ServerConfig, open_sequencer
+from log_server.errors import Refusal
+from log_server.runtime.sequencer_service import RemoteSequencer, SequencerUnavailable, _encode_unit, run_service
+from log_server.sequencer import Sequencer
 
 CBOR = "application/cbor"
 
@@ -39,36 +42,36 @@ def service(log_files, tmp_path: Path):
     listener.close()
 
 
-def test_remote_appends_are_durable_signed_and_idempotent(service, log_files, issuer_key, kit) -> None:
+def test_remote_appends_are_durable_signed_and_idempotent(service, log_files, issuer_key) -> None:
     path, store = service
     remote = RemoteSequencer(path)
-    (reg,) = remote.submit([prepare_registration(kit.registration(issuer_key))])
+    (reg,) = remote.submit([prepare_registration(registration(issuer_key))])
     assert (reg.index, reg.created) == (0, True)
-    issuers = IssuerKeys(store)
-    first = remote.submit([prepare_issuance(kit.issuance(issuer_key, n), issuers) for n in range(3)])
+    issuers = RegisteredIssuers(store)
+    first = remote.submit([prepare_issuance(issuance(issuer_key, n), issuers) for n in range(3)])
     assert [(a.index, a.created) for a in first] == [(1, True), (2, True), (3, True)]
-    again = remote.submit([prepare_issuance(kit.issuance(issuer_key, 1), issuers)])
+    again = remote.submit([prepare_issuance(issuance(issuer_key, 1), issuers)])
     assert [(a.index, a.leaf_hash, a.created) for a in again] == [(2, first[1].leaf_hash, False)]
     # refused at commit: the same key under another name; nothing is stored
-    with pytest.raises(AppendRejected) as rej:
-        remote.submit([prepare_registration(kit.registration(issuer_key, name="Other Name"))])
+    with pytest.raises(Refusal) as rej:
+        remote.submit([prepare_registration(registration(issuer_key, name="Other Name"))])
     assert (rej.value.status, rej.value.code) == (409, "issuer_exists")
     assert store.tree_size() == 4
     cp = verify_checkpoint(store.latest_checkpoint().note, log_files.verifier)
     assert cp.size == 4
 
 
-def test_concurrent_remote_submits_get_distinct_indices(service, issuer_key, kit) -> None:
+def test_concurrent_remote_submits_get_distinct_indices(service, issuer_key) -> None:
     path, store = service
     remote = RemoteSequencer(path)
-    remote.submit([prepare_registration(kit.registration(issuer_key))])
-    issuers = IssuerKeys(store)
+    remote.submit([prepare_registration(registration(issuer_key))])
+    issuers = RegisteredIssuers(store)
     got: list[int] = []
     lock = threading.Lock()
 
     def client(k: int) -> None:
         for n in range(k, 80, 8):
-            (a,) = remote.submit([prepare_issuance(kit.issuance(issuer_key, n), issuers)])
+            (a,) = remote.submit([prepare_issuance(issuance(issuer_key, n), issuers)])
             with lock:
                 got.append(a.index)
 
@@ -81,37 +84,37 @@ def test_concurrent_remote_submits_get_distinct_indices(service, issuer_key, kit
     assert store.tree_size() == 81
 
 
-def test_a_malformed_message_closes_only_that_connection(service, issuer_key, kit) -> None:
+def test_a_malformed_message_closes_only_that_connection(service, issuer_key) -> None:
     path, _ = service
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
         raw.settimeout(10)
         raw.connect(str(path))
         raw.sendall(b"\x00\x00\x00\x01\xff")  # a CBOR "break" with nothing to end
         assert raw.recv(100) == b""
-    (reg,) = RemoteSequencer(path).submit([prepare_registration(kit.registration(issuer_key))])
+    (reg,) = RemoteSequencer(path).submit([prepare_registration(registration(issuer_key))])
     assert reg.created
 
 
-def test_a_worker_that_hangs_up_before_its_answer_does_not_stop_the_service(service, issuer_key, kit) -> None:
+def test_a_worker_that_hangs_up_before_its_answer_does_not_stop_the_service(service, issuer_key) -> None:
     path, store = service
     remote = RemoteSequencer(path)
-    remote.submit([prepare_registration(kit.registration(issuer_key))])
-    issuers = IssuerKeys(store)
+    remote.submit([prepare_registration(registration(issuer_key))])
+    issuers = RegisteredIssuers(store)
     for n in range(5):  # each unit is committed, then its answer finds the connection gone
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
             raw.connect(str(path))
-            raw.sendall(_encode_unit([prepare_issuance(kit.issuance(issuer_key, n), issuers)]))
+            raw.sendall(_encode_unit([prepare_issuance(issuance(issuer_key, n), issuers)]))
     deadline = time.monotonic() + 30  # the service accepts the hung-up connections in its own time
     while store.tree_size() < 6 and time.monotonic() < deadline:
         time.sleep(0.05)
-    (late,) = remote.submit([prepare_issuance(kit.issuance(issuer_key, 99), issuers)])
+    (late,) = remote.submit([prepare_issuance(issuance(issuer_key, 99), issuers)])
     assert (late.index, late.created) == (6, True)
-    again = remote.submit([prepare_issuance(kit.issuance(issuer_key, n), issuers) for n in range(5)])
+    again = remote.submit([prepare_issuance(issuance(issuer_key, n), issuers) for n in range(5)])
     assert sorted(a.index for a in again) == [1, 2, 3, 4, 5] and not any(a.created for a in again)
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the simulated death
-def test_the_service_stops_when_its_writer_thread_dies(log_files, issuer_key, kit, tmp_path: Path) -> None:
+def test_the_service_stops_when_its_writer_thread_dies(log_files, issuer_key, tmp_path: Path) -> None:
     """A commit that ends the writer thread (here SystemExit from inside the transaction) must not
     leave a service that accepts units and never answers: the loop raises, the process exits and the
     server's watchdog stops the server (test_the_server_stops_when_its_sequencer_dies)."""
@@ -138,22 +141,22 @@ def test_the_service_stops_when_its_writer_thread_dies(log_files, issuer_key, ki
     thread.start()
     remote = RemoteSequencer(path, timeout=5)
     with pytest.raises(SequencerUnavailable):
-        remote.submit([prepare_registration(kit.registration(issuer_key))])
+        remote.submit([prepare_registration(registration(issuer_key))])
     thread.join(10)
     assert not thread.is_alive() and len(failure) == 1 and "writer thread" in str(failure[0])
     listener.close()
     assert sequencer.store.tree_size() == 0  # nothing was stored
 
 
-def test_no_sequencer_answers_503_and_stores_nothing(log_files, issuer_key, kit, tmp_path: Path) -> None:
+def test_no_sequencer_answers_503_and_stores_nothing(log_files, issuer_key, tmp_path: Path) -> None:
     local = create_app({"db_path": log_files.db}).test_client()
     auth = {"Authorization": f"Bearer {log_files.token}"}
-    assert local.post("/v1/issuers", data=kit.registration(issuer_key), content_type=CBOR, headers=auth).status_code == 201
+    assert local.post("/v1/issuers", data=registration(issuer_key), content_type=CBOR, headers=auth).status_code == 201
     with pytest.raises(SequencerUnavailable):
         RemoteSequencer(tmp_path / "nothing-listens-here").submit([])
     remote = create_app({"db_path": log_files.db, "sequencer_socket": tmp_path / "nothing-listens-here"}).test_client()
-    for path, body, headers in [("/v1/entries", kit.issuance(issuer_key, 1), {}),
-                                ("/v1/issuers", kit.registration(kit.ed25519_key("issuer-2")), auth)]:
+    for path, body, headers in [("/v1/entries", issuance(issuer_key, 1), {}),
+                                ("/v1/issuers", registration(ed25519_key("issuer-2")), auth)]:
         r = remote.post(path, data=body, content_type=CBOR, headers=headers)
         assert (r.status_code, r.get_json()["error"]) == (503, "sequencer_unavailable"), r.get_data()
     assert local.get("/v1/entries?start=0&end=10").get_json()["end"] == 1
@@ -176,16 +179,16 @@ def test_the_server_stops_when_its_sequencer_dies(server_factory, log_files) -> 
     while server.proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
     assert server.proc.poll() is not None, "the server kept running without its sequencer"
-    assert b"sequencer process exited" in server.proc.stdout.read()
+    assert "sequencer process exited" in server.read_output()
 
 
-def test_a_worker_restart_leaves_the_sequencer_running(server_factory, log_files, issuer_key, kit) -> None:
+def test_a_worker_restart_leaves_the_sequencer_running(server_factory, log_files, issuer_key) -> None:
     """A gunicorn worker leaves by unwinding the stack it inherited from the server's main process,
     the block that owns the sequencer process included: that must not stop the sequencer."""
     server = server_factory(log_files.db, workers=2, threads=2, server="gunicorn")
     session = requests.Session()
     auth = {"Authorization": f"Bearer {log_files.token}", "Content-Type": CBOR}
-    assert session.post(server.url + "/v1/issuers", data=kit.registration(issuer_key), headers=auth,
+    assert session.post(server.url + "/v1/issuers", data=registration(issuer_key), headers=auth,
                         timeout=30).status_code == 201
 
     def gunicorn_workers() -> list[int]:
@@ -204,7 +207,7 @@ def test_a_worker_restart_leaves_the_sequencer_running(server_factory, log_files
             break
         time.sleep(0.1)
     for n in range(20):
-        r = session.post(server.url + "/v1/entries", data=kit.issuance(issuer_key, n),
+        r = session.post(server.url + "/v1/entries", data=issuance(issuer_key, n),
                          headers={"Content-Type": CBOR}, timeout=30)
         assert r.status_code == 201, r.text
     assert server.proc.poll() is None

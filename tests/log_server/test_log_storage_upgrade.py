@@ -13,14 +13,22 @@ from pathlib import Path
 
 import pytest
 
+from _kit.logs import ORIGIN, ed25519_key, issuance, public_bytes, registration
 from emshield.tlog import entry as E
 from emshield.tlog import merkle
 from emshield.tlog.checkpoint import verify_checkpoint
-from log_server.entries import IssuerKeys, prepare_issuance, prepare_registration
+from log_server.admission import RegisteredIssuers, prepare_issuance, prepare_registration
 from log_server.keys import read_signer_key
 from log_server.sequencer import IssuanceFields, Sequencer
-from log_server.storage import (LOOKUP_FIELDS, SCHEMA_VERSION, IssuerRecord, SqliteStore, StoreError, blob_key,
-                                device_key)
+from log_server.storage import (
+    LOOKUP_FIELDS,
+    SCHEMA_VERSION,
+    IssuerRecord,
+    SqliteStore,
+    StoreError,
+    blob_key,
+    device_key,
+)
 
 # The schema as version 1 first shipped (git show 769a86f:log_server/storage.py): no border column
 # in checkpoints, no cosignatures table, the look-up indexes on the full values.
@@ -83,27 +91,27 @@ def _fp(n: int) -> bytes:
     return hashlib.sha256(b"fp" + n.to_bytes(8, "big")).digest()
 
 
-def _fill(log_files, issuer_key, kit) -> list[bytes]:
+def _fill(log_files, issuer_key) -> list[bytes]:
     """A log with issuances of all three policies (repeated devices and fingerprints), two
     issuers (one revoked) and side records; returns the leaves."""
-    seq = Sequencer(SqliteStore(log_files.db), read_signer_key(log_files.key_file), kit.ORIGIN)
-    other = kit.ed25519_key("issuer-2")
-    leaves = [kit.registration(issuer_key), kit.registration(other, "Other Models")]
+    seq = Sequencer(SqliteStore(log_files.db), read_signer_key(log_files.key_file), ORIGIN)
+    other = ed25519_key("issuer-2")
+    leaves = [registration(issuer_key), registration(other, "Other Models")]
     seq.integrate([[prepare_registration(x)] for x in leaves])
-    keys = IssuerKeys(seq.store)
+    keys = RegisteredIssuers(seq.store)
     for batch in range(3):
-        raw = [kit.issuance(issuer_key if n % 2 else other, 10 * batch + n,
+        raw = [issuance(issuer_key if n % 2 else other, 10 * batch + n,
                             policy=("watermark", "fingerprint", "both")[n % 3],
                             fingerprint_hash=_fp(n % 4), device=n % 5) for n in range(10)]
         seq.integrate([[prepare_issuance(x, keys) for x in raw]])
         leaves += raw
-    raw = [_colliding(issuer_key, kit.public_bytes(issuer_key), i) for i in range(3)]
+    raw = [_colliding(issuer_key, public_bytes(issuer_key), i) for i in range(3)]
     seq.integrate([[prepare_issuance(x, keys)] for x in raw])
     leaves += raw
     with seq.store.write() as tx:
         tx.put_side_record(3, b"side record of leaf 3")
         tx.put_side_record(7, b"side record of leaf 7")
-        tx.revoke_issuer(E.issuer_key_id(kit.public_bytes(other)), 1_700_000_500.0, "test revocation")
+        tx.revoke_issuer(E.issuer_key_id(public_bytes(other)), 1_700_000_500.0, "test revocation")
     seq.store.close()
     return leaves
 
@@ -134,10 +142,10 @@ def _v1_answer(conn: sqlite3.Connection, field: str, value, limit: int) -> list[
                          f" FROM issuances WHERE {field}=? ORDER BY leaf_idx LIMIT ?", (value, limit))]
 
 
-def _make_v1(log_files, issuer_key, kit) -> list[bytes]:
+def _make_v1(log_files, issuer_key) -> list[bytes]:
     """Replace the store at log_files.db by a version-1 store with the same rows, built with the
     version-1 DDL."""
-    leaves = _fill(log_files, issuer_key, kit)
+    leaves = _fill(log_files, issuer_key)
     v1 = log_files.db.with_name("v1.db")
     conn = sqlite3.connect(v1, isolation_level=None)
     # In WAL mode, as every store `emshield-log init` made: switching a rollback-journal file to WAL
@@ -162,8 +170,8 @@ def _table(conn: sqlite3.Connection, table: str, cols: str) -> list[tuple]:
     return conn.execute(f"SELECT {cols} FROM {table} ORDER BY 1, 2").fetchall()
 
 
-def test_a_version_1_store_is_upgraded_in_place_and_answers_as_before(log_files, issuer_key, kit) -> None:
-    leaves = _make_v1(log_files, issuer_key, kit)
+def test_a_version_1_store_is_upgraded_in_place_and_answers_as_before(log_files, issuer_key) -> None:
+    leaves = _make_v1(log_files, issuer_key)
     raw = sqlite3.connect(log_files.db)
     probes = _probes(raw)
     before = {(f, v): _v1_answer(raw, f, v, 100) for f, v in probes}
@@ -194,9 +202,9 @@ def test_a_version_1_store_is_upgraded_in_place_and_answers_as_before(log_files,
 
     # Appending works: the sequencer rebuilds its range from the nodes (the old checkpoint has no
     # border), the new checkpoint covers every leaf, and the new issuance is found by its keys.
-    seq = Sequencer(store, read_signer_key(log_files.key_file), kit.ORIGIN)
-    entry = kit.issuance(issuer_key, 999, policy="both", fingerprint_hash=PREFIX + bytes(24), device=2)
-    (done,) = seq.integrate([[prepare_issuance(entry, IssuerKeys(store))]])
+    seq = Sequencer(store, read_signer_key(log_files.key_file), ORIGIN)
+    entry = issuance(issuer_key, 999, policy="both", fingerprint_hash=PREFIX + bytes(24), device=2)
+    (done,) = seq.integrate([[prepare_issuance(entry, RegisteredIssuers(store))]])
     size = len(leaves)
     assert done[0].index == size
     stored = store.leaves(0, size + 1)
@@ -242,8 +250,8 @@ def test_values_sharing_their_first_8_bytes_are_told_apart(log_files) -> None:
     store.close()
 
 
-def test_look_ups_search_the_key_indexes(log_files, issuer_key, kit) -> None:
-    _fill(log_files, issuer_key, kit)
+def test_look_ups_search_the_key_indexes(log_files, issuer_key) -> None:
+    _fill(log_files, issuer_key)
     store = SqliteStore(log_files.db)
     conn = store._conn()
     statements: list[str] = []
@@ -273,8 +281,8 @@ def test_the_keys_are_the_first_8_bytes_as_signed_integers() -> None:
     assert blob_key(None) is None and blob_key("00" * 32) is None
 
 
-def test_an_upgrade_that_fails_leaves_version_1_as_it_was(log_files, issuer_key, kit) -> None:
-    _make_v1(log_files, issuer_key, kit)
+def test_an_upgrade_that_fails_leaves_version_1_as_it_was(log_files, issuer_key) -> None:
+    _make_v1(log_files, issuer_key)
     raw = sqlite3.connect(log_files.db, isolation_level=None)
     raw.execute("CREATE TABLE in_the_way(x)")
     raw.execute("CREATE INDEX issuances_by_device_key ON in_the_way(x)")  # the upgrade's last index name
@@ -303,8 +311,8 @@ def _open(db: Path, start, answers) -> None:
     store.close()
 
 
-def test_processes_opening_a_version_1_store_at_once_upgrade_it_once(log_files, issuer_key, kit) -> None:
-    leaves = _make_v1(log_files, issuer_key, kit)
+def test_processes_opening_a_version_1_store_at_once_upgrade_it_once(log_files, issuer_key) -> None:
+    leaves = _make_v1(log_files, issuer_key)
     ctx = mp.get_context("fork")
     start, answers = ctx.Barrier(3), ctx.Queue()
     procs = [ctx.Process(target=_open, args=(log_files.db, start, answers)) for _ in range(3)]

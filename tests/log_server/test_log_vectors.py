@@ -12,8 +12,9 @@ import yaml
 
 from log_server.app import create_app
 from log_server.batch import BatchFormatError, decode_batch
-from log_server.fast_append import PATH as FAST_PATH, AppendFastPath
 from log_server.keys import TOKEN_LABEL, token_digest
+from log_server.runtime.fast_append import PATH as FAST_PATH
+from log_server.runtime.fast_append import AppendFastPath
 
 ROOT = Path(__file__).resolve().parents[2]
 VECTORS = ROOT / "spec" / "vectors" / "log_server"
@@ -50,7 +51,7 @@ def test_openapi_describes_exactly_the_served_routes(log_files) -> None:
             continue
         path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
         served |= {(path, m) for m in rule.methods - {"HEAD", "OPTIONS"}}
-    # POST /v1/entries is answered in front of Flask (log_server/fast_append.py).
+    # POST /v1/entries is answered in front of Flask (log_server/runtime/fast_append.py).
     assert isinstance(app.wsgi_app, AppendFastPath)
     served.add((FAST_PATH, "POST"))
     assert documented == served

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from marking_helpers import DELTA_RMS, FIXTURE_DIMS, W_RMS, make_params, random_core
 from safetensors.torch import load_file, save_file
 
+from _kit.cores import DELTA_RMS, FIXTURE_DIMS, W_RMS, make_params, random_core
 from emshield.cli import main
 from emshield.marking import policy
 from emshield.marking.cli import read_core, write_core

@@ -8,7 +8,8 @@ from pathlib import Path
 import cbor2
 import numpy as np
 import pytest
-from marking_helpers import (
+
+from _kit.cores import (
     DELTA_RMS,
     FIXTURE_DIMS,
     W_RMS,
@@ -19,7 +20,6 @@ from marking_helpers import (
     random_core,
     refactorise,
 )
-
 from emshield.core import LoraFactors
 from emshield.marking import fingerprint as fpm
 from emshield.marking.params import MarkingParams

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from marking_helpers import (
+
+from _kit.cores import (
     DELTA_RMS,
     FIXTURE_DIMS,
     W_RMS,
@@ -22,7 +23,6 @@ from marking_helpers import (
     random_core,
     refactorise,
 )
-
 from emshield.core import LoraFactors
 from emshield.marking import ecc, watermark
 from emshield.marking.params import MarkingParams

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from click.testing import CliRunner
 
+from _kit.cores import backbone_core
 from emshield.core import LoraFactors
 from emshield.model.adapter import load_core, save_core
 from emshield.model.cli import decouple_group
@@ -27,8 +28,8 @@ def test_backbone_id_command(tiny: Path) -> None:
     assert out.output.strip() == json.loads((tiny / "FIXTURE.json").read_text())["backbone_id"]
 
 
-def test_export_merge_recover(tmp_path: Path, tiny: Path, make_core) -> None:
-    core = make_core(tiny, rank=3)
+def test_export_merge_recover(tmp_path: Path, tiny: Path) -> None:
+    core = backbone_core(tiny, rank=3)
     save_core(core, tmp_path / "core.safetensors")
     out = _run("export", "--core", tmp_path / "core.safetensors", "--out", tmp_path / "exp", "--backbone", tiny, "--json")
     assert out.exit_code == 0, out.output
@@ -56,7 +57,7 @@ class _Exploit:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_clear_errors(tmp_path: Path, tiny: Path, make_core) -> None:
+def test_clear_errors(tmp_path: Path, tiny: Path) -> None:
     # missing files
     out = _run("merge", "--backbone", tmp_path / "nope", "--core", tmp_path / "c", "--out", tmp_path / "o")
     assert out.exit_code == 2 and "does not exist" in out.output
@@ -66,7 +67,7 @@ def test_clear_errors(tmp_path: Path, tiny: Path, make_core) -> None:
     out = _run("recover", "--merged", tmp_path / "evil.pt", "--backbone", tiny)
     assert out.exit_code == 1 and "refused" in out.output and not marker.exists()
     # wrong shapes
-    name = sorted(make_core(tiny))[0]
+    name = sorted(backbone_core(tiny))[0]
     save_core({name: LoraFactors(np.ones((2, 5), np.float32), np.ones((7, 2), np.float32), 1.0)}, tmp_path / "bad.safetensors")
     out = _run("merge", "--backbone", tiny, "--core", tmp_path / "bad.safetensors", "--out", tmp_path / "o")
     assert out.exit_code == 1 and "does not match backbone weight" in out.output

@@ -9,9 +9,15 @@ import numpy as np
 import pytest
 import torch
 
+from _kit.cores import backbone_core
 from emshield.core import LoraFactors
 from emshield.model.adapter import (
-    core_from_bytes, core_to_bytes, load_core, read_peft_adapter, save_core, write_peft_adapter,
+    core_from_bytes,
+    core_to_bytes,
+    load_core,
+    read_peft_adapter,
+    save_core,
+    write_peft_adapter,
 )
 from emshield.model.io import ModelFileError, load_tensors, open_tensors, save_tensors
 from emshield.model.merge import write_merged
@@ -61,8 +67,8 @@ def test_core_file_refuses_tampering() -> None:
         core_from_bytes(b"\xff" * 8 + b"{}")
 
 
-def test_peft_folder_round_trip_uniform_and_mixed(tmp_path: Path, tiny: Path, make_core) -> None:
-    core = make_core(tiny)
+def test_peft_folder_round_trip_uniform_and_mixed(tmp_path: Path, tiny: Path) -> None:
+    core = backbone_core(tiny)
     _same(read_peft_adapter(write_peft_adapter(core, tmp_path / "u")), core)
     mixed = dict(core)
     name = next(iter(mixed))
@@ -77,13 +83,13 @@ def _logits(model, ids):
         return model(input_ids=ids).logits
 
 
-def test_merged_model_equals_peft_wrapped_model(tmp_path: Path, tiny: Path, make_core) -> None:
+def test_merged_model_equals_peft_wrapped_model(tmp_path: Path, tiny: Path) -> None:
     """A mixed-rank core written by us, loaded by peft, against our merge."""
     from peft import PeftModel
 
     from emshield.model.hf import load_causal_lm
 
-    core = dict(make_core(tiny, modules=("q_proj", "v_proj", "down_proj"), rank=4, scale=2.0))
+    core = dict(backbone_core(tiny, modules=("q_proj", "v_proj", "down_proj"), rank=4, scale=2.0))
     first = sorted(core)[0]
     core[first] = LoraFactors(a=core[first].a[:2], b=core[first].b[:, :2] * 3, scale=0.5)
     write_peft_adapter(core, tmp_path / "adapter")
@@ -119,8 +125,8 @@ def test_real_peft_adapter_with_rslora_and_patterns_reads_as_peft_merges(tmp_pat
         torch.testing.assert_close(mine[name], merged_ref[name], rtol=0, atol=2e-6)
 
 
-def test_merge_recover_round_trip(tmp_path: Path, tiny: Path, make_core) -> None:
-    core = make_core(tiny, rank=4)
+def test_merge_recover_round_trip(tmp_path: Path, tiny: Path) -> None:
+    core = backbone_core(tiny, rank=4)
     merged = write_merged(tiny, core, tmp_path / "merged")
     with open_tensors(merged) as m, open_tensors(tiny) as b:
         rec, report = recover_core(m, b)
@@ -138,8 +144,8 @@ def test_merge_recover_round_trip(tmp_path: Path, tiny: Path, make_core) -> None
         assert r.rel_error == pytest.approx(np.sqrt((s[2:] ** 2).sum() / (s ** 2).sum()), rel=1e-3)
 
 
-def test_merge_and_recover_refuse_mismatches(tmp_path: Path, tiny: Path, make_core) -> None:
-    core = make_core(tiny)
+def test_merge_and_recover_refuse_mismatches(tmp_path: Path, tiny: Path) -> None:
+    core = backbone_core(tiny)
     name = sorted(core)[0]
     bad_shape = {name: LoraFactors(a=np.ones((2, 7), np.float32), b=np.ones((5, 2), np.float32), scale=1.0)}
     with pytest.raises(ModelFileError, match="does not match"):

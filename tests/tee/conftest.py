@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from _kit.tee import make_core, start_swtpm
 from emshield.core import LoraFactors
 from emshield.tee.device import Device, init_device
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests import tee_helpers
-
-from tee_helpers import make_core, start_swtpm  # noqa: E402
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import uuid
 
 import numpy as np
 import pytest
-from tee_helpers import VECTORS, cores_equal
 
+from _kit.tee import VECTORS, cores_equal
 from emshield.core import LoraFactors, core_from_bytes, core_to_bytes
 from emshield.tee import errors
 from emshield.tee.blobformat import CONTENT_CORE, FIXED_LEN, TAG_LEN, Binding, Header, read_header

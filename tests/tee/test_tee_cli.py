@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from tee_helpers import BACKBONE, LEAF, make_core, require
 
+from _kit.tee import BACKBONE, LEAF, make_core, require
 from emshield.core import core_to_bytes
-from emshield.tee.cli import device_group
+from emshield.device.cli import device_group
 
 ROOT = Path(__file__).resolve().parents[2]
 IDS = ["--backbone-id", BACKBONE.hex(), "--leaf-hash", LEAF.hex()]

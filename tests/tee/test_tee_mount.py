@@ -14,15 +14,15 @@ import warnings
 
 import numpy as np
 import pytest
-from tee_helpers import BACKBONE, LEAF, cores_equal
 
+from _kit.tee import BACKBONE, LEAF, cores_equal
 from emshield.core import LoraFactors
 from emshield.tee import errors
 from emshield.tee.blobformat import CONTENT_CORE
 from emshield.tee.device import init_device
 from emshield.tee.mount import mount
-from emshield.tee.secmem import IN_PROCESS_KINDS, KIND_LOCKED, KIND_PRIVATE, KIND_SECRET, SecretBuffer
 from emshield.tee.seal import seal_bytes, seal_core
+from emshield.tee.secmem import IN_PROCESS_KINDS, KIND_LOCKED, KIND_PRIVATE, KIND_SECRET, SecretBuffer
 
 PR_GET_DUMPABLE = 3
 

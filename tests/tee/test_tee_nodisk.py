@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 from click.testing import CliRunner
-from tee_helpers import BACKBONE, LEAF
 
+from _kit.tee import BACKBONE, LEAF
 from emshield.core import LoraFactors, core_to_bytes
-from emshield.tee.cli import device_group
+from emshield.device.cli import device_group
 from emshield.tee.device import init_device
 from emshield.tee.mount import mount
 from emshield.tee.seal import seal_core

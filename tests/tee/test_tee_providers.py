@@ -7,11 +7,10 @@ import os
 import shutil
 import subprocess
 import sys
-import uuid
 
 import pytest
-from tee_helpers import BACKBONE, LEAF, require, start_swtpm
 
+from _kit.tee import BACKBONE, LEAF, require, start_swtpm
 from emshield.tee import errors
 from emshield.tee.device import DeviceRecord, init_device, load_device
 from emshield.tee.mount import mount

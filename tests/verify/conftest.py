@@ -2,66 +2,37 @@
 parameters for the committed tiny Llama backbone, and cores issued to devices through the
 issuance pipeline (emshield.issue: mark, log, side record, seal, bundle).
 
-The log server helpers come from tests/log_server/conftest.py and the cores and attacks from
-tests/marking/marking_helpers.py (loaded by path: pytest's importlib mode keeps test directories
-apart), so the verifier is tested against the same server and attacks as those stages.
+The log server, cores and attacks come from `_kit`, so the verifier is tested against the same
+server and attacks as those stages.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType, SimpleNamespace
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from _kit.cores import tiny_core
+from _kit.logs import ServerProcess, ed25519_key, init_log
+from _kit.paths import TINY
 from emshield.core import LoraFactors
-from emshield.issue import (
-    POLICY_AUTO,
-    POLICY_FINGERPRINT,
-    DeviceTarget,
-    IssuerKeys,
-    issue_to_device,
-    mark_for_device,
-    marking_params_for,
-    prepare_issuer,
-    register_issuer,
-)
+from emshield.issue.devices import DeviceTarget
+from emshield.issue.keys import IssuerKeys
+from emshield.issue.pipeline import POLICY_AUTO, POLICY_FINGERPRINT, issue_to_device, mark_for_device, prepare_run
+from emshield.issue.registration import marking_params_for, register_issuer
+from emshield.logclient.http import LogClient
 from emshield.marking.params import MarkingParams
 from emshield.model.io import backbone_id
 from emshield.tee.devicekey import DevicePublicKey
 from emshield.tlog.checkpoint import NoteVerifier
-from emshield.tlog.client import LogClient
-from verifier.verify_cli import main as verify_main
-
-TESTS = Path(__file__).resolve().parents[1]
-ROOT = TESTS.parent
-TINY = ROOT / "fixtures" / "tiny-llama"
-sys.path.insert(0, str(TESTS / "marking"))
-import marking_helpers as mh  # noqa: E402  (the marking suite's cores and attacks)
-
-
-def _load(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-logsrv = _load("verify_log_server_helpers", TESTS / "log_server" / "conftest.py")
+from verifier.verify.cli import main as verify_main
 
 SECRET = bytes(range(100, 132))  # the issuer's marking secret (fixed: deterministic tests)
-LAYERS = [f"model.layers.{i}.self_attn.{p}_proj.weight" for i in range(4) for p in ("q", "v")]
-RANK = 8
 ISSUED_AT = 1_795_000_000
 ISSUER_NAME = "Acme Edge Models"
 
@@ -106,14 +77,6 @@ class World:
         return result.exit_code, out
 
 
-def tiny_core(seed: int) -> dict[str, LoraFactors]:
-    """A random rank-8 core on the tiny backbone's q/v projections (the marking suite's generator)."""
-    rng = np.random.default_rng(seed)
-    dims = [(128, 128), (64, 128)] * 4
-    core = mh.random_core(rng, dims, RANK, mh.DELTA_RMS)
-    return {name: core[f"layers.{i}.weight"] for i, name in enumerate(LAYERS)}
-
-
 def device_target(device: uuid.UUID) -> DeviceTarget:
     """A device's public keys from a fixed secret (the verifier never needs the device itself)."""
     return DeviceTarget(device, DevicePublicKey.from_secret(hashlib.sha256(device.bytes).digest()))
@@ -121,7 +84,7 @@ def device_target(device: uuid.UUID) -> DeviceTarget:
 
 def issue(world: World, core: dict[str, LoraFactors], devices: list[uuid.UUID], policy: str = POLICY_AUTO) -> None:
     """Issue ``core`` to ``devices`` with the issuance pipeline (emshield.issue), keeping what each got."""
-    issuer = prepare_issuer(world.client, NoteVerifier.from_verifier_key(world.log_key), world.issuer_keys,
+    issuer = prepare_run(world.client, NoteVerifier.from_verifier_key(world.log_key), world.issuer_keys,
                             core, world.backbone, policy=policy)
     for device in devices:
         res = issue_to_device(issuer, device_target(device), world.out, now=ISSUED_AT + len(world.issued))
@@ -134,11 +97,11 @@ def world(tmp_path_factory: pytest.TempPathFactory):
     """The log server and one issuer. Issued: one core to three devices with the watermark (as in the
     demo), one core fingerprint-only to one device, and one core fingerprint-only to two devices."""
     tmp = tmp_path_factory.mktemp("verify-world")
-    files = logsrv.init_log(tmp)
-    server = logsrv.ServerProcess(files.db, workers=1, threads=4).start()
+    files = init_log(tmp)
+    server = ServerProcess(files.db, workers=1, threads=4).start()
     try:
         client = LogClient(server.url, operator_token=files.token)
-        keys = IssuerKeys(logsrv.ed25519_key("verify-issuer"), SECRET)
+        keys = IssuerKeys(ed25519_key("verify-issuer"), SECRET)
         params = marking_params_for(keys, backbone_id(TINY), tiny_core(0))
         register_issuer(client, keys, ISSUER_NAME, params, now=ISSUED_AT - 100)
         w = World(server.url, files.verifier.verifier_key(), client, keys, params, TINY, tmp / "bundles")
@@ -149,10 +112,3 @@ def world(tmp_path_factory: pytest.TempPathFactory):
         yield w
     finally:
         server.stop()
-
-
-@pytest.fixture(scope="session")
-def helpers() -> SimpleNamespace:
-    """The marking suite's attacks and this directory's core maker (tests cannot import this conftest)."""
-    return SimpleNamespace(refactorise=mh.refactorise, int8_rows=mh.int8_rows, prune=mh.prune, noise=mh.noise,
-                           finetune=mh.finetune, int_rows=mh.int_rows, tiny_core=tiny_core)

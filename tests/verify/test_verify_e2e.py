@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from _kit.cores import finetune, int8_rows, int_rows, noise, prune, refactorise, tiny_core
 from emshield.core import LoraFactors
 from emshield.marking import policy
 from emshield.marking.params import payload_for_device
@@ -100,18 +101,17 @@ ATTACKS = {
     # name: (ΔW transform on the merged weights, dtype the merged model is stored in)
     "merged-bf16": (None, torch.bfloat16),
     "merged-fp16": (None, torch.float16),
-    "int8": (lambda mh: (lambda d, w: mh.int8_rows((w + d).astype(np.float32)) - w), torch.float32),
-    "prune-50%": (lambda mh: (lambda d, w: mh.prune(d, 0.5)), torch.float32),
-    "noise-100%": (lambda mh: (lambda d, w: mh.noise(d, 1.0, np.random.default_rng(7))), torch.float32),
+    "int8": (lambda d, w: int8_rows((w + d).astype(np.float32)) - w, torch.float32),
+    "prune-50%": (lambda d, w: prune(d, 0.5), torch.float32),
+    "noise-100%": (lambda d, w: noise(d, 1.0, np.random.default_rng(7)), torch.float32),
 }
 
 
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
-def test_attacked_merged_models_still_name_their_device(world, helpers, tmp_path: Path, attack: str) -> None:
-    make, dtype = ATTACKS[attack]
+def test_attacked_merged_models_still_name_their_device(world, tmp_path: Path, attack: str) -> None:
+    transform, dtype = ATTACKS[attack]
     target = world.issued[0]
-    suspect = merged_with(world, target.core, tmp_path / "suspect.safetensors",
-                          make(helpers) if make else None, dtype)
+    suspect = merged_with(world, target.core, tmp_path / "suspect.safetensors", transform, dtype)
     code, out = run_verify(world, suspect)
     assert code == 0, out
     assert_names(out, target, "watermark")
@@ -120,17 +120,17 @@ def test_attacked_merged_models_still_name_their_device(world, helpers, tmp_path
 
 
 BREAKING = {  # past the mark's measured robustness (spec/watermark.md): the mark may not survive these
-    "noise-400%": lambda mh: (lambda d, w: mh.noise(d, 4.0, np.random.default_rng(8))),
-    "int4": lambda mh: (lambda d, w: mh.int_rows((w + d).astype(np.float32), 4) - w),
-    "prune-99%": lambda mh: (lambda d, w: mh.prune(d, 0.99)),
+    "noise-400%": lambda d, w: noise(d, 4.0, np.random.default_rng(8)),
+    "int4": lambda d, w: int_rows((w + d).astype(np.float32), 4) - w,
+    "prune-99%": lambda d, w: prune(d, 0.99),
 }
 
 
 @pytest.mark.parametrize("attack", sorted(BREAKING))
-def test_destroyed_marks_never_name_a_wrong_device(world, helpers, tmp_path: Path, attack: str) -> None:
+def test_destroyed_marks_never_name_a_wrong_device(world, tmp_path: Path, attack: str) -> None:
     """Whatever survives, the verdict is the right device or nobody: never a sibling by guess."""
     target = world.issued[0]
-    suspect = merged_with(world, target.core, tmp_path / "suspect.safetensors", BREAKING[attack](helpers))
+    suspect = merged_with(world, target.core, tmp_path / "suspect.safetensors", BREAKING[attack])
     code, out = run_verify(world, suspect)
     assert code in (0, 1), out
     if code == 0:
@@ -139,22 +139,22 @@ def test_destroyed_marks_never_name_a_wrong_device(world, helpers, tmp_path: Pat
         assert str(sibling.device) not in json.dumps(out)
 
 
-def test_refactorised_adapter_names_its_device(world, helpers, tmp_path: Path) -> None:
+def test_refactorised_adapter_names_its_device(world, tmp_path: Path) -> None:
     target = world.issued[2]
     rng = np.random.default_rng(11)
-    core = {name: helpers.refactorise(f, rng) for name, f in target.core.items()}
+    core = {name: refactorise(f, rng) for name, f in target.core.items()}
     code, out = run_verify(world, write_peft_adapter(core, tmp_path / "adapter"), backbone=False)
     assert code == 0
     assert_names(out, target, "watermark")
     assert out["match"]["fingerprint"]["match"]  # ΔW unchanged: the fingerprint agrees too
 
 
-def test_fine_tuned_adapter_names_its_device(world, helpers, tmp_path: Path) -> None:
+def test_fine_tuned_adapter_names_its_device(world, tmp_path: Path) -> None:
     """The marking suite's simulated fine-tuning (Adam, 100 steps, lr 1e-4, pulled towards the
     unmarked core: the direction that removes the mark)."""
     target = world.issued[1]
-    task = {k: f.delta() for k, f in helpers.tiny_core(0).items()}  # the unmarked core the three devices got
-    tuned = helpers.finetune(target.core, task, 100, 1e-4, np.random.default_rng(14), decay=0.0)
+    task = {k: f.delta() for k, f in tiny_core(0).items()}  # the unmarked core the three devices got
+    tuned = finetune(target.core, task, 100, 1e-4, np.random.default_rng(14), decay=0.0)
     moved = max(np.linalg.norm(tuned[k].delta() - target.core[k].delta()) / np.linalg.norm(target.core[k].delta())
                 for k in task)
     assert moved > 0.1  # the attack really moved the core
@@ -163,7 +163,7 @@ def test_fine_tuned_adapter_names_its_device(world, helpers, tmp_path: Path) -> 
     assert_names(out, target, "watermark")
 
 
-def test_fingerprint_only_issuance_found_by_replay(world, helpers, tmp_path: Path) -> None:
+def test_fingerprint_only_issuance_found_by_replay(world, tmp_path: Path) -> None:
     target = world.issued[3]
     assert target.mode == "fingerprint"
     code, out = run_verify(world, write_peft_adapter(target.core, tmp_path / "adapter"), backbone=False)
@@ -190,8 +190,8 @@ def test_fingerprint_only_without_replay_needs_the_exact_fingerprint(world, tmp_
 
 
 @pytest.mark.parametrize("seed", [99, 100])
-def test_unmarked_models_match_nothing(world, helpers, tmp_path: Path, seed: int) -> None:
-    core = helpers.tiny_core(seed)
+def test_unmarked_models_match_nothing(world, tmp_path: Path, seed: int) -> None:
+    core = tiny_core(seed)
     code, out = run_verify(world, merged_with(world, core, tmp_path / "m.safetensors"))
     assert code == 1
     assert out["verdict"] == "no_match" and out["match"] is None
@@ -247,7 +247,7 @@ def test_a_verification_loads_no_server_tee_or_peft_code(world, tmp_path: Path) 
     suspect = write_merged(world.backbone, world.issued[1].core, tmp_path / "merged")
     script = (
         "import sys\n"
-        "from verifier.verify_cli import main\n"
+        "from verifier.verify.cli import main\n"
         "try:\n"
         f"    main({[str(suspect), '--log', world.url, '--log-key', world.log_key, '--backbone', str(world.backbone), '--json']!r})\n"
         "except SystemExit as e:\n"

@@ -21,6 +21,7 @@ import torch
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from emshield.logclient.http import LogClient, LogClientError
 from emshield.model.adapter import write_peft_adapter
 from emshield.model.io import open_tensors, save_tensors
 from emshield.model.merge import write_merged
@@ -32,9 +33,8 @@ from emshield.tlog.checkpoint import (
     cosign_checkpoint,
     sign_checkpoint,
 )
-from emshield.tlog.client import LogClient, LogClientError
 from emshield.tlog.merkle import leaf_hash
-from verifier.verify_cli import main as verify_main
+from verifier.verify.cli import main as verify_main
 
 Corrupt = Callable[[str, dict, bytes], bytes]
 """(path, query, upstream body) -> body served to the verifier."""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from _kit.cores import tiny_core
 from emshield.bundle import parse_bundle
 from emshield.model.adapter import write_peft_adapter
 from emshield.model.io import open_tensors, save_tensors
@@ -56,8 +57,8 @@ def test_fingerprint_only_bundle(world, tmp_path: Path) -> None:
     assert code == 1 and out["match"] is None and "fingerprint distance" in out["reason"]
 
 
-def test_unmarked_model_does_not_match_a_bundle(world, helpers, tmp_path: Path) -> None:
-    suspect = write_peft_adapter(helpers.tiny_core(77), tmp_path / "adapter")
+def test_unmarked_model_does_not_match_a_bundle(world, tmp_path: Path) -> None:
+    suspect = write_peft_adapter(tiny_core(77), tmp_path / "adapter")
     code, out = offline(world, suspect, world.issued[0].bundle)
     assert code == 1 and out["match"] is None and "no watermark decodes" in out["reason"]
 

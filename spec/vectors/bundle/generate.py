@@ -7,7 +7,7 @@ deterministically). The sealed core is not (HPKE encapsulation is randomised), s
 kept as produced once: without --force the generator reuses the stored sealed cores and rebuilds
 everything else (which comes out byte-identical unless the format changed). Every corruption is derived from the good bundle and names the error it must
 raise: ``parse`` (BundleError from parse_bundle), ``verify:<check>`` (BundleVerificationError from
-verify_bundle with that check) or ``install:<check>`` (emshield.deploy refuses the sealed core).
+verify_bundle with that check) or ``install:<check>`` (emshield.device.deploy refuses the sealed core).
 """
 
 from __future__ import annotations

@@ -20,8 +20,15 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from emshield.tlog import merkle
-from emshield.tlog.checkpoint import Checkpoint, CosignatureSigner, NoteSigner, NoteSignature, sign_checkpoint, split_note
-from verifier.witness import witness_key_string
+from emshield.tlog.checkpoint import (
+    Checkpoint,
+    CosignatureSigner,
+    NoteSignature,
+    NoteSigner,
+    sign_checkpoint,
+    split_note,
+)
+from witness.keyfile import witness_key_string
 
 TIME = 1_700_000_000
 ORIGIN = "vectors.emshield.example/log"

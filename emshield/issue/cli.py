@@ -1,0 +1,193 @@
+"""`emshield issuer ...` and `emshield issue`: the issuance pipeline's command line (spec/issue.md).
+
+The pipeline (emshield.issue) is imported inside the commands, so ``emshield --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+DEFAULT_ISSUER_DIR = Path.home() / ".local" / "share" / "emshield" / "issuer"
+TOKEN_ENV = "EMSHIELD_LOG_OPERATOR_TOKEN"
+EXIT_SOME_REFUSED = 4
+EXIT_LOG_MISBEHAVING = 3
+
+
+def _issuer_dir_option(f):
+    return click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
+                        envvar="EMSHIELD_ISSUER_DIR", default=DEFAULT_ISSUER_DIR, show_default=True,
+                        help="Issuer key directory (env EMSHIELD_ISSUER_DIR).")(f)
+
+
+def _log_option(f):
+    return click.option("--log", "log_url", required=True, envvar="EMSHIELD_LOG_URL",
+                        help="Log base URL, e.g. http://127.0.0.1:8080 (env EMSHIELD_LOG_URL).")(f)
+
+
+def _emit(as_json: bool, data: dict, lines: list[str]) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True) if as_json else "\n".join(lines))
+
+
+def _errors():
+    """The exceptions the pipeline raises for bad input, refusals and log failures."""
+    from emshield.bundle import BundleError
+    from emshield.core import ModelFileError
+    from emshield.issue.errors import IssueError
+    from emshield.logclient.http import LogClientError
+    from emshield.tee.errors import SealError
+    from emshield.tlog.checkpoint import CheckpointError
+    from emshield.tlog.entry import EntryError
+    from emshield.tlog.merkle import ProofError
+
+    return (IssueError, BundleError, ModelFileError, SealError, LogClientError, CheckpointError, EntryError,
+            ProofError)
+
+
+def _read_core(path: Path):
+    from emshield.marking.cli import read_core
+
+    return read_core(path)
+
+
+@click.group(name="issuer")
+def issuer_group() -> None:
+    """Issuer keys and registration of the issuer in the transparency log."""
+
+
+@issuer_group.command("init")
+@_issuer_dir_option
+@click.option("--json", "as_json", is_flag=True)
+def init_cmd(directory: Path, as_json: bool) -> None:
+    """Create the issuer's Ed25519 signing key and marking secret (files 0600, never overwritten)."""
+    from emshield.issue.errors import IssueError
+    from emshield.issue.keys import init_issuer
+
+    try:
+        keys = init_issuer(directory)
+    except IssueError as exc:
+        raise click.ClickException(str(exc)) from None
+    data = {"dir": str(directory), "public_key": keys.public_key.hex(), "key_id": keys.key_id.hex()}
+    _emit(as_json, data, [f"issuer keys written to {directory}", f"public key: {data['public_key']}",
+                          f"key id:     {data['key_id']}"])
+
+
+@issuer_group.command("register")
+@_log_option
+@click.option("--core", "core_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Core file (emshield/core/v1) giving the marked layer layout.")
+@click.option("--backbone", required=True, type=click.Path(exists=True, path_type=Path),
+              help="The public backbone (folder or file) the core belongs to.")
+@click.option("--name", required=True, help="Issuer name published in the log (1..128 UTF-8 bytes).")
+@click.option("--rs-nsym", type=click.IntRange(2, 32), default=10, show_default=True, help="Reed-Solomon parity bytes.")
+@click.option("--tau", type=click.FloatRange(0.1, 100.0), default=3.0, show_default=True, help="Embedding margin.")
+@_issuer_dir_option
+@click.option("--json", "as_json", is_flag=True)
+def register_cmd(log_url: str, core_path: Path, backbone: Path, name: str, rs_nsym: int, tau: float, directory: Path,
+                 as_json: bool) -> None:
+    """Publish the issuer key and the public marking parameters to the log.
+
+    Needs the log's operator token in the environment variable EMSHIELD_LOG_OPERATOR_TOKEN.
+    Idempotent: an issuer registered with the same parameters gets its index back."""
+    import os
+
+    from emshield.issue.keys import load_issuer
+    from emshield.issue.registration import marking_params_for, register_issuer
+    from emshield.logclient.http import LogClient
+    from emshield.model.io import backbone_id
+
+    token = os.environ.get(TOKEN_ENV)
+    if not token:
+        raise click.ClickException(f"set {TOKEN_ENV} to the log's operator token")
+    try:
+        keys = load_issuer(directory)
+        params = marking_params_for(keys, backbone_id(backbone), _read_core(core_path), rs_nsym=rs_nsym, tau=tau)
+        result = register_issuer(LogClient(log_url, operator_token=token), keys, name, params)
+    except _errors() as exc:
+        raise click.ClickException(str(exc)) from None
+    data = {"index": result.index, "created": result.created, "key_id": result.key_id.hex(),
+            "params_digest": params.digest().hex(), "backbone_id": params.backbone_id, "layers": len(params.layers)}
+    _emit(as_json, data, [f"{'registered' if result.created else 'already registered'} at log index {result.index}",
+                          f"key id: {data['key_id']}", f"marking parameters: {data['params_digest']} "
+                          f"({data['layers']} layers, backbone {data['backbone_id']})"])
+
+
+@click.command(name="issue")
+@_log_option
+@click.option("--log-key", required=True, envvar="EMSHIELD_LOG_KEY",
+              help="The log's verifier key, or a file holding it (env EMSHIELD_LOG_KEY): proofs are checked with it.")
+@click.option("--core", "core_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The trained core file (emshield/core/v1).")
+@click.option("--backbone", required=True, type=click.Path(exists=True, path_type=Path), help="The public backbone.")
+@click.option("--device", "device_file", type=click.Path(exists=True, path_type=Path),
+              help="One device's record (device.json or its folder, from `emshield device init`).")
+@click.option("--devices", "devices_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CSV of devices: device_uuid,x25519_public,xwing_public (hex).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the bundles (<device uuid>.emshield-bundle).")
+@click.option("--policy", type=click.Choice(["auto", "fingerprint"]), default="auto", show_default=True,
+              help="auto: watermark + fingerprint if the mark's cost is within --tolerance, else fingerprint only.")
+@click.option("--tolerance", type=click.FloatRange(0.0, 10.0), default=0.05, show_default=True,
+              help="Largest relative weight perturbation ‖δΔW‖/‖W‖ the watermark may cause (without --task-data).")
+@click.option("--task-data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Held-out task records (instruction-format JSON): keep the watermark only if accuracy drops "
+                   "≤ 0.5 pp and loss rises ≤ 1 % on them; tries input-aware embeddings first. Slower.")
+@click.option("--task-records", type=click.IntRange(1, 10_000), default=120, show_default=True,
+              help="Records of --task-data used to measure (and as many again for input statistics).")
+@_issuer_dir_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: results per device.")
+def issue_cmd(log_url: str, log_key: str, core_path: Path, backbone: Path, device_file: Path | None,
+              devices_csv: Path | None, out_dir: Path, policy: str, tolerance: float, task_data: Path | None,
+              task_records: int, directory: Path, as_json: bool) -> None:
+    """Issue a marked, sealed core to one or many devices: log entry, inclusion proof, bundle.
+
+    Resumable: devices already issued (found in the log by UUID) are not issued again; their
+    bundle is rebuilt for the logged entry if it is missing. Exit 4 if any device was refused,
+    3 if the log served a proof or checkpoint that does not verify (the run stops), 1 on bad input."""
+    from emshield.bundle import LogKeyError, parse_log_key
+    from emshield.issue.devices import DeviceTarget, read_devices_csv
+    from emshield.issue.errors import IssueError, LogMisbehavingError
+    from emshield.issue.keys import load_issuer
+    from emshield.issue.pipeline import issue_many, prepare_run
+    from emshield.logclient.http import LogClient, LogClientError
+    from emshield.marking.policy import Tolerance
+    from emshield.tee.device import DeviceRecord
+
+    if (device_file is None) == (devices_csv is None):
+        raise click.ClickException("give exactly one of --device and --devices")
+    try:
+        verifier = parse_log_key(log_key)
+        if device_file is not None:
+            record = DeviceRecord.load(device_file)
+            devices = [DeviceTarget(record.uuid, record.public)]
+        else:
+            devices = read_devices_csv(devices_csv)
+        issuer = prepare_run(LogClient(log_url), verifier, load_issuer(directory), _read_core(core_path), backbone,
+                                policy=policy, tolerance=Tolerance(max_perturbation=tolerance),
+                                task_data=task_data, task_records=task_records)
+        results = list(issue_many(issuer, devices, out_dir, progress=not as_json))
+    except LogMisbehavingError as exc:
+        click.echo(f"Error: {exc} (stopped: no bundle was handed out for this device)", err=True)
+        sys.exit(EXIT_LOG_MISBEHAVING)
+    except LogClientError as exc:
+        raise click.ClickException(f"{exc} (re-run to resume: issued devices are skipped)") from None
+    except (LogKeyError, *_errors()) as exc:
+        raise click.ClickException(str(exc)) from None
+    done = [r for r in results if not isinstance(r, IssueError)]
+    refused = [r for r in results if isinstance(r, IssueError)]
+    if as_json:
+        click.echo(json.dumps({"issued": [r.to_json() for r in done],
+                               "refused": [{"reason": e.reason, "detail": e.detail} for e in refused]},
+                              indent=2, sort_keys=True))
+    else:
+        for r in done:
+            click.echo(f"{r.device_uuid}: {r.status}, index {r.index}, policy {r.policy}, bundle {r.bundle}")
+        for e in refused:
+            click.echo(f"refused: {e}", err=True)
+        counts = {s: sum(r.status == s for r in done) for s in ("issued", "bundle-rebuilt", "up-to-date")}
+        click.echo(", ".join(f"{n} {s}" for s, n in counts.items()) + f", {len(refused)} refused")
+    if refused:
+        sys.exit(EXIT_SOME_REFUSED)

@@ -1,0 +1,208 @@
+"""`emshield-verify`: which issuance did a suspect model come from?
+
+Exit codes (spec/verify.md): 0 a device is named with verified proofs; 1 no match (nobody named);
+2 bad input (suspect, backbone, bundle, key or options); 3 the log misbehaves (bad checkpoint
+signature, bad proof, an answer that contradicts its entries); 4 the log is unreachable or
+failing; 5 internal error (a bug: reported, never shown as "no match").
+"""
+
+from __future__ import annotations
+
+import os
+
+# One BLAS / OpenMP thread unless the caller says otherwise (must precede numpy's and torch's import).
+# The verifier's products are thin (layers × a few hundred directions), and threaded BLAS made them
+# several times slower on a loaded machine (spec/notes/verify-performance.md).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import json  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import NoReturn  # noqa: E402
+from urllib.parse import urlsplit  # noqa: E402
+
+import click  # noqa: E402
+
+from emshield.bundle import (  # noqa: E402
+    BundleError,
+    LogKeyError,
+    VerifiedBundle,
+    parse_log_key,
+    read_bundle_file,
+    verify_bundle,
+)
+from emshield.logclient.http import LogClient  # noqa: E402
+from emshield.marking import fingerprint as fpmod  # noqa: E402
+from emshield.tlog.checkpoint import NoteError, NoteVerifier  # noqa: E402
+from verifier.errors import BadSuspect, LogMisbehaving, LogUnavailable  # noqa: E402
+from verifier.verify.decide import (  # noqa: E402
+    DEFAULT_MAX_P_VALUE,
+    EXIT_BAD_INPUT,
+    EXIT_INTERNAL,
+    EXIT_LOG_MISBEHAVING,
+    EXIT_LOG_UNAVAILABLE,
+    Verdict,
+    verify_suspect,
+)
+from verifier.verify.log_view import VerifiedLog, WitnessPolicy  # noqa: E402
+from verifier.verify.offline import verify_offline  # noqa: E402
+from verifier.witness_policy import WitnessPolicyError, parse_witness_keys  # noqa: E402
+
+_KINDS = {EXIT_BAD_INPUT: "bad_input", EXIT_LOG_MISBEHAVING: "log_misbehaving", EXIT_LOG_UNAVAILABLE: "log_unavailable",
+          EXIT_INTERNAL: "internal_error"}
+
+
+def _fail(code: int, detail: str, as_json: bool) -> NoReturn:
+    """Every failure: a plain message on stderr (and a JSON object on stdout with --json), then the exit code."""
+    if as_json:
+        click.echo(json.dumps({"v": 1, "verdict": "error", "error": _KINDS[code], "detail": detail, "exit_code": code},
+                              indent=2, sort_keys=True))
+    click.echo(f"emshield-verify: {_KINDS[code].replace('_', ' ')}: {detail}", err=True)
+    sys.exit(code)
+
+
+def _text(verdict: Verdict) -> str:
+    m = verdict.match
+    lines = []
+    if m is None:
+        lines.append(f"NO MATCH: {verdict.reason}")
+    else:
+        lines += [
+            f"MATCH: device {m.device_uuid}",
+            f"  issuer:        {m.issuer} (key id {m.issuer_key_id[:16]}…, registered at leaf {m.issuer_registration_index}"
+            + ("; its key was since revoked by the log operator" if m.issuer_revoked else "") + ")",
+            f"  issuance:      leaf {m.leaf_index}, issued {m.issued_at_utc}, policy {m.policy}",
+            f"  named by:      {m.method}",
+        ]
+        fp = m.fingerprint
+        if fp is not None:
+            dist = "—" if fp.distance is None else f"{fp.distance:.4f}"
+            lines.append(f"  fingerprint:   distance {dist} (threshold {fp.threshold:.3f}): "
+                         f"{'match' if fp.match else 'no match'}; side record {fp.side_record}")
+        lines.append("  proofs:")
+        lines += [f"    {k}: {v}" for k, v in m.proofs.items()]
+    for r in verdict.watermark_readings:
+        if r.accepted:
+            lines.append(f"  watermark ({r.issuer}): decoded, {r.bit_errors} bit errors of {r.code_bits}, "
+                         f"chance-match p-value {r.p_value:.3g} (threshold {r.p_value_threshold:.0e})")
+        else:
+            lines.append(f"  watermark ({r.issuer}): not accepted: {r.reason}")
+    lines += [f"  note: {n}" for n in verdict.notes]
+    log = verdict.log
+    where = "offline, the bundle's checkpoint" if log.get("mode") == "offline" else log.get("url")
+    lines.append(f"  log: {log.get('origin')} at size {log.get('tree_size')} ({where})")
+    return "\n".join(lines)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--log", "log_url", metavar="URL", envvar="EMSHIELD_LOG_URL",
+              help="Base URL of the transparency log (or $EMSHIELD_LOG_URL).")
+@click.option("--log-key", metavar="KEY|FILE", envvar="EMSHIELD_LOG_KEY",
+              help="The log's verifier key (name+hex+base64, as `emshield-log init` prints), or a file holding it.")
+@click.option("--backbone", type=click.Path(path_type=Path), help="Public backbone (folder or file); needed for merged models.")
+@click.option("--bundle", "--offline", "bundle", type=click.Path(path_type=Path),
+              help="Air-gapped: check the suspect against this one issuance bundle instead of asking the log.")
+@click.option("--witness", "witness_keys", multiple=True, metavar="VKEY",
+              help="A witness verifier key (repeatable): require its cosignature on the log's checkpoint.")
+@click.option("--witness-quorum", type=click.IntRange(0), default=None,
+              help="How many of the --witness keys must have cosigned (default: all of them).")
+@click.option("--max-p-value", type=click.FloatRange(1e-300, 1e-3), default=DEFAULT_MAX_P_VALUE, show_default=True,
+              help="Largest chance-match p-value that lets a watermark name a device (the issuer's published "
+                   "threshold applies too).")
+@click.option("--no-scan", is_flag=True, help="Never replay the whole log to search published fingerprints.")
+@click.option("--timeout", type=click.FloatRange(0.1, 600.0), default=30.0, show_default=True, help="Seconds per log request.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable verdict on stdout.")
+def main(model: Path, log_url: str | None, log_key: str | None, backbone: Path | None, bundle: Path | None,
+         witness_keys: tuple[str, ...], witness_quorum: int | None, max_p_value: float,
+         no_scan: bool, timeout: float, as_json: bool) -> None:
+    """Extract the watermark and fingerprint from MODEL (a merged model: .pt state dict, safetensors
+    or a Hugging Face folder, with --backbone; or a peft adapter folder), find the matching issuance
+    in the public log, verify the issuer's signature, the inclusion proof and the log's checkpoint
+    against the pinned key, and print a verdict.
+
+    \b
+    Exit codes: 0 match verified, 1 no match, 2 bad input, 3 log misbehaving,
+    4 log unavailable, 5 internal error.
+    """
+    try:
+        witnesses = _witness_policy(witness_keys, witness_quorum, bundle is not None)
+        verdict = _verify(model, log_url, log_key, backbone, bundle, witnesses, no_scan, timeout,
+                          max_p_value=max_p_value, progress=not as_json and sys.stderr.isatty())
+    except _Failure as exc:
+        _fail(exc.code, exc.detail, as_json)
+    except Exception as exc:  # a bug must not read as "no match" (Python's own exit status is 1)
+        _fail(EXIT_INTERNAL, f"{type(exc).__name__}: {exc}", as_json)
+    click.echo(json.dumps(verdict.to_json(), indent=2, sort_keys=True) if as_json else _text(verdict))
+    sys.exit(verdict.exit_code)
+
+
+class _Failure(Exception):
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(detail)
+        self.code, self.detail = code, detail
+
+
+def _witness_policy(keys: tuple[str, ...], quorum: int | None, offline: bool) -> WitnessPolicy | None:
+    if not keys:
+        if quorum:
+            raise _Failure(EXIT_BAD_INPUT, "--witness-quorum needs --witness keys")
+        return None
+    if offline:
+        raise _Failure(EXIT_BAD_INPUT, "--witness applies to the online log (a bundle's checkpoint is checked as issued)")
+    try:
+        witnesses = tuple(parse_witness_keys(keys))
+    except (NoteError, WitnessPolicyError) as exc:
+        raise _Failure(EXIT_BAD_INPUT, f"--witness: {exc}") from exc
+    quorum = len(witnesses) if quorum is None else quorum
+    if quorum > len(witnesses):
+        raise _Failure(EXIT_BAD_INPUT, f"--witness-quorum {quorum} is more than the {len(witnesses)} witnesses given")
+    return WitnessPolicy(witnesses, quorum)
+
+
+def _verify(model: Path, log_url: str | None, log_key: str | None, backbone: Path | None, bundle: Path | None,
+            witnesses: WitnessPolicy | None, no_scan: bool, timeout: float, *,
+            max_p_value: float, progress: bool) -> Verdict:
+    if log_key is None:
+        raise _Failure(EXIT_BAD_INPUT, "give the log's verifier key with --log-key (the key pins which log to trust)")
+    try:
+        verifier = parse_log_key(log_key)
+    except LogKeyError as exc:
+        raise _Failure(EXIT_BAD_INPUT, str(exc)) from exc
+    if (bundle is None) == (not log_url):
+        raise _Failure(EXIT_BAD_INPUT, "give either --log URL (online) or --bundle FILE (offline)")
+    if log_url and (urlsplit(log_url).scheme not in ("http", "https") or not urlsplit(log_url).netloc):
+        raise _Failure(EXIT_BAD_INPUT, f"--log must be an http(s) URL, got {log_url!r}")
+    from verifier.verify.suspect import load_suspect  # torch: not needed for --help
+
+    try:
+        if bundle is not None:
+            vb, published = _read_bundle(bundle, verifier)
+            with load_suspect(model, backbone) as suspect:
+                return verify_offline(suspect, vb, published, max_p_value=max_p_value)
+        assert log_url is not None
+        with load_suspect(model, backbone) as suspect:
+            log = VerifiedLog(LogClient(log_url, timeout=timeout), verifier, witnesses=witnesses, progress=progress)
+            return verify_suspect(suspect, log, scan=not no_scan, progress=progress, max_p_value=max_p_value)
+    except BadSuspect as exc:
+        raise _Failure(EXIT_BAD_INPUT, str(exc)) from exc
+    except LogMisbehaving as exc:
+        raise _Failure(EXIT_LOG_MISBEHAVING, str(exc)) from exc
+    except LogUnavailable as exc:
+        raise _Failure(EXIT_LOG_UNAVAILABLE, str(exc)) from exc
+
+
+def _read_bundle(path: Path, verifier: NoteVerifier) -> tuple[VerifiedBundle, fpmod.Fingerprint | None]:
+    """The verified bundle, and its issuance's published fingerprint (the bundled side record,
+    which verify_bundle checked against the issuance's fingerprint_hash)."""
+    try:
+        vb = verify_bundle(read_bundle_file(path), verifier)
+    except BundleError as exc:
+        raise _Failure(EXIT_BAD_INPUT, f"bundle {path} does not verify: {exc}") from exc
+    if vb.fingerprint_record is None:
+        return vb, None
+    try:
+        return vb, fpmod.Fingerprint.from_cbor(vb.fingerprint_record, vb.issuance.fingerprint_hash)
+    except fpmod.FingerprintError as exc:
+        raise _Failure(EXIT_BAD_INPUT, f"bundle {path}: its fingerprint record is not a valid fingerprint: {exc}") from exc

@@ -1,0 +1,290 @@
+"""A view of the transparency log in which every answer used has been checked.
+
+The verifier pins the log's verifier key. Everything it takes from the log goes through here and
+is checked against the one checkpoint fetched at the start (spec/verify.md, "What is checked"):
+the checkpoint's signature; registration entries (decoded, self-signature, inclusion at the listed
+index, agreement with the issuer list); issuance entries from the indexes (leaf hash, decoding,
+agreement with the query and the index fields, issuer signature, inclusion at the claimed index);
+side records (against the entry's fingerprint hash); and, for a full scan, every leaf (the root
+recomputed from all of them must be the checkpoint's root, so nothing can be left out).
+
+Any disagreement raises LogMisbehaving: a log that answers inconsistently is reported, never
+worked around. An unreachable log (or a 5xx) raises LogUnavailable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TypeVar
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from tqdm import tqdm
+
+from emshield.logclient.http import InclusionProof, IssuerInfo, LogClient, LogClientError
+from emshield.marking import fingerprint as fpmod
+from emshield.marking.params import MarkingParams, ParamsError
+from emshield.tlog import merkle
+from emshield.tlog.checkpoint import Checkpoint, CheckpointError, CosignatureVerifier, NoteVerifier
+from emshield.tlog.entry import (
+    EntryError,
+    Issuance,
+    IssuerRegistration,
+    SignedEntry,
+    decode_entry,
+    issuer_key_id,
+    verify_entry_signature,
+)
+from verifier.errors import LogMisbehaving, LogUnavailable
+from verifier.witness_policy import WitnessPolicyError, verify_witnessed
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ProvedIssuer:
+    """A registered issuer whose registration entry was decoded, signature-checked and proved."""
+
+    key_id: bytes
+    public_key: bytes
+    name: str
+    index: int  # leaf index of the registration entry
+    registered_at: int
+    revoked: bool | None  # log-server state, not a logged fact (spec/api.md §2.6); None: unknown (offline)
+    params: MarkingParams | None
+    params_error: str | None  # why the published marking parameters are unusable, if they are
+
+    def verifying_key(self) -> Ed25519PublicKey:
+        return Ed25519PublicKey.from_public_bytes(self.public_key)
+
+
+@dataclass(frozen=True)
+class ProvedIssuance:
+    """An issuance entry whose signature verified and whose inclusion in the checkpoint is proved."""
+
+    index: int
+    leaf_hash: bytes
+    entry: Issuance
+    issuer: ProvedIssuer
+    proof: str  # how inclusion was proved
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """A full replay: the candidates it found (already proved by the replay itself)."""
+
+    leaves: int
+    issuances: list[ProvedIssuance]
+
+
+@contextmanager
+def _answers(what: str) -> Iterator[None]:
+    """Sort the client's failures into unavailable (retry later) or misbehaving."""
+    try:
+        yield
+    except LogClientError as exc:
+        if exc.code in ("unreachable", "timeout") or exc.status >= 500 or exc.status == 429:
+            raise LogUnavailable(f"{what}: {exc}") from exc
+        raise LogMisbehaving(f"{what}: the log answered {exc}") from exc
+    except merkle.ProofError as exc:
+        raise LogMisbehaving(f"{what}: proof does not verify: {exc}") from exc
+
+
+def _call(what: str, fn: Callable[..., T], *args: object, **kw: object) -> T:
+    with _answers(what):
+        return fn(*args, **kw)
+
+
+@dataclass(frozen=True)
+class WitnessPolicy:
+    """Require ``quorum`` of ``witnesses`` to have cosigned the checkpoint (spec/witness.md)."""
+
+    witnesses: tuple[CosignatureVerifier, ...]
+    quorum: int
+
+
+class VerifiedLog:
+    """One log, pinned by its verifier key, read at one verified checkpoint.
+
+    With a witness policy the checkpoint must also carry ``quorum`` valid cosignatures of the listed
+    witnesses, so that the log cannot show this verifier a tree it did not show the witnesses.
+    """
+
+    def __init__(self, client: LogClient, verifier: NoteVerifier, *, witnesses: WitnessPolicy | None = None,
+                 progress: bool = False) -> None:
+        self.client = client
+        self.progress = progress
+        self.cosigned_by: tuple[str, ...] = ()
+        try:
+            if witnesses is None:
+                self.checkpoint: Checkpoint = _call("checkpoint", client.verified_checkpoint, verifier)
+            else:
+                note = _call("checkpoint", client.checkpoint_note)
+                seen = verify_witnessed(note, verifier, witnesses.witnesses, witnesses.quorum)
+                self.checkpoint, self.cosigned_by = seen.checkpoint, seen.cosigned_by
+        except CheckpointError as exc:
+            raise LogMisbehaving(f"the log's checkpoint does not verify with the pinned key: {exc}") from exc
+        except WitnessPolicyError as exc:
+            raise LogMisbehaving(f"the log's checkpoint fails the witness policy: {exc}") from exc
+        self._issuers: dict[bytes, ProvedIssuer] | None = None
+
+    # -- inclusion ------------------------------------------------------------------------------
+
+    def _prove(self, leaf: bytes, index: int, what: str) -> InclusionProof:
+        """Inclusion of ``leaf`` at ``index`` in the verified checkpoint's tree."""
+        if index >= self.checkpoint.size:
+            raise LogMisbehaving(f"{what}: index {index} is beyond the checkpoint (size {self.checkpoint.size})")
+        proof = _call(f"{what}: inclusion proof", self.client.prove_inclusion, leaf, self.checkpoint)
+        if proof.index != index:
+            raise LogMisbehaving(f"{what}: the log says index {index} but proves the leaf at {proof.index}")
+        return proof
+
+    def _leaf(self, index: int, what: str) -> bytes:
+        page = _call(what, self.client.entries, index, index + 1)
+        return page[0].data
+
+    # -- issuers --------------------------------------------------------------------------------
+
+    def issuers(self) -> dict[bytes, ProvedIssuer]:
+        """Registered issuers by key id, each registration proved; those registered after the
+        verified checkpoint are left out (they cannot be proved against it)."""
+        if self._issuers is not None:
+            return self._issuers
+        listed = _call("issuer list", self.client.issuers)
+        out: dict[bytes, ProvedIssuer] = {}
+        for info in tqdm(listed, desc="issuers", unit="issuer", disable=not self.progress, leave=False):
+            if info.index >= self.checkpoint.size:
+                continue
+            if info.key_id in out:
+                raise LogMisbehaving(f"issuer {info.key_id.hex()} is listed twice")
+            out[info.key_id] = self._issuer(info)
+        self._issuers = out
+        return out
+
+    def _issuer(self, info: IssuerInfo) -> ProvedIssuer:
+        what = f"registration of issuer {info.name!r} (leaf {info.index})"
+        try:
+            if issuer_key_id(info.public_key) != info.key_id:
+                raise LogMisbehaving(f"{what}: key id does not belong to the listed public key")
+        except EntryError as exc:
+            raise LogMisbehaving(f"{what}: {exc}") from exc
+        leaf = self._leaf(info.index, what)
+        signed = self._decode(leaf, what)
+        reg = signed.entry
+        if not isinstance(reg, IssuerRegistration):
+            raise LogMisbehaving(f"{what}: the leaf is not an issuer registration")
+        if (reg.issuer_public_key, reg.name, reg.registered_at) != (info.public_key, info.name, info.registered_at):
+            raise LogMisbehaving(f"{what}: the issuer list disagrees with the registration entry")
+        self._check_signature(signed, Ed25519PublicKey.from_public_bytes(reg.issuer_public_key), what)
+        self._prove(leaf, info.index, what)
+        try:
+            params, error = MarkingParams.from_cbor(reg.marking_params), None
+        except ParamsError as exc:
+            params, error = None, f"marking parameters unusable: {exc}"
+        return ProvedIssuer(info.key_id, info.public_key, info.name, info.index, info.registered_at, info.revoked,
+                      params, error)
+
+    @staticmethod
+    def _decode(leaf: bytes, what: str) -> SignedEntry:
+        try:
+            return decode_entry(leaf)
+        except EntryError as exc:
+            raise LogMisbehaving(f"{what}: the log holds a leaf that is not a valid entry: {exc}") from exc
+
+    @staticmethod
+    def _check_signature(signed: SignedEntry, key: Ed25519PublicKey, what: str) -> None:
+        try:
+            verify_entry_signature(signed, key)
+        except EntryError as exc:
+            raise LogMisbehaving(f"{what}: {exc} (the log must refuse such entries)") from exc
+
+    def _signed_issuance(self, signed: SignedEntry, what: str) -> tuple[Issuance, ProvedIssuer]:
+        entry = signed.entry
+        if not isinstance(entry, Issuance):
+            raise LogMisbehaving(f"{what}: not an issuance entry")
+        issuer = self.issuers().get(entry.issuer_key_id)
+        if issuer is None:
+            raise LogMisbehaving(f"{what}: signed by {entry.issuer_key_id.hex()}, which is not a registered issuer")
+        self._check_signature(signed, issuer.verifying_key(), what)
+        return entry, issuer
+
+    # -- issuance look-ups ----------------------------------------------------------------------
+
+    def issuances(self, *, watermark_commitment: bytes | None = None,
+                  fingerprint_hash: bytes | None = None) -> tuple[list[ProvedIssuance], bool]:
+        """Issuances the log's index returns for one field, each checked and proved, and whether
+        the log said there are more than it returned (the caller must then not treat the hits as all).
+
+        Hits beyond the verified checkpoint (appended since) are left out.
+        """
+        field, value = (("watermark_commitment", watermark_commitment) if watermark_commitment is not None
+                        else ("fingerprint_hash", fingerprint_hash))
+        lookup = _call(f"issuances by {field}", self.client.issuance_lookup, **{field: value})
+        out = []
+        for hit in lookup.hits:
+            if hit.index >= self.checkpoint.size:
+                continue
+            what = f"issuance at leaf {hit.index} (by {field})"
+            if merkle.leaf_hash(hit.leaf) != hit.leaf_hash:
+                raise LogMisbehaving(f"{what}: the leaf hash does not match the leaf")
+            signed = self._decode(hit.leaf, what)
+            entry, issuer = self._signed_issuance(signed, what)
+            if getattr(entry, field) != value:
+                raise LogMisbehaving(f"{what}: the entry's {field} is not the one asked for")
+            if (entry.issuer_key_id, entry.device_uuid_text) != (hit.issuer_key_id, hit.device_uuid):
+                raise LogMisbehaving(f"{what}: the index fields disagree with the entry")
+            self._prove(hit.leaf, hit.index, what)
+            out.append(ProvedIssuance(hit.index, hit.leaf_hash, entry, issuer,
+                                      f"inclusion proof at leaf {hit.index} verified against the checkpoint"))
+        return out, lookup.truncated
+
+    def side_fingerprint(self, issuance: ProvedIssuance) -> fpmod.Fingerprint | None:
+        """The published fingerprint of an issuance, checked against its logged hash (None if unpublished)."""
+        expected = issuance.entry.fingerprint_hash
+        if expected is None:
+            return None
+        what = f"side record of leaf {issuance.index}"
+        data = _call(what, self.client.side_record, issuance.index)
+        if data is None:
+            return None
+        try:
+            return fpmod.Fingerprint.from_cbor(data, expected)
+        except fpmod.FingerprintError as exc:
+            raise LogMisbehaving(f"{what}: {exc}") from exc
+
+    # -- full replay ----------------------------------------------------------------------------
+
+    def scan(self, keep: Callable[[Issuance], bool]) -> ScanResult:
+        """Read every leaf of the checkpoint's tree, recompute its root, and return the issuances
+        ``keep`` selects, signature-checked. The root check proves every returned issuance is at
+        its index, and that the log left nothing out; every registration in the tree must also be
+        in the issuer list (at its first registration's index), or the list hid an issuer."""
+        size = self.checkpoint.size
+        tree = merkle.CompactRange()
+        kept: list[tuple[int, bytes, SignedEntry]] = []
+        registrations: dict[bytes, int] = {}
+        with tqdm(total=size, desc="replaying log", unit="leaf", disable=not self.progress, leave=False) as bar:
+            with _answers("replaying the log"):  # streamed page by page: memory stays O(log n + kept)
+                for leaf in self.client.iter_entries(0, size):
+                    lh = merkle.leaf_hash(leaf.data)
+                    tree.append(lh)
+                    signed = self._decode(leaf.data, f"leaf {leaf.index}")
+                    if isinstance(signed.entry, Issuance) and keep(signed.entry):
+                        kept.append((leaf.index, lh, signed))
+                    elif isinstance(signed.entry, IssuerRegistration):
+                        registrations.setdefault(signed.entry.key_id, leaf.index)
+                    bar.update(1)
+        if tree.root() != self.checkpoint.root_hash:
+            raise LogMisbehaving(f"the {size} leaves the log serves do not hash to its checkpoint's root")
+        listed = {key: issuer.index for key, issuer in self.issuers().items()}
+        for key, index in registrations.items():
+            if listed.get(key) != index:
+                raise LogMisbehaving(f"the issuer list omits or misplaces the registration at leaf {index} "
+                                     f"(key id {key.hex()[:16]}…), which the full replay shows")
+        out = []
+        for index, lh, signed in kept:
+            entry, issuer = self._signed_issuance(signed, f"issuance at leaf {index}")
+            out.append(ProvedIssuance(index, lh, entry, issuer,
+                                      f"full replay of {size} leaves matches the checkpoint root"))
+        return ScanResult(size, out)

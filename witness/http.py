@@ -1,0 +1,72 @@
+"""HTTP front of the witness: a plain WSGI app (one route needs no web framework) run
+by gunicorn. One route, ``POST /add-checkpoint``; the body is read with a hard size limit before
+anything is parsed, and every answer is what `Witness.add_checkpoint` decided."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from emshield.tlog.addcheckpoint import MAX_REQUEST_BYTES
+from emshield.wsgi_body import Refusal, read_body
+
+from .service import Answer, Witness, text_answer
+
+_REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+            409: "Conflict", 411: "Length Required", 413: "Content Too Large", 422: "Unprocessable Content",
+            500: "Internal Server Error"}
+
+
+def make_wsgi_app(make_witness: Callable[[], Witness]) -> Callable:
+    """The WSGI app; ``make_witness`` runs once per process (after gunicorn's fork)."""
+    state: dict[str, Witness] = {}
+
+    def app(environ: dict[str, Any], start_response) -> Iterable[bytes]:
+        answer = _route(environ, state, make_witness)
+        start_response(f"{answer.status} {_REASONS.get(answer.status, 'Error')}",
+                       [("Content-Type", answer.content_type), ("Content-Length", str(len(answer.body))),
+                        ("Cache-Control", "no-store")])
+        return [answer.body]
+
+    return app
+
+
+def _route(environ: dict[str, Any], state: dict[str, Witness], make_witness) -> Answer:
+    if environ.get("PATH_INFO") != "/add-checkpoint":
+        return text_answer(404, "not found (the witness serves POST /add-checkpoint)")
+    if environ.get("REQUEST_METHOD") != "POST":
+        return text_answer(405, "use POST")
+    if environ.get("QUERY_STRING"):
+        return text_answer(400, "no query parameters are accepted")
+    try:
+        body = read_body(environ, MAX_REQUEST_BYTES, require_length=True)
+    except Refusal as refused:
+        return text_answer(refused.status, refused.detail)
+    if "witness" not in state:
+        state["witness"] = make_witness()
+    return state["witness"].add_checkpoint(body)
+
+
+class WitnessServer(BaseApplication):
+    def __init__(self, app: Callable, options: dict[str, Any]) -> None:
+        self._app = app
+        self._options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self._options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Callable:
+        return self._app
+
+
+def serve(make_witness: Callable[[], Witness], host: str, port: int, workers: int, threads: int,
+          log_level: str = "info") -> None:
+    """Block serving the witness with gunicorn until SIGTERM / SIGINT."""
+    WitnessServer(make_wsgi_app(make_witness), {
+        "bind": f"{host}:{port}", "workers": workers, "threads": threads, "worker_class": "gthread",
+        "timeout": 60, "graceful_timeout": 10, "loglevel": log_level, "accesslog": None,
+        "proc_name": "emshield-witness"}).run()
