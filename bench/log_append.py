@@ -257,7 +257,7 @@ class OwnServer:
     CLI = "import sys; sys.argv[0] = 'emshield-log'; from log_server.cli import main; main()"
     LAUNCH = ("import sys; from pathlib import Path; from log_server.config import ServerConfig;"
               " from log_server.serve import serve;"
-              " serve(ServerConfig(db_path=Path(sys.argv[1])), '127.0.0.1', int(sys.argv[2]), int(sys.argv[3]),"
+              " serve(ServerConfig(store=Path(sys.argv[1])), '127.0.0.1', int(sys.argv[2]), int(sys.argv[3]),"
               " int(sys.argv[4]), 'warning', sys.argv[5])")
 
     def __init__(self, workdir: Path, workers: int, threads: int, server: str = "gunicorn",
@@ -531,7 +531,7 @@ def bulk_fill(db: Path, seed: bytes, start: int, stop: int, chunk: int = 50_000)
     from log_server.sequencer import IssuanceFields, PreparedEntry
     from log_server.state import EXTENSION
 
-    app = create_app(ServerConfig(db_path=db))
+    app = create_app(ServerConfig(store=db))
     state = app.extensions[EXTENSION]
     kid = E.issuer_key_id(_pub(_key(seed)))
     t0 = time.perf_counter()

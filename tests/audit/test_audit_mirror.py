@@ -29,7 +29,7 @@ def mirror(url: str, size: int, directory: Path) -> None:
 
 
 def test_a_static_tile_mirror_can_be_audited(run_audit, log_files, server_factory, issuer_key, tmp_path) -> None:
-    srv = server_factory(log_files.db)
+    srv = server_factory(log_files)
     log = LogClient(srv.url, operator_token=log_files.token)
     log.register_issuer(registration(issuer_key))
     log.append_batch([issuance(issuer_key, n) for n in range(599)])
