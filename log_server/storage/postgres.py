@@ -138,6 +138,12 @@ _INSERT_ISSUANCES = ("INSERT INTO issuances(leaf_idx, issuer_key_id, device_uuid
                      " %s::bigint[], %s::bigint[], %s::bigint[])")
 _INSERT_NODES = "INSERT INTO nodes(level, idx, hash) SELECT * FROM unnest(%s::integer[], %s::bigint[], %s::bytea[])"
 _LEAF_HASH_UNIQUE = "leaves_leaf_hash_key"
+# The nodes of a proof in one statement: leaf hashes by the leaves' primary key, inner nodes by a
+# primary-key look-up each. LATERAL ... LIMIT 1 keeps the planner from turning the look-ups into a
+# hash join, which would scan the whole nodes table (it cannot know how few nodes are asked for).
+NODES_SQL = ("SELECT 0, idx, leaf_hash FROM leaves WHERE idx = ANY(%s::bigint[])"
+             " UNION ALL SELECT w.level, w.idx, n.hash FROM unnest(%s::integer[], %s::bigint[]) AS w(level, idx)"
+             " CROSS JOIN LATERAL (SELECT hash FROM nodes WHERE level = w.level AND idx = w.idx LIMIT 1) AS n")
 
 
 def _columns(rows: Sequence[tuple], width: int, what: str) -> list[list]:
@@ -369,11 +375,7 @@ def _nodes_query(conn: psycopg.Connection, ids: Sequence[NodeID]) -> dict[NodeID
         return {}
     leaves = [index for level, index in wanted if level == 0]
     inner = [(level, index) for level, index in wanted if level > 0]
-    rows = conn.execute(
-        "SELECT 0, idx, leaf_hash FROM leaves WHERE idx = ANY(%s::bigint[])"
-        " UNION ALL SELECT n.level, n.idx, n.hash FROM unnest(%s::integer[], %s::bigint[]) AS w(level, idx)"
-        " JOIN nodes AS n ON n.level = w.level AND n.idx = w.idx",
-        (leaves, [lv for lv, _ in inner], [ix for _, ix in inner]), binary=True)
+    rows = conn.execute(NODES_SQL, (leaves, [lv for lv, _ in inner], [ix for _, ix in inner]), binary=True)
     return {(level, index): bytes(h) for level, index, h in rows}
 
 

@@ -98,7 +98,7 @@ class Cluster:
                        check=True, capture_output=True, timeout=120)
         pwfile.unlink()
         options = (f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.socket_dir}"
-                   f" -c max_connections={MAX_CONNECTIONS} -c fsync=on -c synchronous_commit=on")
+                   f" -c max_connections={MAX_CONNECTIONS}")  # fsync and synchronous_commit: on (the defaults)
         subprocess.run(self._as_owner([str(self.bin / "pg_ctl"), "-D", str(data), "-l", str(self.root / "server.log"),
                                        "-w", "-t", "60", "-o", options, "start"]),
                        check=True, capture_output=True, timeout=120)
