@@ -17,6 +17,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -218,6 +219,7 @@ class ServerProcess(Daemon):
     witnesses: list[str] = field(default_factory=list)  # URL=VERIFIER_KEY
     witness_quorum: int = 0
     server: str | None = None  # None: the command's default (granian)
+    tiles_dir: Path | None = None  # the sequencer also writes static tiles here (`--tiles-dir`)
 
     def command(self) -> list[str]:
         cmd = [str(BIN / "emshield-log"), "serve", "--store", str(self.db), "--port", str(self.port),
@@ -225,6 +227,8 @@ class ServerProcess(Daemon):
                "--witness-quorum", str(self.witness_quorum)]
         if self.key_file is not None:
             cmd += ["--key-file", str(self.key_file)]
+        if self.tiles_dir is not None:
+            cmd += ["--tiles-dir", str(self.tiles_dir)]
         if self.server:
             cmd += ["--server", self.server]
         for w in self.witnesses:
@@ -255,6 +259,28 @@ def running_log(directory: Path, origin: str = ORIGIN, store: Path | str | None 
         yield RunningLog(server.url, files.verifier, files.token, files.db)
     finally:
         server.stop()
+
+
+@dataclass(kw_only=True)
+class StaticSite(Daemon):
+    """A directory served by `python -m http.server` (no log code): a static mirror of the tiles."""
+
+    READY_STATUS = 200
+    directory: Path
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(self.port), "--directory",
+                str(self.directory)]
+
+
+def wait_for_mirror(directory: Path, size: int, timeout: float = 60.0) -> None:
+    """Until the static mirror's checkpoint file holds a tree of at least ``size`` leaves."""
+    from log_server.static_tiles import written_size
+
+    deadline = time.monotonic() + timeout
+    while written_size(directory) < size:
+        assert time.monotonic() < deadline, f"the mirror in {directory} did not reach size {size}"
+        time.sleep(0.02)
 
 
 # -- fixtures --------------------------------------------------------------------------------------
