@@ -27,6 +27,7 @@ import shutil
 import threading
 from pathlib import Path
 
+from emshield.atomic_file import write_atomically
 from emshield.tlog.checkpoint import Checkpoint, CheckpointError, NoteError, split_note
 from emshield.tlog.tiles import TILE_WIDTH, Tile, bundles_for, tiles_at_level
 
@@ -39,16 +40,6 @@ log = logging.getLogger(__name__)
 POLL_S = 1.0
 LOCK_NAME = ".emshield-tiles.lock"
 CHECKPOINT = "checkpoint"
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def written_size(directory: Path) -> int:
@@ -93,11 +84,11 @@ def write_tree(store: LogStore, cp: StoredCheckpoint, directory: Path) -> int:
             path = directory / tile.path()
             if tile.full and path.exists():
                 continue
-            _write_atomically(path, tile_reader.read(store, tile, cp.size))
+            write_atomically(path, tile_reader.read(store, tile, cp.size))
             written += 1
             if tile.full:  # its partial predecessors are no longer needed
                 shutil.rmtree(path.with_name(path.name + ".p"), ignore_errors=True)
-        _write_atomically(directory / CHECKPOINT, cp.note)
+        write_atomically(directory / CHECKPOINT, cp.note)
         return written + 1
     finally:
         os.close(fd)

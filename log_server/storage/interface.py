@@ -34,7 +34,7 @@ deployment, committed (durably) on a normal exit and rolled back otherwise.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -219,6 +219,28 @@ class RoleLock(Protocol):
 
 # The issuer columns in the order of `IssuerRecord`'s fields (both stores' SQL).
 ISSUER_COLS = "key_id, public_key, name, leaf_idx, registered_at, revoked_at, revocation_reason"
+
+
+# Rows of both stores' SQL as records (SQLite may hand back memoryviews, hence bytes()).
+def checkpoint_row(row: tuple | None) -> StoredCheckpoint | None:
+    """(size, root, note, created_at)."""
+    return None if row is None else StoredCheckpoint(row[0], bytes(row[1]), bytes(row[2]), row[3])
+
+
+def leaf_rows(rows: Iterable[tuple]) -> list[LeafRecord]:
+    """(idx, leaf_hash, data, kind) rows."""
+    return [LeafRecord(i, bytes(h), bytes(d), k) for i, h, d, k in rows]
+
+
+def issuance_rows(rows: Iterable[tuple]) -> list[IssuanceIndex]:
+    """(leaf_idx, issuer_key_id, device_uuid, watermark_commitment, fingerprint_hash) rows."""
+    return [IssuanceIndex(i, bytes(k), d, None if w is None else bytes(w), None if f is None else bytes(f))
+            for i, k, d, w, f in rows]
+
+
+def cosignature_rows(rows: Iterable[tuple]) -> list[tuple[str, bytes, bytes]]:
+    """(name, key_id, signature) rows."""
+    return [(n, bytes(k), bytes(sig)) for n, k, sig in rows]
 
 
 def issuer_row(row: tuple | None) -> IssuerRecord | None:

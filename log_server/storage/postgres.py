@@ -54,7 +54,11 @@ from .interface import (
     StoreError,
     TreeHead,
     WriteTxn,
+    checkpoint_row,
+    cosignature_rows,
+    issuance_rows,
     issuer_row,
+    leaf_rows,
 )
 
 log = logging.getLogger(__name__)
@@ -259,7 +263,7 @@ class PostgresStore:
     def leaves(self, start: int, end: int) -> list[LeafRecord]:
         rows = self._all_rows("SELECT idx, leaf_hash, data, kind FROM leaves WHERE idx >= %s AND idx < %s ORDER BY idx",
                               (start, end))
-        return [LeafRecord(i, bytes(h), bytes(d), k) for i, h, d, k in rows]
+        return leaf_rows(rows)
 
     def leaf(self, index: int) -> LeafRecord | None:
         got = self.leaves(index, index + 1)
@@ -277,13 +281,13 @@ class PostgresStore:
 
     def checkpoint(self, size: int) -> StoredCheckpoint | None:
         row = self._one("SELECT size, root, note, created_at FROM checkpoints WHERE size = %s", (size,))
-        return None if row is None else StoredCheckpoint(row[0], bytes(row[1]), bytes(row[2]), row[3])
+        return checkpoint_row(row)
 
     def cosignatures(self, size: int) -> list[tuple[str, bytes, bytes]]:
         """(witness name, key id, signature) of every cosignature stored for checkpoint ``size``."""
         rows = self._all_rows("SELECT name, key_id, signature FROM cosignatures WHERE size = %s ORDER BY name, key_id",
                               (size,))
-        return [(n, bytes(k), bytes(sig)) for n, k, sig in rows]
+        return cosignature_rows(rows)
 
     def latest_cosigned(self, witnesses: Sequence[tuple[str, bytes]], quorum: int) -> StoredCheckpoint | None:
         """The largest checkpoint cosigned by at least ``quorum`` of ``witnesses`` (name, key id)."""
@@ -314,8 +318,7 @@ class PostgresStore:
         rows = self._all_rows(
             "SELECT leaf_idx, issuer_key_id, device_uuid, watermark_commitment, fingerprint_hash FROM issuances"
             f" WHERE {column} = %s AND {field} = %s ORDER BY leaf_idx LIMIT %s", (key(value), value, limit))
-        return [IssuanceIndex(i, bytes(k), d, None if w is None else bytes(w), None if f is None else bytes(f))
-                for i, k, d, w, f in rows]
+        return issuance_rows(rows)
 
     def side_record(self, leaf_index: int) -> bytes | None:
         row = self._one("SELECT data FROM side_records WHERE leaf_idx = %s", (leaf_index,))
@@ -368,7 +371,7 @@ def _tree_size(conn: psycopg.Connection) -> int:
 def _latest_checkpoint(conn: psycopg.Connection) -> StoredCheckpoint | None:
     row = conn.execute("SELECT size, root, note, created_at FROM checkpoints ORDER BY size DESC LIMIT 1",
                        binary=True).fetchone()
-    return None if row is None else StoredCheckpoint(row[0], bytes(row[1]), bytes(row[2]), row[3])
+    return checkpoint_row(row)
 
 
 def _nodes_query(conn: psycopg.Connection, ids: Sequence[NodeID]) -> dict[NodeID, bytes]:

@@ -47,7 +47,11 @@ from .interface import (
     WriteTxn,
     blob_key,
     device_key,
+    checkpoint_row,
+    cosignature_rows,
+    issuance_rows,
     issuer_row,
+    leaf_rows,
 )
 
 BUSY_TIMEOUT_MS = 30_000
@@ -370,7 +374,7 @@ def _tree_size(conn: sqlite3.Connection) -> int:
 def _latest_checkpoint(conn: sqlite3.Connection) -> StoredCheckpoint | None:
     row = conn.execute("SELECT size, root, note, created_at FROM checkpoints"
                        " WHERE size = (SELECT max(size) FROM checkpoints)").fetchone()
-    return None if row is None else StoredCheckpoint(row[0], bytes(row[1]), bytes(row[2]), row[3])
+    return checkpoint_row(row)
 
 
 class _WriterLock:
@@ -671,7 +675,7 @@ class SqliteStore:
     def leaves(self, start: int, end: int) -> list[LeafRecord]:
         rows = self._conn().execute(
             "SELECT idx, leaf_hash, data, kind FROM leaves WHERE idx >= ? AND idx < ? ORDER BY idx", (start, end))
-        return [LeafRecord(i, bytes(h), bytes(d), k) for i, h, d, k in rows]
+        return leaf_rows(rows)
 
     def leaf(self, index: int) -> LeafRecord | None:
         got = self.leaves(index, index + 1)
@@ -691,13 +695,13 @@ class SqliteStore:
     def checkpoint(self, size: int) -> StoredCheckpoint | None:
         row = self._conn().execute("SELECT size, root, note, created_at FROM checkpoints WHERE size=?",
                                    (size,)).fetchone()
-        return None if row is None else StoredCheckpoint(row[0], bytes(row[1]), bytes(row[2]), row[3])
+        return checkpoint_row(row)
 
     def cosignatures(self, size: int) -> list[tuple[str, bytes, bytes]]:
         """(witness name, key id, signature) of every cosignature stored for checkpoint ``size``."""
         rows = self._conn().execute("SELECT name, key_id, signature FROM cosignatures WHERE size=? ORDER BY name, key_id",
                                     (size,))
-        return [(n, bytes(k), bytes(sig)) for n, k, sig in rows]
+        return cosignature_rows(rows)
 
     def latest_cosigned(self, witnesses: Sequence[tuple[str, bytes]], quorum: int) -> StoredCheckpoint | None:
         """The largest checkpoint cosigned by at least ``quorum`` of ``witnesses`` (name, key id)."""
@@ -731,8 +735,7 @@ class SqliteStore:
         rows = self._conn().execute(
             "SELECT leaf_idx, issuer_key_id, device_uuid, watermark_commitment, fingerprint_hash FROM issuances"
             f" WHERE {column} = ? AND {field} = ? ORDER BY leaf_idx LIMIT ?", (key(value), value, limit))
-        return [IssuanceIndex(i, bytes(k), d, None if w is None else bytes(w), None if f is None else bytes(f))
-                for i, k, d, w, f in rows]
+        return issuance_rows(rows)
 
     def side_record(self, leaf_index: int) -> bytes | None:
         row = self._conn().execute("SELECT data FROM side_records WHERE leaf_idx=?", (leaf_index,)).fetchone()

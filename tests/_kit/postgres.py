@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .ci import require
 
+BIN_ENV = "EMSHIELD_TEST_PG_BIN"  # another server's bin directory (default: Debian's PostgreSQL 15)
 BIN_DIRS = ("/usr/lib/postgresql/15/bin",)
 SUPERUSER = "postgres"
 PASSWORD = "emshield-test-superuser-password"
@@ -34,7 +35,7 @@ skipped_reason: str | None = None  # set once the cluster could not be had (for 
 
 
 def server_bin() -> Path | None:
-    for d in BIN_DIRS:
+    for d in ([os.environ[BIN_ENV]] if os.environ.get(BIN_ENV) else BIN_DIRS):
         if (Path(d) / "initdb").is_file() and (Path(d) / "pg_ctl").is_file():
             return Path(d)
     return None
@@ -132,8 +133,9 @@ def start_cluster(port: int) -> Cluster:
     owner = _owner()
     reason = None
     if bin_dir is None:
-        reason = (f"PostgreSQL server binaries not found in {', '.join(BIN_DIRS)} (Debian package postgresql-15;"
-                  " `./run setup` as root installs it): the PostgreSQL half of the store tests did not run")
+        reason = (f"PostgreSQL server binaries (initdb, pg_ctl) not found in {os.environ.get(BIN_ENV) or BIN_DIRS[0]}"
+                  " (Debian package postgresql-15; `./run setup` as root installs it): the PostgreSQL half of the"
+                  " store tests did not run")
     elif owner == "":
         reason = "running as root, but there is no `postgres` user to own a test cluster (initdb refuses root)"
     if reason is None:
