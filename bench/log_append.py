@@ -6,6 +6,8 @@
     python bench/log_append.py --url http://host:port   # any running log; the operator token for
                                                         # registering the bench issuer comes from
                                                         # $EMSHIELD_LOG_OPERATOR_TOKEN
+    python bench/log_append.py --store postgresql://... # also every figure on PostgreSQL, as ratios
+                                                        # to SQLite's in the same run
 
 Every own server gets a fresh log and the same signed entries: the baseline source tree (if given),
 then each WSGI server of --servers (default gunicorn, then granian) with this tree's code; each
@@ -33,6 +35,13 @@ Figures (issue #3 targets in brackets):
   checkpoint per 50,000 entries, one log per size; --proof-logs keeps them for later runs) with
   real signed entries, skipping HTTP and signature re-verification; --url mode measures proofs at
   the remote log's current size instead.
+
+With --store (a PostgreSQL URL whose role may CREATE DATABASE; the password from $PGPASSWORD or a
+0600 password file, as for `emshield-log`), every own-server measurement is made twice, first on
+SQLite (a temp file) and then on a fresh PostgreSQL database with the same entries, and the
+PostgreSQL figures are printed as ratios to SQLite's [targets (issue #19): single appends at 32
+clients >= 0.5x SQLite's, batch >= 10,000 entries/s, proof p99 <= 5 ms at 10^6]. The bench's
+databases are dropped at the end (kept with --proof-logs, which then also keeps their names).
 Tree building against merkletools/pymerkle is in bench/merkle_build.py.
 """
 
@@ -71,6 +80,8 @@ TARGET_APPENDS = 2000.0
 TARGET_BATCH = 20000.0
 TARGET_INTEGRATION_P99_S = 1.0
 TARGET_PROOF_P99_MS = 5.0
+TARGET_PG_SINGLE_RATIO = 0.5
+TARGET_PG_BATCH = 10000.0
 
 
 # -- entries --------------------------------------------------------------------------------------
@@ -255,15 +266,17 @@ class OwnServer:
     initialised and served by its own `emshield-log serve` instead: the same-run baseline."""
 
     CLI = "import sys; sys.argv[0] = 'emshield-log'; from log_server.cli import main; main()"
-    LAUNCH = ("import sys; from pathlib import Path; from log_server.config import ServerConfig;"
-              " from log_server.serve import serve;"
-              " serve(ServerConfig(db_path=Path(sys.argv[1])), '127.0.0.1', int(sys.argv[2]), int(sys.argv[3]),"
-              " int(sys.argv[4]), 'warning', sys.argv[5])")
+    LAUNCH = ("import sys; from log_server.config import ServerConfig; from log_server.serve import serve;"
+              " serve(ServerConfig.from_mapping({'store': sys.argv[1], 'key_path': sys.argv[6] or None}), '127.0.0.1',"
+              " int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), 'warning', sys.argv[5])")
 
     def __init__(self, workdir: Path, workers: int, threads: int, server: str = "gunicorn",
-                 src: Path | None = None, existing: dict | None = None) -> None:
+                 src: Path | None = None, existing: dict | None = None, store: str | None = None) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
-        self.db = workdir / "bench-log.db"
+        # ``store``: a PostgreSQL database URL (its key file then lives in workdir); else a SQLite file
+        self.db: Path | str = store or workdir / "bench-log.db"
+        self.key_file: Path | None = None if store is None else workdir / "bench-log.signer-key"
+        key_args = [] if self.key_file is None else ["--key-file", str(self.key_file)]
         env = dict(os.environ)
         if src is not None:
             env["PYTHONPATH"] = str(src)
@@ -272,16 +285,17 @@ class OwnServer:
         else:
             self.token = "bench-operator-token-" + os.urandom(16).hex()
             out = subprocess.run([sys.executable, "-c", self.CLI, "init", "--db", str(self.db), "--origin",
-                                  "bench.emshield/log", "--json"], env=env | {TOKEN_ENV: self.token}, cwd=src,
-                                 capture_output=True, text=True, check=True)
+                                  "bench.emshield/log", "--json", *key_args], env=env | {TOKEN_ENV: self.token},
+                                 cwd=src, capture_output=True, text=True, check=True)
             self.verifier_key = json.loads(out.stdout)["verifier_key"]
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         if src is None:
-            cmd = ["-c", self.LAUNCH, str(self.db), str(self.port), str(workers), str(threads), server]
+            cmd = ["-c", self.LAUNCH, str(self.db), str(self.port), str(workers), str(threads), server,
+                   str(self.key_file or "")]
         else:
             cmd = ["-c", self.CLI, "serve", "--db", str(self.db), "--port", str(self.port), "--workers", str(workers),
-                   "--threads", str(threads), "--log-level", "warning"]
+                   "--threads", str(threads), "--log-level", "warning", *key_args]
             if server != "gunicorn":  # trees before `serve --server` existed serve with gunicorn only
                 cmd += ["--server", server]
         # cwd: `python -c` puts the working directory first on sys.path, before PYTHONPATH
@@ -500,11 +514,11 @@ def proof_latency(url: str, size: int, samples: int, rng: random.Random) -> dict
     return out
 
 
-def proof_compute(db: Path, size: int, samples: int, rng: random.Random) -> dict:
+def proof_compute(db: Path | str, size: int, samples: int, rng: random.Random) -> dict:
     """The same proofs computed in-process from the store (no HTTP): the storage + hashing cost."""
-    from log_server.storage import SqliteStore
+    from log_server.storage import open_store
 
-    store = SqliteStore(db)
+    store = open_store(db)
     out: dict[str, float] = {}
     for kind in ("inclusion", "consistency"):
         times, cpu = [], []
@@ -524,14 +538,14 @@ def proof_compute(db: Path, size: int, samples: int, rng: random.Random) -> dict
     return out
 
 
-def bulk_fill(db: Path, seed: bytes, start: int, stop: int, chunk: int = 50_000) -> float:
+def bulk_fill(server: OwnServer, seed: bytes, start: int, stop: int, chunk: int = 50_000) -> float:
     """Append issuance entries [start, stop) straight through Sequencer.integrate; returns seconds."""
     from log_server.app import create_app
     from log_server.config import ServerConfig
     from log_server.sequencer import IssuanceFields, PreparedEntry
     from log_server.state import EXTENSION
 
-    app = create_app(ServerConfig(db_path=db))
+    app = create_app(ServerConfig(store=server.db, key_path=server.key_file))
     state = app.extensions[EXTENSION]
     kid = E.issuer_key_id(_pub(_key(seed)))
     t0 = time.perf_counter()
@@ -575,8 +589,47 @@ def baseline_ed25519_verify(entries: list[bytes], seed: bytes) -> float:
 def _checkpoints(server: OwnServer | None) -> int:
     if server is None:
         return 0
+    if isinstance(server.db, str):
+        import psycopg
+
+        with psycopg.connect(server.db) as conn:
+            return conn.execute("SELECT count(*) FROM checkpoints").fetchone()[0]
     with sqlite3.connect(f"file:{server.db}?mode=ro", uri=True) as conn:
         return conn.execute("SELECT count(*) FROM checkpoints").fetchone()[0]
+
+
+class Databases:
+    """Fresh PostgreSQL databases on the server of ``base`` (a URL), one per measurement."""
+
+    def __init__(self, base: str, keep: bool) -> None:
+        self.base, self.keep = base, keep
+        self.made: list[str] = []
+
+    def _admin(self):
+        import psycopg
+
+        return psycopg.connect(self.base, autocommit=True)
+
+    def url(self, name: str) -> str:
+        u = urllib.parse.urlsplit(self.base)  # (urlunsplit would drop the // of an empty host)
+        return f"{u.scheme}://{u.netloc}/{name}" + (f"?{u.query}" if u.query else "")
+
+    def exists(self, name: str) -> bool:
+        with self._admin() as conn:
+            return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+
+    def new(self, name: str) -> str:
+        with self._admin() as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        self.made.append(name)
+        return self.url(name)
+
+    def drop_all(self) -> None:
+        if self.keep:
+            return
+        with self._admin() as conn:
+            for name in self.made:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _cpu_start(server: OwnServer | None) -> tuple[float, float, int]:
@@ -692,8 +745,13 @@ def main() -> int:
                     help="the WSGI server of the --baseline-src runs (granian needs a tree with `serve --server`)")
     ap.add_argument("--workers", type=int, default=2, help="own server: worker processes")
     ap.add_argument("--threads", type=int, default=16, help="own server: request threads per worker")
+    ap.add_argument("--store", metavar="POSTGRESQL_URL",
+                    help="own server: measure on PostgreSQL too, in fresh databases of this server (the URL's role"
+                         " needs CREATEDB), each figure as a ratio to SQLite's in the same run")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON at the end")
     args = ap.parse_args()
+    if args.store and not args.store.startswith(("postgresql://", "postgres://")):
+        ap.error("--store takes a postgresql:// URL (SQLite is always measured)")
     clients = [int(c) for c in args.clients.split(",") if c]
     servers = [s for s in args.servers.split(",") if s]
     run_seed = os.urandom(8)  # fresh entries every run: a re-run against the same log appends, not dedups
@@ -731,43 +789,70 @@ def main() -> int:
             figures["proofs"] = [r]
             print(f"proofs at {size:,}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items() if k != "size"))
         else:
-            plan = [(f"baseline {src}", args.baseline_server, src) for src in args.baseline_src]
-            plan += [(f"{s} (this tree)", s, None) for s in servers]
-            for n, (label, kind, src) in enumerate(plan):
-                server = OwnServer(workdir / f"run{n}", args.workers, args.threads, kind, src)
-                try:
-                    print(f"{label}: {server.url}, {kind}, {args.workers} workers x {args.threads} threads", flush=True)
-                    run = {"label": label, "server": kind} | measure_log(
-                        server.url, server.token, NoteVerifier.from_verifier_key(server.verifier_key), server,
-                        entries, batch_signed,
-                        reg, args, clients, base, ceiling)
-                    figures["runs"].append(run)
-                finally:
-                    server.stop()
-            compare(figures["runs"])
-            figures["proofs"] = proofs(args.proof_logs or workdir / "proofs", args, servers[-1], run_seed, rng)
+            dbs = Databases(args.store, keep=args.proof_logs is not None) if args.store else None
+            stores: list[Databases | None] = [None] + ([dbs] if dbs else [])  # None: SQLite
+            plan = [(f"baseline {src}", args.baseline_server, src, None) for src in args.baseline_src]
+            for store in stores:
+                plan += [(f"{s} on {_store_name(store)} (this tree)", s, None, store) for s in servers]
+            try:
+                for n, (label, kind, src, store) in enumerate(plan):
+                    db = None if store is None else store.new(f"emshield_bench_{run_seed.hex()}_{n}")
+                    server = OwnServer(workdir / f"run{n}", args.workers, args.threads, kind, src, store=db)
+                    try:
+                        print(f"{label}: {server.url}, {kind}, {args.workers} workers x {args.threads} threads",
+                              flush=True)
+                        run = {"label": label, "server": kind, "store": _store_name(store)} | measure_log(
+                            server.url, server.token, NoteVerifier.from_verifier_key(server.verifier_key), server,
+                            entries, batch_signed,
+                            reg, args, clients, base, ceiling)
+                        figures["runs"].append(run)
+                    finally:
+                        server.stop()
+                compare(figures["runs"])
+                figures["proofs"] = [r for store in stores for r in proofs(
+                    args.proof_logs or workdir / "proofs", args, servers[-1], run_seed, rng, store)]
+                if dbs is not None:
+                    compare_stores(figures)
+            finally:
+                if dbs is not None:
+                    dbs.drop_all()
     if args.json:
         print(json.dumps(figures, indent=2))
     return 0
 
 
-def proof_log(workdir: Path, size: int, args, kind: str, seed: bytes) -> OwnServer:
-    """A served log of exactly ``size`` entries in ``workdir``: bulk-filled there the first time
-    (setup, untimed), reused as it is when an earlier run left one (--proof-logs)."""
+def _store_name(store: Databases | None) -> str:
+    return "SQLite" if store is None else "PostgreSQL"
+
+
+def proof_log(workdir: Path, size: int, args, kind: str, seed: bytes, store: Databases | None) -> OwnServer:
+    """A served log of exactly ``size`` entries in ``workdir`` (and, on PostgreSQL, a database named
+    after the size): bulk-filled the first time (setup, untimed), reused as it is when an earlier
+    run left one (--proof-logs)."""
     meta = workdir / "bench-proof-log.json"
+    name = f"emshield_bench_proofs_{size}"
+    db = None
+    if store is not None:
+        if meta.exists() and store.exists(name):
+            db = store.url(name)
+        else:
+            meta.unlink(missing_ok=True)
+            if store.exists(name):
+                raise RuntimeError(f"database {name} exists but {meta} does not: drop it or give another --proof-logs")
+            db = store.new(name)
     if meta.exists():
-        server = OwnServer(workdir, args.workers, args.threads, kind, existing=json.loads(meta.read_text()))
+        server = OwnServer(workdir, args.workers, args.threads, kind, existing=json.loads(meta.read_text()), store=db)
         have = checkpoint_size(Conn(server.url), NoteVerifier.from_verifier_key(server.verifier_key))
         if have != size:
             server.stop()
             raise RuntimeError(f"{workdir} holds a log of {have:,} entries, not {size:,}")
         print(f"reusing the {size:,}-entry log in {workdir}", flush=True)
         return server
-    server = OwnServer(workdir, args.workers, args.threads, kind)
+    server = OwnServer(workdir, args.workers, args.threads, kind, store=db)
     try:
         Conn(server.url, server.token).json("POST", "/v1/issuers", body=registration(seed),
                                             ctype="application/cbor", auth=True)
-        secs = bulk_fill(server.db, seed, 0, size - 1)
+        secs = bulk_fill(server, seed, 0, size - 1)
     except BaseException:
         server.stop()
         raise
@@ -777,19 +862,22 @@ def proof_log(workdir: Path, size: int, args, kind: str, seed: bytes) -> OwnServ
     return server
 
 
-def proofs(workdir: Path, args, kind: str, run_seed: bytes, rng: random.Random) -> list[dict]:
+def proofs(workdir: Path, args, kind: str, run_seed: bytes, rng: random.Random,
+           store: Databases | None = None) -> list[dict]:
     """Proof latency on a log of exactly each requested size (one log per size)."""
     out = []
+    where = _store_name(store)
     for size in sorted(int(s) for s in args.proof_sizes.split(",") if s):
-        server = proof_log(workdir / str(size), size, args, kind, run_seed + b"-fill")
+        server = proof_log(workdir / where.lower() / str(size), size, args, kind, run_seed + b"-fill", store)
         try:
-            r = {"size": size, "server": kind} | proof_latency(server.url, size, args.proof_samples, rng) | \
+            r = {"size": size, "server": kind, "store": where} | proof_latency(server.url, size, args.proof_samples,
+                                                                             rng) | \
                 proof_compute(server.db, size, args.proof_samples, rng)
         finally:
             server.stop()
         r["load_1min"] = os.getloadavg()[0]
         out.append(r)
-        print(f"proofs at {size:>9,} entries over HTTP ({kind}): inclusion p50 {r['inclusion_p50_ms']:.2f} ms "
+        print(f"proofs at {size:>9,} entries over HTTP ({kind}, {where}): inclusion p50 {r['inclusion_p50_ms']:.2f} ms "
               f"p99 {r['inclusion_p99_ms']:.2f} ms; consistency p50 {r['consistency_p50_ms']:.2f} ms "
               f"p99 {r['consistency_p99_ms']:.2f} ms (p99 target 5 ms: "
               f"x{max(r['inclusion_p99_ms'], r['consistency_p99_ms']) / TARGET_PROOF_P99_MS:.2f}; "
@@ -799,6 +887,38 @@ def proofs(workdir: Path, args, kind: str, run_seed: bytes, rng: random.Random) 
               f"{r['consistency_compute_p99_ms']:.3f} ms (CPU-time p99 {r['inclusion_compute_cpu_p99_ms']:.3f}"
               f" / {r['consistency_compute_cpu_p99_ms']:.3f} ms); load {r['load_1min']:.1f}", flush=True)
     return out
+
+
+def compare_stores(figures: dict) -> None:
+    """PostgreSQL's figures as ratios to SQLite's, per WSGI server and per proof tree size."""
+    runs = {(r["store"], r["server"]): r for r in figures["runs"] if "store" in r}
+    for (where, kind), pg in runs.items():
+        lite = runs.get(("SQLite", kind))
+        if where != "PostgreSQL" or lite is None:
+            continue
+        single = {r["clients"]: r for r in pg["single"]}
+        base = {r["clients"]: r for r in lite["single"]}
+        top = max(single)
+        parts = [f"single appends at {c} clients x{single[c]['per_s'] / base[c]['per_s']:.2f}" for c in sorted(single)]
+        ratio = single[top]["per_s"] / base[top]["per_s"]
+        parts.append(f"(target at {top} clients >= x{TARGET_PG_SINGLE_RATIO}: {'met' if ratio >= TARGET_PG_SINGLE_RATIO else 'MISSED'})")
+        parts.append(f"integration p99 at {top} clients {single[top]['integration_p99_ms']:.1f} ms vs "
+                     f"{base[top]['integration_p99_ms']:.1f} ms (x{single[top]['integration_p99_ms'] / base[top]['integration_p99_ms']:.2f})")
+        for key in ("batch", "batch_signed"):
+            if key in pg and key in lite:
+                parts.append(f"{key.replace('_', '-')} {pg[key]['per_s']:,.0f}/s x{pg[key]['per_s'] / lite[key]['per_s']:.2f}"
+                             f" (target >= {TARGET_PG_BATCH:,.0f}/s: {'met' if pg[key]['per_s'] >= TARGET_PG_BATCH else 'MISSED'})")
+        print(f"PostgreSQL vs SQLite ({kind}): " + "; ".join(parts))
+    proofs_by = {(r["store"], r["size"]): r for r in figures.get("proofs", [])}
+    for (where, size), pg in sorted(proofs_by.items(), key=lambda kv: kv[0][1]):
+        lite = proofs_by.get(("SQLite", size))
+        if where != "PostgreSQL" or lite is None:
+            continue
+        worst = max(pg["inclusion_p99_ms"], pg["consistency_p99_ms"])
+        print(f"PostgreSQL vs SQLite proofs at {size:,}: inclusion p99 {pg['inclusion_p99_ms']:.2f} ms "
+              f"x{pg['inclusion_p99_ms'] / lite['inclusion_p99_ms']:.2f}, consistency p99 {pg['consistency_p99_ms']:.2f} ms "
+              f"x{pg['consistency_p99_ms'] / lite['consistency_p99_ms']:.2f} (p99 target {TARGET_PROOF_P99_MS} ms: "
+              f"{'met' if worst <= TARGET_PROOF_P99_MS else 'MISSED'})")
 
 
 if __name__ == "__main__":

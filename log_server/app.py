@@ -14,7 +14,7 @@ from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from .admission import RegisteredIssuers
-from .config import ServerConfig, open_sequencer, open_store
+from .config import ServerConfig, open_log, open_sequencer
 from .cosigning import Cosigner, WitnessEndpoint
 from .errors import INTERNAL_ERROR, Refusal, error_json
 from .routes import api
@@ -41,15 +41,14 @@ def create_app(config: ServerConfig | Mapping[str, Any]) -> Flask:
         local = open_sequencer(cfg)
         sequencer, store, origin = local, local.store, local.origin
     else:
-        store, origin = open_store(cfg)
+        store, origin = open_log(cfg)
         sequencer = RemoteSequencer(cfg.sequencer_socket)
     witnesses = [WitnessEndpoint.parse(w) for w in cfg.witnesses]
     if not 0 <= cfg.witness_quorum <= len(witnesses):
         raise ValueError(f"witness quorum {cfg.witness_quorum} is not within 0..{len(witnesses)} (configured witnesses)")
     if len({w.ident for w in witnesses}) != len(witnesses):
         raise ValueError("a witness key is configured twice")
-    cosigner = Cosigner(store, witnesses, cfg.db_path.with_name(cfg.db_path.name + ".cosigner-lock"),
-                        poll_s=cfg.witness_poll_s)
+    cosigner = Cosigner(store, witnesses, poll_s=cfg.witness_poll_s)
 
     app = Flask("emshield_log")
     app.config["MAX_CONTENT_LENGTH"] = cfg.max_body_bytes

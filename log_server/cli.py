@@ -11,6 +11,32 @@ import click
 from . import keys
 
 MAX_ORIGIN_CHARS = 255
+STORE_HELP = ("The log store: a SQLite file, or a postgresql:// URL (without a password: libpq reads it from"
+              " $PGPASSWORD or a 0600 password file, $PGPASSFILE or ~/.pgpass).")
+
+
+class StoreParam(click.ParamType):
+    """A store argument: a postgresql:// URL as it is, anything else a SQLite file's path."""
+
+    name = "FILE|URL"
+
+    def __init__(self, exists: bool) -> None:
+        self._file = click.Path(exists=exists, dir_okay=False, path_type=Path)
+
+    def convert(self, value, param, ctx):
+        from .storage import StoreError, check_url, is_postgres
+
+        if isinstance(value, str) and is_postgres(value):
+            try:
+                check_url(value)
+            except StoreError as exc:
+                self.fail(str(exc), param, ctx)
+            return value
+        return self._file.convert(value, param, ctx)
+
+
+def _store_option(exists: bool, help: str = STORE_HELP):
+    return click.option("--store", "--db", "store", required=True, type=StoreParam(exists), help=help)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,14 +45,14 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--db", "db", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="SQLite file to create (must not exist).")
+@_store_option(False, STORE_HELP + " A file must not exist; a database must hold no log store yet.")
 @click.option("--origin", required=True,
               help="The log's origin line, e.g. 'log.example.org/emshield' (also the signing key's name).")
 @click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Where to write the checkpoint signing key (mode 0600). Default: <db>.signer-key")
+              help="Where to write the checkpoint signing key (mode 0600). Default: <file>.signer-key beside a"
+                   " SQLite store; required with PostgreSQL.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def init(db: Path, origin: str, key_file: Path | None, as_json: bool) -> None:
+def init(store: str | Path, origin: str, key_file: Path | None, as_json: bool) -> None:
     """Create the log store and the log's Ed25519 key; print the verifier key.
 
     The operator credential (needed to register and revoke issuers) is taken from the environment
@@ -36,15 +62,17 @@ def init(db: Path, origin: str, key_file: Path | None, as_json: bool) -> None:
     from emshield.tlog.checkpoint import NoteSigner, is_valid_key_name
 
     from .sequencer import Sequencer
-    from .storage import SqliteStore, StoreError
+    from .storage import StoreError, create_store, is_postgres
 
     # The origin is also the signing key's name (C2SP tlog-checkpoint recommends it), so it must be
     # a valid signed-note key name: non-empty, no spaces, no '+', no control characters.
     if not is_valid_key_name(origin) or len(origin) > MAX_ORIGIN_CHARS:
         raise click.ClickException(f"origin must be 1-{MAX_ORIGIN_CHARS} characters without spaces, '+' or"
                                    " control characters (it is also the signed-note key name)")
-    key_path = key_file or keys.default_key_path(db)
-    for p in (db, key_path):
+    if key_file is None and is_postgres(store):
+        raise click.ClickException("a PostgreSQL store needs --key-file: where to write the signing key")
+    key_path = key_file or keys.default_key_path(store)
+    for p in ([] if is_postgres(store) else [Path(store)]) + [key_path]:
         if p.exists():
             raise click.ClickException(f"{p} already exists; refusing to overwrite a log")
     token, generated = _token_from_env_or_new()
@@ -54,20 +82,21 @@ def init(db: Path, origin: str, key_file: Path | None, as_json: bool) -> None:
     except OSError as exc:
         raise click.ClickException(f"cannot write the signing key to {key_path}: {exc}") from exc
     try:
-        store = SqliteStore.create(db, {"origin": origin.encode(), keys.TOKEN_META_KEY: keys.token_digest(token)})
+        log_store = create_store(store, {"origin": origin.encode(), keys.TOKEN_META_KEY: keys.token_digest(token)})
     except (StoreError, OSError) as exc:
         key_path.unlink(missing_ok=True)
         raise click.ClickException(str(exc)) from exc
     # The signed checkpoint of the empty tree, so `GET /checkpoint` answers from the start.
-    Sequencer(store, signer, origin).sign_current()
-    store.close()
-    result = {"db": str(db), "key_file": str(key_path), "origin": origin, "verifier_key": signer.verifier_key(),
+    Sequencer(log_store, signer, origin).sign_current()
+    where = log_store.describe()
+    log_store.close()
+    result = {"store": str(store), "key_file": str(key_path), "origin": origin, "verifier_key": signer.verifier_key(),
               "operator_token": token if generated else None,
               "operator_token_source": "generated" if generated else keys.TOKEN_ENV}
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    click.echo(f"created log {origin!r} in {db}")
+    click.echo(f"created log {origin!r} in {where}")
     click.echo(f"signing key: {key_path} (mode 0600; back it up, keep it secret)")
     click.echo(f"verifier key: {signer.verifier_key()}")
     if generated:
@@ -88,21 +117,21 @@ def _token_from_env_or_new() -> tuple[str, bool]:
 
 
 @main.command("set-token")
-@click.option("--db", "db", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_store_option(True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def set_token(db: Path, as_json: bool) -> None:
+def set_token(store: str | Path, as_json: bool) -> None:
     """Replace the operator credential (from $EMSHIELD_LOG_OPERATOR_TOKEN, or a new random one).
 
     Takes effect immediately for running servers (they read the hash from the store).
     """
-    from .storage import SqliteStore, StoreError
+    from .storage import StoreError, open_store
 
     token, generated = _token_from_env_or_new()
     try:
-        store = SqliteStore(db)
-        with store.write() as tx:
+        log_store = open_store(store)
+        with log_store.write() as tx:
             tx.set_meta(keys.TOKEN_META_KEY, keys.token_digest(token))
-        store.close()
+        log_store.close()
     except StoreError as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:
@@ -115,10 +144,10 @@ def set_token(db: Path, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--db", "db", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="The store created by `emshield-log init`.")
+@_store_option(True, STORE_HELP + " Made by `emshield-log init`.")
 @click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The checkpoint signing key. Default: <db>.signer-key")
+              help="The checkpoint signing key. Default: <file>.signer-key beside a SQLite store; required with"
+                   " PostgreSQL.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--server", "server", default="granian", show_default=True, type=click.Choice(["granian", "gunicorn"]),
@@ -134,8 +163,11 @@ def set_token(db: Path, as_json: bool) -> None:
                    " attached to the served checkpoint. The URL must not contain '='.")
 @click.option("--witness-quorum", default=0, show_default=True, type=click.IntRange(0, 100),
               help="Serve at /checkpoint only checkpoints cosigned by at least this many of the witnesses.")
-def serve(db: Path, key_file: Path | None, host: str, port: int, server: str, workers: int, threads: int,
-          log_level: str, witnesses: tuple[str, ...], witness_quorum: int) -> None:
+@click.option("--tiles-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write every new checkpoint's C2SP tiles and entry bundles as static files here (for nginx,"
+                   " a CDN or an object-store sync): checkpoint, tile/<L>/<N>, tile/entries/<N>.")
+def serve(store: str | Path, key_file: Path | None, host: str, port: int, server: str, workers: int, threads: int,
+          log_level: str, witnesses: tuple[str, ...], witness_quorum: int, tiles_dir: Path | None) -> None:
     """Serve the log over HTTP with a production WSGI server (gunicorn or Granian)."""
     from .app import create_app
     from .config import ServerConfig
@@ -144,7 +176,8 @@ def serve(db: Path, key_file: Path | None, host: str, port: int, server: str, wo
     from .state import EXTENSION
     from .storage import StoreError
 
-    config = ServerConfig(db_path=db, key_path=key_file, witnesses=witnesses, witness_quorum=witness_quorum)
+    config = ServerConfig(store=store, key_path=key_file, witnesses=witnesses, witness_quorum=witness_quorum,
+                          tiles_dir=tiles_dir)
     try:  # fail here, with a clear message, rather than in every worker
         create_app(config).extensions[EXTENSION].store.close()
     except (StoreError, KeyFileError, RuntimeError, ValueError) as exc:

@@ -2,9 +2,9 @@
 store the cosignatures they return (spec/witness.md, "Log side").
 
 One background thread per server process polls the store for a newer checkpoint (the
-sequencer, which commits checkpoints, needs no hook), but only the process holding an exclusive
-flock on ``<db>.cosigner-lock`` talks to witnesses, so N gunicorn workers do not race each other
-into 409s. For each witness it remembers the size the witness last cosigned (learned from a 409
+sequencer, which commits checkpoints, needs no hook), but only the process holding the store's
+"cosigner" role lock (`LogStore.role_lock`: an flock beside a SQLite file, an advisory lock on
+PostgreSQL, across all hosts) talks to witnesses, so N workers do not race each other into 409s. For each witness it remembers the size the witness last cosigned (learned from a 409
 ``text/x.tlog.size`` answer after a restart), sends ``old <size>``, the consistency proof from the
 stored nodes and the log-signed note, checks every returned cosignature with the witness's key,
 and stores the valid ones beside the checkpoint. `GET /checkpoint` then serves the note with them.
@@ -12,12 +12,9 @@ and stores the valid ones beside the checkpoint. `GET /checkpoint` then serves t
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import requests
 
@@ -63,13 +60,12 @@ class WitnessEndpoint:
 class Cosigner:
     """Background submitter; `ensure_started` is cheap and safe to call on every request."""
 
-    def __init__(self, store: LogStore, witnesses: list[WitnessEndpoint], lock_path: Path, *,
+    def __init__(self, store: LogStore, witnesses: list[WitnessEndpoint], *,
                  poll_s: float = 0.2, timeout_s: float = 10.0) -> None:
         self.store = store
         self.witnesses = witnesses
         self.poll_s = poll_s
         self.timeout_s = timeout_s
-        self._lock_path = lock_path
         self._thread = ProcessThread(self._run, "emshield-cosigner")
 
     def ensure_started(self) -> None:
@@ -77,30 +73,25 @@ class Cosigner:
             self._thread.ensure_started()
 
     def _run(self) -> None:
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        role = self.store.role_lock("cosigner")  # kept while this process lives
         session = requests.Session()
-        try:
-            while True:  # a daemon thread: it ends with its process
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # kept while this process lives
-                except BlockingIOError:
-                    time.sleep(1.0)
+        while True:  # a daemon thread: it ends with its process
+            if not role.try_acquire():
+                time.sleep(1.0)
+                continue
+            cp = self.store.latest_checkpoint()
+            for w in self.witnesses:
+                if cp is None or w.cosigned_size == cp.size or time.monotonic() < w.next_try:
                     continue
-                cp = self.store.latest_checkpoint()
-                for w in self.witnesses:
-                    if cp is None or w.cosigned_size == cp.size or time.monotonic() < w.next_try:
-                        continue
-                    try:
-                        self.submit(session, w, cp)
-                        w.failures = 0
-                    except Exception:  # a witness being down must not delay the others
-                        w.failures += 1
-                        w.next_try = time.monotonic() + min(self.poll_s * 2 ** w.failures, MAX_BACKOFF_S)
-                        log.warning("witness %s: submission of size %d failed", w.url, cp.size,
-                                    exc_info=w.failures == 1)
-                time.sleep(self.poll_s)
-        finally:
-            os.close(fd)
+                try:
+                    self.submit(session, w, cp)
+                    w.failures = 0
+                except Exception:  # a witness being down must not delay the others
+                    w.failures += 1
+                    w.next_try = time.monotonic() + min(self.poll_s * 2 ** w.failures, MAX_BACKOFF_S)
+                    log.warning("witness %s: submission of size %d failed", w.url, cp.size,
+                                exc_info=w.failures == 1)
+            time.sleep(self.poll_s)
 
     def submit(self, session: requests.Session, w: WitnessEndpoint, cp: StoredCheckpoint) -> None:
         """add-checkpoint for ``cp``; learn the witness's size from a 409 and retry once."""

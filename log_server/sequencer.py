@@ -29,7 +29,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -145,11 +145,13 @@ _STOP = object()
 class Sequencer:
     """Group-committing writer; `submit` is thread safe and returns once the entries are durable."""
 
-    def __init__(self, store: LogStore, signer: NoteSigner, origin: str, *, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+    def __init__(self, store: LogStore, signer: NoteSigner, origin: str, *, max_batch: int = DEFAULT_MAX_BATCH,
+                 on_commit: Callable[[], None] = lambda: None) -> None:
         self.store = store
         self.signer = signer
         self.origin = origin
         self.max_batch = max_batch
+        self.on_commit = on_commit  # called after every committed transaction (must not block)
         self._range: CompactRange | None = None
         # Issuer records read from the store, kept while the store's issuer epoch stays the same
         # (it changes with every revocation); unknown issuers are never kept, as another process
@@ -262,11 +264,13 @@ class Sequencer:
                     tx.add_issuances(group.issuances)
                     tx.add_nodes(rng.extend([row[1] for row in group.leaves]))
                     self._add_checkpoint(tx)
-            return outcomes
         except BaseException:
             self._range = None  # rebuilt from the store on the next batch
             self._issuers = {}
             raise
+        if group.leaves:
+            self.on_commit()
+        return outcomes
 
     def _range_at(self, tx: WriteTxn, head: TreeHead) -> CompactRange:
         """The compact range of the stored tree, read when the size held here is not the stored one.
@@ -296,6 +300,7 @@ class Sequencer:
             latest = tx.latest_checkpoint()
             if latest is None or latest.size != self._range.size:
                 self._add_checkpoint(tx)
+        self.on_commit()
 
 
 def _range_from_border(head: TreeHead) -> CompactRange | None:

@@ -232,6 +232,7 @@ def _service_main(config, sock_path: str, stop, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sequencer = open_sequencer(config)
+    sequencer.on_commit()  # brings the static tile mirror, if any, up to the stored tree at start-up
     settle_after_startup()  # as in the workers (serve._app_for_worker)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(sock_path)

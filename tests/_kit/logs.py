@@ -1,7 +1,10 @@
 """Real logs for tests: stores made by `emshield-log init`, servers run by `emshield-log serve` on a
 free 127.0.0.1 port, and deterministic issuer keys and entries (fixed seeds).
 
-The pytest fixtures at the bottom are imported by the conftests that want them.
+Stores are SQLite files or PostgreSQL databases of a throw-away cluster (`_kit.postgres`): the
+`store_kind` fixture runs every test that uses `log_files` (or `store_location`) once on each,
+so one suite checks both stores. The pytest fixtures at the bottom are imported by the conftests
+that want them.
 """
 
 from __future__ import annotations
@@ -9,9 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -29,7 +35,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from emshield.tlog import entry as E
 from emshield.tlog.checkpoint import NoteVerifier
 from log_server.cli import main as log_cli
+from log_server.storage import is_postgres
 
+from . import postgres as pg
 from .paths import BIN
 
 ORIGIN = "test.emshield.example/log"
@@ -68,7 +76,7 @@ def issuance(key: Ed25519PrivateKey, n: int, *, policy: str = "watermark", finge
 
 @dataclass
 class LogFiles:
-    db: Path
+    db: Path | str  # the store: a SQLite file, or a postgresql:// URL
     key_file: Path
     verifier: NoteVerifier
     token: str = TOKEN
@@ -77,15 +85,60 @@ class LogFiles:
     def verifier_key(self) -> str:
         return self.verifier.verifier_key()
 
+    def app_config(self) -> dict:
+        """What `create_app` / `ServerConfig` need to open this log (store and signing key)."""
+        return {"store": self.db, "key_path": self.key_file}
 
-def init_log(directory: Path, origin: str = ORIGIN) -> LogFiles:
-    """`emshield-log init`, with the operator token from the environment variable."""
-    db = directory / "log.db"
-    result = CliRunner().invoke(log_cli, ["init", "--db", str(db), "--origin", origin, "--json"],
-                                env={"EMSHIELD_LOG_OPERATOR_TOKEN": TOKEN})
+
+def init_log(directory: Path, origin: str = ORIGIN, store: Path | str | None = None) -> LogFiles:
+    """`emshield-log init` of ``store`` (default: ``directory/log.db``), with the operator token from
+    the environment variable; a PostgreSQL store's key goes to ``directory/log.signer-key``."""
+    db = directory / "log.db" if store is None else store
+    args = ["init", "--store", str(db), "--origin", origin, "--json"]
+    if is_postgres(db):
+        args += ["--key-file", str(directory / "log.signer-key")]
+    result = CliRunner().invoke(log_cli, args, env={"EMSHIELD_LOG_OPERATOR_TOKEN": TOKEN})
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     return LogFiles(db, Path(out["key_file"]), NoteVerifier.from_verifier_key(out["verifier_key"]))
+
+
+def run_sql(store: Path | str, sql: str) -> str:
+    """Run ``sql`` on the store with the database's own command-line tool (sqlite3, psql), as an
+    operator or an attacker with access to the database would: behind the server's back."""
+    if is_postgres(store):
+        cmd = ["psql", "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-d", str(store), "-c", sql]
+    else:
+        cmd = ["sqlite3", str(store), sql]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def sql_blob(store: Path | str, data: bytes) -> str:
+    """``data`` as a literal of the store's SQL (for `run_sql`)."""
+    return f"'\\x{data.hex()}'::bytea" if is_postgres(store) else f"X'{data.hex()}'"
+
+
+def copy_store(files: LogFiles, directory: Path, cluster: pg.Cluster | None = None) -> LogFiles:
+    """A second store with the same history so far and the same signing key (a copied log: how a
+    fork starts). SQLite: an online backup of the file; PostgreSQL: pg_dump into a new database."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if is_postgres(files.db):
+        assert cluster is not None, "copying a PostgreSQL store needs its cluster"
+        twin = cluster.new_database()
+        dump = subprocess.run(["pg_dump", "--no-owner", "-d", str(files.db)], capture_output=True, timeout=120,
+                              check=True).stdout
+        subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", twin], input=dump, capture_output=True,
+                       timeout=120, check=True)
+        key = directory / "log.signer-key"
+    else:
+        twin = directory / "log.db"
+        with sqlite3.connect(files.db) as src, sqlite3.connect(twin) as dst:
+            src.backup(dst)
+        key = directory / "log.db.signer-key"
+    shutil.copy2(files.key_file, key)
+    return LogFiles(twin, key, files.verifier, files.token)
 
 
 # -- servers ---------------------------------------------------------------------------------------
@@ -159,17 +212,23 @@ class ServerProcess(Daemon):
     """`emshield-log serve`; up once it serves a checkpoint."""
 
     READY_PATH = "/checkpoint"
-    db: Path
+    db: Path | str
+    key_file: Path | None = None  # None: beside a SQLite store
     workers: int = 2
     threads: int = 8
     witnesses: list[str] = field(default_factory=list)  # URL=VERIFIER_KEY
     witness_quorum: int = 0
     server: str | None = None  # None: the command's default (granian)
+    tiles_dir: Path | None = None  # the sequencer also writes static tiles here (`--tiles-dir`)
 
     def command(self) -> list[str]:
-        cmd = [str(BIN / "emshield-log"), "serve", "--db", str(self.db), "--port", str(self.port),
+        cmd = [str(BIN / "emshield-log"), "serve", "--store", str(self.db), "--port", str(self.port),
                "--workers", str(self.workers), "--threads", str(self.threads), "--log-level", "warning",
                "--witness-quorum", str(self.witness_quorum)]
+        if self.key_file is not None:
+            cmd += ["--key-file", str(self.key_file)]
+        if self.tiles_dir is not None:
+            cmd += ["--tiles-dir", str(self.tiles_dir)]
         if self.server:
             cmd += ["--server", self.server]
         for w in self.witnesses:
@@ -184,7 +243,7 @@ class RunningLog:
     url: str
     verifier: NoteVerifier
     token: str
-    db: Path
+    db: Path | str
 
     @property
     def verifier_key(self) -> str:
@@ -192,21 +251,79 @@ class RunningLog:
 
 
 @contextmanager
-def running_log(directory: Path, origin: str = ORIGIN) -> Iterator[RunningLog]:
+def running_log(directory: Path, origin: str = ORIGIN, store: Path | str | None = None) -> Iterator[RunningLog]:
     """`emshield-log init`, then `emshield-log serve` (one worker) until the block ends."""
-    files = init_log(directory, origin)
-    server = ServerProcess(files.db, workers=1, threads=4).start()
+    files = init_log(directory, origin, store)
+    server = ServerProcess(files.db, files.key_file, workers=1, threads=4).start()
     try:
         yield RunningLog(server.url, files.verifier, files.token, files.db)
     finally:
         server.stop()
 
 
+@dataclass(kw_only=True)
+class StaticSite(Daemon):
+    """A directory served by `python -m http.server` (no log code): a static mirror of the tiles."""
+
+    READY_STATUS = 200
+    directory: Path
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(self.port), "--directory",
+                str(self.directory)]
+
+
+def wait_for_mirror(directory: Path, size: int, timeout: float = 60.0) -> None:
+    """Until the static mirror's checkpoint file holds a tree of at least ``size`` leaves."""
+    from log_server.static_tiles import written_size
+
+    deadline = time.monotonic() + timeout
+    while written_size(directory) < size:
+        assert time.monotonic() < deadline, f"the mirror in {directory} did not reach size {size}"
+        time.sleep(0.02)
+
+
 # -- fixtures --------------------------------------------------------------------------------------
+
+STORE_KINDS = ("sqlite", "postgresql")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[pg.Cluster]:
+    """The session's PostgreSQL cluster (skips, or fails under CI=true, where there is none)."""
+    cluster = pg.start_cluster(free_port())
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store_kind(request) -> str:
+    return request.param
 
 
 @pytest.fixture
-def log_files(tmp_path: Path) -> LogFiles:
+def store_location(store_kind: str, tmp_path: Path, request) -> Iterator[Path | str]:
+    """Where a new log store goes: a SQLite file that does not exist yet, or an empty PostgreSQL
+    database (dropped after the test)."""
+    if store_kind == "sqlite":
+        yield tmp_path / "log.db"
+        return
+    cluster = request.getfixturevalue("postgres")
+    url = cluster.new_database()
+    yield url
+    cluster.drop_database(url)
+
+
+@pytest.fixture
+def log_files(tmp_path: Path, store_location: Path | str) -> LogFiles:
+    return init_log(tmp_path, store=store_location)
+
+
+@pytest.fixture
+def sqlite_log_files(tmp_path: Path) -> LogFiles:
+    """A log on SQLite only: for tests of what only the SQLite store has (pragmas, WAL, file upgrades)."""
     return init_log(tmp_path)
 
 
@@ -219,8 +336,11 @@ def issuer_key() -> Ed25519PrivateKey:
 def server_factory():
     started: list[ServerProcess] = []
 
-    def start(db: Path, **kw) -> ServerProcess:
-        srv = ServerProcess(db, **kw).start()
+    def start(log: LogFiles | Path | str, **kw) -> ServerProcess:
+        if isinstance(log, LogFiles):
+            kw.setdefault("key_file", log.key_file)
+            log = log.db
+        srv = ServerProcess(log, **kw).start()
         started.append(srv)
         return srv
 

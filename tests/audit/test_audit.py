@@ -1,8 +1,9 @@
-"""`emshield-audit` against real `emshield-log serve` subprocesses and real SQLite files.
+"""`emshield-audit` against real `emshield-log serve` subprocesses on real stores (SQLite files and
+PostgreSQL databases).
 
 The auditor must pass an honest log run after run, and catch, with evidence a third party can
-check: a database edited behind the server's back (row edited with the sqlite3 tool while the
-server is down), a fork (two servers holding the same key that diverge), a rollback, and a fork
+check: a database edited behind the server's back (row edited with the sqlite3 or psql tool
+while the server is down), a fork (two servers holding the same key that diverge), a rollback, and a fork
 at equal size. Exit codes and the state file are checked too.
 """
 
@@ -10,15 +11,13 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
-import sqlite3
 import subprocess
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from _kit.logs import ORIGIN, init_log, issuance, registration
+from _kit.logs import ORIGIN, copy_store, init_log, issuance, registration, run_sql, sql_blob
 from emshield.logclient.http import LogClient
 from emshield.tlog import merkle
 from emshield.tlog.checkpoint import NoteVerifier, verify_checkpoint
@@ -31,7 +30,7 @@ def _kinds(out: dict) -> set[str]:
 
 @pytest.fixture
 def populated(log_files, server_factory, issuer_key):
-    srv = server_factory(log_files.db)
+    srv = server_factory(log_files)
     log = LogClient(srv.url, operator_token=log_files.token)
     log.register_issuer(registration(issuer_key))
     log.append_batch([issuance(issuer_key, n) for n in range(300)])
@@ -113,8 +112,8 @@ def test_tampered_database_is_caught_by_replay(run_audit, populated, log_files, 
     srv.stop()
     forged = bytearray(victim)
     forged[-1] ^= 0x01  # one bit of the issuer's signature
-    _sqlite(log_files.db, f"UPDATE leaves SET data = X'{forged.hex()}' WHERE idx = 42")
-    srv2 = server_factory(log_files.db)
+    run_sql(log_files.db, f"UPDATE leaves SET data = {sql_blob(log_files.db, bytes(forged))} WHERE idx = 42")
+    srv2 = server_factory(log_files)
     assert LogClient(srv2.url).entries(42, 43)[0].data == bytes(forged)
     # Checkpoints and proofs come from the untouched tree nodes: without replay all looks fine.
     code, out = run_audit(srv2.url, key, state)
@@ -133,8 +132,9 @@ def test_tampered_database_is_caught_by_replay(run_audit, populated, log_files, 
 
     # A smarter forger also rewrites the leaf hash: the tiles above and the root give it away.
     srv2.stop()
-    _sqlite(log_files.db, f"UPDATE leaves SET leaf_hash = X'{merkle.leaf_hash(bytes(forged)).hex()}' WHERE idx = 42")
-    srv3 = server_factory(log_files.db)
+    run_sql(log_files.db, f"UPDATE leaves SET leaf_hash = {sql_blob(log_files.db, merkle.leaf_hash(bytes(forged)))}"
+                          " WHERE idx = 42")
+    srv3 = server_factory(log_files)
     code, out = run_audit(srv3.url, key, state, "--replay")
     assert code == 1
     assert "entry_hash_mismatch" not in _kinds(out)
@@ -143,23 +143,12 @@ def test_tampered_database_is_caught_by_replay(run_audit, populated, log_files, 
     assert tile["evidence"]["tile"] == "tile/1/000.p/1" and tile["evidence"]["position"] == 0
 
 
-def _fork(log_files, tmp_path: Path) -> Path:
-    """A second store holding the same key and the same history so far (a copied log)."""
-    twin = tmp_path / "twin"
-    twin.mkdir()
-    src = sqlite3.connect(log_files.db)
-    dst = sqlite3.connect(twin / "log.db")
-    src.backup(dst)
-    src.close()
-    dst.close()
-    shutil.copy2(log_files.key_file, twin / "log.db.signer-key")
-    return twin / "log.db"
-
-
-def test_fork_between_two_servers_with_the_same_key(run_audit, populated, log_files, server_factory, issuer_key, tmp_path) -> None:
+def test_fork_between_two_servers_with_the_same_key(run_audit, populated, log_files, server_factory, issuer_key, tmp_path,
+                                                   request) -> None:
     srv_a, log_a = populated
     key = log_files.verifier.verifier_key()
-    srv_b = server_factory(_fork(log_files, tmp_path))
+    cluster = request.getfixturevalue("postgres") if isinstance(log_files.db, str) else None
+    srv_b = server_factory(copy_store(log_files, tmp_path / "twin", cluster))
     log_b = LogClient(srv_b.url)
     log_a.append_batch([issuance(issuer_key, n) for n in range(1000, 1050)])
     log_b.append_batch([issuance(issuer_key, n) for n in range(2000, 2080)])  # B diverges, grows larger
@@ -198,8 +187,8 @@ def test_a_log_that_cannot_serve_its_tiles_proves_nothing(run_audit, populated, 
     """A tile the server fails to produce (its node row deleted) is an error to retry (exit 4), not a finding."""
     srv, _ = populated
     srv.stop()
-    _sqlite(log_files.db, "DELETE FROM nodes WHERE level = 8")
-    srv2 = server_factory(log_files.db)
+    run_sql(log_files.db, "DELETE FROM nodes WHERE level = 8")
+    srv2 = server_factory(log_files)
     state = tmp_path / "audit.json"
     code, out = run_audit(srv2.url, log_files.verifier.verifier_key(), state, "--replay")
     assert code == 4 and "tile/1/000.p/1" in out["error"] and not state.exists()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import requests
 
-from _kit.logs import free_port, issuance, registration
+from _kit.logs import StaticSite, free_port, issuance, registration, wait_for_mirror
 from emshield.logclient.http import LogClient
 from emshield.tlog.tiles import bundles_for, tiles_at_level
 
@@ -29,7 +29,7 @@ def mirror(url: str, size: int, directory: Path) -> None:
 
 
 def test_a_static_tile_mirror_can_be_audited(run_audit, log_files, server_factory, issuer_key, tmp_path) -> None:
-    srv = server_factory(log_files.db)
+    srv = server_factory(log_files)
     log = LogClient(srv.url, operator_token=log_files.token)
     log.register_issuer(registration(issuer_key))
     log.append_batch([issuance(issuer_key, n) for n in range(599)])
@@ -66,3 +66,27 @@ def test_a_static_tile_mirror_can_be_audited(run_audit, log_files, server_factor
     finally:
         static.terminate()
         static.wait(timeout=10)
+
+
+def test_the_sequencers_own_static_tiles_are_audited(run_audit, log_files, server_factory, issuer_key, tmp_path) -> None:
+    """`serve --tiles-dir`: the mirror the sequencer writes after every checkpoint, served by
+    `python -m http.server`, is replayed and proved consistent while the log grows."""
+    site = tmp_path / "site"
+    srv = server_factory(log_files, tiles_dir=site)
+    log = LogClient(srv.url, operator_token=log_files.token)
+    log.register_issuer(registration(issuer_key))
+    log.append_batch([issuance(issuer_key, n) for n in range(599)])
+    wait_for_mirror(site, 600)
+    static = StaticSite(directory=site).start()
+    try:
+        key = log_files.verifier.verifier_key()
+        state = tmp_path / "audit.json"
+        code, out = run_audit(static.url, key, state, "--replay")
+        assert (code, out["replayed"], out["checkpoint"]["size"]) == (0, 600, 600), out
+        for n in range(599, 640):
+            log.append(issuance(issuer_key, n))
+        wait_for_mirror(site, 641)
+        code, out = run_audit(static.url, key, state, "--replay", "--incremental")
+        assert (code, out["previous"]["size"], out["checkpoint"]["size"], out["replayed"]) == (0, 600, 641, 41), out
+    finally:
+        static.stop()

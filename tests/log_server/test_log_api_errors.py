@@ -21,7 +21,7 @@ CBOR = "application/cbor"
 @pytest.fixture
 def env(log_files, issuer_key):
     """An app with one registered issuer (index 0), one revoked issuer (1) and 3 issuances (2-4)."""
-    app = create_app({"db_path": log_files.db, "max_body_bytes": 256 * 1024, "max_batch_entries": 50,
+    app = create_app(log_files.app_config() | {"max_body_bytes": 256 * 1024, "max_batch_entries": 50,
                       "max_side_record_bytes": 4096})
     client = app.test_client()
     auth = {"Authorization": f"Bearer {TOKEN}"}
@@ -260,7 +260,7 @@ def test_revocation_stops_appends_but_keeps_history(env, issuer_key) -> None:
 
 
 def test_entries_are_paged_and_batches_deduplicate(log_files, issuer_key) -> None:
-    app = create_app({"db_path": log_files.db, "max_page": 3})
+    app = create_app(log_files.app_config() | {"max_page": 3})
     client = app.test_client()
     auth = {"Authorization": f"Bearer {TOKEN}"}
     assert client.post("/v1/issuers", data=registration(issuer_key), content_type=CBOR, headers=auth).status_code == 201

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -58,29 +59,66 @@ def test_init_refuses_bad_input(tmp_path: Path) -> None:
     assert again.exit_code != 0 and "already exists" in again.output
 
 
-def test_serve_refuses_unusable_store_or_key(tmp_path: Path, log_files) -> None:
-    def serve(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN / "emshield-log"), "serve", *args, "--port", "1"], capture_output=True,
-                              text=True, timeout=60)
+def _serve(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "emshield-log"), "serve", *args, "--port", "1"], capture_output=True, text=True,
+                          timeout=60)
 
-    out = serve("--db", str(tmp_path / "missing.db"))
+
+def test_serve_refuses_unusable_store_or_key(tmp_path: Path, log_files, store_kind, request) -> None:
+    out = _serve("--db", str(tmp_path / "missing.db"))
     assert out.returncode != 0 and "does not exist" in out.stderr
-    not_a_log = tmp_path / "other.db"
-    not_a_log.write_bytes(b"SQLite format 3\x00" + bytes(100))
-    out = serve("--db", str(not_a_log))
-    assert out.returncode != 0 and "Error" in out.stderr
+    key = ["--key-file", str(log_files.key_file)]
+    if store_kind == "postgresql":  # an empty database is no log, and a PostgreSQL store has no default key file
+        empty = request.getfixturevalue("postgres").new_database()
+        out = _serve("--store", empty, *key)
+        assert out.returncode != 0 and "holds no EMShield log store" in out.stderr, out.stderr
+        out = _serve("--store", str(log_files.db))
+        assert out.returncode != 0 and "give --key-file" in out.stderr, out.stderr
     log_files.key_file.chmod(0o644)
-    out = serve("--db", str(log_files.db))
+    out = _serve("--store", str(log_files.db), *key)
     assert out.returncode != 0 and "readable by others" in out.stderr
     log_files.key_file.chmod(0o600)
     (tmp_path / "other").mkdir()
     stranger = init_log(tmp_path / "other", origin="other.example/log")
-    out = serve("--db", str(log_files.db), "--key-file", str(stranger.key_file))
+    out = _serve("--store", str(log_files.db), "--key-file", str(stranger.key_file))
     assert out.returncode != 0 and "does not match the log origin" in out.stderr
 
 
+def test_a_file_that_is_no_log_store_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
+    """serve and set-token on an empty file, random bytes, a SQLite database of something else and a
+    text file: one line saying it is not a log store, no traceback, and the file unchanged (an empty
+    file must not become a SQLite database, nor a database switch to WAL mode)."""
+    import sqlite3
+
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    noise = tmp_path / "random.bin"
+    noise.write_bytes(hashlib.sha256(b"noise").digest() * 200)
+    text = tmp_path / "notes.txt"
+    text.write_text("not a database\n")
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE things(x)")
+    header = tmp_path / "header-only.db"
+    header.write_bytes(b"SQLite format 3\x00" + bytes(100))
+    files = [empty, noise, text, other, header]
+    before = {f: f.read_bytes() for f in files}
+    for f in files:
+        out = _serve("--store", str(f))
+        result = CliRunner().invoke(log_cli, ["set-token", "--store", str(f)],
+                                    env={"EMSHIELD_LOG_OPERATOR_TOKEN": "x" * 40})
+        for where, code, message in (("serve", out.returncode, out.stderr), ("set-token", result.exit_code,
+                                                                               result.output)):
+            assert code == 1, (where, f, message)
+            assert "Traceback" not in message and len(message.strip().splitlines()) == 1, (where, f, message)
+            assert "is not an EMShield log store" in message, (where, f, message)
+        assert f.read_bytes() == before[f], f
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(("-wal", "-shm", "-journal"))) == [], \
+        list(tmp_path.iterdir())
+
+
 def test_set_token_replaces_the_operator_credential(log_files, server_factory, issuer_key) -> None:
-    srv = server_factory(log_files.db, workers=1)
+    srv = server_factory(log_files, workers=1)
     result = CliRunner().invoke(log_cli, ["set-token", "--db", str(log_files.db), "--json"],
                                 env={"EMSHIELD_LOG_OPERATOR_TOKEN": None})
     assert result.exit_code == 0, result.output

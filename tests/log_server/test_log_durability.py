@@ -57,7 +57,7 @@ def _run_clients(url: str, jobs: list[list[bytes]], after_ack=None) -> tuple[lis
 def test_state_survives_a_clean_restart(log_files, server_factory, issuer_key) -> None:
     from emshield.marking.fingerprint import Fingerprint
 
-    srv = server_factory(log_files.db)
+    srv = server_factory(log_files)
     log = LogClient(srv.url, operator_token=log_files.token)
     log.register_issuer(registration(issuer_key))
     other = ed25519_key("issuer-2")
@@ -76,7 +76,7 @@ def test_state_survives_a_clean_restart(log_files, server_factory, issuer_key) -
     issuers = log.issuers()
 
     srv.stop()
-    srv2 = server_factory(log_files.db)
+    srv2 = server_factory(log_files)
     log2 = LogClient(srv2.url, operator_token=log_files.token)
     assert log2.checkpoint_note() == note
     assert _verified_tree(log2, log_files.verifier) == (cp, leaves)
@@ -114,7 +114,7 @@ def _watch_checkpoints(url: str, stop: threading.Event) -> list[bytes]:
 
 
 def test_crash_during_concurrent_appends_loses_no_acknowledged_entry(log_files, server_factory, issuer_key) -> None:
-    srv = server_factory(log_files.db)
+    srv = server_factory(log_files)
     log = LogClient(srv.url, operator_token=log_files.token)
     log.register_issuer(registration(issuer_key))
     entries = [issuance(issuer_key, n) for n in range(1200)]
@@ -139,7 +139,7 @@ def test_crash_during_concurrent_appends_loses_no_acknowledged_entry(log_files, 
     assert killed.is_set(), "the kill condition was never met; the test proves nothing"
     assert len(acked) < len(entries) and errors, "the server was not killed during the appends"
 
-    srv2 = server_factory(log_files.db)
+    srv2 = server_factory(log_files)
     log2 = LogClient(srv2.url, operator_token=log_files.token)
     cp, leaves = _verified_tree(log2, log_files.verifier)
     for data, index in acked:
@@ -158,7 +158,7 @@ def test_crash_during_concurrent_appends_loses_no_acknowledged_entry(log_files, 
 
 
 def test_concurrent_appends_leave_no_gaps_or_duplicates(log_files, server_factory, issuer_key) -> None:
-    srv = server_factory(log_files.db, workers=2, threads=8)
+    srv = server_factory(log_files, workers=2, threads=8)
     log = LogClient(srv.url, operator_token=log_files.token)
     log.register_issuer(registration(issuer_key))
     entries = [issuance(issuer_key, n) for n in range(320)]

@@ -16,7 +16,7 @@ from emshield.tlog.entry import decode_entry, issuer_key_id
 
 
 def test_round_trip_with_verified_proofs(log_files, server_factory, issuer_key) -> None:
-    srv = server_factory(log_files.db)
+    srv = server_factory(log_files)
     log = LogClient(srv.url, operator_token=log_files.token)
     verifier = log_files.verifier
 
@@ -81,7 +81,7 @@ def test_round_trip_with_verified_proofs(log_files, server_factory, issuer_key) 
 
 
 def test_checkpoint_is_a_c2sp_note_only_the_log_key_opens(log_files, server_factory, issuer_key) -> None:
-    srv = server_factory(log_files.db, workers=1)
+    srv = server_factory(log_files, workers=1)
     log = LogClient(srv.url, operator_token=log_files.token)
     log.register_issuer(registration(issuer_key))
     note = log.checkpoint_note()
@@ -98,7 +98,7 @@ def test_checkpoint_is_a_c2sp_note_only_the_log_key_opens(log_files, server_fact
 
 
 def test_client_reports_api_errors(log_files, server_factory) -> None:
-    srv = server_factory(log_files.db, workers=1)
+    srv = server_factory(log_files, workers=1)
     log = LogClient(srv.url)  # no operator token
     with pytest.raises(LogClientError) as exc:
         log.inclusion_proof(0, 5)
@@ -115,7 +115,7 @@ def test_batch_signed_entries_are_appended_and_each_verifies_alone(log_files, se
     """Entries signed with one Merkle-tree batch signature (spec/entry.md) go through the batch
     path; a tampered one refuses the whole request and stores nothing; each logged entry verifies
     on its own with the issuer key."""
-    srv = server_factory(log_files.db, workers=1)
+    srv = server_factory(log_files, workers=1)
     log = LogClient(srv.url, operator_token=log_files.token)
     log.register_issuer(registration(issuer_key))
     kid = issuer_key_id(public_bytes(issuer_key))

@@ -1,4 +1,4 @@
-"""The sequencer's group commit, on a real SQLite store: what queues while the writer waits for the
+"""The sequencer's group commit, on real stores (SQLite and PostgreSQL): what queues while the writer waits for the
 write lock joins its next commit; every request is answered with its own index or refusal."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from log_server.admission import RegisteredIssuers, prepare_issuance, prepare_re
 from log_server.cli import main as log_cli
 from log_server.errors import Refusal
 from log_server.sequencer import IssuanceFields, PreparedEntry, Sequencer
-from log_server.storage import SqliteStore
+from log_server.storage import LogStore, open_store
 
 KEY = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"emshield-sequencer-test").digest())
 PUB = KEY.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
@@ -35,13 +35,14 @@ def _issuance(n: int, key: Ed25519PrivateKey = KEY) -> bytes:
 
 
 @pytest.fixture
-def log(tmp_path: Path):
-    db = tmp_path / "log.db"
-    result = CliRunner().invoke(log_cli, ["init", "--db", str(db), "--origin", "seq.test/log"],
+def log(tmp_path: Path, store_location):
+    key_file = tmp_path / "signer-key"
+    result = CliRunner().invoke(log_cli, ["init", "--store", str(store_location), "--origin", "seq.test/log",
+                                          "--key-file", str(key_file)],
                                 env={"EMSHIELD_LOG_OPERATOR_TOKEN": "sequencer-test-token-0123456789abcdef"})
     assert result.exit_code == 0, result.output
-    store = SqliteStore(db)
-    seq = Sequencer(store, keys.read_signer_key(keys.default_key_path(db)), "seq.test/log")
+    store = open_store(store_location)
+    seq = Sequencer(store, keys.read_signer_key(key_file), "seq.test/log")
     reg = E.sign_entry(E.IssuerRegistration(PUB, "Seq Test", bytes.fromhex("a1617601"), 1), KEY).encode()
     seq.submit([prepare_registration(reg)])
     yield store, seq
@@ -49,7 +50,7 @@ def log(tmp_path: Path):
     store.close()
 
 
-def _latest_checkpoint_size(store: SqliteStore) -> int:
+def _latest_checkpoint_size(store: LogStore) -> int:
     with store.write() as tx:
         cp = tx.latest_checkpoint()
     return cp.size

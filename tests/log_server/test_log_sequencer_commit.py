@@ -1,6 +1,5 @@
-"""The sequencer's commit path on real SQLite files: multi-row inserts of any size, the idempotency
-look-up, per-unit all-or-nothing acceptance, and sequencers of several "processes" (each with its
-own store connection and writer lock) taking turns on one file while keeping one RFC 9162 tree."""
+"""The sequencer's commit path on real stores: inserts of any size, the idempotency look-up and
+all-or-nothing leaf inserts on both stores; SQLite's connection settings and page sizes."""
 
 from __future__ import annotations
 
@@ -8,18 +7,16 @@ import hashlib
 import random
 import sqlite3
 
+import psycopg
 import pytest
 
-from _kit.logs import ORIGIN
 from emshield.tlog import merkle
-from log_server import storage
-from log_server.keys import read_signer_key
-from log_server.sequencer import Sequencer
-from log_server.storage import DuplicateLeaf, LeafRecord, SqliteStore
+from log_server.storage import DuplicateLeaf, LeafRecord, SqliteStore, create_store
+from log_server.storage import sqlite as storage
 
-
-def _sequencer(log_files) -> Sequencer:
-    return Sequencer(SqliteStore(log_files.db), read_signer_key(log_files.key_file), ORIGIN)
+# What the store raises for a constraint failure that is not a repeated leaf hash (it propagates as is).
+OTHER_CONSTRAINT = {"sqlite": (sqlite3.IntegrityError, "leaves.idx"), "postgresql": (psycopg.errors.UniqueViolation,
+                                                                                      "leaves_pkey")}
 
 
 def _leaf_rows(start: int, count: int) -> list[tuple[int, bytes, bytes, str]]:
@@ -30,10 +27,10 @@ def _leaf_rows(start: int, count: int) -> list[tuple[int, bytes, bytes, str]]:
     return rows
 
 
-def test_inserts_of_any_size_store_every_row_in_order(tmp_path) -> None:
+def test_inserts_of_any_size_store_every_row_in_order(store_location) -> None:
     """Row counts that need one statement, several power-of-two statements, and more than the
-    per-statement maximum; plain tuples and LeafRecords alike."""
-    store = SqliteStore.create(tmp_path / "rows.db", {"origin": b"rows"})
+    per-statement maximum (SQLite's multi-row inserts); plain tuples and LeafRecords alike."""
+    store = create_store(store_location, {"origin": b"rows"})
     start = 0
     for count in (1, 3, 2048, 5000, 37):
         rows = _leaf_rows(start, count)
@@ -49,8 +46,8 @@ def test_inserts_of_any_size_store_every_row_in_order(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("count", [5, 70])  # one statement; several under a savepoint
-def test_a_stored_leaf_hash_makes_add_leaves_add_nothing(tmp_path, count: int) -> None:
-    store = SqliteStore.create(tmp_path / "dup.db", {"origin": b"dup"})
+def test_a_stored_leaf_hash_makes_add_leaves_add_nothing(store_location, store_kind, count: int) -> None:
+    store = create_store(store_location, {"origin": b"dup"})
     with store.write() as tx:
         tx.add_leaves(_leaf_rows(0, 100))
     stored = _leaf_rows(0, 100)[40]
@@ -63,14 +60,15 @@ def test_a_stored_leaf_hash_makes_add_leaves_add_nothing(tmp_path, count: int) -
         tx.add_leaves(_leaf_rows(100, count))  # the transaction goes on
     assert store.tree_size() == 100 + count
     # any other constraint failure is not a repeat: it propagates as it is
-    with pytest.raises(sqlite3.IntegrityError, match="leaves.idx") as caught, store.write() as tx:
+    error, match = OTHER_CONSTRAINT[store_kind]
+    with pytest.raises(error, match=match) as caught, store.write() as tx:
         tx.add_leaves([(99, hashlib.sha256(b"fresh").digest(), b"fresh", "x")] * (count // 5))
     assert not isinstance(caught.value, DuplicateLeaf)
     store.close()
 
 
-def test_indices_of_finds_stored_hashes_among_absent_ones(tmp_path) -> None:
-    store = SqliteStore.create(tmp_path / "idx.db", {"origin": b"idx"})
+def test_indices_of_finds_stored_hashes_among_absent_ones(store_location) -> None:
+    store = create_store(store_location, {"origin": b"idx"})
     rows = _leaf_rows(0, 3000)
     with store.write() as tx:
         tx.add_leaves(rows)

@@ -1,5 +1,5 @@
-"""Sequencers in separate OS processes (as in several gunicorn workers) appending to one SQLite
-file at the same time, some of them the same entries: one gap-free tree without duplicates, every
+"""Sequencers in separate OS processes (as in several workers or API hosts) appending to one store
+at the same time, some of them the same entries: one gap-free tree without duplicates, every
 answer matching the store, and every commit's checkpoint signed over RFC 9162's root of exactly
 the leaves before it, with the compact-range border its row carries."""
 
@@ -14,7 +14,7 @@ from emshield.tlog.checkpoint import verify_checkpoint
 from log_server.admission import RegisteredIssuers, prepare_issuance, prepare_registration
 from log_server.keys import read_signer_key
 from log_server.sequencer import Sequencer
-from log_server.storage import SqliteStore
+from log_server.storage import open_store
 
 PROCESSES = 2
 THREADS = 4
@@ -22,7 +22,7 @@ THREADS = 4
 
 def _worker(db, key_file, origin, singles, batch, answers) -> None:
     """One "worker process": request threads submitting singles, and one batch, to its sequencer."""
-    store = SqliteStore(db)
+    store = open_store(db)
     seq = Sequencer(store, read_signer_key(key_file), origin)
     got: list[tuple[bytes, int, bool]] = []
     lock = threading.Lock()
@@ -45,13 +45,13 @@ def _worker(db, key_file, origin, singles, batch, answers) -> None:
 
 
 def test_sequencers_in_several_processes_build_one_tree(log_files, issuer_key) -> None:
-    store = SqliteStore(log_files.db)
+    store = open_store(log_files.db)
     seq = Sequencer(store, read_signer_key(log_files.key_file), ORIGIN)
     seq.integrate([[prepare_registration(registration(issuer_key))]])
     issuers = RegisteredIssuers(store)
     entries = [prepare_issuance(issuance(issuer_key, n), issuers) for n in range(200)]
     shared = entries[:20]  # submitted by every process: appended once, answered alike
-    store.close()  # a forked child must not inherit open SQLite connections (POSIX locks are per process)
+    store.close()  # a forked child must not inherit open connections (SQLite's POSIX locks are per process)
     ctx = mp.get_context("fork")
     answers = ctx.Queue()
     procs = []
@@ -66,7 +66,7 @@ def test_sequencers_in_several_processes_build_one_tree(log_files, issuer_key) -
         proc.join(timeout=60)
         assert proc.exitcode == 0
 
-    store = SqliteStore(log_files.db)
+    store = open_store(log_files.db)
     size = store.tree_size()
     assert size == 1 + len(entries)
     leaves = store.leaves(0, size)

@@ -28,7 +28,7 @@ CBOR = "application/cbor"
 @pytest.fixture
 def service(log_files, tmp_path: Path):
     """The service loop on a thread of this process, listening on a socket in ``tmp_path``."""
-    sequencer = open_sequencer(ServerConfig(db_path=log_files.db))
+    sequencer = open_sequencer(ServerConfig(**log_files.app_config()))
     path = tmp_path / "sequencer.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
@@ -123,7 +123,7 @@ def test_the_service_stops_when_its_writer_thread_dies(log_files, issuer_key, tm
         def integrate(self, units):
             raise SystemExit("simulated")
 
-    base = open_sequencer(ServerConfig(db_path=log_files.db))
+    base = open_sequencer(ServerConfig(**log_files.app_config()))
     sequencer = ExitingSequencer(base.store, base.signer, base.origin)
     path = tmp_path / "dying.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -149,12 +149,12 @@ def test_the_service_stops_when_its_writer_thread_dies(log_files, issuer_key, tm
 
 
 def test_no_sequencer_answers_503_and_stores_nothing(log_files, issuer_key, tmp_path: Path) -> None:
-    local = create_app({"db_path": log_files.db}).test_client()
+    local = create_app(log_files.app_config()).test_client()
     auth = {"Authorization": f"Bearer {log_files.token}"}
     assert local.post("/v1/issuers", data=registration(issuer_key), content_type=CBOR, headers=auth).status_code == 201
     with pytest.raises(SequencerUnavailable):
         RemoteSequencer(tmp_path / "nothing-listens-here").submit([])
-    remote = create_app({"db_path": log_files.db, "sequencer_socket": tmp_path / "nothing-listens-here"}).test_client()
+    remote = create_app(log_files.app_config() | {"sequencer_socket": tmp_path / "nothing-listens-here"}).test_client()
     for path, body, headers in [("/v1/entries", issuance(issuer_key, 1), {}),
                                 ("/v1/issuers", registration(ed25519_key("issuer-2")), auth)]:
         r = remote.post(path, data=body, content_type=CBOR, headers=headers)
@@ -170,7 +170,7 @@ def _descendants(pid: int) -> list[int]:
 
 
 def test_the_server_stops_when_its_sequencer_dies(server_factory, log_files) -> None:
-    server = server_factory(log_files.db, workers=2, threads=2, server="gunicorn")
+    server = server_factory(log_files, workers=2, threads=2, server="gunicorn")
     spawned = [p for p in _descendants(server.proc.pid)
                if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
     assert len(spawned) == 1, spawned  # the sequencer (gunicorn forks its workers)
@@ -185,7 +185,7 @@ def test_the_server_stops_when_its_sequencer_dies(server_factory, log_files) -> 
 def test_a_worker_restart_leaves_the_sequencer_running(server_factory, log_files, issuer_key) -> None:
     """A gunicorn worker leaves by unwinding the stack it inherited from the server's main process,
     the block that owns the sequencer process included: that must not stop the sequencer."""
-    server = server_factory(log_files.db, workers=2, threads=2, server="gunicorn")
+    server = server_factory(log_files, workers=2, threads=2, server="gunicorn")
     session = requests.Session()
     auth = {"Authorization": f"Bearer {log_files.token}", "Content-Type": CBOR}
     assert session.post(server.url + "/v1/issuers", data=registration(issuer_key), headers=auth,
@@ -217,6 +217,6 @@ def test_workers_of_a_sequencer_process_do_not_read_the_signing_key(log_files, t
     """Only the sequencer process signs checkpoints: an app handing appends to it never opens the
     key file (here: one that does not exist), while an app with its own sequencer needs it."""
     missing = tmp_path / "no-such-key"
-    create_app({"db_path": log_files.db, "key_path": missing, "sequencer_socket": tmp_path / "sequencer.sock"})
+    create_app(log_files.app_config() | {"key_path": missing, "sequencer_socket": tmp_path / "sequencer.sock"})
     with pytest.raises(Exception, match="no-such-key"):
-        create_app({"db_path": log_files.db, "key_path": missing})
+        create_app(log_files.app_config() | {"key_path": missing})

@@ -36,7 +36,7 @@ from log_server.serve import serve
 TOKEN = "serve-test-operator-token-0123456789abcdef"
 LAUNCH = ("import sys; from pathlib import Path; from log_server.config import ServerConfig;"
           " from log_server.serve import serve;"
-          " serve(ServerConfig(db_path=Path(sys.argv[1])), '127.0.0.1', int(sys.argv[2]), 2, 8, 'warning', sys.argv[3])")
+          " serve(ServerConfig(store=Path(sys.argv[1])), '127.0.0.1', int(sys.argv[2]), 2, 8, 'warning', sys.argv[3])")
 SERVERS = ["gunicorn", "granian"]
 
 
@@ -233,4 +233,4 @@ def test_unknown_server_is_refused(log) -> None:
     from log_server.config import ServerConfig
 
     with pytest.raises(ValueError, match="unknown server 'uwsgi'"):
-        serve(ServerConfig(db_path=log[0]), "127.0.0.1", _free_port(), 1, 1, "warning", server="uwsgi")
+        serve(ServerConfig(store=log[0]), "127.0.0.1", _free_port(), 1, 1, "warning", server="uwsgi")

@@ -14,13 +14,13 @@ from log_server.app import create_app
 from log_server.errors import Refusal
 from log_server.keys import read_signer_key
 from log_server.sequencer import Sequencer
-from log_server.storage import SqliteStore
+from log_server.storage import open_store
 
 TABLES = {"leaves", "nodes", "checkpoints", "issuers", "issuances", "side_records", "meta"}
 
 
 def _sequencer(log_files) -> Sequencer:
-    store = SqliteStore(log_files.db)
+    store = open_store(log_files.db)
     return Sequencer(store, read_signer_key(log_files.key_file), ORIGIN)
 
 
@@ -61,11 +61,13 @@ def test_every_batch_is_integrated_and_signed(log_files, issuer_key) -> None:
         assert len(calls) <= 1 and sum(calls) <= 2 * math.ceil(math.log2(size) + 1)
 
 
-def test_a_proof_request_is_a_constant_number_of_indexed_queries(log_files, issuer_key) -> None:
+def test_a_proof_request_is_a_constant_number_of_indexed_queries(sqlite_log_files, issuer_key) -> None:
+    """SQLite's query plans (PostgreSQL's: test_log_postgres.py)."""
+    log_files = sqlite_log_files
     seq = _sequencer(log_files)
     seq.integrate([[prepare_registration(registration(issuer_key))]])
     seq.integrate([[prepare_issuance(issuance(issuer_key, n), RegisteredIssuers(seq.store)) for n in range(300)]])
-    app = create_app({"db_path": log_files.db})
+    app = create_app(log_files.app_config())
     store = app.extensions["emshield_log"].store
     conn = store._conn()  # the test client serves requests on this thread
     statements: list[str] = []
@@ -125,7 +127,7 @@ def test_the_writer_thread_acknowledges_after_commit(log_files, issuer_key) -> N
     seq.submit([prepare_registration(registration(issuer_key))])
     done = seq.submit([prepare_issuance(issuance(issuer_key, 1), RegisteredIssuers(seq.store))])
     # What was acknowledged is visible to a fresh connection (another process would see it too).
-    fresh = SqliteStore(log_files.db)
+    fresh = open_store(log_files.db)
     assert fresh.index_of(done[0].leaf_hash) == 1 and fresh.latest_checkpoint().size == 2
     seq.stop()
     fresh.close()

@@ -9,7 +9,7 @@ import os
 import threading
 import time
 
-from log_server import storage
+from log_server.storage import sqlite as storage
 from log_server.storage import SqliteStore
 
 

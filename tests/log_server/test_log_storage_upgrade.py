@@ -30,6 +30,13 @@ from log_server.storage import (
     device_key,
 )
 
+@pytest.fixture
+def log_files(sqlite_log_files):
+    """SQLite only: these are upgrades of SQLite files that older servers wrote (a PostgreSQL store
+    was born at version 2)."""
+    return sqlite_log_files
+
+
 # The schema as version 1 first shipped (git show 769a86f:log_server/storage.py): no border column
 # in checkpoints, no cosignatures table, the look-up indexes on the full values.
 V1_SCHEMA = """

@@ -17,15 +17,15 @@ from emshield.logclient.tiles import TileClient, tile_node_reader
 from emshield.tlog import merkle
 from emshield.tlog.tiles import Tile, decode_entry_bundle, parse_tile_path, tile_hashes, tile_root, tiles_at_level
 from log_server import tile_reader
-from log_server.storage import LeafRecord, SqliteStore
+from log_server.storage import LeafRecord, create_store
 
 VECTORS = json.loads((VECTOR_DIR / "tiles" / "tiles.json").read_text())
 
 
-def test_server_store_reads_match_the_vectors(tmp_path: Path) -> None:
+def test_server_store_reads_match_the_vectors(store_location) -> None:
     """The store's tiles (perfect nodes at level 8·L) equal tiles computed by literal RFC 9162 MTH."""
     tree = VECTORS["tree"]
-    store = SqliteStore.create(tmp_path / "t.db", {"origin": b"vectors"})
+    store = create_store(store_location, {"origin": b"vectors"})
     rng = merkle.CompactRange()
     leaves, nodes = [], []
     for i in range(tree["size"]):
@@ -53,7 +53,7 @@ def test_server_store_reads_match_the_vectors(tmp_path: Path) -> None:
 
 
 def test_tile_api_of_a_real_server(log_files, server_factory, issuer_key) -> None:
-    srv = server_factory(log_files.db)
+    srv = server_factory(log_files)
     log = LogClient(srv.url, operator_token=log_files.token)
     log.register_issuer(registration(issuer_key))
     log.append_batch([issuance(issuer_key, n) for n in range(599)])

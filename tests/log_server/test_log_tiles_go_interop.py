@@ -16,7 +16,7 @@ pytestmark = requires_x_mod("sumdb/tlog/tile.go")
 
 
 def test_go_tlog_reads_our_tiles(log_files, server_factory, issuer_key, tmp_path: Path) -> None:
-    srv = server_factory(log_files.db)
+    srv = server_factory(log_files)
     log = LogClient(srv.url, operator_token=log_files.token)
     log.register_issuer(registration(issuer_key))
     log.append_batch([issuance(issuer_key, n) for n in range(299)])

@@ -44,7 +44,7 @@ def test_openapi_describes_exactly_the_served_routes(log_files) -> None:
     assert spec["openapi"].startswith("3.1")
     documented = {(path, method.upper()) for path, ops in spec["paths"].items()
                   for method in ops if method in ("get", "post", "put", "delete", "patch")}
-    app = create_app({"db_path": log_files.db})
+    app = create_app(log_files.app_config())
     served = set()
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":

@@ -57,6 +57,7 @@ class World:
     params: MarkingParams
     backbone: Path
     out: Path
+    tiles: Path  # the static tile mirror the log's sequencer writes (`serve --tiles-dir`)
     issued: list[Issued] = field(default_factory=list)
 
     def verify(self, suspect: Path, *extra: str, log: str | None = "", backbone: bool = False,
@@ -98,13 +99,13 @@ def world(tmp_path_factory: pytest.TempPathFactory):
     demo), one core fingerprint-only to one device, and one core fingerprint-only to two devices."""
     tmp = tmp_path_factory.mktemp("verify-world")
     files = init_log(tmp)
-    server = ServerProcess(files.db, workers=1, threads=4).start()
+    server = ServerProcess(files.db, workers=1, threads=4, tiles_dir=tmp / "tiles").start()
     try:
         client = LogClient(server.url, operator_token=files.token)
         keys = IssuerKeys(ed25519_key("verify-issuer"), SECRET)
         params = marking_params_for(keys, backbone_id(TINY), tiny_core(0))
         register_issuer(client, keys, ISSUER_NAME, params, now=ISSUED_AT - 100)
-        w = World(server.url, files.verifier.verifier_key(), client, keys, params, TINY, tmp / "bundles")
+        w = World(server.url, files.verifier.verifier_key(), client, keys, params, TINY, tmp / "bundles", tmp / "tiles")
         issue(w, tiny_core(0), [uuid.UUID(int=0x1000 + n) for n in range(3)])
         assert [i.mode for i in w.issued] == ["both"] * 3
         issue(w, tiny_core(3), [uuid.UUID(int=0x2000)], POLICY_FINGERPRINT)

@@ -20,6 +20,7 @@ from emshield.marking.params import payload_for_device
 from emshield.model.adapter import save_core, write_peft_adapter
 from emshield.model.io import open_tensors, save_sharded, save_tensors
 from emshield.model.merge import write_merged
+from emshield.tlog.checkpoint import NoteVerifier
 
 BIN = Path(sys.executable).parent
 
@@ -275,7 +276,8 @@ def test_verdict_json_has_the_documented_fields(world, tmp_path: Path) -> None:
     assert set(out["match"]["fingerprint"]) == {"distance", "threshold", "match", "side_record"}
     assert set(out["match"]["proofs"]) == {"checkpoint", "checkpoint_root", "issuer_registration", "entry_signature",
                                            "inclusion"}
-    assert set(out["log"]) == {"url", "origin", "tree_size", "root_hash", "cosigned_by"}
+    assert set(out["log"]) == {"url", "mode", "origin", "tree_size", "root_hash", "cosigned_by"}
+    assert out["log"]["mode"] == "api"
     assert out["match"]["issued_at_utc"].endswith("Z") and len(out["match"]["leaf_hash"]) == 64
 
 
@@ -290,3 +292,28 @@ def test_the_verifiers_p_value_ceiling_applies_on_top_of_the_issuers(world, tmp_
     reading = out["watermark_readings"][0]
     assert not reading["accepted"] and "above the verifier's limit" in reading["reason"]
     assert out["match"] is None or out["match"]["method"] == "fingerprint"
+
+
+def test_a_static_tile_mirror_names_the_device_by_replay(world, tmp_path: Path) -> None:
+    """Against the log's static tiles served by `python -m http.server` (no /v1 API, no index): the
+    issuers and the watermark's issuance are found by one replay of the tiles, whose root is the
+    checkpoint's; what a mirror cannot publish (side records, revocations) is reported, not guessed."""
+    from _kit.logs import StaticSite, wait_for_mirror
+
+    size = world.client.verified_checkpoint(NoteVerifier.from_verifier_key(world.log_key)).size
+    wait_for_mirror(world.tiles, size)
+    static = StaticSite(directory=world.tiles).start()
+    try:
+        target = world.issued[1]
+        code, out = world.verify(write_peft_adapter(target.core, tmp_path / "adapter"), log=static.url)
+        assert code == 0, out
+        assert_names(out, target, "watermark")
+        assert out["log"]["mode"] == "static tiles" and out["log"]["tree_size"] >= size
+        assert out["match"]["proofs"]["inclusion"].startswith("full replay of")
+        assert out["match"]["issuer_revoked"] is None  # log-server state: unknown from tiles
+        assert out["match"]["fingerprint"]["side_record"] == "not published"
+        # an unmarked model names nobody there either
+        code, out = world.verify(write_peft_adapter(tiny_core(99), tmp_path / "unmarked"), log=static.url)
+        assert code == 1 and out["verdict"] == "no_match"
+    finally:
+        static.stop()

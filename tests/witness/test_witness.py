@@ -1,13 +1,12 @@
 """C2SP tlog-witness: `emshield-witness serve` answers add-checkpoint as the spec says (status
 codes, 409 size body, cosignature lines), a log configured with witnesses serves their
 cosignatures, verifiers can require k of n, and a forked log cannot get its second history
-cosigned (split-view protection). Real servers on 127.0.0.1, real SQLite state."""
+cosigned (split-view protection). Real servers on 127.0.0.1, real stores (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
 import base64
 import json
-import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from _kit.logs import free_port, issuance, registration
+from _kit.logs import copy_store, free_port, issuance, registration
 from emshield.logclient.http import LogClient
 from emshield.tlog import merkle
 from emshield.tlog.checkpoint import (
@@ -38,7 +37,7 @@ def _body(old: int, proof: list[bytes], note: bytes) -> bytes:
 
 
 def test_add_checkpoint_protocol(log_files, server_factory, issuer_key, witness_factory, tmp_path) -> None:
-    srv = server_factory(log_files.db)
+    srv = server_factory(log_files)
     log = LogClient(srv.url, operator_token=log_files.token)
     log.register_issuer(registration(issuer_key))
     log.append_batch([issuance(issuer_key, n) for n in range(10)])
@@ -121,7 +120,7 @@ def test_log_attaches_witness_cosignatures_and_verifiers_require_k_of_n(
     w1, k1 = witness_factory("witness.test/w1", [vkey])
     w2, k2 = witness_factory("witness.test/w2", [vkey])
     _, k3 = witness_key("witness.test/w3")  # configured nowhere
-    srv = server_factory(log_files.db, witnesses=[f"{w1.url}={k1.verifier_key()}", f"{w2.url}={k2.verifier_key()}"],
+    srv = server_factory(log_files, witnesses=[f"{w1.url}={k1.verifier_key()}", f"{w2.url}={k2.verifier_key()}"],
                          witness_quorum=2)
     log = LogClient(srv.url, operator_token=log_files.token)
     log.register_issuer(registration(issuer_key))
@@ -161,24 +160,21 @@ def test_log_attaches_witness_cosignatures_and_verifiers_require_k_of_n(
 
 
 def test_witness_refuses_a_forked_history(log_files, server_factory, issuer_key, witness_factory,
-                                          tmp_path) -> None:
+                                          tmp_path, request) -> None:
     """Two servers with the same key diverge; the witness cosigns only one history, so a verifier
     requiring its cosignature never accepts the other (the split view is stopped and recorded)."""
     vkey = log_files.verifier.verifier_key()
     w, k = witness_factory("witness.test/w1", [vkey])
     spec = [f"{w.url}={k.verifier_key()}"]
-    srv_a = server_factory(log_files.db, witnesses=spec, witness_quorum=1)
+    srv_a = server_factory(log_files, witnesses=spec, witness_quorum=1)
     log_a = LogClient(srv_a.url, operator_token=log_files.token)
     log_a.register_issuer(registration(issuer_key))
     _wait_cosigned(srv_a.url, log_files.verifier, [k], 1, 1)
     srv_a.stop()
-    twin = tmp_path / "twin"
-    twin.mkdir()
-    with sqlite3.connect(log_files.db) as src, sqlite3.connect(twin / "log.db") as dst:
-        src.backup(dst)
-    shutil.copy2(log_files.key_file, twin / "log.db.signer-key")
-    srv_a = server_factory(log_files.db, witnesses=spec, witness_quorum=1)
-    srv_b = server_factory(twin / "log.db", witnesses=spec, witness_quorum=1)
+    cluster = request.getfixturevalue("postgres") if isinstance(log_files.db, str) else None
+    twin = copy_store(log_files, tmp_path / "twin", cluster)
+    srv_a = server_factory(log_files, witnesses=spec, witness_quorum=1)
+    srv_b = server_factory(twin, witnesses=spec, witness_quorum=1)
     LogClient(srv_a.url).append_batch([issuance(issuer_key, n) for n in range(20)])
     _wait_cosigned(srv_a.url, log_files.verifier, [k], 1, 21)
     LogClient(srv_b.url).append_batch([issuance(issuer_key, n) for n in range(100, 130)])
@@ -200,7 +196,7 @@ def test_witness_refuses_a_forked_history(log_files, server_factory, issuer_key,
 def test_an_unreachable_witness_never_blocks_the_log(log_files, server_factory, issuer_key, witness_key,
                                                      tmp_path) -> None:
     _, k = witness_key("witness.test/down")
-    srv = server_factory(log_files.db, witnesses=[f"http://127.0.0.1:{free_port()}={k.verifier_key()}"])
+    srv = server_factory(log_files, witnesses=[f"http://127.0.0.1:{free_port()}={k.verifier_key()}"])
     log = LogClient(srv.url, operator_token=log_files.token)
     log.register_issuer(registration(issuer_key))
     for n in range(5):

@@ -29,6 +29,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from emshield.atomic_file import write_atomically
 from emshield.logclient.http import LogClient, LogClientError
 from emshield.logclient.tiles import TileClient, TileFetchError, tile_node_reader
 from emshield.tlog import merkle
@@ -129,22 +130,7 @@ def load_state(path: Path) -> dict[str, LogState]:
 def save_state(path: Path, logs: dict[str, LogState]) -> None:
     """Atomic replace (write, fsync, rename, fsync the directory): a crash leaves old or new."""
     doc = {"version": STATE_VERSION, "logs": {o: st.to_json() for o, st in sorted(logs.items())}}
-    _write_atomic(path, json.dumps(doc, indent=2).encode() + b"\n")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_atomically(path, json.dumps(doc, indent=2).encode() + b"\n")
 
 
 class StateLock:
@@ -457,7 +443,7 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 def write_evidence(directory: Path, report: AuditReport) -> Path:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     path = directory / f"{_SAFE.sub('_', report.origin)}-{stamp}-{os.getpid()}.json"
-    _write_atomic(path, json.dumps(report.to_json(), indent=2).encode() + b"\n")
+    write_atomically(path, json.dumps(report.to_json(), indent=2).encode() + b"\n")
     return path
 
 

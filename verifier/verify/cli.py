@@ -45,7 +45,7 @@ from verifier.verify.decide import (  # noqa: E402
     Verdict,
     verify_suspect,
 )
-from verifier.verify.log_view import VerifiedLog, WitnessPolicy  # noqa: E402
+from verifier.verify.log_view import WitnessPolicy, open_verified_log  # noqa: E402
 from verifier.verify.offline import verify_offline  # noqa: E402
 from verifier.witness_policy import WitnessPolicyError, parse_witness_keys  # noqa: E402
 
@@ -90,7 +90,8 @@ def _text(verdict: Verdict) -> str:
             lines.append(f"  watermark ({r.issuer}): not accepted: {r.reason}")
     lines += [f"  note: {n}" for n in verdict.notes]
     log = verdict.log
-    where = "offline, the bundle's checkpoint" if log.get("mode") == "offline" else log.get("url")
+    where = {"offline": "offline, the bundle's checkpoint",
+             "static tiles": f"static tile mirror at {log.get('url')}"}.get(log.get("mode"), log.get("url"))
     lines.append(f"  log: {log.get('origin')} at size {log.get('tree_size')} ({where})")
     return "\n".join(lines)
 
@@ -183,7 +184,8 @@ def _verify(model: Path, log_url: str | None, log_key: str | None, backbone: Pat
                 return verify_offline(suspect, vb, published, max_p_value=max_p_value)
         assert log_url is not None
         with load_suspect(model, backbone) as suspect:
-            log = VerifiedLog(LogClient(log_url, timeout=timeout), verifier, witnesses=witnesses, progress=progress)
+            log = open_verified_log(LogClient(log_url, timeout=timeout), verifier, witnesses=witnesses,
+                                    progress=progress)
             return verify_suspect(suspect, log, scan=not no_scan, progress=progress, max_p_value=max_p_value)
     except BadSuspect as exc:
         raise _Failure(EXIT_BAD_INPUT, str(exc)) from exc

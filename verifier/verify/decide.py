@@ -206,8 +206,8 @@ def verify_suspect(suspect: Suspect, log: VerifiedLog, *, scan: bool = True, pro
     cp = log.checkpoint
     verdict = Verdict(
         suspect={"path": str(suspect.path), "kind": suspect.kind, "backbone_id": suspect.backbone_id},
-        log={"url": log.client.url, "origin": cp.origin, "tree_size": cp.size, "root_hash": cp.root_hash.hex(),
-             "cosigned_by": list(log.cosigned_by)},
+        log={"url": log.client.url, "mode": log.mode, "origin": cp.origin, "tree_size": cp.size,
+             "root_hash": cp.root_hash.hex(), "cosigned_by": list(log.cosigned_by)},
     )
     candidates: list[ProvedIssuer] = []
     for issuer in log.issuers().values():

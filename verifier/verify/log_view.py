@@ -10,6 +10,14 @@ recomputed from all of them must be the checkpoint's root, so nothing can be lef
 
 Any disagreement raises LogMisbehaving: a log that answers inconsistently is reported, never
 worked around. An unreachable log (or a 5xx) raises LogUnavailable.
+
+A static mirror (the log's C2SP tiles served as plain files, `emshield-log serve --tiles-dir`) has
+no /v1 API: no index, no issuer list, no side records. `open_verified_log` notices (GET
+/v1/issuers is a plain 404 there) and returns a `StaticVerifiedLog`, which reads everything from
+the tiles: one full replay (every entry bundle, its root recomputed and compared with the
+checkpoint's) yields the registered issuers and an index of the issuances, so every answer is
+proved by the replay itself. What a static mirror cannot say (revocations, which are log-server
+state, and published fingerprints) is reported as unknown or unpublished, never guessed.
 """
 
 from __future__ import annotations
@@ -23,10 +31,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from tqdm import tqdm
 
 from emshield.logclient.http import InclusionProof, IssuerInfo, LogClient, LogClientError
+from emshield.logclient.tiles import TileClient, TileFetchError
 from emshield.marking import fingerprint as fpmod
 from emshield.marking.params import MarkingParams, ParamsError
 from emshield.tlog import merkle
 from emshield.tlog.checkpoint import Checkpoint, CheckpointError, CosignatureVerifier, NoteVerifier
+from emshield.tlog.tiles import TILE_WIDTH, bundles_for
 from emshield.tlog.entry import (
     EntryError,
     Issuance,
@@ -89,6 +99,8 @@ def _answers(what: str) -> Iterator[None]:
         raise LogMisbehaving(f"{what}: the log answered {exc}") from exc
     except merkle.ProofError as exc:
         raise LogMisbehaving(f"{what}: proof does not verify: {exc}") from exc
+    except TileFetchError as exc:  # a missing or malformed tile: nothing is proved either way
+        raise LogUnavailable(f"{what}: {exc}") from exc
 
 
 def _call(what: str, fn: Callable[..., T], *args: object, **kw: object) -> T:
@@ -111,6 +123,8 @@ class VerifiedLog:
     witnesses, so that the log cannot show this verifier a tree it did not show the witnesses.
     """
 
+    mode = "api"  # how the log is read (`verdict.log["mode"]`)
+
     def __init__(self, client: LogClient, verifier: NoteVerifier, *, witnesses: WitnessPolicy | None = None,
                  progress: bool = False) -> None:
         self.client = client
@@ -128,6 +142,18 @@ class VerifiedLog:
         except WitnessPolicyError as exc:
             raise LogMisbehaving(f"the log's checkpoint fails the witness policy: {exc}") from exc
         self._issuers: dict[bytes, ProvedIssuer] | None = None
+        self._listed: list[IssuerInfo] | None = None
+
+    def serves_api(self) -> bool:
+        """Whether the log answers its /v1 API (False: a plain 404, as a static tile mirror gives)."""
+        with _answers("issuer list"):
+            try:
+                self._listed = self.client.issuers()
+            except LogClientError as exc:
+                if exc.status == 404 and exc.code == "http_error":  # not an API error body: no API here
+                    return False
+                raise
+        return True
 
     # -- inclusion ------------------------------------------------------------------------------
 
@@ -151,7 +177,7 @@ class VerifiedLog:
         verified checkpoint are left out (they cannot be proved against it)."""
         if self._issuers is not None:
             return self._issuers
-        listed = _call("issuer list", self.client.issuers)
+        listed = self._listed if self._listed is not None else _call("issuer list", self.client.issuers)
         out: dict[bytes, ProvedIssuer] = {}
         for info in tqdm(listed, desc="issuers", unit="issuer", disable=not self.progress, leave=False):
             if info.index >= self.checkpoint.size:
@@ -266,14 +292,14 @@ class VerifiedLog:
         registrations: dict[bytes, int] = {}
         with tqdm(total=size, desc="replaying log", unit="leaf", disable=not self.progress, leave=False) as bar:
             with _answers("replaying the log"):  # streamed page by page: memory stays O(log n + kept)
-                for leaf in self.client.iter_entries(0, size):
-                    lh = merkle.leaf_hash(leaf.data)
+                for index, data in self._leaves():
+                    lh = merkle.leaf_hash(data)
                     tree.append(lh)
-                    signed = self._decode(leaf.data, f"leaf {leaf.index}")
+                    signed = self._decode(data, f"leaf {index}")
                     if isinstance(signed.entry, Issuance) and keep(signed.entry):
-                        kept.append((leaf.index, lh, signed))
+                        kept.append((index, lh, signed))
                     elif isinstance(signed.entry, IssuerRegistration):
-                        registrations.setdefault(signed.entry.key_id, leaf.index)
+                        registrations.setdefault(signed.entry.key_id, index)
                     bar.update(1)
         if tree.root() != self.checkpoint.root_hash:
             raise LogMisbehaving(f"the {size} leaves the log serves do not hash to its checkpoint's root")
@@ -288,3 +314,112 @@ class VerifiedLog:
             out.append(ProvedIssuance(index, lh, entry, issuer,
                                       f"full replay of {size} leaves matches the checkpoint root"))
         return ScanResult(size, out)
+
+    def _leaves(self) -> Iterator[tuple[int, bytes]]:
+        """Every leaf of the checkpoint's tree in order, as (index, exact leaf bytes)."""
+        for leaf in self.client.iter_entries(0, self.checkpoint.size):
+            yield leaf.index, leaf.data
+
+
+class StaticVerifiedLog(VerifiedLog):
+    """The log read from a static tile mirror: everything through the tiles, look-ups by replay.
+
+    The first look-up replays the whole tree once from the entry bundles (the root recomputed
+    from every leaf must be the checkpoint's, so nothing was left out or changed) and keeps the
+    registered issuers and, per watermark commitment and fingerprint hash, the indices and leaf
+    hashes of the issuances that carry it. A hit's entry is fetched again from its bundle and must
+    hash to the leaf hash the replay saw there."""
+
+    mode = "static tiles"
+
+    def __init__(self, client: LogClient, verifier: NoteVerifier, *, witnesses: WitnessPolicy | None = None,
+                 progress: bool = False) -> None:
+        super().__init__(client, verifier, witnesses=witnesses, progress=progress)
+        self.tiles = TileClient(client.url, timeout=client.timeout)
+        self._hits: dict[tuple[str, bytes], list[int]] | None = None
+        self._leaf_hashes: dict[int, bytes] = {}
+
+    def _leaves(self) -> Iterator[tuple[int, bytes]]:
+        bundles = bundles_for(0, self.checkpoint.size)
+        for bundle, entries in self.tiles.fetch_many(bundles):
+            yield from enumerate(entries, start=bundle.index * TILE_WIDTH)
+
+    def _index(self) -> dict[tuple[str, bytes], list[int]]:
+        if self._hits is not None:
+            return self._hits
+        hits: dict[tuple[str, bytes], list[int]] = {}
+        registrations: dict[bytes, tuple[int, SignedEntry]] = {}
+        tree = merkle.CompactRange()
+        size = self.checkpoint.size
+        with tqdm(total=size, desc="replaying tiles", unit="leaf", disable=not self.progress, leave=False) as bar:
+            with _answers("replaying the log's tiles"):
+                for index, data in self._leaves():
+                    lh = merkle.leaf_hash(data)
+                    tree.append(lh)
+                    signed = self._decode(data, f"leaf {index}")
+                    entry = signed.entry
+                    if isinstance(entry, Issuance):
+                        for field in ("watermark_commitment", "fingerprint_hash"):
+                            value = getattr(entry, field)
+                            if value is not None:
+                                hits.setdefault((field, value), []).append(index)
+                                self._leaf_hashes[index] = lh
+                    elif isinstance(entry, IssuerRegistration) and entry.key_id not in registrations:
+                        registrations[entry.key_id] = (index, signed)
+                    bar.update(1)
+        if tree.root() != self.checkpoint.root_hash:
+            raise LogMisbehaving(f"the {size} leaves the tiles hold do not hash to the checkpoint's root")
+        issuers: dict[bytes, ProvedIssuer] = {}
+        for key_id, (index, signed) in registrations.items():
+            reg = signed.entry
+            what = f"registration at leaf {index}"
+            self._check_signature(signed, Ed25519PublicKey.from_public_bytes(reg.issuer_public_key), what)
+            try:
+                params, error = MarkingParams.from_cbor(reg.marking_params), None
+            except ParamsError as exc:
+                params, error = None, f"marking parameters unusable: {exc}"
+            issuers[key_id] = ProvedIssuer(key_id, reg.issuer_public_key, reg.name, index, reg.registered_at, None,
+                                           params, error)
+        self._issuers, self._hits = issuers, hits
+        return hits
+
+    def serves_api(self) -> bool:
+        return False
+
+    def issuers(self) -> dict[bytes, ProvedIssuer]:
+        """Every issuer registered in the tree (revocation unknown: it is log-server state)."""
+        self._index()
+        assert self._issuers is not None
+        return self._issuers
+
+    def issuances(self, *, watermark_commitment: bytes | None = None,
+                  fingerprint_hash: bytes | None = None) -> tuple[list[ProvedIssuance], bool]:
+        field, value = (("watermark_commitment", watermark_commitment) if watermark_commitment is not None
+                        else ("fingerprint_hash", fingerprint_hash))
+        out = []
+        for index in self._index().get((field, value), []):
+            what = f"issuance at leaf {index} (by {field}, from the tiles)"
+            with _answers(what):
+                ((bundle, entries),) = self.tiles.fetch_many(bundles_for(index, index + 1)[-1:])
+            data = entries[index - bundle.index * TILE_WIDTH]
+            lh = merkle.leaf_hash(data)
+            if lh != self._leaf_hashes[index]:
+                raise LogMisbehaving(f"{what}: the mirror served other bytes than during the replay")
+            entry, issuer = self._signed_issuance(self._decode(data, what), what)
+            out.append(ProvedIssuance(index, lh, entry, issuer,
+                                      f"full replay of {self.checkpoint.size} leaves from the tiles matches the"
+                                      " checkpoint root"))
+        return out, False
+
+    def side_fingerprint(self, issuance: ProvedIssuance) -> fpmod.Fingerprint | None:
+        return None  # a static mirror publishes no side records
+
+
+def open_verified_log(client: LogClient, verifier: NoteVerifier, *, witnesses: WitnessPolicy | None = None,
+                      progress: bool = False) -> VerifiedLog:
+    """The log at ``client``'s URL through its API, or through its tiles alone where it is a static
+    mirror without one."""
+    log = VerifiedLog(client, verifier, witnesses=witnesses, progress=progress)
+    if log.serves_api():
+        return log
+    return StaticVerifiedLog(client, verifier, witnesses=witnesses, progress=progress)

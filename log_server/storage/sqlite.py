@@ -1,31 +1,16 @@
-"""The log's storage interface and its SQLite implementation.
+"""The log store on one SQLite file: the embedded default (`emshield-log init --store FILE`).
 
-Routes and the sequencer talk only to `LogStore` / `WriteTxn`, so a PostgreSQL store can be added
-by implementing these two protocols (BEGIN IMMEDIATE becomes an advisory lock or
-`SELECT ... FOR UPDATE` on a one-row table) without touching `config.py` or `sequencer.py`.
-
-What is kept, and why:
-- `leaves`: the exact leaf bytes by index (append-only; the index is the Merkle leaf index) and
-  their RFC 9162 leaf hash (UNIQUE: deduplication and inclusion proofs by hash).
-- `nodes`: every perfect subtree hash above the leaves, keyed (level, index); level 0 is the
-  leaf hash column of `leaves`. Any inclusion or consistency proof at any size needs at most
-  ~2·log2(n) of them, fetched with ONE indexed query: O(log n) reads.
-- `checkpoints`: every signed checkpoint note, one per integrated batch, keyed by tree size, with
-  the right border of the tree at that size (the perfect-subtree hashes a compact range holds,
-  concatenated left to right), so a sequencer that finds the tree grown by another process's
-  commit reads its new state with the size in ONE row instead of O(log n) nodes. (Added to
-  schema version 1 in place; rows written before carry none and the nodes serve instead.)
-- `issuers`, `issuances`: indexes derived from the leaves (issuers by key id; issuances by
-  watermark commitment, fingerprint hash and device UUID), written in the same transaction
-  as the leaf, so an index never points at a leaf that is not stored and vice versa.
-  Schema version 2 indexes the issuance look-ups by 64-bit integer prefixes of the values
-  (`blob_key`, `device_key`) instead of the values themselves, and every look-up also compares
-  the full value: see `_ISSUANCE_KEYS`.
-- `side_records`: bytes published beside a leaf (outside the tree) whose hash the leaf commits to.
+One writer at a time across the processes of one machine: BEGIN IMMEDIATE takes SQLite's write
+lock, and a flock beside the file (`_WriterLock`) queues the waiting writers without SQLite's
+polling sleeps.
 
 Durability: WAL with synchronous=FULL, so every COMMIT is fsync'ed before it returns; the server
 acknowledges an append only after its COMMIT returned. The WAL is copied back into the database
 file by a background thread of the writing process (`_Checkpointer`), not inside the commits.
+
+Opening never changes a file that is not a log store: it is first read through a read-only
+connection, and only a file whose `meta` table names a known schema version is opened for
+writing (which switches it to WAL mode).
 """
 
 from __future__ import annotations
@@ -36,18 +21,39 @@ import functools
 import itertools
 import logging
 import os
-import re
 import sqlite3
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Protocol
 
-from .process_thread import ProcessThread
+from ..process_thread import ProcessThread
+from .interface import (
+    ISSUANCE_KEYS,
+    ISSUER_COLS,
+    ISSUER_EPOCH_META_KEY,
+    LOOKUP_FIELDS,
+    SCHEMA_VERSION,
+    DuplicateLeaf,
+    IssuanceIndex,
+    IssuanceRow,
+    IssuerRecord,
+    LeafRecord,
+    LeafRow,
+    NodeID,
+    StoredCheckpoint,
+    StoreError,
+    TreeHead,
+    WriteTxn,
+    blob_key,
+    device_key,
+    checkpoint_row,
+    cosignature_rows,
+    issuance_rows,
+    issuer_row,
+    leaf_rows,
+)
 
-SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 30_000
 WRITER_CACHE_KIB = 32 * 1024  # page cache of a connection that writes
 # Page size of a new store (a file keeps the page size it was created with). Why not SQLite's 4 KiB:
@@ -61,172 +67,8 @@ PAGE_SIZE = 8 * 1024
 WAL_CHECKPOINT_BYTES = 16 * 1024 * 1024
 CHECKPOINT_INTERVAL_S = 1.0  # the background checkpointer copies the WAL back at most this often
 WRITER_WAL_CHECKPOINT_BYTES = 10 * WAL_CHECKPOINT_BYTES  # a writer checkpoints itself past this (backstop)
-ISSUER_EPOCH_META_KEY = "issuer_epoch"
-
-NodeID = tuple[int, int]
 
 log = logging.getLogger(__name__)
-
-
-class StoreError(RuntimeError):
-    """The store is missing, of another version, or inconsistent."""
-
-
-class DuplicateLeaf(ValueError):
-    """`WriteTxn.add_leaves` was given a leaf hash that is already stored; it added none of its rows."""
-
-
-class LeafRecord(NamedTuple):
-    """One leaf as stored: its index, the exact leaf bytes and their RFC 9162 leaf hash.
-
-    A NamedTuple, not a dataclass: its fields are the `leaves` columns in order, so the sequencer
-    hands thousands of them per commit to SQLite as rows unchanged (any tuple of that shape does)."""
-
-    index: int
-    leaf_hash: bytes
-    data: bytes
-    kind: str
-
-
-@dataclass(frozen=True)
-class IssuerRecord:
-    """An issuer as the log knows it (from its registration entry plus operator revocation)."""
-
-    key_id: bytes
-    public_key: bytes
-    name: str
-    leaf_index: int
-    registered_at: int
-    revoked_at: float | None = None
-    revocation_reason: str | None = None
-
-
-class IssuanceIndex(NamedTuple):
-    """The searchable fields of one issuance entry, in the order of the `issuances` columns (a
-    row, like `LeafRecord`)."""
-
-    leaf_index: int
-    issuer_key_id: bytes
-    device_uuid: str
-    watermark_commitment: bytes | None
-    fingerprint_hash: bytes | None
-
-
-@dataclass(frozen=True)
-class StoredCheckpoint:
-    size: int
-    root_hash: bytes
-    note: bytes
-    created_at: float
-
-
-class TreeHead(NamedTuple):
-    """What a sequencer reads first in its transaction, in one go: the stored tree's size; if the
-    checkpoint of that size carries them, its root hash and right border (the hashes of
-    `merkle.root_node_ids(size)`, concatenated), else both None; and the issuer epoch, a value that
-    changes in every transaction that revokes an issuer (None before the first revocation), so
-    an issuer record read at the same epoch is still current."""
-
-    size: int
-    root: bytes | None
-    border: bytes | None
-    issuer_epoch: bytes | None
-
-
-LeafRow = tuple[int, bytes, bytes, str]  # (index, leaf_hash, data, kind): a LeafRecord or a plain tuple
-# The fields of IssuanceIndex, in order, then the three index keys (watermark, fingerprint, device)
-IssuanceRow = tuple[int, bytes, str, bytes | None, bytes | None, int | None, int | None, int]
-
-LOOKUP_FIELDS = ("watermark_commitment", "fingerprint_hash", "device_uuid")
-
-
-def blob_key(value: object) -> int | None:
-    """The index key of a watermark commitment or fingerprint hash: its first 8 bytes as a signed
-    big-endian 64-bit integer (fewer bytes: those); None (SQL NULL) for anything but bytes."""
-    return int.from_bytes(value[:8], "big", signed=True) if isinstance(value, (bytes, bytearray, memoryview)) else None
-
-
-_UUID_PREFIX = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-")
-
-
-def device_key(text: object) -> int:
-    """The index key of a device UUID text: the UUID's first 8 bytes (hex digits 0-7, 9-12 and
-    14-17 of the canonical lower-case 8-4-4-4-12 text) as a signed big-endian 64-bit integer;
-    0 for a text that does not begin like a canonical UUID (stored texts always do: the entry
-    decoder writes the canonical form). The bytes, not the text: 8 characters of text carry only
-    4 bytes of the UUID."""
-    if not isinstance(text, str) or _UUID_PREFIX.match(text) is None:
-        return 0
-    key = int(text[:8] + text[9:13] + text[14:18], 16)
-    return key - (1 << 64) if key >= 1 << 63 else key
-
-
-# Schema version 2: each issuance look-up field has an integer key column, and the index is on
-# the key. Why: a batch commit inserts one random key per entry into each index, and with a few
-# hundred thousand entries or fewer it rewrites most leaf pages of each index; an index entry of an
-# 8-byte integer is less than half the size of one of a 32-byte hash or a 36-character text, so
-# each commit has less than half as many index pages to dirty, log and write back
-# (spec/notes/log-storage.md). The watermark and
-# fingerprint indexes are partial (an issuance of the other policy has no row in them). Keys are
-# prefixes, so two values may share one; every look-up compares the full value too
-# (`WHERE key = ? AND value = ?`), so a collision costs reading the colliding rows, never a wrong
-# answer. field -> (key column, key function).
-_ISSUANCE_KEYS = {
-    "watermark_commitment": ("watermark_key", blob_key),
-    "fingerprint_hash": ("fingerprint_key", blob_key),
-    "device_uuid": ("device_key", device_key),
-}
-
-
-class WriteTxn(Protocol):
-    """One exclusive write transaction (the only writer in the whole deployment while open)."""
-
-    def tree_size(self) -> int: ...
-    def tree_head(self) -> TreeHead: ...
-    def latest_checkpoint(self) -> StoredCheckpoint | None: ...
-    def get_nodes(self, ids: Sequence[NodeID]) -> Mapping[NodeID, bytes]: ...
-    def indices_of(self, leaf_hashes: Sequence[bytes]) -> dict[bytes, int]: ...
-    def issuer(self, key_id: bytes) -> IssuerRecord | None: ...
-    # Rows are tuples shaped like LeafRecord / IssuanceIndex (those records, or plain tuples).
-    # add_leaves adds all rows, or none and raises DuplicateLeaf if one's leaf hash is stored already
-    # (the UNIQUE index serves as the idempotency look-up of a commit that expects no repeats).
-    def add_leaves(self, leaves: Sequence[LeafRow]) -> None: ...
-    # Issuance rows carry their index keys (`blob_key`, `device_key` of the values: IssuanceFields.of).
-    def add_issuances(self, rows: Sequence[IssuanceRow]) -> None: ...
-    def add_issuer(self, issuer: IssuerRecord) -> None: ...
-    def add_nodes(self, nodes: Sequence[tuple[NodeID, bytes]]) -> None: ...
-    def add_checkpoint(self, cp: StoredCheckpoint, border: bytes | None = None) -> None: ...
-    def revoke_issuer(self, key_id: bytes, at: float, reason: str) -> None: ...
-    def put_side_record(self, leaf_index: int, data: bytes) -> None: ...
-    def add_cosignatures(self, size: int, sigs: Sequence[tuple[str, bytes, bytes]]) -> None: ...
-    def set_meta(self, key: str, value: bytes) -> None: ...
-
-
-class LogStore(Protocol):
-    """Read access plus `write()`, which opens an exclusive `WriteTxn` (commit on normal exit)."""
-
-    def write(self) -> "_WriteCtx": ...
-    def meta(self, key: str) -> bytes | None: ...
-    def tree_size(self) -> int: ...
-    def latest_checkpoint(self) -> StoredCheckpoint | None: ...
-    def get_nodes(self, ids: Sequence[NodeID]) -> Mapping[NodeID, bytes]: ...
-    def leaves(self, start: int, end: int) -> list[LeafRecord]: ...
-    def leaf(self, index: int) -> LeafRecord | None: ...
-    def node_range(self, level: int, start: int, end: int) -> list[bytes]: ...
-    def checkpoint(self, size: int) -> StoredCheckpoint | None: ...
-    def cosignatures(self, size: int) -> list[tuple[str, bytes, bytes]]: ...
-    def latest_cosigned(self, witnesses: Sequence[tuple[str, bytes]], quorum: int) -> StoredCheckpoint | None: ...
-    def index_of(self, leaf_hash: bytes) -> int | None: ...
-    def issuer(self, key_id: bytes) -> IssuerRecord | None: ...
-    def issuers(self) -> list[IssuerRecord]: ...
-    def issuances(self, field: str, value: bytes | str, limit: int) -> list[IssuanceIndex]: ...
-    def side_record(self, leaf_index: int) -> bytes | None: ...
-    def close(self) -> None: ...
-
-
-class _WriteCtx(Protocol):
-    def __enter__(self) -> WriteTxn: ...
-    def __exit__(self, *exc: object) -> bool | None: ...
 
 
 # Witness cosignatures (spec/witness.md) of stored checkpoints, kept outside the signed note so a
@@ -378,14 +220,6 @@ def _nodes_query(conn: sqlite3.Connection, ids: Sequence[NodeID]) -> dict[NodeID
     return out
 
 
-def _issuer_row(row: tuple | None) -> IssuerRecord | None:
-    if row is None:
-        return None
-    key_id, pub, name, leaf_idx, registered_at, revoked_at, reason = row
-    return IssuerRecord(bytes(key_id), bytes(pub), name, leaf_idx, registered_at, revoked_at, reason)
-
-
-_ISSUER_COLS = "key_id, public_key, name, leaf_idx, registered_at, revoked_at, revocation_reason"
 
 
 # Rows per INSERT statement: 2,048 rows of at most 5 columns stay far below SQLite's limit of
@@ -476,7 +310,7 @@ class _SqliteTxn:
         return out
 
     def issuer(self, key_id: bytes) -> IssuerRecord | None:
-        return _issuer_row(self._c.execute(f"SELECT {_ISSUER_COLS} FROM issuers WHERE key_id=?", (key_id,)).fetchone())
+        return issuer_row(self._c.execute(f"SELECT {ISSUER_COLS} FROM issuers WHERE key_id=?", (key_id,)).fetchone())
 
     def add_leaves(self, leaves: Sequence[LeafRow]) -> None:
         # One statement is all-or-nothing by itself; several need a savepoint to be.
@@ -500,7 +334,7 @@ class _SqliteTxn:
 
     def add_issuer(self, issuer: IssuerRecord) -> None:
         self._c.execute(
-            f"INSERT INTO issuers({_ISSUER_COLS}) VALUES (?,?,?,?,?,?,?)",
+            f"INSERT INTO issuers({ISSUER_COLS}) VALUES (?,?,?,?,?,?,?)",
             (issuer.key_id, issuer.public_key, issuer.name, issuer.leaf_index, issuer.registered_at,
              issuer.revoked_at, issuer.revocation_reason),
         )
@@ -540,7 +374,7 @@ def _tree_size(conn: sqlite3.Connection) -> int:
 def _latest_checkpoint(conn: sqlite3.Connection) -> StoredCheckpoint | None:
     row = conn.execute("SELECT size, root, note, created_at FROM checkpoints"
                        " WHERE size = (SELECT max(size) FROM checkpoints)").fetchone()
-    return None if row is None else StoredCheckpoint(row[0], bytes(row[1]), bytes(row[2]), row[3])
+    return checkpoint_row(row)
 
 
 class _WriterLock:
@@ -635,6 +469,61 @@ class _Checkpointer:
             self._thread.join(timeout=30)
 
 
+def _known_version(raw: bytes | None, where: object) -> int:
+    """The schema version a `meta` value names, if this server can open a store of it (1: after an upgrade)."""
+    if raw is None:
+        raise StoreError(f"{where} is not an EMShield log store (its meta table has no schema version)")
+    try:
+        version = int(raw)
+    except ValueError:
+        raise StoreError(f"{where} is not an EMShield log store (schema version {bytes(raw)[:20]!r})") from None
+    if version not in (1, SCHEMA_VERSION):
+        raise StoreError(f"{where}: store schema version {version}, this server knows {SCHEMA_VERSION}")
+    return version
+
+
+def _probe(path: Path) -> None:
+    """Refuse ``path`` unless it is a SQLite file with a log store's `meta` table, reading it
+    through a read-only connection: opening for writing would switch any SQLite file to WAL mode
+    and turn an empty file into a database."""
+    if not path.is_file():
+        raise StoreError(f"no log store at {path} (run `emshield-log init` first)")
+    try:
+        with contextlib.closing(sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)) as conn:
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None:
+                raise StoreError(f"{path} is not an EMShield log store (no meta table)")
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path} is not an EMShield log store ({exc})") from None
+    _known_version(None if row is None else bytes(row[0]), path)
+
+
+class _FileRoleLock:
+    """`RoleLock` as an flock on a file beside the store (the processes of one machine)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._fd: int | None = None
+        self._pid = 0
+
+    def try_acquire(self) -> bool:
+        if self._fd is not None and self._pid == os.getpid():
+            return True
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd, self._pid = fd, os.getpid()
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd = None
+
+
 class _SqliteWriteCtx:
     def __init__(self, conn: sqlite3.Connection, lock: _WriterLock, checkpointer: _Checkpointer) -> None:
         self._conn = conn
@@ -661,13 +550,32 @@ class _SqliteWriteCtx:
             self._checkpointer.committed()
 
 
+def _create_file(p: Path, meta: Mapping[str, bytes]) -> None:
+    """The new file with the schema and ``meta`` (page size and WAL mode fixed first)."""
+    with contextlib.closing(sqlite3.connect(p)) as raw:
+        raw.execute(f"PRAGMA page_size={PAGE_SIZE}")  # takes effect only before the first write:
+        raw.execute("PRAGMA journal_mode=WAL")  # which this is (the file header)
+    conn = _connect(p)
+    try:
+        if conn.execute("PRAGMA page_size").fetchone()[0] != PAGE_SIZE:
+            raise StoreError(f"{p}: SQLite did not create the store with {PAGE_SIZE}-byte pages")
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in [*_SCHEMA.split(";"), _COSIGNATURES]:  # not executescript(): it would COMMIT first
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION).encode(),))
+        conn.executemany("INSERT INTO meta(key, value) VALUES (?,?)", list(meta.items()))
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
 class SqliteStore:
     """`LogStore` on one SQLite file; one connection per thread (SQLite connections are not shared)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if not self.path.is_file():
-            raise StoreError(f"no log store at {self.path} (run `emshield-log init` first)")
+        _probe(self.path)  # read-only: a file that is not a log store is refused as it is
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -676,15 +584,15 @@ class SqliteStore:
         if self._schema_version() == 1 or not self._has_later_additions():
             self._upgrade()
 
+    def describe(self) -> str:
+        return str(self.path)
+
+    def role_lock(self, role: str) -> _FileRoleLock:
+        return _FileRoleLock(self.path.with_name(f"{self.path.name}.{role}-lock"))
+
     def _schema_version(self) -> int:
         """The store's schema version, if this server can open it (1: after an upgrade)."""
-        raw = self.meta("schema_version")
-        if raw is None:
-            raise StoreError(f"{self.path} is not an EMShield log store")
-        version = int(raw)
-        if version not in (1, SCHEMA_VERSION):
-            raise StoreError(f"{self.path}: store schema version {version}, this server knows {SCHEMA_VERSION}")
-        return version
+        return _known_version(self.meta("schema_version"), self.path)
 
     def _has_later_additions(self) -> bool:
         """Whether the cosignatures table and the checkpoints' border column (added to version 1
@@ -723,23 +631,13 @@ class SqliteStore:
         p = Path(path)
         if p.exists():
             raise StoreError(f"{p} already exists; refusing to overwrite a log store")
-        with contextlib.closing(sqlite3.connect(p)) as raw:
-            raw.execute(f"PRAGMA page_size={PAGE_SIZE}")  # takes effect only before the first write:
-            raw.execute("PRAGMA journal_mode=WAL")  # which this is (the file header)
-        conn = _connect(p)
         try:
-            if conn.execute("PRAGMA page_size").fetchone()[0] != PAGE_SIZE:
-                raise StoreError(f"{p}: SQLite did not create the store with {PAGE_SIZE}-byte pages")
-            conn.execute("BEGIN IMMEDIATE")
-            for statement in [*_SCHEMA.split(";"), _COSIGNATURES]:  # not executescript(): it would COMMIT first
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION).encode(),))
-            conn.executemany("INSERT INTO meta(key, value) VALUES (?,?)", list(meta.items()))
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
+            _create_file(p, meta)
+        except sqlite3.Error as exc:
+            p.unlink(missing_ok=True)
+            raise StoreError(f"cannot create a log store at {p}: {exc}") from None
         return cls(p)
+
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -777,7 +675,7 @@ class SqliteStore:
     def leaves(self, start: int, end: int) -> list[LeafRecord]:
         rows = self._conn().execute(
             "SELECT idx, leaf_hash, data, kind FROM leaves WHERE idx >= ? AND idx < ? ORDER BY idx", (start, end))
-        return [LeafRecord(i, bytes(h), bytes(d), k) for i, h, d, k in rows]
+        return leaf_rows(rows)
 
     def leaf(self, index: int) -> LeafRecord | None:
         got = self.leaves(index, index + 1)
@@ -797,13 +695,13 @@ class SqliteStore:
     def checkpoint(self, size: int) -> StoredCheckpoint | None:
         row = self._conn().execute("SELECT size, root, note, created_at FROM checkpoints WHERE size=?",
                                    (size,)).fetchone()
-        return None if row is None else StoredCheckpoint(row[0], bytes(row[1]), bytes(row[2]), row[3])
+        return checkpoint_row(row)
 
     def cosignatures(self, size: int) -> list[tuple[str, bytes, bytes]]:
         """(witness name, key id, signature) of every cosignature stored for checkpoint ``size``."""
         rows = self._conn().execute("SELECT name, key_id, signature FROM cosignatures WHERE size=? ORDER BY name, key_id",
                                     (size,))
-        return [(n, bytes(k), bytes(sig)) for n, k, sig in rows]
+        return cosignature_rows(rows)
 
     def latest_cosigned(self, witnesses: Sequence[tuple[str, bytes]], quorum: int) -> StoredCheckpoint | None:
         """The largest checkpoint cosigned by at least ``quorum`` of ``witnesses`` (name, key id)."""
@@ -821,24 +719,23 @@ class SqliteStore:
         return None if row is None else row[0]
 
     def issuer(self, key_id: bytes) -> IssuerRecord | None:
-        return _issuer_row(self._conn().execute(
-            f"SELECT {_ISSUER_COLS} FROM issuers WHERE key_id=?", (key_id,)).fetchone())
+        return issuer_row(self._conn().execute(
+            f"SELECT {ISSUER_COLS} FROM issuers WHERE key_id=?", (key_id,)).fetchone())
 
     def issuers(self) -> list[IssuerRecord]:
-        rows = self._conn().execute(f"SELECT {_ISSUER_COLS} FROM issuers ORDER BY leaf_idx")
-        return [r for r in map(_issuer_row, rows) if r is not None]
+        rows = self._conn().execute(f"SELECT {ISSUER_COLS} FROM issuers ORDER BY leaf_idx")
+        return [r for r in map(issuer_row, rows) if r is not None]
 
     def issuances(self, field: str, value: bytes | str, limit: int) -> list[IssuanceIndex]:
         if field not in LOOKUP_FIELDS:
             raise ValueError(f"cannot look issuances up by {field!r}")
-        column, key = _ISSUANCE_KEYS[field]
+        column, key = ISSUANCE_KEYS[field]
         # The index on the key column holds (key, leaf_idx) in order: one range of it, filtered
         # on the full value, is already in leaf order.
         rows = self._conn().execute(
             "SELECT leaf_idx, issuer_key_id, device_uuid, watermark_commitment, fingerprint_hash FROM issuances"
             f" WHERE {column} = ? AND {field} = ? ORDER BY leaf_idx LIMIT ?", (key(value), value, limit))
-        return [IssuanceIndex(i, bytes(k), d, None if w is None else bytes(w), None if f is None else bytes(f))
-                for i, k, d, w, f in rows]
+        return issuance_rows(rows)
 
     def side_record(self, leaf_index: int) -> bytes | None:
         row = self._conn().execute("SELECT data FROM side_records WHERE leaf_idx=?", (leaf_index,)).fetchone()
