@@ -12,7 +12,9 @@ import pytest
 
 from _kit.browser import VIEWPORT, chromium, screenshot_dir
 from _kit.explorer import explorer_log
+from _kit.logs import public_bytes
 from _kit.tamper_proxy import TamperProxy
+from emshield.tlog import entry as E
 
 SHOTS = screenshot_dir("explorer")
 SETTLED = """(scope) => {
@@ -39,8 +41,9 @@ def open_page(env):
         ctx = browser.new_context(viewport=VIEWPORT)
         contexts.append(ctx)
         page = ctx.new_page()
-        page.errors = []
+        page.errors, page.urls = [], []
         page.on("pageerror", lambda e: page.errors.append(str(e)))
+        page.on("request", lambda r: page.urls.append(r.url))
         page.goto(proxy.url + "/explore/")
         if pin:
             page.fill("#log-key", log.verifier_key)
@@ -143,7 +146,13 @@ def test_honest_log_every_check_is_green(env, open_page) -> None:
     assert state == "pass", text
     assert "derived from the server's proofs" in page.text_content("#consistency-body")
     page.screenshot(path=str(SHOTS / "consistency.png"), full_page=True)
+
+    search(page, E.issuer_key_id(public_bytes(log.keys["Beta Labs"])).hex())  # scans bundles, newest first
+    scanned = checks(page, "#search-results")
+    assert len(scanned) == 200 + 40 and all(s == "pass" for s, _ in scanned.values())
+    assert "the whole log" in page.text_content("#scan-status")
     assert page.errors == []
+    assert page.urls and all(u.startswith(proxy.url + "/") for u in page.urls), set(page.urls)  # nothing from elsewhere
 
 
 def test_without_a_pinned_key_nothing_is_green(open_page) -> None:

@@ -52,7 +52,10 @@ export async function getBytes(path, limit, { fresh = false } = {}) {
   const url = new URL(path, BASE);
   let response;
   try {
-    response = await fetch(url, { cache: fresh ? "no-store" : "default", credentials: "omit", redirect: "error" });
+    // Default credentials mode on purpose: "omit" would open a second pool of connections beside the
+    // page's own, and a log served by Granian with N threads stalls ~30 s once N keep-alive
+    // connections are open (measured; see spec/notes/explorer.md). The log sets no cookies.
+    response = await fetch(url, { cache: fresh ? "no-store" : "default", redirect: "error" });
   } catch (e) {
     throw new FetchError(`GET ${url.pathname}${url.search}: ${e.message || "network error"}`);
   }

@@ -192,10 +192,14 @@ async function scanIssuer(session, keyIdHex, box) {
   const step = async () => {
     more.disabled = true;
     const stop = Math.max(-1, next - SCAN_STEP);
+    const top = next;
+    const tiles = [];
+    for (let t = top; t > stop; t--) tiles.push(provedBundle(session, t, size)); // fetched side by side
+    tiles.forEach((p) => p.catch(() => {}));
     for (; next > stop; next--) {
       let b;
       try {
-        b = await provedBundle(session, next, size);
+        b = await tiles[top - next];
       } catch (e) {
         tbl.append(el("tr", {}, el("td", { colspan: 7 }, check("scan-fetch", "fail", e.message))));
         return;
