@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Blueprint, Response, redirect, request, send_from_directory
+from flask import Blueprint, Response, request, send_from_directory
 
 from ..params import only_params
 
@@ -29,12 +29,6 @@ def _headers(response: Response) -> Response:
     # Revalidate (ETag) rather than cache: a server upgrade changes the scripts at once.
     response.headers["Cache-Control"] = "no-cache"
     return response
-
-
-@explorer.get("/")
-def root():
-    only_params(request.args.items(multi=True))
-    return redirect("explore/", code=302)  # relative: right under any path prefix a proxy adds
 
 
 @explorer.get("/explore/")

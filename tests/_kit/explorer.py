@@ -50,6 +50,7 @@ class ExplorerLog:
     witness_key: str
     db: Path
     token: str
+    key_file: Path  # the log's signer key: tests sign a forked checkpoint with it
     keys: dict = field(default_factory=dict)  # issuer name -> private key
     params: dict = field(default_factory=dict)  # issuer name -> MarkingParams
     facts: dict = field(default_factory=dict)  # what the tests look for
@@ -122,7 +123,7 @@ def explorer_log(directory: Path) -> Iterator[ExplorerLog]:
                            witness_quorum=1)  # every checkpoint served carries the witness's cosignature
     server.start()
     try:
-        log = ExplorerLog(server.url, files.verifier_key, witness.verifier_key, files.db, files.token)
+        log = ExplorerLog(server.url, files.verifier_key, witness.verifier_key, files.db, files.token, files.key_file)
         client = log.client()
         for name, backbone in (("Acme Models", "tiny-llama/acme"), ("Beta Labs", "smollm2-135m/beta")):
             key = ed25519_key("explorer/" + name)

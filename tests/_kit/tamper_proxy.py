@@ -5,8 +5,8 @@ Modes (``proxy.mode``): "honest" passes everything through; "wrong-root" changes
 the checkpoint (its signature is kept); "forged-signature" replaces the log's signature bytes
 (its key ID is kept); "flipped-entry-byte" flips the last byte of every leaf in entry bundles,
 ``/v1/entries`` and ``/v1/issuances``; "bad-proof" flips a byte of the first hash of every
-inclusion and consistency proof; "rollback" serves ``proxy.old_note`` (a genuine older
-checkpoint) as the latest. ``proxy.requests`` counts the requests by path.
+inclusion and consistency proof; "rollback" and "fork" serve ``proxy.note`` (a genuine older checkpoint; a checkpoint the
+log's key signed for another tree) as the latest. ``proxy.requests`` counts the requests by path.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-MODES = ("honest", "wrong-root", "forged-signature", "flipped-entry-byte", "bad-proof", "rollback")
+MODES = ("honest", "wrong-root", "forged-signature", "flipped-entry-byte", "bad-proof", "rollback", "fork")
 _DROP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "date", "server"}
 
 
@@ -61,7 +61,7 @@ class TamperProxy:
         u = urlsplit(upstream)
         self.host, self.upstream_port = u.hostname, u.port
         self.mode = "honest"
-        self.old_note: bytes | None = None
+        self.note: bytes | None = None
         self.requests: Counter[str] = Counter()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -84,8 +84,8 @@ class TamperProxy:
         if status != 200:
             return body
         if route == "/checkpoint":
-            if self.mode == "rollback" and self.old_note is not None:
-                return self.old_note
+            if self.mode in ("rollback", "fork") and self.note is not None:
+                return self.note
             if self.mode in ("wrong-root", "forged-signature"):
                 return tamper_note(body, self.mode)
         if self.mode == "flipped-entry-byte":

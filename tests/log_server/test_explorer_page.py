@@ -8,6 +8,8 @@ Waits are on conditions in the page (no check still pending), never on time."""
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from _kit.browser import VIEWPORT, chromium, screenshot_dir
@@ -15,6 +17,7 @@ from _kit.explorer import explorer_log
 from _kit.logs import public_bytes
 from _kit.tamper_proxy import TamperProxy
 from emshield.tlog import entry as E
+from emshield.tlog.checkpoint import Checkpoint, NoteSigner, sign_checkpoint
 
 SHOTS = screenshot_dir("explorer")
 SETTLED = """(scope) => {
@@ -22,6 +25,8 @@ SETTLED = """(scope) => {
     return root && root.querySelector("[data-check]") && !document.querySelector("[data-check][data-state=wait]")
         && document.querySelector("#banner").dataset.state !== "wait";
 }"""
+
+CONSISTENCY_DONE = "() => ['pass', 'fail'].includes(document.querySelector('#consistency-body [data-check]')?.dataset.state)"
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +60,7 @@ def open_page(env):
 
     yield start
     proxy.mode = "honest"
-    proxy.old_note = None
+    proxy.note = None
     for ctx in contexts:
         ctx.close()
 
@@ -141,7 +146,7 @@ def test_honest_log_every_check_is_green(env, open_page) -> None:
     page.fill("#consistency-first", "5")
     page.fill("#consistency-second", str(log.size()))
     page.click("#consistency-button")
-    page.wait_for_function("() => ['pass', 'fail'].includes(document.querySelector('#consistency-body [data-check]')?.dataset.state)")
+    page.wait_for_function(CONSISTENCY_DONE)
     state, text = checks(page, "#consistency-body")["consistency-proof"]
     assert state == "pass", text
     assert "derived from the server's proofs" in page.text_content("#consistency-body")
@@ -197,6 +202,12 @@ def test_tampered_entries_or_proofs_are_red(env, open_page, mode) -> None:
     # Every entry, registration and proof check is red (the side record of a watermark-only entry: grey).
     assert all(s == "fail" for k, (s, _) in entry_checks.items() if k != "entry-side-record"), entry_checks
     assert entry_checks["entry-side-record"][0] in ("skip", "fail")
+    if mode == "bad-proof":
+        page.fill("#consistency-first", "5")
+        page.fill("#consistency-second", str(log.size()))
+        page.click("#consistency-button")
+        page.wait_for_function(CONSISTENCY_DONE)
+        assert checks(page, "#consistency-body")["consistency-proof"][0] == "fail"
     page.screenshot(path=str(SHOTS / f"tampered-{mode}.png"), full_page=True)
 
 
@@ -211,7 +222,7 @@ def test_a_rollback_is_red(env, open_page) -> None:
     settle(page, "#browse")
     extended = checks(page)["checkpoint-consistency"]
     assert extended[0] == "pass" and f"extends size {old_size}" in extended[1], extended
-    proxy.old_note, proxy.mode = old_note, "rollback"
+    proxy.note, proxy.mode = old_note, "rollback"
     page.reload()
     settle(page, "#browse")
     states = checks(page)
@@ -224,3 +235,21 @@ def test_a_rollback_is_red(env, open_page) -> None:
     assert_nothing_green({k: v for k, v in states.items() if not k.startswith(("checkpoint-signature", "witness:"))})
     assert "evidence of misbehaviour: 1" in page.text_content("#seen summary")
     page.screenshot(path=str(SHOTS / "tampered-rollback.png"))
+
+
+def test_a_fork_signed_by_the_log_key_is_red(env, open_page) -> None:
+    """The log's own key signs another tree of the size this browser already verified: a split view."""
+    log, proxy, _ = env
+    page = open_page()
+    size = int(page.text_content("#checkpoint-size"))
+    signer = NoteSigner.from_signer_key(log.key_file.read_text().strip())
+    proxy.note = sign_checkpoint(Checkpoint(signer.name, size, hashlib.sha256(b"emshield-test/fork").digest()), signer)
+    proxy.mode = "fork"
+    page.reload()
+    settle(page, "#browse")
+    states = checks(page)
+    assert states["checkpoint-signature"][0] == "pass"  # the log's key did sign it
+    assert states["checkpoint-consistency"][0] == "fail" and "fork" in states["checkpoint-consistency"][1]
+    assert_nothing_green({k: v for k, v in states.items() if k != "checkpoint-signature"})
+    assert page.get_attribute("#banner", "data-state") == "fail"
+    page.screenshot(path=str(SHOTS / "tampered-fork.png"))

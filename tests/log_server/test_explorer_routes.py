@@ -17,10 +17,9 @@ def client(log_files):
     return app.test_client()
 
 
-def test_root_redirects_to_the_page(client) -> None:
-    r = client.get("/")
-    assert r.status_code == 302 and r.headers["Location"] == "explore/"
+def test_the_page_has_one_address(client) -> None:
     assert client.get("/explore").status_code == 308  # Flask's canonical trailing slash
+    assert client.get("/").status_code == 404
 
 
 def test_page_and_its_headers(client) -> None:

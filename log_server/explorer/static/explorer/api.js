@@ -2,7 +2,7 @@
 // answer. Nothing a server sends is trusted here: callers verify it (../verify/). The page is
 // served at <prefix>/explore/, so the API is one level up, under whatever prefix a proxy adds.
 
-import { fromBase64 } from "../verify/bytes.js";
+import { concat, fromBase64 } from "../verify/bytes.js";
 import { bundle, decodeBundle } from "../verify/tiles.js";
 
 const BASE = new URL("../", document.baseURI);
@@ -37,13 +37,7 @@ async function readLimited(response, limit, what) {
     }
     chunks.push(value);
   }
-  const out = new Uint8Array(total);
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.length;
-  }
-  return out;
+  return concat(...chunks);
 }
 
 /** The bytes at `path` (relative to the log's base URL); non-2xx answers are FetchErrors that
