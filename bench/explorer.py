@@ -101,7 +101,7 @@ def main() -> int:
             secs = bulk_fill(server.db, SEED, 0, args.size - 1)
             print(f"log of {args.size:,} entries (bulk-filled in {secs:.1f} s); Chromium, server {args.server}, 1 worker", flush=True)
             devices = [_unsigned(SEED, n, kid).device_uuid_text for n in
-                       (args.size // 2 + 7919 * k % (args.size - 1) for k in range(args.repeat))]
+                       ((args.size // 2 + 7919 * k) % (args.size - 1) for k in range(args.repeat))]
             fcp, ready, search, raw, base_fcp, repeat_fcp, repeat_ready, scan = [], [], [], [], [], [], [], []
             with chromium() as browser:
                 for k in range(args.repeat):

@@ -11,7 +11,10 @@ import { paramsDetails } from "./issuers.js";
 import { issuerSigned } from "./issuances.js";
 import { decode } from "./rows.js";
 
+let shown = 0; // the latest render: an older one still finishing must not draw into the section
+
 export async function renderEntry(session, index) {
+  const mine = ++shown;
   const section = $("#entry");
   const body = $("#entry-body");
   section.hidden = false;
@@ -29,6 +32,7 @@ export async function renderEntry(session, index) {
     for (const c of [inc, sig, side]) settle(c, async () => { throw e; });
     return;
   }
+  if (mine !== shown) return;
   const decoded = decode(session, index, bytes);
   const proofBox = el("div");
   const proved = session.proveLeaf(bytes, index);
@@ -51,7 +55,7 @@ export async function renderEntry(session, index) {
   if (decoded.entry?.type === REGISTRATION) {
     const { list } = await session.issuers;
     const i = list.find((x) => x.index === index);
-    if (i) body.append(paramsDetails(i));
+    if (i && mine === shown) body.append(paramsDetails(i));
   }
 }
 

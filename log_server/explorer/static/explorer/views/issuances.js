@@ -80,12 +80,16 @@ async function kindOf(session, kind, q) {
   throw new Error("give a device UUID, a leaf index, or 64 hex digits (commitment, fingerprint hash or issuer key id)");
 }
 
-/** Search, then mark the results box with the query it answers (data-query) once drawn. */
+let searches = 0;
+
+/** Search, then mark the results box with the query it answers (data-query) once drawn. Each
+ * search draws into its own box, swapped in only while it is the latest one. */
 export async function runSearch(session, kindIn, qIn) {
-  const box = $("#search-results");
-  box.dataset.query = "";
+  const mine = ++searches;
+  const box = el("div", { id: "search-results" });
+  $("#search-results").replaceWith(box);
   await search(session, kindIn, qIn.trim(), box);
-  box.dataset.query = qIn.trim();
+  if (mine === searches) box.dataset.query = qIn.trim();
 }
 
 async function search(session, kindIn, q, box) {
