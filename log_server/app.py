@@ -17,6 +17,7 @@ from .admission import RegisteredIssuers
 from .config import ServerConfig, open_log, open_sequencer
 from .cosigning import Cosigner, WitnessEndpoint
 from .errors import INTERNAL_ERROR, Refusal, error_json
+from .explorer import explorer
 from .routes import api
 from .runtime.fast_append import AppendFastPath
 from .runtime.sequencer_service import RemoteSequencer
@@ -58,6 +59,7 @@ def create_app(config: ServerConfig | Mapping[str, Any]) -> Flask:
     # Started on the first request of each worker process (a thread does not survive a fork).
     app.before_request(cosigner.ensure_started)
     app.register_blueprint(api)
+    app.register_blueprint(explorer)
     app.register_error_handler(Refusal, _refused)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _internal_error)
