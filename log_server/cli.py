@@ -127,6 +127,8 @@ def set_token(db: Path, as_json: bool) -> None:
               help="worker processes (they decode and verify; one sequencer process commits for all).")
 @click.option("--threads", default=16, show_default=True, type=click.IntRange(1, 1024),
               help="request threads per worker.")
+@click.option("--body-timeout", "body_timeout", default=10.0, show_default=True, type=click.FloatRange(0.1, 3600),
+              help="seconds a request body may take to arrive after its headers; slower ones are refused (408).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error", "critical"]))
 @click.option("--witness", "witnesses", multiple=True, metavar="URL=VERIFIER_KEY",
@@ -135,18 +137,23 @@ def set_token(db: Path, as_json: bool) -> None:
 @click.option("--witness-quorum", default=0, show_default=True, type=click.IntRange(0, 100),
               help="Serve at /checkpoint only checkpoints cosigned by at least this many of the witnesses.")
 def serve(db: Path, key_file: Path | None, host: str, port: int, server: str, workers: int, threads: int,
-          log_level: str, witnesses: tuple[str, ...], witness_quorum: int) -> None:
+          body_timeout: float, log_level: str, witnesses: tuple[str, ...], witness_quorum: int) -> None:
     """Serve the log over HTTP with a production WSGI server (gunicorn or Granian)."""
     from .app import create_app
     from .config import ServerConfig
     from .keys import KeyFileError
+    from .serve import AddressInUse
     from .serve import serve as run_server
     from .state import EXTENSION
     from .storage import StoreError
 
-    config = ServerConfig(db_path=db, key_path=key_file, witnesses=witnesses, witness_quorum=witness_quorum)
+    config = ServerConfig(db_path=db, key_path=key_file, witnesses=witnesses, witness_quorum=witness_quorum,
+                          body_timeout_s=body_timeout)
     try:  # fail here, with a clear message, rather than in every worker
         create_app(config).extensions[EXTENSION].store.close()
     except (StoreError, KeyFileError, RuntimeError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
-    run_server(config, host, port, workers, threads, log_level, server=server)
+    try:
+        run_server(config, host, port, workers, threads, log_level, server=server)
+    except AddressInUse as exc:
+        raise click.ClickException(str(exc)) from exc

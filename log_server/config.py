@@ -31,6 +31,7 @@ class ServerConfig:
     witnesses: tuple[str, ...] = ()  # "URL=VERIFIER_KEY" of C2SP tlog-witnesses to submit checkpoints to
     witness_quorum: int = 0  # GET /checkpoint serves the latest checkpoint cosigned by this many of them
     witness_poll_s: float = 0.2
+    body_timeout_s: float = 10.0  # `serve`: a request body not complete this long after its headers is refused (408)
     sequencer_socket: Path | None = None  # set by `serve`: the sequencer process's Unix socket
 
     @classmethod

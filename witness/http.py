@@ -25,9 +25,11 @@ def make_wsgi_app(make_witness: Callable[[], Witness]) -> Callable:
 
     def app(environ: dict[str, Any], start_response) -> Iterable[bytes]:
         answer = _route(environ, state, make_witness)
-        start_response(f"{answer.status} {_REASONS.get(answer.status, 'Error')}",
-                       [("Content-Type", answer.content_type), ("Content-Length", str(len(answer.body))),
-                        ("Cache-Control", "no-store")])
+        headers = [("Content-Type", answer.content_type), ("Content-Length", str(len(answer.body))),
+                   ("Cache-Control", "no-store")]
+        if answer.status == 405:
+            headers.append(("Allow", "POST"))  # RFC 9110 §15.5.6: a 405 says which methods are allowed
+        start_response(f"{answer.status} {_REASONS.get(answer.status, 'Error')}", headers)
         return [answer.body]
 
     return app

@@ -165,6 +165,7 @@ class ServerProcess(Daemon):
     witnesses: list[str] = field(default_factory=list)  # URL=VERIFIER_KEY
     witness_quorum: int = 0
     server: str | None = None  # None: the command's default (granian)
+    body_timeout: float | None = None  # None: the command's default
 
     def command(self) -> list[str]:
         cmd = [str(BIN / "emshield-log"), "serve", "--db", str(self.db), "--port", str(self.port),
@@ -172,6 +173,8 @@ class ServerProcess(Daemon):
                "--witness-quorum", str(self.witness_quorum)]
         if self.server:
             cmd += ["--server", self.server]
+        if self.body_timeout is not None:
+            cmd += ["--body-timeout", str(self.body_timeout)]
         for w in self.witnesses:
             cmd += ["--witness", w]
         return cmd

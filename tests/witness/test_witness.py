@@ -89,7 +89,8 @@ def test_add_checkpoint_protocol(log_files, server_factory, issuer_key, witness_
                  b"old 31\nnot base64!\n\n" + note31, b"old 31\n" + b"AAAA\n\n" + note31,
                  _body(0, proof, note31), _body(31, [], b"garbage\n")]:
         assert w.post(body).status_code == 400, body[:40]
-    assert requests.get(w.url + "/add-checkpoint", timeout=5).status_code == 405
+    wrong_method = requests.get(w.url + "/add-checkpoint", timeout=5)
+    assert (wrong_method.status_code, wrong_method.headers.get("Allow")) == (405, "POST")
     assert requests.post(w.url + "/other", data=b"x", timeout=5).status_code == 404
     assert w.post(b"x" * 70_000).status_code == 413
     # Inconsistent but validly signed checkpoints are kept as evidence.
@@ -182,7 +183,10 @@ def test_witness_refuses_a_forked_history(log_files, server_factory, issuer_key,
     LogClient(srv_a.url).append_batch([issuance(issuer_key, n) for n in range(20)])
     _wait_cosigned(srv_a.url, log_files.verifier, [k], 1, 21)
     LogClient(srv_b.url).append_batch([issuance(issuer_key, n) for n in range(100, 130)])
-    time.sleep(2)  # B's cosigner has had many rounds to try
+    deadline = time.monotonic() + 30  # until the witness has refused B's fork (and kept the evidence)
+    while not json.loads(CliRunner().invoke(witness_cli, ["conflicts", "--state", str(w.state), "--json"]).output):
+        assert time.monotonic() < deadline, "B's cosigner never submitted its fork to the witness"
+        time.sleep(0.1)
     note_b = requests.get(srv_b.url + "/checkpoint", timeout=5).content
     # B serves only its last checkpoint the witness cosigned: the common prefix, never its fork.
     assert verify_witnessed(note_b, log_files.verifier, [k], 1).checkpoint.size == 1
