@@ -267,10 +267,10 @@ def run_server(label: str, kind: str, src: Path | None, workdir: Path, args, see
             opened = time.monotonic() - t0
             r = measure_window(server.url, size, entries, args.window, args.append_clients, args.read_timeout)
             r |= {"connections": count, "open_s": opened}
-            r |= slow_outcome(socks, t0, t0 + args.body_timeout + 5)
+            r |= slow_outcome(socks, t0, t0 + opened + args.body_timeout + 5)
             out["slow"].append(r)
             print(f"  {count:>5} slow bodies held (opened in {opened:.1f} s): {_window_text(r, base)};"
-                  f" the slow ones got {r['statuses']} within {args.body_timeout + 5:.0f} s of opening"
+                  f" the slow ones got {r['statuses']} within {args.body_timeout + 5:.0f} s of the last one's opening"
                   f" (last answer after {_ms(r['last_answer_after_s'])} s)", flush=True)
             time.sleep(1)  # let the server close them before the next phase
         m = out["memory"] = memory_attack(server, args.bogus)
@@ -309,9 +309,24 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="emshield-hostile-") as tmp:
         for n, (label, kind, src) in enumerate(plan):
             runs.append(run_server(label, kind, src, Path(tmp) / f"run{n}", args, os.urandom(8)))
+    compare(runs)
     if args.json:
         print(json.dumps(runs, indent=2))
     return 0
+
+
+def compare(runs: list[dict]) -> None:
+    """Each later run beside the first (the baseline when --baseline-src is given)."""
+    base = runs[0]
+    for run in runs[1:]:
+        parts = []
+        for mine, theirs in zip(run["slow"], base["slow"]):
+            parts.append(f"{mine['connections']} slow: read p99 {_ms(theirs['read_p99_ms'])} -> "
+                         f"{_ms(mine['read_p99_ms'])} ms, appends x{theirs['appends_per_s'] / base['unloaded']['appends_per_s']:.2f}"
+                         f" -> x{mine['appends_per_s'] / run['unloaded']['appends_per_s']:.2f} of unloaded")
+        parts.append(f"bogus batches: peak RSS {base['memory']['peak_rss_mib']:.0f} -> {run['memory']['peak_rss_mib']:.0f}"
+                     f" MiB (x{run['memory']['peak_rss_mib'] / base['memory']['peak_rss_mib']:.2f})")
+        print(f"{run['label']} vs {base['label']}: " + "; ".join(parts))
 
 
 if __name__ == "__main__":

@@ -156,7 +156,8 @@ class BufferedWsgi:
                     held = 2 * (limits.max_body + 1)
                     await self._budget.reserve(held)
                 t0 = loop.time()
-                message = await asyncio.wait_for(receive(), patience)
+                async with asyncio.timeout(patience):  # no task of its own, unlike wait_for
+                    message = await receive()
                 patience -= loop.time() - t0
                 if message["type"] == "http.disconnect":
                     raise _Disconnected

@@ -122,7 +122,7 @@ def set_token(db: Path, as_json: bool) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--server", "server", default="granian", show_default=True, type=click.Choice(["granian", "gunicorn"]),
-              help="WSGI server: Granian (HTTP in Rust, less CPU per request) or gunicorn (gthread).")
+              help="HTTP server: Granian (HTTP in Rust, less CPU per request) or gunicorn (its asgi worker).")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64),
               help="worker processes (they decode and verify; one sequencer process commits for all).")
 @click.option("--threads", default=16, show_default=True, type=click.IntRange(1, 1024),

@@ -34,10 +34,6 @@ from .runtime.sequencer_service import sequencer_process
 SERVERS = ("granian", "gunicorn")
 # Connections one worker keeps open at once (slow clients included: each costs a coroutine).
 MAX_CONNECTIONS_PER_WORKER = 4096
-# Bytes that bodies larger than one entry (batches) may hold in one worker at once, counted as
-# `BodyLimits` says (twice each body); a batch that finds them spent waits for earlier ones.
-# Bounds the memory hostile bodies take (spec/api.md §4): here, one largest body per worker.
-BODY_BUDGET_PER_WORKER = 2 * (16 * 1024 * 1024 + 1024 * 1024 + 1)
 
 
 class AddressInUse(RuntimeError):
@@ -113,8 +109,10 @@ def _serve_gunicorn(config: ServerConfig, host: str, port: int, workers: int, th
 
 def _app_for_worker(config: ServerConfig, threads: int) -> BufferedWsgi:
     """The app for one worker process, built after the fork (collector settled: gc_tuning)."""
-    limits = BodyLimits(max_body=config.max_body_bytes + DRAIN_LIMIT, deadline_s=config.body_timeout_s,
-                        budget=max(BODY_BUDGET_PER_WORKER, 2 * (config.max_body_bytes + DRAIN_LIMIT + 1)))
+    largest = config.max_body_bytes + DRAIN_LIMIT  # read whole, so that a refusal (413) keeps the connection
+    # Room for one largest body per worker, as `BodyLimits` counts (twice): the memory that hostile
+    # bodies can take (spec/api.md §4), while some twenty batches of 2,000 entries (~0.8 MB each) fit at once.
+    limits = BodyLimits(max_body=largest, deadline_s=config.body_timeout_s, budget=2 * (largest + 1))
     app = BufferedWsgi(create_app(config), threads, limits, _refusal)
     settle_after_startup()
     return app

@@ -98,7 +98,7 @@ def _rss_kib(pid: int) -> int:
 def test_concurrent_bogus_batches_are_refused_within_a_memory_bound(log_files, server_factory, issuer_key,
                                                                    kind) -> None:
     """Eight ~16 MiB batches with valid framing and garbage items at once: all refused at their
-    first item, and a worker holds one such body at a time (`serve.BODY_BUDGET_PER_WORKER`), so
+    first item, and a worker holds one such body at a time (`serve._app_for_worker`), so
     the server's memory rises by far less than the eight bodies (134 MB) would take."""
     srv = server_factory(log_files.db, workers=1, threads=8, server=kind)
     LogClient(srv.url, operator_token=log_files.token).register_issuer(registration(issuer_key))
