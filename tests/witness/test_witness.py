@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import base64
 import json
+import select
 import shutil
+import socket
 import sqlite3
 import time
 from pathlib import Path
@@ -213,3 +215,18 @@ def test_an_unreachable_witness_never_blocks_the_log(log_files, server_factory, 
     assert verify_checkpoint(note, log_files.verifier).size == 6
     with pytest.raises(WitnessPolicyError, match="0 valid witness cosignature"):
         verify_witnessed(note, log_files.verifier, [k], 1)
+
+
+def test_stalled_bodies_do_not_stop_the_witness(witness_factory, log_files) -> None:
+    """Three times as many stalled POSTs (headers sent, then one body byte) as the witness has
+    request threads: the witness still answers, since its event loop, not a thread, waits for them."""
+    w, _ = witness_factory("witness.test/w1", [log_files.verifier.verifier_key()])
+    stalled = []
+    for _ in range(12):  # the witness serves with 4 threads (`emshield-witness serve` default)
+        s = socket.create_connection(("127.0.0.1", w.port), timeout=60)
+        s.sendall(b"POST /add-checkpoint HTTP/1.1\r\nHost: t\r\nContent-Length: 500\r\n\r\no")
+        stalled.append(s)
+    assert w.post(b"old 0\n\nnot a checkpoint\n").status_code == 400
+    assert not select.select(stalled, [], [], 0)[0], "a stalled body was answered before the request after it"
+    for s in stalled:
+        s.close()
