@@ -313,6 +313,10 @@ def sequencer_process(config) -> Iterator[Path]:
                        name="emshield-log-sequencer", daemon=True)
     try:
         proc.start()
+        # The WSGI servers fork their workers with os.fork(), so each inherits multiprocessing's
+        # list of this process's children and, at its exit, tries to join the sequencer, which is
+        # not its child ("AssertionError: can only join a child process" on every worker's exit).
+        os.register_at_fork(after_in_child=lambda: multiprocessing.process._children.discard(proc))
         _wait_until_listening(proc, sock_path)
 
         def watch() -> None:

@@ -4,6 +4,7 @@ directory is reclaimed, and a default start prints no warning (issues #18 and #2
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -55,3 +56,11 @@ def test_a_killed_servers_socket_directory_is_reclaimed_at_the_next_start(server
     assert now.name.startswith(f"{SOCKET_DIR_PREFIX}{second.proc.pid}-")
     second.stop()
     assert not now.exists()  # a clean stop removes its own
+
+
+@pytest.mark.parametrize("kind", SERVERS)
+def test_a_stopped_server_leaves_no_traceback(log_files, server_factory, kind) -> None:
+    server = server_factory(log_files.db, workers=2, threads=2, server=kind)
+    os.killpg(server.proc.pid, signal.SIGTERM)
+    server.proc.wait(timeout=60)
+    assert "Traceback" not in server.read_output(), server.read_output()[-3000:]
