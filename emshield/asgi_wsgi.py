@@ -144,8 +144,8 @@ class BufferedWsgi:
         limits = self.limits
         held = 0
         if declared is not None and int(declared) > limits.small:
+            await self._budget.reserve(2 * int(declared))
             held = 2 * int(declared)
-            await self._budget.reserve(held)
         loop = asyncio.get_running_loop()
         patience = limits.deadline_s
         parts: list[bytes] = []
@@ -153,8 +153,8 @@ class BufferedWsgi:
         try:
             while got <= limits.max_body:
                 if not held and got > limits.small:  # a chunked body past the small ones' size
+                    await self._budget.reserve(2 * (limits.max_body + 1))
                     held = 2 * (limits.max_body + 1)
-                    await self._budget.reserve(held)
                 t0 = loop.time()
                 async with asyncio.timeout(patience):  # no task of its own, unlike wait_for
                     message = await receive()

@@ -91,3 +91,32 @@ def test_a_stalled_body_is_answered_by_the_front_when_its_deadline_passes() -> N
 def test_a_budget_too_small_for_one_body_is_refused() -> None:
     with pytest.raises(ValueError):
         BodyLimits(max_body=1000, deadline_s=1, budget=1000)
+
+
+def test_the_budget_grants_whole_reservations_in_order_and_forgets_cancelled_ones() -> None:
+    from emshield.asgi_wsgi import _Budget
+
+    async def run() -> list[str]:
+        budget = _Budget(10)
+        order: list[str] = []
+
+        async def take(name: str, size: int) -> None:
+            await budget.reserve(size)
+            order.append(name)
+
+        await budget.reserve(8)
+        big = asyncio.create_task(take("big", 6))
+        small = asyncio.create_task(take("small", 2))  # fits now, but waits behind the earlier one
+        gone = asyncio.create_task(take("gone", 1))
+        await asyncio.sleep(0)
+        gone.cancel()
+        await asyncio.sleep(0)
+        assert order == [] and budget.used == 8
+        budget.release(8)
+        await asyncio.gather(big, small)
+        assert budget.used == 8
+        budget.release(8)
+        assert budget.used == 0
+        return order
+
+    assert asyncio.run(run()) == ["big", "small"]
