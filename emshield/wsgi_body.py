@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 _READ_CHUNK = 64 * 1024
-_DRAIN_LIMIT = 1 << 20
+DRAIN_LIMIT = 1 << 20
 
 
 class Refusal(Exception):
@@ -45,7 +45,7 @@ def read_body(environ: dict[str, Any], limit: int, content_type: str | None = No
             raise Refusal(400, "bad_request", f"Content-Length must be a decimal integer, got {declared[:40]!r}")
         size = int(declared)
         if size > limit:
-            if size <= limit + _DRAIN_LIMIT:  # else refused unread: the server then drops the connection
+            if size <= limit + DRAIN_LIMIT:  # else refused unread: the server then drops the connection
                 _drain(stream, size)
             raise Refusal(413, "body_too_large", f"the body is over the {limit}-byte limit")
         data = stream.read(size) if size else b""
@@ -63,7 +63,7 @@ def read_body(environ: dict[str, Any], limit: int, content_type: str | None = No
             got += len(part)
         data = b"".join(parts)
         if len(data) > limit:
-            _drain(stream, _DRAIN_LIMIT)
+            _drain(stream, DRAIN_LIMIT)
             raise Refusal(413, "body_too_large", f"the body is over the {limit}-byte limit")
     else:
         data = b""

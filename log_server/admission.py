@@ -82,6 +82,7 @@ def prepare_issuances(bodies: Sequence[bytes], issuers: RegisteredIssuers) -> li
     (`verify_entry_signatures`: a complete signing batch costs one tree build and one Ed25519
     verification instead of an inclusion proof per entry)."""
     decoded: list[tuple[SignedEntry, Ed25519PublicKey]] = []
+    admitted: list[bytes] = []  # `bodies` may copy each item out of a request body when asked (batch.BatchItems)
     refusal: Refusal | None = None
     for position, body in enumerate(bodies):
         try:
@@ -89,14 +90,18 @@ def prepare_issuances(bodies: Sequence[bytes], issuers: RegisteredIssuers) -> li
         except Refusal as rej:
             rej.position, refusal = position, rej
             break
+        admitted.append(body)
     try:
         verify_entry_signatures([signed for signed, _ in decoded], [key for _, key in decoded])
     except EntryPositionError as exc:
         raise Refusal(400, "bad_signature", exc.reason, exc.position) from exc
     if refusal is not None:
-        raise refusal
+        try:
+            raise refusal
+        finally:  # the traceback holds this frame: without this the two would keep each other alive,
+            del refusal  # and the request's body with them, until the collector next runs
     return [PreparedEntry(body, leaf_hash(body), Issuance.TYPE, issuance=issuance_fields(signed.entry))
-            for body, (signed, _) in zip(bodies, decoded)]
+            for body, (signed, _) in zip(admitted, decoded)]
 
 
 def issuance_fields(entry: Issuance) -> IssuanceFields:

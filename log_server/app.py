@@ -18,7 +18,9 @@ from .config import ServerConfig, open_log, open_sequencer
 from .cosigning import Cosigner, WitnessEndpoint
 from .errors import INTERNAL_ERROR, Refusal, error_json
 from .explorer import explorer
+from .params import IndexConverter
 from .routes import api
+from .runtime.fast_append import PATH as FAST_APPEND_PATH
 from .runtime.fast_append import AppendFastPath
 from .runtime.sequencer_service import RemoteSequencer
 from .sequencer import SequencerLike
@@ -58,6 +60,7 @@ def create_app(config: ServerConfig | Mapping[str, Any]) -> Flask:
     app.extensions[EXTENSION] = LogState(cfg, store, sequencer, issuers, origin, witnesses, cosigner)
     # Started on the first request of each worker process (a thread does not survive a fork).
     app.before_request(cosigner.ensure_started)
+    app.url_map.converters["index"] = IndexConverter
     app.register_blueprint(api)
     app.register_blueprint(explorer)
     app.register_error_handler(Refusal, _refused)
@@ -74,7 +77,14 @@ def _refused(e: Refusal) -> Response:
 
 def _http_error(e: HTTPException) -> Response:
     status = e.code or 500
-    return _error(status, _HTTP_CODES.get(status, "http_error"), e.description or e.name)
+    response = _error(status, _HTTP_CODES.get(status, "http_error"), e.description or e.name)
+    # Werkzeug's own headers (a 405's Allow, which RFC 9110 §15.5.6 requires), with our body's type.
+    for name, value in e.get_headers(request.environ):
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    if status == 405 and request.path == FAST_APPEND_PATH:  # answered in front of Flask: not in its URL map
+        response.headers["Allow"] = ", ".join(sorted({*response.headers["Allow"].split(", "), "POST"}))
+    return response
 
 
 def _internal_error(e: Exception) -> Response:

@@ -9,6 +9,8 @@ CBOR decoder: no tags, maps or nested items can reach the server through this pa
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+
 
 class BatchFormatError(ValueError):
     """The batch body is not a canonical CBOR array of byte strings within the limits."""
@@ -40,14 +42,35 @@ def _head(buf: bytes, pos: int, major: int, what: str) -> tuple[int, int]:
     return value, end
 
 
-def decode_batch(body: bytes, max_items: int, max_item_size: int) -> list[bytes]:
+class BatchItems(Sequence[bytes]):
+    """The entries of a checked batch body, each copied out of the body only when asked for: a
+    batch refused at its first entry (admission checks them in order) costs no copy of the rest."""
+
+    def __init__(self, body: bytes, spans: list[tuple[int, int]]) -> None:
+        self._body, self._spans = body, spans
+
+    def __len__(self) -> int:
+        return len(self._spans)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self._body[a:b] for a, b in self._spans[i]]
+        a, b = self._spans[i]
+        return self._body[a:b]
+
+    def __iter__(self) -> Iterator[bytes]:
+        body = self._body
+        return (body[a:b] for a, b in self._spans)
+
+
+def decode_batch(body: bytes, max_items: int, max_item_size: int) -> BatchItems:
     """The entries of a batch body, in order; raises BatchFormatError on any deviation."""
     count, pos = _head(body, 0, 4, "batch")
     if count == 0:
         raise BatchFormatError("batch: the array is empty")
     if count > max_items:
         raise BatchFormatError(f"batch: {count} entries, at most {max_items} per request")
-    items: list[bytes] = []
+    spans: list[tuple[int, int]] = []
     for i in range(count):
         size, pos = _head(body, pos, 2, f"batch item {i}")
         if size > max_item_size:
@@ -55,8 +78,8 @@ def decode_batch(body: bytes, max_items: int, max_item_size: int) -> list[bytes]
         end = pos + size
         if end > len(body):
             raise BatchFormatError(f"batch item {i}: truncated")
-        items.append(body[pos:end])
+        spans.append((pos, end))
         pos = end
     if pos != len(body):
         raise BatchFormatError(f"batch: {len(body) - pos} trailing bytes after the array")
-    return items
+    return BatchItems(body, spans)

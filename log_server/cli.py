@@ -151,11 +151,13 @@ def set_token(store: str | Path, as_json: bool) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--server", "server", default="granian", show_default=True, type=click.Choice(["granian", "gunicorn"]),
-              help="WSGI server: Granian (HTTP in Rust, less CPU per request) or gunicorn (gthread).")
+              help="HTTP server: Granian (HTTP in Rust, less CPU per request) or gunicorn (its asgi worker).")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64),
               help="worker processes (they decode and verify; one sequencer process commits for all).")
 @click.option("--threads", default=16, show_default=True, type=click.IntRange(1, 1024),
               help="request threads per worker.")
+@click.option("--body-timeout", "body_timeout", default=10.0, show_default=True, type=click.FloatRange(0.1, 3600),
+              help="seconds a request body may take to arrive after its headers; slower ones are refused (408).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error", "critical"]))
 @click.option("--witness", "witnesses", multiple=True, metavar="URL=VERIFIER_KEY",
@@ -167,19 +169,24 @@ def set_token(store: str | Path, as_json: bool) -> None:
               help="Also write every new checkpoint's C2SP tiles and entry bundles as static files here (for nginx,"
                    " a CDN or an object-store sync): checkpoint, tile/<L>/<N>, tile/entries/<N>.")
 def serve(store: str | Path, key_file: Path | None, host: str, port: int, server: str, workers: int, threads: int,
-          log_level: str, witnesses: tuple[str, ...], witness_quorum: int, tiles_dir: Path | None) -> None:
+          body_timeout: float, log_level: str, witnesses: tuple[str, ...], witness_quorum: int,
+          tiles_dir: Path | None) -> None:
     """Serve the log over HTTP with a production WSGI server (gunicorn or Granian)."""
     from .app import create_app
     from .config import ServerConfig
     from .keys import KeyFileError
+    from .serve import AddressInUse
     from .serve import serve as run_server
     from .state import EXTENSION
     from .storage import StoreError
 
     config = ServerConfig(store=store, key_path=key_file, witnesses=witnesses, witness_quorum=witness_quorum,
-                          tiles_dir=tiles_dir)
+                          tiles_dir=tiles_dir, body_timeout_s=body_timeout)
     try:  # fail here, with a clear message, rather than in every worker
         create_app(config).extensions[EXTENSION].store.close()
     except (StoreError, KeyFileError, RuntimeError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
-    run_server(config, host, port, workers, threads, log_level, server=server)
+    try:
+        run_server(config, host, port, workers, threads, log_level, server=server)
+    except AddressInUse as exc:
+        raise click.ClickException(str(exc)) from exc

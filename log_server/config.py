@@ -33,6 +33,7 @@ class ServerConfig:
     witness_quorum: int = 0  # GET /checkpoint serves the latest checkpoint cosigned by this many of them
     witness_poll_s: float = 0.2
     tiles_dir: Path | None = None  # the sequencer writes static C2SP tiles of every new checkpoint here
+    body_timeout_s: float = 10.0  # `serve`: a request body not complete this long after its headers is refused (408)
     sequencer_socket: Path | None = None  # set by `serve`: the sequencer process's Unix socket
 
     @classmethod

@@ -229,7 +229,7 @@ def revoke_issuer(key_id: str):
     return jsonify(issuer_json(store.issuer(kid)))
 
 
-@api.put("/v1/entries/<int:index>/side-record")
+@api.put("/v1/entries/<index:index>/side-record")
 def put_side_record(index: int):
     _params()
     log = current()
@@ -248,10 +248,10 @@ def put_side_record(index: int):
     return jsonify(index=index, stored=existing is None), 201 if existing is None else 200
 
 
-@api.get("/v1/entries/<int:index>/side-record")
+@api.get("/v1/entries/<index:index>/side-record")
 def get_side_record(index: int):
     _params()
-    data = current().store.side_record(index)
+    data = current().store.side_record(index) if index < _tree_size() else None
     if data is None:
         raise Refusal(404, "no_side_record", f"no side record for entry {index}")
     return Response(data, mimetype="application/octet-stream")

@@ -1,4 +1,4 @@
-"""Run the app under a production WSGI server: Granian (the default of `emshield-log serve`) or gunicorn.
+"""Run the app under a production server: Granian (the default of `emshield-log serve`) or gunicorn.
 
 Both run `workers` processes that each load their own app after the fork; all of them hand
 their verified entries to ONE sequencer process started here first (runtime/sequencer_service.py),
@@ -6,28 +6,38 @@ which group-commits for everybody. One worker per core lets request parsing and 
 use every core (Ed25519 verification in `cryptography` releases the GIL, but decoding and the
 request machinery hold it).
 
-- gunicorn: `gthread` workers, `threads` request threads each (a keep-alive connection does not
-  pin a thread). HTTP parsing in pure Python.
-- granian: HTTP parsing and connection handling in Rust (hyper); `threads` is the number of
-  Python threads per worker that run the WSGI app, and also the per-worker backpressure (requests
-  beyond it wait in Rust, not in Python). It spends less server CPU per append than gunicorn
-  (bench/log_append.py measures both; figures in spec/notes/tlog-throughput.md). An append holds
-  its thread until the group commit that contains it is fsync'ed, so `workers * threads` should be
-  at least the number of concurrently appending clients.
+Both servers run the WSGI app through `emshield.asgi_wsgi` (Granian's ASGI interface without
+lifespan, gunicorn's ``asgi`` worker): the event loop of each worker reads every request body under
+a deadline (408 after ``body_timeout_s``) and a per-process budget of body bytes in memory, and
+only complete requests reach one of the worker's `threads` threads. A slow client therefore holds
+a coroutine, not a thread, and cannot starve the others (spec/api.md §4, "Slow clients"). An
+append holds its thread until the group commit that contains it is fsync'ed, so `workers * threads`
+should be at least the number of concurrently appending clients.
 """
 
 from __future__ import annotations
 
+import socket
 from dataclasses import replace
 from functools import partial
 from typing import Any
 
+from emshield.asgi_wsgi import BodyLimits, BufferedWsgi
+from emshield.wsgi_body import DRAIN_LIMIT
+
 from .app import create_app
 from .config import ServerConfig
+from .errors import error_json
 from .runtime.gc_tuning import settle_after_startup
 from .runtime.sequencer_service import sequencer_process
 
 SERVERS = ("granian", "gunicorn")
+# Connections one worker keeps open at once (slow clients included: each costs a coroutine).
+MAX_CONNECTIONS_PER_WORKER = 4096
+
+
+class AddressInUse(RuntimeError):
+    """The address to listen on is taken (by another log, or anything else)."""
 
 
 def serve(config: ServerConfig, host: str, port: int, workers: int, threads: int, log_level: str = "info",
@@ -35,12 +45,34 @@ def serve(config: ServerConfig, host: str, port: int, workers: int, threads: int
     """Block serving the log until the server is told to stop (SIGTERM / SIGINT)."""
     if server not in SERVERS:
         raise ValueError(f"unknown server {server!r}; one of {', '.join(SERVERS)}")
+    refuse_taken_address(host, port)
     with sequencer_process(config) as sock_path:
         config = replace(config, sequencer_socket=sock_path)
         if server == "gunicorn":
             _serve_gunicorn(config, host, port, workers, threads, log_level)
         else:
             _serve_granian(config, host, port, workers, threads, log_level)
+
+
+def refuse_taken_address(host: str, port: int) -> None:
+    """Raise `AddressInUse` if something listens on ``host:port`` already.
+
+    Granian binds every worker's socket with SO_REUSEPORT, so a second server on a taken port
+    would start without a word and share the port with the first (the kernel then hands each new
+    connection to either log); gunicorn would retry for seconds. A plain bind (SO_REUSEADDR, which
+    allows only TIME_WAIT leftovers) fails at once while any socket listens there."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise AddressInUse(f"cannot listen on {host}:{port}: {exc}") from exc
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                raise AddressInUse(f"cannot listen on {host}:{port}: {exc.strerror}"
+                                   " (is another server running there?)") from exc
 
 
 def _serve_gunicorn(config: ServerConfig, host: str, port: int, workers: int, threads: int, log_level: str) -> None:
@@ -57,14 +89,15 @@ def _serve_gunicorn(config: ServerConfig, host: str, port: int, workers: int, th
                     self.cfg.set(key, value)
 
         def load(self):
-            return _app_for_worker(config)
+            return _app_for_worker(config, threads)
 
     LogServer({
         "bind": f"{host}:{port}",
         "workers": workers,
-        "threads": threads,
-        "worker_class": "gthread",
-        "preload_app": False,  # each worker builds its app (and sequencer thread) after the fork
+        "worker_class": "asgi",  # the app's own pool runs the WSGI app (`_app_for_worker`)
+        "worker_connections": MAX_CONNECTIONS_PER_WORKER,
+        "asgi_lifespan": "off",
+        "preload_app": False,  # each worker builds its app after the fork
         "keepalive": 30,
         "timeout": 120,
         "graceful_timeout": 30,
@@ -74,16 +107,24 @@ def _serve_gunicorn(config: ServerConfig, host: str, port: int, workers: int, th
     }).run()
 
 
-def _app_for_worker(config: ServerConfig):
+def _app_for_worker(config: ServerConfig, threads: int) -> BufferedWsgi:
     """The app for one worker process, built after the fork (collector settled: gc_tuning)."""
-    app = create_app(config)
+    largest = config.max_body_bytes + DRAIN_LIMIT  # read whole, so that a refusal (413) keeps the connection
+    # Room for one largest body per worker, as `BodyLimits` counts (twice): the memory that hostile
+    # bodies can take (spec/api.md §4), while some twenty batches of 2,000 entries (~0.8 MB each) fit at once.
+    limits = BodyLimits(max_body=largest, deadline_s=config.body_timeout_s, budget=2 * (largest + 1))
+    app = BufferedWsgi(create_app(config), threads, limits, _refusal)
     settle_after_startup()
     return app
 
 
-def _load_app(config: ServerConfig, _target: str):
+def _refusal(status: int, code: str, detail: str) -> tuple[str, bytes]:
+    return "application/json", error_json(code, detail)
+
+
+def _load_app(config: ServerConfig, threads: int, _target: str):
     """Granian's target loader, called in each worker process after the fork."""
-    return _app_for_worker(config)
+    return _app_for_worker(config, threads)
 
 
 def _serve_granian(config: ServerConfig, host: str, port: int, workers: int, threads: int, log_level: str) -> None:
@@ -96,14 +137,14 @@ def _serve_granian(config: ServerConfig, host: str, port: int, workers: int, thr
         "emshield-log",  # a label only: the app comes from _load_app
         address=host,
         port=port,
-        interface=Interfaces.WSGI,
+        interface=Interfaces.ASGINL,
         http=HTTPModes.http1,
         websockets=False,
         workers=workers,
-        blocking_threads=threads,
-        backpressure=threads,
-        http1_settings=HTTP1Settings(header_read_timeout=30_000, keep_alive=True),
+        backlog=MAX_CONNECTIONS_PER_WORKER,
+        backpressure=MAX_CONNECTIONS_PER_WORKER,
+        http1_settings=HTTP1Settings(header_read_timeout=int(config.body_timeout_s * 1000), keep_alive=True),
         log_level=LogLevels(log_level),
         log_access=False,
         respawn_failed_workers=True,
-    ).serve(target_loader=partial(_load_app, config))
+    ).serve(target_loader=partial(_load_app, config, threads))

@@ -12,7 +12,10 @@ another commits (`run_service`), so decoding overlaps SQLite's work, which runs 
 
 Trust: the service appends what a worker sends without checking signatures again (the worker
 did, see admission.py). It listens on a Unix socket in a directory only the server's user may enter
-(mode 0700), so only processes that could write the database file anyway can reach it.
+(mode 0700), so only processes that could write the database file anyway can reach it. That
+directory is ``emshield-log-<pid>-<random>`` under ``$XDG_RUNTIME_DIR`` if set, else beside the
+store (`socket_dir_base`; the temp directory if the path would be too long there); a server killed with SIGKILL cannot remove its own, so every start
+removes those of this user whose server process is gone (`reclaim_stale_socket_dirs`).
 
 Wire format (both ends are in this module): every message is a 4-byte big-endian length, then a
 CBOR array. Request: one unit, [* [data, leaf_hash, kind, issuance / null, registration / null]],
@@ -29,6 +32,7 @@ import logging
 import multiprocessing
 import os
 import selectors
+import secrets
 import shutil
 import signal
 import socket
@@ -48,6 +52,7 @@ import cbor2
 from ..config import open_sequencer
 from ..errors import Refusal, SequencerUnavailable
 from ..sequencer import Appended, IssuanceFields, PreparedEntry, RegistrationFields, Sequencer
+from ..storage import is_postgres
 from .gc_tuning import settle_after_startup
 
 log = logging.getLogger(__name__)
@@ -240,6 +245,62 @@ def _service_main(config, sock_path: str, stop, parent: int) -> None:
     run_service(sequencer, listener, lambda: stop.is_set() or os.getppid() != parent)
 
 
+SOCKET_DIR_PREFIX = "emshield-log-"
+SOCKET_NAME = "seq.sock"
+_MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the final NUL (Linux)
+
+
+def socket_dir_base(beside: Path) -> Path:
+    """Where a server keeps its socket directory: $XDG_RUNTIME_DIR (a per-user tmpfs the login
+    manager empties) if set, else the directory of ``beside`` (the SQLite file, or a PostgreSQL
+    store's signing key: files the server uses anyway), unless the socket's path there would be
+    too long for a Unix socket; then the system's temp directory."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    candidates = [Path(runtime)] if runtime and Path(runtime).is_dir() else []
+    candidates += [Path(beside).resolve().parent, Path(tempfile.gettempdir())]
+    longest_name = f"{SOCKET_DIR_PREFIX}{'9' * 7}-{'f' * 8}/{SOCKET_NAME}"  # Linux pids have at most 7 digits
+    for base in candidates:
+        if len(str(base / longest_name).encode()) <= _MAX_SOCKET_PATH:
+            return base
+    raise RuntimeError(f"no directory for the sequencer's socket has a short enough path; tried {candidates}")
+
+
+def reclaim_stale_socket_dirs(base: Path) -> list[Path]:
+    """Remove the socket directories in ``base`` whose server process (the pid in the name) is gone;
+    returns them. Only this user's directories are touched, and only ones named as we name them."""
+    removed = []
+    for d in base.glob(SOCKET_DIR_PREFIX + "*"):
+        pid_text = d.name[len(SOCKET_DIR_PREFIX):].partition("-")[0]
+        try:
+            if not d.is_dir() or d.is_symlink() or d.stat().st_uid != os.getuid() or not pid_text.isdigit():
+                continue
+        except OSError:
+            continue
+        if _alive(int(pid_text)):
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(d)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _new_socket_dir(beside: Path) -> Path:
+    base = socket_dir_base(beside)
+    reclaim_stale_socket_dirs(base)
+    workdir = base / f"{SOCKET_DIR_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+    workdir.mkdir(mode=0o700)
+    return workdir
+
+
 @contextmanager
 def sequencer_process(config) -> Iterator[Path]:
     """Start the service in a process of its own; yields its socket path; stops it on exit.
@@ -247,14 +308,19 @@ def sequencer_process(config) -> Iterator[Path]:
     If the service dies while the server runs, the server process is sent SIGTERM so that it
     stops (loudly) instead of answering every append with an error."""
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited SQLite handles
-    workdir = Path(tempfile.mkdtemp(prefix="emshield-log-"))  # mode 0700
-    sock_path = workdir / "sequencer.sock"
+    # Beside the SQLite file, or beside a PostgreSQL store's signing key (it has no file of its own).
+    workdir = _new_socket_dir(Path(config.key_path) if is_postgres(config.store) else Path(config.store))
+    sock_path = workdir / SOCKET_NAME
     stop = ctx.Event()
     owner = os.getpid()
     proc = ctx.Process(target=_service_main, args=(config, str(sock_path), stop, owner),
                        name="emshield-log-sequencer", daemon=True)
     try:
         proc.start()
+        # The WSGI servers fork their workers with os.fork(), so each inherits multiprocessing's
+        # list of this process's children and, at its exit, tries to join the sequencer, which is
+        # not its child ("AssertionError: can only join a child process" on every worker's exit).
+        os.register_at_fork(after_in_child=lambda: multiprocessing.process._children.discard(proc))
         _wait_until_listening(proc, sock_path)
 
         def watch() -> None:

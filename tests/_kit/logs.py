@@ -220,6 +220,7 @@ class ServerProcess(Daemon):
     witness_quorum: int = 0
     server: str | None = None  # None: the command's default (granian)
     tiles_dir: Path | None = None  # the sequencer also writes static tiles here (`--tiles-dir`)
+    body_timeout: float | None = None  # None: the command's default
 
     def command(self) -> list[str]:
         cmd = [str(BIN / "emshield-log"), "serve", "--store", str(self.db), "--port", str(self.port),
@@ -231,6 +232,8 @@ class ServerProcess(Daemon):
             cmd += ["--tiles-dir", str(self.tiles_dir)]
         if self.server:
             cmd += ["--server", self.server]
+        if self.body_timeout is not None:
+            cmd += ["--body-timeout", str(self.body_timeout)]
         for w in self.witnesses:
             cmd += ["--witness", w]
         return cmd

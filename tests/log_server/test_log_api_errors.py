@@ -7,6 +7,7 @@ round-trip, restart and concurrency tests).
 from __future__ import annotations
 
 import hashlib
+import logging
 
 import cbor2
 import pytest
@@ -192,6 +193,26 @@ def _bad_cases(key, revoked_key):
         ("side record: too large", "put", "/v1/entries/2/side-record",
          dict(data=b"x" * 5000, content_type="application/octet-stream"), 413, "body_too_large"),
         ("side record: none stored", "get", "/v1/entries/2/side-record", {}, 404, "no_side_record"),
+        # integers the store cannot hold (signed 64-bit): never 500
+        ("side record: index 2**63", "get", "/v1/entries/9223372036854775808/side-record", {}, 404,
+         "no_side_record"),
+        ("side record: 20-digit index", "get", "/v1/entries/99999999999999999999/side-record", {}, 404, "not_found"),
+        ("side record: index with a leading zero", "get", "/v1/entries/02/side-record", {}, 404, "not_found"),
+        ("side record: largest index", "get", "/v1/entries/9223372036854775807/side-record", {}, 404,
+         "no_side_record"),
+        ("side record put: index 2**63", "put", "/v1/entries/9223372036854775808/side-record",
+         dict(data=b"x", content_type="application/octet-stream"), 404, "unknown_entry"),
+        ("side record put: largest index", "put", "/v1/entries/9223372036854775807/side-record",
+         dict(data=b"x", content_type="application/octet-stream"), 404, "unknown_entry"),
+        ("entries: start 2**63", "get", "/v1/entries?start=9223372036854775808&end=9223372036854775809", {}, 400,
+         "out_of_range"),
+        ("inclusion: index 2**63", "get", "/v1/proof/inclusion?index=9223372036854775808&tree_size=1", {}, 400,
+         "out_of_range"),
+        ("inclusion: tree_size 2**63", "get", "/v1/proof/inclusion?index=0&tree_size=9223372036854775808", {}, 400,
+         "out_of_range"),
+        ("consistency: second 2**63", "get", "/v1/proof/consistency?first=1&second=9223372036854775808", {}, 400,
+         "out_of_range"),
+        ("tile: index past 2**64", "get", "/tile/0/x999/x999/x999/x999/x999/x999/x999/999", {}, 404, "no_such_tile"),
         # routing
         ("unknown path", "get", "/v1/nothing", {}, 404, "not_found"),
         ("wrong method", "delete", "/v1/entries", {}, 405, "method_not_allowed"),
@@ -199,9 +220,10 @@ def _bad_cases(key, revoked_key):
     ]
 
 
-def test_every_bad_input_is_refused_and_nothing_is_stored(env, issuer_key) -> None:
+def test_every_bad_input_is_refused_and_nothing_is_stored(env, issuer_key, caplog) -> None:
     app, client, auth, revoked_key = env
     before = _state(app)
+    caplog.set_level(logging.WARNING)
     cases = _bad_cases(issuer_key, revoked_key)
     assert len({c[0] for c in cases}) == len(cases)
     for what, method, path, kw, status, code in cases:
@@ -215,6 +237,21 @@ def test_every_bad_input_is_refused_and_nothing_is_stored(env, issuer_key) -> No
         assert body["error"] == code, (what, body)
         assert isinstance(body["detail"], str) and body["detail"], what
         assert _state(app) == before, f"{what}: the store changed"
+    # A client's mistake is not the server's: nothing reaches the server log (no stack traces to flood it).
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text[:2000]
+
+
+def test_a_405_says_which_methods_are_allowed(env) -> None:
+    """RFC 9110 §15.5.6: a 405 carries Allow, here too for the append answered in front of Flask."""
+    _, client, _, _ = env
+    for method, path, allowed in [("delete", "/v1/entries", {"GET", "HEAD", "OPTIONS", "POST"}),
+                                  ("post", "/checkpoint", {"GET", "HEAD", "OPTIONS"}),
+                                  ("get", "/v1/entries/batch", {"POST", "OPTIONS"}),
+                                  ("delete", "/v1/entries/2/side-record", {"GET", "HEAD", "OPTIONS", "PUT"})]:
+        resp = getattr(client, method)(path)
+        assert (resp.status_code, resp.json["error"]) == (405, "method_not_allowed"), (method, path)
+        assert set(resp.headers["Allow"].split(", ")) == allowed, (method, path, resp.headers.get("Allow"))
+        assert resp.headers["Content-Type"] == "application/json"
 
 
 def test_side_record_must_match_the_committed_fingerprint(env, issuer_key) -> None:

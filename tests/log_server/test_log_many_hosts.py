@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from _kit.logs import ORIGIN, ServerProcess, init_log, issuance, registration
+from _kit.logs import ServerProcess, init_log, issuance, registration
 from emshield.logclient.http import LogClient, LogClientError
 from emshield.tlog import merkle
 from emshield.tlog.checkpoint import verify_checkpoint

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import json
+import select
+import socket
 import sqlite3
 import time
 from pathlib import Path
@@ -88,7 +90,8 @@ def test_add_checkpoint_protocol(log_files, server_factory, issuer_key, witness_
                  b"old 31\nnot base64!\n\n" + note31, b"old 31\n" + b"AAAA\n\n" + note31,
                  _body(0, proof, note31), _body(31, [], b"garbage\n")]:
         assert w.post(body).status_code == 400, body[:40]
-    assert requests.get(w.url + "/add-checkpoint", timeout=5).status_code == 405
+    wrong_method = requests.get(w.url + "/add-checkpoint", timeout=5)
+    assert (wrong_method.status_code, wrong_method.headers.get("Allow")) == (405, "POST")
     assert requests.post(w.url + "/other", data=b"x", timeout=5).status_code == 404
     assert w.post(b"x" * 70_000).status_code == 413
     # Inconsistent but validly signed checkpoints are kept as evidence.
@@ -178,7 +181,10 @@ def test_witness_refuses_a_forked_history(log_files, server_factory, issuer_key,
     LogClient(srv_a.url).append_batch([issuance(issuer_key, n) for n in range(20)])
     _wait_cosigned(srv_a.url, log_files.verifier, [k], 1, 21)
     LogClient(srv_b.url).append_batch([issuance(issuer_key, n) for n in range(100, 130)])
-    time.sleep(2)  # B's cosigner has had many rounds to try
+    deadline = time.monotonic() + 30  # until the witness has refused B's fork (and kept the evidence)
+    while not json.loads(CliRunner().invoke(witness_cli, ["conflicts", "--state", str(w.state), "--json"]).output):
+        assert time.monotonic() < deadline, "B's cosigner never submitted its fork to the witness"
+        time.sleep(0.1)
     note_b = requests.get(srv_b.url + "/checkpoint", timeout=5).content
     # B serves only its last checkpoint the witness cosigned: the common prefix, never its fork.
     assert verify_witnessed(note_b, log_files.verifier, [k], 1).checkpoint.size == 1
@@ -205,3 +211,18 @@ def test_an_unreachable_witness_never_blocks_the_log(log_files, server_factory, 
     assert verify_checkpoint(note, log_files.verifier).size == 6
     with pytest.raises(WitnessPolicyError, match="0 valid witness cosignature"):
         verify_witnessed(note, log_files.verifier, [k], 1)
+
+
+def test_stalled_bodies_do_not_stop_the_witness(witness_factory, log_files) -> None:
+    """Three times as many stalled POSTs (headers sent, then one body byte) as the witness has
+    request threads: the witness still answers, since its event loop, not a thread, waits for them."""
+    w, _ = witness_factory("witness.test/w1", [log_files.verifier.verifier_key()])
+    stalled = []
+    for _ in range(12):  # the witness serves with 4 threads (`emshield-witness serve` default)
+        s = socket.create_connection(("127.0.0.1", w.port), timeout=60)
+        s.sendall(b"POST /add-checkpoint HTTP/1.1\r\nHost: t\r\nContent-Length: 500\r\n\r\no")
+        stalled.append(s)
+    assert w.post(b"old 0\n\nnot a checkpoint\n").status_code == 400
+    assert not select.select(stalled, [], [], 0)[0], "a stalled body was answered before the request after it"
+    for s in stalled:
+        s.close()
