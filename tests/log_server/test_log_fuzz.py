@@ -174,7 +174,7 @@ def _checked_tree(url: str, verifier) -> int:
 
 
 def test_fuzzing_every_operation_finds_no_5xx_no_hang_and_stores_no_invalid_entry(log_files, server_factory) -> None:
-    srv = server_factory(log_files.db, workers=1, threads=4)
+    srv = server_factory(log_files, workers=1, threads=4)
     log = LogClient(srv.url, operator_token=TOKEN)
     log.register_issuer(registration(ISSUER))
     seeded = log.append_batch([issuance(ISSUER, n) for n in range(20)])

@@ -53,7 +53,7 @@ def _length(buf: bytes) -> int:
 
 @pytest.mark.parametrize("kind", SERVERS)
 def test_slow_bodies_hold_no_thread_and_are_cut_off_with_408(log_files, server_factory, issuer_key, kind) -> None:
-    srv = server_factory(log_files.db, workers=1, threads=2, server=kind, body_timeout=4)
+    srv = server_factory(log_files, workers=1, threads=2, server=kind, body_timeout=4)
     log = LogClient(srv.url, operator_token=log_files.token)
     log.register_issuer(registration(issuer_key))
     log.append_batch([issuance(issuer_key, n) for n in range(5)])
@@ -100,7 +100,7 @@ def test_concurrent_bogus_batches_are_refused_within_a_memory_bound(log_files, s
     """Eight ~16 MiB batches with valid framing and garbage items at once: all refused at their
     first item, and a worker holds one such body at a time (`serve._app_for_worker`), so
     the server's memory rises by far less than the eight bodies (134 MB) would take."""
-    srv = server_factory(log_files.db, workers=1, threads=8, server=kind)
+    srv = server_factory(log_files, workers=1, threads=8, server=kind)
     LogClient(srv.url, operator_token=log_files.token).register_issuer(registration(issuer_key))
     body = cbor2.dumps([bytes([n % 251]) * 1670 for n in range(10_000)], canonical=True)
     assert 16_000_000 < len(body) < 16 * 1024 * 1024

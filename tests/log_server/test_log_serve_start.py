@@ -28,7 +28,7 @@ def short_dir():
 
 @pytest.mark.parametrize("kind", SERVERS)
 def test_a_second_log_on_an_occupied_port_is_refused(log_files, server_factory, short_dir: Path, kind) -> None:
-    first = server_factory(log_files.db, workers=1, threads=8, server=kind)
+    first = server_factory(log_files, workers=1, threads=8, server=kind)
     assert "WARNING" not in first.read_output(), first.read_output()  # e.g. Granian's "quite high" threads
     second = init_log(short_dir)
     before = set(socket_dir_base(second.db).glob(SOCKET_DIR_PREFIX + "*"))
@@ -45,12 +45,12 @@ def test_a_killed_servers_socket_directory_is_reclaimed_at_the_next_start(server
     base = socket_dir_base(log_files.db)
     assert base == Path(os.environ.get("XDG_RUNTIME_DIR") or short_dir).resolve()
     before = set(base.glob(SOCKET_DIR_PREFIX + "*"))
-    first = server_factory(log_files.db, workers=1, threads=2)
+    first = server_factory(log_files, workers=1, threads=2)
     (mine,) = set(base.glob(SOCKET_DIR_PREFIX + "*")) - before
     assert mine.name.startswith(f"{SOCKET_DIR_PREFIX}{first.proc.pid}-") and (mine.stat().st_mode & 0o777) == 0o700
     first.kill()
     assert mine.exists()  # SIGKILL leaves it behind
-    second = server_factory(log_files.db, workers=1, threads=2)
+    second = server_factory(log_files, workers=1, threads=2)
     assert not mine.exists(), "the stale socket directory was not reclaimed"
     (now,) = set(base.glob(SOCKET_DIR_PREFIX + "*")) - before
     assert now.name.startswith(f"{SOCKET_DIR_PREFIX}{second.proc.pid}-")
@@ -60,7 +60,7 @@ def test_a_killed_servers_socket_directory_is_reclaimed_at_the_next_start(server
 
 @pytest.mark.parametrize("kind", SERVERS)
 def test_a_stopped_server_leaves_no_traceback(log_files, server_factory, kind) -> None:
-    server = server_factory(log_files.db, workers=2, threads=2, server=kind)
+    server = server_factory(log_files, workers=2, threads=2, server=kind)
     os.killpg(server.proc.pid, signal.SIGTERM)
     server.proc.wait(timeout=60)
     assert "Traceback" not in server.read_output(), server.read_output()[-3000:]
