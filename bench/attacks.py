@@ -32,7 +32,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +42,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from _kit.cores import strip  # noqa: E402
+from _kit.formats import save_gguf  # noqa: E402
+from _kit.rewrites import rewrite  # noqa: E402
 from _kit.logs import ed25519_key, running_log  # noqa: E402
 from emshield.core import LoraFactors  # noqa: E402
 from emshield.marking import ecc, fingerprint, watermark  # noqa: E402
@@ -272,26 +274,6 @@ def raw_errors(deltas: dict[str, np.ndarray], params: MarkingParams, payload: in
     return int(np.sum((z > 0).astype(np.uint8) != ecc.encode(payload, params.rs_nsym)))
 
 
-def strip(deltas: dict[str, np.ndarray], params: MarkingParams, rounds: int = 3) -> dict[str, np.ndarray]:
-    """The smallest change that sets every code statistic Z_i to 0, with the published parameters."""
-    out = {k: v.copy() for k, v in deltas.items()}
-    big_l = len(params.layers)
-    for _ in range(rounds):
-        z = z_of(out, params)
-        gram = np.zeros((params.code_bits, params.code_bits))
-        sig = {}
-        for layer in params.layers:
-            d = watermark.directions(params, layer)
-            m, n = out[layer.name].shape
-            sig[layer.name] = np.linalg.norm(out[layer.name]) / math.sqrt(m * n)
-            gram += (d.u @ d.u.T) * (d.v @ d.v.T) / (sig[layer.name] ** 2 * big_l)
-        lam = np.linalg.solve(gram, -z)
-        for layer in params.layers:
-            d = watermark.directions(params, layer)
-            out[layer.name] = out[layer.name] + (d.u.T * lam) @ d.v / (sig[layer.name] * math.sqrt(big_l))
-    return out
-
-
 def frame(deltas: dict[str, np.ndarray], params: MarkingParams, target: fingerprint.Fingerprint,
           steps: int = 150, lr: float = 2e-3) -> dict[str, np.ndarray]:
     """Strip, then move ΔW (Adam on the fingerprint features) towards another device's published
@@ -340,139 +322,11 @@ def prune(d: np.ndarray, fraction: float) -> np.ndarray:
     return np.where(np.abs(d) <= cut, 0.0, d)
 
 
-# -- function-preserving rewrites (the attacker's side; the verifier must undo them) ------------------
-
-
-def rewrite(state: dict[str, torch.Tensor], cfg, rng: np.random.Generator, *, heads: bool = False,
-            mlp: bool = False, resid: bool = False, scale: bool = False, dummy: int = 0) -> dict[str, torch.Tensor]:
-    """A model with the same outputs: permuted heads (GQA groups kept, v/o head dims permuted),
-    permuted MLP units, a signed permutation of the residual stream, per-channel rescalings (norm
-    weights folded into the readers, MLP up/down, v/o channels, q/k RoPE pairs scaled and rotated),
-    and ``dummy`` MLP units that contribute nothing."""
-    s = {k: v.clone().to(torch.float64) for k, v in state.items()}
-    hid, nh, nkv = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads
-    hd = getattr(cfg, "head_dim", None) or hid // nh
-    per = nh // nkv
-    layers = cfg.num_hidden_layers
-    pre = "model.layers"
-    t = lambda a: torch.from_numpy(np.asarray(a))  # noqa: E731
-    for i in range(layers):
-        q, k, v = (f"{pre}.{i}.self_attn.{p}_proj.weight" for p in "qkv")
-        o = f"{pre}.{i}.self_attn.o_proj.weight"
-        gate, up, down = (f"{pre}.{i}.mlp.{p}_proj.weight" for p in ("gate", "up", "down"))
-        ln1, ln2 = f"{pre}.{i}.input_layernorm.weight", f"{pre}.{i}.post_attention_layernorm.weight"
-        if heads:
-            gperm = rng.permutation(nkv)
-            qorder = np.concatenate([g * per + rng.permutation(per) for g in gperm])
-            dperm = [rng.permutation(hd) for _ in range(nkv)]  # v/o head dims, per kv group (new order)
-            kr = s[k].reshape(nkv, hd, hid)[t(gperm)]
-            vr = s[v].reshape(nkv, hd, hid)[t(gperm)]
-            vr = torch.stack([vr[g][t(dperm[g])] for g in range(nkv)])
-            qr = s[q].reshape(nh, hd, hid)[t(qorder)]
-            orr = s[o].reshape(hid, nh, hd)[:, t(qorder)]
-            orr = torch.stack([orr[:, h][:, t(dperm[h // per])] for h in range(nh)], dim=1)
-            s[k], s[v], s[q], s[o] = kr.reshape(-1, hid), vr.reshape(-1, hid), qr.reshape(-1, hid), orr.reshape(hid, -1)
-        if scale:
-            # fold the attention norm into q, k, v; scale the MLP norm per channel
-            w1 = s[ln1].clone()
-            for name in (q, k, v):
-                s[name] = s[name] * w1
-            s[ln1] = torch.ones_like(w1)
-            c2 = t(rng.uniform(0.5, 2.0, hid) * rng.choice([-1.0, 1.0], hid))
-            s[ln2] = s[ln2] / c2
-            for name in (gate, up):
-                s[name] = s[name] * c2
-            a = t(rng.uniform(0.5, 2.0, s[up].shape[0]) * rng.choice([-1.0, 1.0], s[up].shape[0]))
-            s[up] = s[up] * a[:, None]
-            s[down] = s[down] / a
-            b = t(rng.uniform(0.5, 2.0, nkv * hd) * rng.choice([-1.0, 1.0], nkv * hd))
-            s[v] = s[v] * b[:, None]
-            s[o] = s[o] / b.reshape(nkv, 1, hd).expand(nkv, per, hd).reshape(-1)
-            # RoPE pairs (j, j + hd/2) of each kv group: q pair × c·R(α), k pair × R(α)/c
-            half = hd // 2
-            c = rng.uniform(0.5, 2.0, (nkv, half))
-            ang = rng.uniform(-np.pi, np.pi, (nkv, half))
-            qr, kr = s[q].reshape(nh, hd, hid), s[k].reshape(nkv, hd, hid)
-            for g in range(nkv):
-                cos, sin = t(np.cos(ang[g]))[:, None], t(np.sin(ang[g]))[:, None]
-                k1, k2 = kr[g, :half].clone(), kr[g, half:].clone()
-                kr[g, :half] = (cos * k1 - sin * k2) / t(c[g])[:, None]
-                kr[g, half:] = (sin * k1 + cos * k2) / t(c[g])[:, None]
-                for h in range(g * per, (g + 1) * per):
-                    q1, q2 = qr[h, :half].clone(), qr[h, half:].clone()
-                    qr[h, :half] = (cos * q1 - sin * q2) * t(c[g])[:, None]
-                    qr[h, half:] = (sin * q1 + cos * q2) * t(c[g])[:, None]
-            s[q], s[k] = qr.reshape(-1, hid), kr.reshape(-1, hid)
-        if mlp:
-            perm = t(rng.permutation(s[gate].shape[0]))
-            s[gate], s[up], s[down] = s[gate][perm], s[up][perm], s[down][:, perm]
-        if dummy:
-            g_rows = t(rng.standard_normal((dummy, hid)) * float(s[gate].std()))
-            u_rows = t(rng.standard_normal((dummy, hid)) * float(s[up].std()))
-            s[gate], s[up] = torch.cat([s[gate], g_rows]), torch.cat([s[up], u_rows])
-            s[down] = torch.cat([s[down], torch.zeros(hid, dummy, dtype=s[down].dtype)], dim=1)
-    if resid:
-        perm = t(rng.permutation(hid))
-        sign = t(rng.choice([-1.0, 1.0], hid))
-        s["model.embed_tokens.weight"] = s["model.embed_tokens.weight"][:, perm] * sign
-        if "lm_head.weight" in s:
-            s["lm_head.weight"] = s["lm_head.weight"][:, perm] * sign
-        for name in list(s):
-            if name.endswith("norm.weight"):
-                s[name] = s[name][perm]
-            elif any(name.endswith(f"{p}_proj.weight") for p in ("q", "k", "v", "gate", "up")):
-                s[name] = s[name][:, perm] * sign
-            elif name.endswith(("o_proj.weight", "down_proj.weight")):
-                s[name] = s[name][perm] * sign[:, None]
-    return s
-
-
 # -- suspect file formats ----------------------------------------------------------------------------
 
 
 def save_legacy_pt(state: dict[str, torch.Tensor], path: Path) -> Path:
     torch.save({k: v.to(torch.float16) for k, v in state.items()}, path, _use_new_zipfile_serialization=False)
-    return path
-
-
-def save_gguf(state: dict[str, torch.Tensor], cfg, path: Path, qtype: str) -> Path:
-    """llama.cpp's layout: its tensor names, q/k rows permuted for its RoPE, 2-D weights in ``qtype``."""
-    import gguf
-
-    nh, nkv = cfg.num_attention_heads, cfg.num_key_value_heads
-    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-             "lm_head.weight": "output.weight"}
-    parts = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
-
-    def permute(w: np.ndarray, heads: int) -> np.ndarray:
-        return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_block_count(cfg.num_hidden_layers)
-    writer.add_head_count(nh)
-    writer.add_head_count_kv(nkv)
-    writer.add_embedding_length(cfg.hidden_size)
-    writer.add_feed_forward_length(state["model.layers.0.mlp.gate_proj.weight"].shape[0])
-    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    kind = getattr(gguf.GGMLQuantizationType, qtype)
-    for name, tensor in sorted(state.items()):
-        w = tensor.to(torch.float32).numpy()
-        m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)\.weight", name)
-        gname = f"blk.{m.group(1)}.{parts[m.group(2)]}.weight" if m else names[name]
-        if name.endswith("q_proj.weight"):
-            w = permute(w, nh)
-        elif name.endswith("k_proj.weight"):
-            w = permute(w, nkv)
-        if w.ndim == 2 and qtype != "F32":
-            writer.add_tensor(gname, gguf.quants.quantize(w, kind), raw_dtype=kind)
-        else:
-            writer.add_tensor(gname, w)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
     return path
 
 
