@@ -165,10 +165,11 @@ def summarise(out: dict, world: World, guilty: set[str]) -> dict:
     readings = out.get("watermark_readings") or [{}]
     reading = readings[0]
     fp = None
-    if out.get("fingerprint"):
+    named_fp = (out.get("device") or out.get("match") or {}).get("fingerprint")
+    if named_fp:
+        fp = named_fp.get("distance")
+    elif out.get("fingerprint"):
         fp = out["fingerprint"].get("distance")
-    elif out.get("match") and out["match"].get("fingerprint"):
-        fp = out["match"]["fingerprint"].get("distance")
     else:
         m = re.search(r"distance ([0-9.]+)", out.get("reason", ""))
         fp = float(m.group(1)) if m else None
@@ -252,7 +253,8 @@ class Evaluator:
         return tm.evaluator(self.records)(None)
 
     def logits(self, state: dict[str, torch.Tensor]) -> torch.Tensor:
-        ids = torch.tensor([self.tok.encode(r["instruction"] + " " + r["input"])[:48] for r in self.records[:4]])
+        enc = [self.tok.encode(r["instruction"] + " " + r["input"]) for r in self.records[:4]]
+        ids = torch.tensor([e[:min(48, *map(len, enc))] for e in enc])
         with torch.no_grad():
             return self.model(state)(input_ids=ids).logits.double()
 
