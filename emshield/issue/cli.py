@@ -130,8 +130,12 @@ def register_cmd(log_url: str, core_path: Path, backbone: Path, name: str, rs_ns
               help="Folder for the bundles (<device uuid>.emshield-bundle).")
 @click.option("--policy", type=click.Choice(["auto", "fingerprint"]), default="auto", show_default=True,
               help="auto: watermark + fingerprint if the mark's cost is within --tolerance, else fingerprint only.")
-@click.option("--tolerance", type=click.FloatRange(0.0, 10.0), default=0.05, show_default=True,
-              help="Largest relative weight perturbation ‖δΔW‖/‖W‖ the watermark may cause (without --task-data).")
+@click.option("--tolerance", type=click.FloatRange(0.0, 10.0), default=None,
+              help="Largest relative weight perturbation ‖δΔW‖/‖W‖ the watermark may cause (without --task-data; "
+                   "default: the policy's, 0.15).")
+@click.option("--allow-shared-core", is_flag=True,
+              help="Issue a fingerprint-only core even if another device already got the same one (the verifier "
+                   "can then only say which core a leak is, not which device).")
 @click.option("--task-data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Held-out task records (instruction-format JSON): keep the watermark only if accuracy drops "
                    "≤ 0.5 pp and loss rises ≤ 1 % on them; tries input-aware embeddings first. Slower.")
@@ -140,8 +144,8 @@ def register_cmd(log_url: str, core_path: Path, backbone: Path, name: str, rs_ns
 @_issuer_dir_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: results per device.")
 def issue_cmd(log_url: str, log_key: str, core_path: Path, backbone: Path, device_file: Path | None,
-              devices_csv: Path | None, out_dir: Path, policy: str, tolerance: float, task_data: Path | None,
-              task_records: int, directory: Path, as_json: bool) -> None:
+              devices_csv: Path | None, out_dir: Path, policy: str, tolerance: float | None, allow_shared_core: bool,
+              task_data: Path | None, task_records: int, directory: Path, as_json: bool) -> None:
     """Issue a marked, sealed core to one or many devices: log entry, inclusion proof, bundle.
 
     Resumable: devices already issued (found in the log by UUID) are not issued again; their
@@ -166,8 +170,9 @@ def issue_cmd(log_url: str, log_key: str, core_path: Path, backbone: Path, devic
         else:
             devices = read_devices_csv(devices_csv)
         issuer = prepare_run(LogClient(log_url), verifier, load_issuer(directory), _read_core(core_path), backbone,
-                                policy=policy, tolerance=Tolerance(max_perturbation=tolerance),
-                                task_data=task_data, task_records=task_records)
+                                policy=policy,
+                                tolerance=Tolerance() if tolerance is None else Tolerance(max_perturbation=tolerance),
+                                task_data=task_data, task_records=task_records, allow_shared_core=allow_shared_core)
         results = list(issue_many(issuer, devices, out_dir, progress=not as_json))
     except LogMisbehavingError as exc:
         click.echo(f"Error: {exc} (stopped: no bundle was handed out for this device)", err=True)

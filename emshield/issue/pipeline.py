@@ -75,6 +75,9 @@ class IssuanceRun:
     task_eval: policy_mod.TaskEval | None = None
     input_moments: Mapping[str, Any] | None = None
     task_digest: str = ""
+    # One fingerprint-only core issued to a second device makes the copies indistinguishable
+    # (the verifier can only name the core): refused unless the issuer says so.
+    allow_shared_core: bool = False
 
     @property
     def params(self) -> MarkingParams:
@@ -83,7 +86,8 @@ class IssuanceRun:
 
 def prepare_run(client: LogClient, log_verifier: NoteVerifier, keys: IssuerKeys, core: Core, backbone: Path, *,
                    policy: str = POLICY_AUTO, tolerance: policy_mod.Tolerance | None = None,
-                   task_data: Path | None = None, task_records: int = DEFAULT_TASK_RECORDS) -> IssuanceRun:
+                   task_data: Path | None = None, task_records: int = DEFAULT_TASK_RECORDS,
+                   allow_shared_core: bool = False) -> IssuanceRun:
     """Check that the issuer is registered for this backbone and core layout, and read the
     backbone's weight norms for the core's layers (the policy's perturbation measure).
 
@@ -114,7 +118,7 @@ def prepare_run(client: LogClient, log_verifier: NoteVerifier, keys: IssuerKeys,
     with open_tensors(backbone) as bb:
         norms = {name: float(bb.get(name).double().norm()) for name in core}
     issuer = IssuanceRun(client, log_verifier, keys, logged, dict(core), bytes.fromhex(bid), policy,
-                    tolerance or policy_mod.Tolerance(), norms)
+                    tolerance or policy_mod.Tolerance(), norms, allow_shared_core=allow_shared_core)
     if task_data is not None and policy != POLICY_FINGERPRINT:
         _attach_task(issuer, backbone, Path(task_data), task_records)
     return issuer
@@ -169,6 +173,19 @@ def _check_no_collision(issuer: IssuanceRun, device: uuid.UUID) -> None:
     if others:
         raise IssueError("payload-collision", f"device {device}'s watermark payload equals that of {others[0]} "
                          "(commitment already in the log); issue it with --policy fingerprint")
+
+
+def _check_not_shared(issuer: IssuanceRun, device: uuid.UUID, marked: Marked) -> None:
+    """A fingerprint-only core already issued by this issuer to another device: refuse, unless the
+    issuer allowed shared cores (the verifier then reports the copies as indistinguishable)."""
+    if marked.commitment is not None or issuer.allow_shared_core:
+        return
+    others = sorted({h.device_uuid for h in issuer.client.issuances(fingerprint_hash=marked.fingerprint.hash())
+                     if h.issuer_key_id == issuer.keys.key_id} - {str(device)})
+    if others:
+        why = marked.record.reason if marked.record is not None else "policy fingerprint"
+        raise IssueError("shared-core", f"device {device} would get the same unmarked core as {others[0]} "
+                         f"({why}): the copies could not be told apart; pass --allow-shared-core to issue it anyway")
 
 
 def _earlier_issuance(issuer: IssuanceRun, device: uuid.UUID) -> tuple[int, bytes, Issuance] | None:
@@ -281,6 +298,8 @@ def issue_to_device(issuer: IssuanceRun, device: DeviceTarget, out_dir: Path, *,
         _check_no_collision(issuer, device.uuid)
     marked = mark_for_device(issuer, device.uuid)
     logged = (marked.fingerprint.hash(), marked.commitment)
+    if earlier is None:
+        _check_not_shared(issuer, device.uuid, marked)
     if earlier is not None:
         index, leaf, entry = earlier
         if (entry.fingerprint_hash, entry.watermark_commitment) != logged:

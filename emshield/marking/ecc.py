@@ -54,11 +54,12 @@ def decode(bits: np.ndarray, nsym: int) -> Decoded:
     received = np.packbits(bits).tobytes()
     try:
         message, codeword, errata = _codec(nsym).decode(received)
-    except reedsolo.ReedSolomonError as exc:
-        raise DecodeRefused(str(exc)) from exc
+    except reedsolo.ReedSolomonError as exc:  # its messages are for coders, not users
+        raise DecodeRefused(f"more byte errors than the code corrects ({nsym // 2})") from exc
     codeword = bytes(codeword)
     # reedsolo can return a word that is not a codeword when errors exceed capacity: re-check.
     if bytes(_codec(nsym).encode(bytes(message))) != codeword or len(errata) > nsym // 2:
-        raise DecodeRefused("decoded word is not a codeword within the correction radius")
+        raise DecodeRefused(f"more byte errors than the code corrects ({nsym // 2})")
     flips = np.unpackbits(np.frombuffer(bytes(a ^ b for a, b in zip(received, codeword)), dtype=np.uint8))
     return Decoded(int.from_bytes(bytes(message), "big"), len(errata), int(flips.sum()))
+

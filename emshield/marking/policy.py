@@ -56,7 +56,11 @@ only the first (nothing to choose by)."""
 class Tolerance:
     max_accuracy_drop_pp: float = 0.5
     max_loss_increase: float = 0.01  # relative
-    max_perturbation: float = 0.05  # relative output perturbation (or ΔW change) without a task eval
+    # relative output perturbation (or ΔW change) without a task eval. 0.15: the plain τ = 3 mark
+    # on the fixture recipe core perturbs its weights by 0.10-0.11 and costs no accuracy there
+    # (spec/notes/watermark-fidelity.md), so the default issues traceable cores; with task data the
+    # measured accuracy and loss decide instead.
+    max_perturbation: float = 0.15
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,17 @@
 """Safe loading and saving of model tensors, and the backbone id.
 
 Imports only torch, safetensors and numpy so that the verifier (which must not import peft or
-transformers) can use it. Nothing here unpickles untrusted input: safetensors is read directly,
-and ``.pt``/``.bin`` files go through ``torch.load(weights_only=True)``, whose restricted
-unpickler refuses any global that is not a tensor building block; a file that is not a plain
-``{name: tensor}`` mapping is refused too.
+transformers) can use it. Nothing here unpickles untrusted input with a stock unpickler:
+safetensors is read directly, ``.pt``/``.pth``/``.bin`` files (zip or legacy) go through
+``emshield.model.torchfile``, whose restricted unpickler resolves only tensor building blocks to
+its own functions, and ``.gguf`` files through ``emshield.model.ggufread`` (bounded, no pickle);
+a file that is not a plain ``{name: tensor}`` mapping is refused too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 import struct
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
@@ -28,6 +28,7 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin")
+GGUF_SUFFIX = ".gguf"
 MAX_INDEX_BYTES = 64 * 1024 * 1024
 
 BACKBONE_ID_LABEL = b"emshield/backbone-id/v1"
@@ -83,8 +84,16 @@ class TensorSource:
                 self._open_safetensors(path)
             elif path.suffix in PICKLE_SUFFIXES:
                 self._where.update(load_pickled_tensors(path))
+            elif path.suffix == GGUF_SUFFIX:
+                from emshield.model.ggufread import GGUFError, open_gguf
+
+                try:
+                    self._where.update(self._stack.enter_context(open_gguf(path)).readers())
+                except GGUFError as e:
+                    raise ModelFileError(str(e)) from e
             else:
-                raise ModelFileError(f"{path}: unknown model file type (expected .safetensors, .pt, .pth or .bin)")
+                raise ModelFileError(f"{path}: unknown model file type (expected .safetensors, .gguf, .pt, .pth "
+                                     "or .bin)")
             return
         # A folder: HF model (single or sharded safetensors), or a peft adapter.
         if (path / SAFETENSORS_INDEX).is_file():
@@ -138,6 +147,8 @@ class TensorSource:
             raise KeyError(f"{self.path}: no tensor named {name!r}")
         if isinstance(where, torch.Tensor):
             return where
+        if callable(where):  # a lazy reader (GGUF: dequantised on demand)
+            return where()
         return where.get_tensor(name)  # type: ignore[attr-defined]
 
     def items(self) -> Iterator[tuple[str, torch.Tensor]]:
@@ -161,20 +172,14 @@ def open_tensors(path: str | Path) -> TensorSource:
 
 
 def load_pickled_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """``torch.load(weights_only=True)``: refuses arbitrary pickles (no code runs), then insists
-    on a flat ``{str: Tensor}`` mapping."""
+    """A ``torch.save`` file (zip or legacy) through the restricted unpickler of
+    ``emshield.model.torchfile``: no code in the file runs; only a flat ``{str: Tensor}`` dict is accepted."""
+    from emshield.model.torchfile import TorchFileError, load_torch_file
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as e:
-        raise ModelFileError(
-            f"{path}: refused: the pickle holds objects other than plain tensors "
-            f"(torch.load weights_only=True rejected it: {str(e).splitlines()[0]})") from e
-    except (RuntimeError, EOFError, ValueError, OSError) as e:
-        raise ModelFileError(f"{path}: not a readable torch file ({str(e).splitlines()[0]})") from e
-    if not isinstance(obj, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-        raise ModelFileError(f"{path}: refused: expected a flat {{name: tensor}} dict, got {type(obj).__name__}")
-    return dict(obj)
+        return load_torch_file(path)
+    except TorchFileError as e:
+        raise ModelFileError(str(e)) from e
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:

@@ -274,3 +274,41 @@ def test_task_data_policy_keeps_the_mark_only_within_measured_fidelity(tmp_path,
                                        "--task-data", root / "fixtures" / "data" / "financial-test.json",
                                        "--task-records", "40")).stdout)
     assert again["issued"][0]["status"] == "up-to-date"
+
+
+def test_a_second_device_for_one_fingerprint_only_core_is_refused(tmp_path, log, core):
+    """Two devices with the same unmarked core could never be told apart: the second is refused
+    unless --allow-shared-core, and then both are issued (the verifier reports them indistinguishable)."""
+    issuer_dir, core_file = setup_issuer(tmp_path, log, core)
+    devices = [init_device(tmp_path / f"dev{i}") for i in range(2)]
+    out = tmp_path / "bundles"
+    first = json.loads(cli(*issue_args(log, issuer_dir, core_file, out, "--device", devices[0].directory,
+                                       "--policy", "fingerprint")).stdout)
+    assert [r["policy"] for r in first["issued"]] == ["fingerprint"]
+    refused = cli(*issue_args(log, issuer_dir, core_file, out, "--device", devices[1].directory,
+                              "--policy", "fingerprint"), ok=False)
+    assert refused.exit_code == 4
+    (why,) = json.loads(refused.stdout)["refused"]
+    assert why["reason"] == "shared-core" and str(devices[0].uuid) in why["detail"] and "--allow-shared-core" in why["detail"]
+    assert LogClient(log.url).issuances(device_uuid=str(devices[1].uuid)) == []
+    allowed = json.loads(cli(*issue_args(log, issuer_dir, core_file, out, "--device", devices[1].directory,
+                                         "--policy", "fingerprint", "--allow-shared-core")).stdout)
+    assert [r["status"] for r in allowed["issued"]] == ["issued"]
+    assert allowed["issued"][0]["fingerprint_hash"] == first["issued"][0]["fingerprint_hash"]
+
+
+def test_the_default_tolerance_marks_the_fixture_recipe_core(tmp_path, log, device):
+    """Traceable by default: `emshield issue` without --tolerance or --task-data gives the committed
+    fixture recipe core a per-device watermark (it used to get fingerprint only at 0.05)."""
+    from emshield.model.adapter import load_core
+
+    root = Path(__file__).resolve().parents[2]
+    fixture = load_core(root / "fixtures" / "cores" / "financial-lora.safetensors")
+    issuer_dir, core_file = setup_issuer(tmp_path, log, fixture, name="Default Tolerance")
+    args = [a for a in issue_args(log, issuer_dir, core_file, tmp_path / "out", "--device", device.directory)]
+    at = args.index("--tolerance")
+    del args[at:at + 2]
+    res = json.loads(cli(*args).stdout)
+    (issued,) = res["issued"]
+    assert issued["policy"] == "both", issued["mark"]
+    assert issued["mark"]["tolerance"] == Tolerance().max_perturbation == 0.15

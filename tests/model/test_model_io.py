@@ -96,10 +96,12 @@ class _Exploit:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_malicious_pickle_is_refused_and_does_not_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_malicious_pickle_is_refused_and_does_not_run(tmp_path: Path, legacy: bool) -> None:
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
-    torch.save({"model.norm.weight": torch.ones(2), "x": _Exploit(marker)}, evil)
+    torch.save({"model.norm.weight": torch.ones(2), "x": _Exploit(marker)}, evil,
+               _use_new_zipfile_serialization=not legacy)
     # Sanity: the payload is live (an unrestricted load in a child process runs it).
     subprocess.run([sys.executable, "-c", f"import torch; torch.load({str(evil)!r}, weights_only=False)"],
                    capture_output=True, timeout=120)
@@ -107,15 +109,59 @@ def test_malicious_pickle_is_refused_and_does_not_run(tmp_path: Path) -> None:
     marker.unlink()
     with pytest.raises(ModelFileError, match="refused"):
         load_tensors(evil)
-    with pytest.raises(ModelFileError, match="refused"):
+    with pytest.raises(ModelFileError, match="refused") as exc:
         backbone_id(evil)
     assert not marker.exists(), "loading the malicious pickle ran its code"
+    assert "posix.system" in str(exc.value) and "weights_only" not in str(exc.value)
 
 
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
 @pytest.mark.parametrize("obj", [{"a": 1}, [torch.ones(2)], {"w": {"nested": torch.ones(2)}}])
-def test_pickles_that_are_not_flat_tensor_dicts_are_refused(tmp_path: Path, obj) -> None:
-    torch.save(obj, tmp_path / "x.pt")
+def test_pickles_that_are_not_flat_tensor_dicts_are_refused(tmp_path: Path, obj, legacy: bool) -> None:
+    torch.save(obj, tmp_path / "x.pt", _use_new_zipfile_serialization=not legacy)
     with pytest.raises(ModelFileError, match="refused"):
+        load_tensors(tmp_path / "x.pt")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.bool])
+def test_legacy_and_zip_torch_files_read_exactly(tmp_path: Path, dtype: torch.dtype) -> None:
+    """`torch.save(..., _use_new_zipfile_serialization=False)` files are read (they used to be bad
+    input), views of shared storages included, bit for bit, by the restricted unpickler."""
+    base = torch.arange(24, dtype=torch.float64).reshape(4, 6).to(dtype)
+    tensors = {"a": base, "a_t": base.t(), "slice": base[1:3, 2:], "scalar": base[0, 0]}
+    for legacy in (True, False):
+        torch.save(tensors, tmp_path / "x.pt", _use_new_zipfile_serialization=not legacy)
+        back = load_tensors(tmp_path / "x.pt")
+        assert set(back) == set(tensors)
+        for k, v in tensors.items():
+            assert back[k].dtype == v.dtype and torch.equal(back[k], v), (legacy, k)
+
+
+def test_corrupt_torch_files_are_refused_with_a_message_for_the_user(tmp_path: Path) -> None:
+    """Truncated, empty or altered files: a one-line refusal that never tells the user to re-save
+    the file nor quotes torch's advice to load it with weights_only=False."""
+    torch.save({"w": torch.ones(64)}, tmp_path / "ok.pt", _use_new_zipfile_serialization=False)
+    data = (tmp_path / "ok.pt").read_bytes()
+    cases = {"empty": b"", "text": b"hello world\n", "truncated": data[:-20], "header only": data[:40],
+             "random": bytes(range(256)) * 4}
+    torch.save({"w": torch.ones(64)}, tmp_path / "z.pt")
+    cases["zip truncated"] = (tmp_path / "z.pt").read_bytes()[:300]
+    for name, raw in cases.items():
+        (tmp_path / "bad.pt").write_bytes(raw)
+        with pytest.raises(ModelFileError) as exc:
+            load_tensors(tmp_path / "bad.pt")
+        msg = str(exc.value)
+        assert "\n" not in msg and "weights_only" not in msg and "re-sav" not in msg.lower() \
+            and "_use_new_zipfile" not in msg, (name, msg)
+
+
+def test_a_storage_claiming_more_than_the_file_holds_is_refused(tmp_path: Path) -> None:
+    torch.save({"w": torch.ones(8)}, tmp_path / "x.pt", _use_new_zipfile_serialization=False)
+    data = bytearray((tmp_path / "x.pt").read_bytes())
+    at = len(data) - 8 * 4 - 8  # the storage's element count, just before its 32 bytes
+    data[at:at + 8] = (1 << 40).to_bytes(8, "little")
+    (tmp_path / "x.pt").write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="elements|ends inside"):
         load_tensors(tmp_path / "x.pt")
 
 

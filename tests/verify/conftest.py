@@ -83,10 +83,11 @@ def device_target(device: uuid.UUID) -> DeviceTarget:
     return DeviceTarget(device, DevicePublicKey.from_secret(hashlib.sha256(device.bytes).digest()))
 
 
-def issue(world: World, core: dict[str, LoraFactors], devices: list[uuid.UUID], policy: str = POLICY_AUTO) -> None:
+def issue(world: World, core: dict[str, LoraFactors], devices: list[uuid.UUID], policy: str = POLICY_AUTO,
+          allow_shared_core: bool = False) -> None:
     """Issue ``core`` to ``devices`` with the issuance pipeline (emshield.issue), keeping what each got."""
     issuer = prepare_run(world.client, NoteVerifier.from_verifier_key(world.log_key), world.issuer_keys,
-                            core, world.backbone, policy=policy)
+                            core, world.backbone, policy=policy, allow_shared_core=allow_shared_core)
     for device in devices:
         res = issue_to_device(issuer, device_target(device), world.out, now=ISSUED_AT + len(world.issued))
         marked = mark_for_device(issuer, device)  # deterministic: the core that was sealed into the bundle
@@ -109,7 +110,8 @@ def world(tmp_path_factory: pytest.TempPathFactory):
         issue(w, tiny_core(0), [uuid.UUID(int=0x1000 + n) for n in range(3)])
         assert [i.mode for i in w.issued] == ["both"] * 3
         issue(w, tiny_core(3), [uuid.UUID(int=0x2000)], POLICY_FINGERPRINT)
-        issue(w, tiny_core(4), [uuid.UUID(int=0x3000), uuid.UUID(int=0x3001)], POLICY_FINGERPRINT)
+        issue(w, tiny_core(4), [uuid.UUID(int=0x3000), uuid.UUID(int=0x3001)], POLICY_FINGERPRINT,
+              allow_shared_core=True)  # refused without: the copies are indistinguishable
         yield w
     finally:
         server.stop()

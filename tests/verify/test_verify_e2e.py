@@ -46,9 +46,9 @@ def merged_with(world, core: dict[str, LoraFactors], out: Path, transform=None, 
     return save_tensors(tensors, out)
 
 
-def assert_names(out: dict, issued, method: str) -> None:
-    assert out["verdict"] == "match", out
-    m = out["match"]
+def assert_names(out: dict, issued, method: str = "watermark") -> None:
+    assert out["verdict"] == "device" and out["exit_code"] == 0, out
+    m = out["device"]
     assert m["device_uuid"] == str(issued.device)
     assert m["leaf_index"] == issued.index
     assert m["method"] == method
@@ -62,9 +62,9 @@ def test_adapter_folder_names_its_device(world, tmp_path: Path) -> None:
     code, out = run_verify(world, folder, backbone=False)
     assert code == 0
     assert_names(out, target, "watermark")
-    wm = out["match"]["watermark"]
+    wm = out["device"]["watermark"]
     assert wm["bit_errors"] == 0 and wm["p_value"] <= wm["p_value_threshold"] <= 1e-9
-    fp = out["match"]["fingerprint"]
+    fp = out["device"]["fingerprint"]
     assert fp["match"] and fp["distance"] < 0.01 and fp["side_record"].startswith("verified")
 
 
@@ -116,7 +116,7 @@ def test_attacked_merged_models_still_name_their_device(world, tmp_path: Path, a
     code, out = run_verify(world, suspect)
     assert code == 0, out
     assert_names(out, target, "watermark")
-    wm = out["match"]["watermark"]
+    wm = out["device"]["watermark"]
     assert wm["p_value"] <= wm["p_value_threshold"]
 
 
@@ -135,7 +135,7 @@ def test_destroyed_marks_never_name_a_wrong_device(world, tmp_path: Path, attack
     code, out = run_verify(world, suspect)
     assert code in (0, 1), out
     if code == 0:
-        assert_names(out, target, out["match"]["method"])
+        assert_names(out, target, out["device"]["method"])
     for sibling in world.issued[1:]:
         assert str(sibling.device) not in json.dumps(out)
 
@@ -147,7 +147,7 @@ def test_refactorised_adapter_names_its_device(world, tmp_path: Path) -> None:
     code, out = run_verify(world, write_peft_adapter(core, tmp_path / "adapter"), backbone=False)
     assert code == 0
     assert_names(out, target, "watermark")
-    assert out["match"]["fingerprint"]["match"]  # ΔW unchanged: the fingerprint agrees too
+    assert out["device"]["fingerprint"]["match"]  # ΔW unchanged: the fingerprint agrees too
 
 
 def test_fine_tuned_adapter_names_its_device(world, tmp_path: Path) -> None:
@@ -164,30 +164,40 @@ def test_fine_tuned_adapter_names_its_device(world, tmp_path: Path) -> None:
     assert_names(out, target, "watermark")
 
 
-def test_fingerprint_only_issuance_found_by_replay(world, tmp_path: Path) -> None:
+def assert_core(out: dict, issued: list) -> None:
+    """A core lineage: exit 6, the listed issuances exactly ``issued``, and no device named."""
+    assert out["verdict"] == "core" and out["exit_code"] == 6 and out["device"] is None, out
+    assert [i["leaf_index"] for i in out["core"]["issuances"]] == [x.index for x in issued]
+    assert [i["device_uuid"] for i in out["core"]["issuances"]] == [str(x.device) for x in issued]
+    assert out["core"]["issuer"] == "Acme Edge Models"
+
+
+def test_fingerprint_only_issuance_is_a_core_never_a_device(world, tmp_path: Path) -> None:
+    """A fingerprint is a property of the core, not of a device: even a core issued to one device
+    only is reported as that core lineage (exit 6), never as "match verified" (exit 0)."""
     target = world.issued[3]
     assert target.mode == "fingerprint"
     code, out = run_verify(world, write_peft_adapter(target.core, tmp_path / "adapter"), backbone=False)
-    assert code == 0
-    assert_names(out, target, "fingerprint")
-    assert out["match"]["proofs"]["inclusion"].startswith("full replay")
-    assert out["match"]["watermark"]["accepted"] is False
+    assert code == 6
+    assert_core(out, [target])
+    assert out["core"]["proofs"]["checkpoint"].startswith("signature verified")
+    assert out["watermark_readings"][0]["decoded"] is False
+    assert not out["core"]["indistinguishable"]
     # merged in bf16: the fingerprint moves a little but stays within the calibrated threshold
     code, out = run_verify(world, merged_with(world, target.core, tmp_path / "m.safetensors", dtype=torch.bfloat16))
-    assert code == 0
-    assert_names(out, target, "fingerprint")
-    fp = out["match"]["fingerprint"]
-    assert 0 < fp["distance"] <= fp["threshold"]
+    assert code == 6
+    assert_core(out, [target])
+    assert 0 < out["core"]["distance"] <= out["core"]["threshold"]
 
 
 def test_fingerprint_only_without_replay_needs_the_exact_fingerprint(world, tmp_path: Path) -> None:
     target = world.issued[3]
     code, out = run_verify(world, write_peft_adapter(target.core, tmp_path / "adapter"), "--no-scan", backbone=False)
-    assert code == 0  # the unchanged adapter has the logged fingerprint hash
-    assert_names(out, target, "fingerprint")
+    assert code == 6  # the unchanged adapter has the logged fingerprint hash
+    assert_core(out, [target])
     suspect = merged_with(world, target.core, tmp_path / "m.safetensors", dtype=torch.bfloat16)
     code, out = run_verify(world, suspect, "--no-scan")
-    assert code == 1 and out["match"] is None
+    assert code == 1 and out["device"] is None and out["core"] is None
 
 
 @pytest.mark.parametrize("seed", [99, 100])
@@ -195,27 +205,29 @@ def test_unmarked_models_match_nothing(world, tmp_path: Path, seed: int) -> None
     core = tiny_core(seed)
     code, out = run_verify(world, merged_with(world, core, tmp_path / "m.safetensors"))
     assert code == 1
-    assert out["verdict"] == "no_match" and out["match"] is None
-    assert "no watermark decodes" in out["reason"]
-    assert out["watermark_readings"][0]["accepted"] is False
+    assert out["verdict"] == "none" and out["device"] is None and out["core"] is None
+    assert "no watermark is read" in out["reason"]
+    assert out["watermark_readings"][0]["decoded"] is False
     assert "closest published fingerprint" in out["reason"]
     code, out = run_verify(world, write_peft_adapter(core, tmp_path / "adapter"), backbone=False)
-    assert code == 1 and out["match"] is None
+    assert code == 1 and out["device"] is None
 
 
 def test_the_backbone_itself_matches_nothing(world) -> None:
     code, out = run_verify(world, world.backbone)
-    assert code == 1 and out["match"] is None
+    assert code == 1 and out["device"] is None
     assert "ΔW is zero" in out["watermark_readings"][0]["reason"]
 
 
-def test_one_core_fingerprinted_for_two_devices_names_nobody(world, tmp_path: Path) -> None:
+def test_one_core_fingerprinted_for_two_devices_is_reported_indistinguishable(world, tmp_path: Path) -> None:
+    """The same unmarked core went to two devices: the verdict lists both issuances of the core,
+    says the copies are indistinguishable, and names neither device (it used to say "no match")."""
     first, second = world.issued[4], world.issued[5]
     assert first.mode == second.mode == "fingerprint"
     code, out = run_verify(world, write_peft_adapter(first.core, tmp_path / "adapter"), backbone=False)
-    assert code == 1 and out["match"] is None
-    assert "ambiguous" in out["reason"] and f"{first.index}, {second.index}" in out["reason"]
-    assert str(first.device) not in json.dumps(out) and str(second.device) not in json.dumps(out)
+    assert code == 6
+    assert_core(out, [first, second])
+    assert out["core"]["indistinguishable"] and "indistinguishable" in out["reason"]
 
 
 def test_sibling_devices_are_told_apart(world, tmp_path: Path) -> None:
@@ -227,17 +239,18 @@ def test_sibling_devices_are_told_apart(world, tmp_path: Path) -> None:
         assert_names(out, target, "watermark")
 
 
-def test_marked_but_never_logged_names_nobody(world, tmp_path: Path) -> None:
+def test_marked_but_never_logged_names_no_device(world, tmp_path: Path) -> None:
     """A core marked with the issuer's secret for a device the log has no issuance for (e.g. the
-    entry was never appended): the mark decodes, but nobody is named."""
+    entry was never appended): the mark is read, but no device is named; the fingerprint shows
+    the core lineage the mark was put on."""
     ghost = uuid.UUID(int=0xDEAD)
     payload = payload_for_device(world.issuer_keys.marking_secret, ghost.bytes)
     marked = policy.mark(world.issued[0].core, payload, world.params, policy.Tolerance(max_perturbation=1.0))
     assert marked.record.mode == policy.MODE_BOTH
     code, out = run_verify(world, write_peft_adapter(marked.core, tmp_path / "adapter"), backbone=False)
-    assert code == 1 and out["match"] is None
-    assert out["watermark_readings"][0]["accepted"]
-    assert "no proved issuance carries its commitment" in out["reason"]
+    assert code in (1, 6) and out["device"] is None
+    assert out["watermark_readings"][0]["decoded"]
+    assert any("no proved issuance for it" in n for n in out["notes"])
     assert any("replayed all" in n for n in out["notes"])  # the replay confirms the log holds no such entry
     assert str(ghost) not in json.dumps(out)
 
@@ -259,39 +272,136 @@ def test_a_verification_loads_no_server_tee_or_peft_code(world, tmp_path: Path) 
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
     assert "EXIT 0 FORBIDDEN []" in proc.stderr, proc.stderr[-2000:]
-    assert json.loads(proc.stdout)["match"]["device_uuid"] == str(world.issued[1].device)
+    assert json.loads(proc.stdout)["device"]["device_uuid"] == str(world.issued[1].device)
 
 
 def test_verdict_json_has_the_documented_fields(world, tmp_path: Path) -> None:
     """The --json verdict is a versioned format (spec/verify.md §5): its field names are fixed."""
     code, out = run_verify(world, write_peft_adapter(world.issued[0].core, tmp_path / "a"), backbone=False)
     assert code == 0
-    assert set(out) == {"v", "verdict", "exit_code", "match", "reason", "suspect", "log", "watermark_readings",
-                        "issuers_considered", "notes"} and out["v"] == 1
-    assert set(out["match"]) == {"method", "issuer", "issuer_key_id", "issuer_registration_index", "issuer_revoked",
-                                 "device_uuid", "leaf_index", "leaf_hash", "issued_at", "issued_at_utc", "policy",
-                                 "watermark", "fingerprint", "proofs"}
-    assert set(out["match"]["watermark"]) == {"issuer", "issuer_key_id", "accepted", "reason", "bit_errors", "code_bits",
-                                              "p_value", "p_value_threshold", "watermark_commitment"}
-    assert set(out["match"]["fingerprint"]) == {"distance", "threshold", "match", "side_record"}
-    assert set(out["match"]["proofs"]) == {"checkpoint", "checkpoint_root", "issuer_registration", "entry_signature",
-                                           "inclusion"}
+    assert set(out) == {"v", "verdict", "exit_code", "device", "core", "reason", "suspect", "log", "watermark_readings",
+                        "fingerprint", "issuers_considered", "notes"} and out["v"] == 2
+    assert set(out["device"]) == {"method", "issuer", "issuer_key_id", "issuer_registration_index", "issuer_revoked",
+                                  "device_uuid", "leaf_index", "leaf_hash", "issued_at", "issued_at_utc", "policy",
+                                  "watermark", "fingerprint", "proofs"}
+    assert set(out["device"]["watermark"]) == {
+        "issuer", "issuer_key_id", "accepted", "decoded", "reason", "bit_errors", "code_bits", "score",
+        "runner_up_score", "candidates", "issuances_counted", "p_value", "log10_p_value", "log10_p_value_any",
+        "p_value_threshold", "watermark_commitment"}
+    assert set(out["device"]["fingerprint"]) == {"distance", "threshold", "match", "side_record"}
+    assert set(out["device"]["proofs"]) == {"checkpoint", "checkpoint_root", "issuer_registration", "entry_signature",
+                                            "inclusion"}
     assert set(out["log"]) == {"url", "mode", "origin", "tree_size", "root_hash", "cosigned_by"}
     assert out["log"]["mode"] == "api"
-    assert out["match"]["issued_at_utc"].endswith("Z") and len(out["match"]["leaf_hash"]) == 64
+    assert out["device"]["issued_at_utc"].endswith("Z") and len(out["device"]["leaf_hash"]) == 64
+    code, out = run_verify(world, write_peft_adapter(world.issued[4].core, tmp_path / "b"), backbone=False)
+    assert code == 6 and set(out["core"]) == {
+        "issuer", "issuer_key_id", "issuer_registration_index", "issuer_revoked", "distance", "threshold",
+        "runner_up_distance", "margin", "indistinguishable", "issuances", "proofs"}
+    assert set(out["core"]["issuances"][0]) == {"leaf_index", "leaf_hash", "device_uuid", "policy", "issued_at",
+                                                "issued_at_utc", "distance", "proof"}
+    assert set(out["fingerprint"]) == {"distance", "threshold", "compared"}
 
 
 def test_the_verifiers_p_value_ceiling_applies_on_top_of_the_issuers(world, tmp_path: Path) -> None:
-    """A mark whose chance-match p-value is above --max-p-value names nobody by watermark."""
+    """A mark whose chance-match p-value is above --max-p-value names nobody by watermark. The mark
+    is weakened (ΔW moved two thirds of the way back to the unmarked core) so that its p-value is
+    moderate."""
     target = world.issued[2]
-    adapter = write_peft_adapter(target.core, tmp_path / "adapter")
+    plain = tiny_core(0)
+    weak = {k: LoraFactors(np.hstack([f.a.T, plain[k].a.T]).T.astype(np.float32),
+                           np.hstack([f.b / 3, plain[k].b * (2 / 3) * plain[k].scale / f.scale]).astype(np.float32),
+                           f.scale) for k, f in target.core.items()}
+    adapter = write_peft_adapter(weak, tmp_path / "adapter")
     code, out = run_verify(world, adapter, backbone=False)
-    p = out["match"]["watermark"]["p_value"]
-    assert code == 0 and p <= out["match"]["watermark"]["p_value_threshold"] == min(1e-9, 1e-6)  # issuer's, verifier's
+    w = out["device"]["watermark"]
+    p = w["p_value"]
+    assert code == 0 and 1e-200 < p <= w["p_value_threshold"] == min(1e-9, 1e-6)  # issuer's, verifier's
+    assert w["issuances_counted"] == out["log"]["tree_size"]
     code, out = run_verify(world, adapter, "--max-p-value", f"{p / 10:.3e}", backbone=False)
     reading = out["watermark_readings"][0]
-    assert not reading["accepted"] and "above the verifier's limit" in reading["reason"]
-    assert out["match"] is None or out["match"]["method"] == "fingerprint"
+    assert not reading["accepted"] and "above the threshold" in reading["reason"]
+    assert out["device"] is None
+
+
+REWRITES = {"heads": dict(heads=True), "mlp-units": dict(mlp=True), "residual": dict(resid=True),
+            "rescale-fold": dict(scale=True), "dummy-units": dict(dummy=8),
+            "all": dict(heads=True, mlp=True, resid=True, scale=True, dummy=8)}
+
+
+@pytest.mark.parametrize("kind", sorted(REWRITES))
+def test_function_preserving_rewrites_keep_the_verdict(world, tmp_path: Path, kind: str) -> None:
+    """A leak rewritten without changing its outputs (heads, MLP units, residual stream, rescaled and
+    folded norms, dummy units) names the same device as the unrewritten leak: the verifier aligns
+    the suspect to the backbone before differencing (spec/verify.md §2.1)."""
+    from transformers import AutoConfig
+
+    from _kit.rewrites import rewrite
+
+    target = world.issued[0]
+    state = {}
+    with open_tensors(world.backbone) as bb:
+        for name in bb.keys():
+            w = bb.get(name).to(torch.float64)
+            state[name] = w + torch.from_numpy(target.core[name].delta()) if name in target.core else w
+    rw = rewrite(state, AutoConfig.from_pretrained(world.backbone), np.random.default_rng(9), **REWRITES[kind])
+    suspect = save_tensors({k: v.to(torch.float32) for k, v in rw.items()}, tmp_path / "rewritten.safetensors")
+    code, out = run_verify(world, suspect)
+    assert code == 0, out
+    assert_names(out, target)
+    assert out["device"]["watermark"]["bit_errors"] == 0
+    assert out["device"]["fingerprint"]["match"]
+    assert out["suspect"]["canonicalisation"].startswith("aligned to the backbone: ")
+
+
+@pytest.mark.parametrize("fmt", ["legacy-pt", "gguf-q8_0"])
+def test_re_saved_leaks_are_traced(world, tmp_path: Path, fmt: str) -> None:
+    """A merged leak re-saved as a legacy (non-zip) torch pickle or converted to GGUF (llama.cpp's
+    names and q/k row order, Q8_0) names its device."""
+    from transformers import AutoConfig
+
+    from _kit.formats import save_gguf
+
+    target = world.issued[2]
+    with open_tensors(write_merged(world.backbone, target.core, tmp_path / "merged")) as src:
+        state = dict(src.items())
+    if fmt == "legacy-pt":
+        suspect = tmp_path / "leak.pt"
+        torch.save({k: v.to(torch.float16) for k, v in state.items()}, suspect, _use_new_zipfile_serialization=False)
+    else:
+        suspect = save_gguf({k: v.double() for k, v in state.items()}, AutoConfig.from_pretrained(world.backbone),
+                            tmp_path / "leak.gguf", "Q8_0")
+    code, out = run_verify(world, suspect)
+    assert code == 0, out
+    assert_names(out, target)
+
+
+def test_the_unmarked_core_a_foreign_key_core_and_a_stripped_leak_name_no_device(world, tmp_path: Path) -> None:
+    """The core the three watermarked devices got, leaked before marking; the same core marked under
+    a key that is in no registration; device 0's copy with the mark stripped using the published
+    parameters: each carries the core lineage of the three issuances at most, and never a device
+    (the fingerprint of one core is shared by all its issuances)."""
+    from _kit.cores import strip
+    from emshield.marking import watermark
+    from emshield.marking.params import MarkingParams, verification_key
+
+    siblings = world.issued[:3]
+    foreign = MarkingParams(world.params.backbone_id, verification_key(bytes(range(7, 39)), world.params.backbone_id),
+                            world.params.layers)
+    foreign_core, _ = watermark.embed(tiny_core(0), 0xF0F0F0F0F0F0, foreign)
+    stripped = strip({k: f.delta() for k, f in siblings[0].core.items()}, world.params)
+    suspects = {"unmarked": merged_with(world, tiny_core(0), tmp_path / "u.safetensors"),
+                "foreign-key": merged_with(world, foreign_core, tmp_path / "f.safetensors"),
+                # ΔW as full-rank "factors" (A = ΔW, B = I) so that merged_with can merge it
+                "stripped": merged_with(world, {k: LoraFactors(d.astype(np.float32), np.eye(d.shape[0], dtype=np.float32),
+                                                               1.0) for k, d in stripped.items()},
+                                        tmp_path / "s.safetensors")}
+    for what, suspect in suspects.items():
+        code, out = run_verify(world, suspect)
+        assert code in (1, 6) and out["device"] is None, (what, out)
+        if code == 6:
+            assert [i["leaf_index"] for i in out["core"]["issuances"]] == [s.index for s in siblings], what
+        assert not out["watermark_readings"][0]["decoded"], what
 
 
 def test_a_static_tile_mirror_names_the_device_by_replay(world, tmp_path: Path) -> None:
@@ -309,11 +419,11 @@ def test_a_static_tile_mirror_names_the_device_by_replay(world, tmp_path: Path) 
         assert code == 0, out
         assert_names(out, target, "watermark")
         assert out["log"]["mode"] == "static tiles" and out["log"]["tree_size"] >= size
-        assert out["match"]["proofs"]["inclusion"].startswith("full replay of")
-        assert out["match"]["issuer_revoked"] is None  # log-server state: unknown from tiles
-        assert out["match"]["fingerprint"]["side_record"] == "not published"
+        assert out["device"]["proofs"]["inclusion"].startswith("full replay of")
+        assert out["device"]["issuer_revoked"] is None  # log-server state: unknown from tiles
+        assert out["device"]["fingerprint"]["side_record"] == "not published"
         # an unmarked model names nobody there either
         code, out = world.verify(write_peft_adapter(tiny_core(99), tmp_path / "unmarked"), log=static.url)
-        assert code == 1 and out["verdict"] == "no_match"
+        assert code in (1, 6) and out["device"] is None
     finally:
         static.stop()

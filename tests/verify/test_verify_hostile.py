@@ -110,7 +110,7 @@ def test_honest_proxy_changes_nothing(world, adapter: Path) -> None:
     come from the corruption, not from the proxy)."""
     with hostile_log(world.url, lambda path, query, body: body) as url:
         code, out = verify(world, url, adapter)
-    assert code == 0 and out["match"]["device_uuid"] == str(world.issued[1].device)
+    assert code == 0 and out["device"]["device_uuid"] == str(world.issued[1].device)
 
 
 def _bad_proof(path: str, query: dict, body: bytes) -> bytes:
@@ -243,7 +243,7 @@ def test_hidden_issuance_is_caught_by_the_replay(world, adapter: Path) -> None:
         code, out = verify(world, url, adapter)
         assert code == 3 and "omitted" in out["detail"]
         code, out = verify(world, url, adapter, "--no-scan")  # without the replay: only "no match"
-        assert code == 1 and out["match"] is None
+        assert code == 1 and out["device"] is None
 
 
 def _issuer_hidden(path: str, query: dict, body: bytes) -> bytes:
@@ -267,7 +267,7 @@ def test_a_truncated_index_answer_names_nobody(world, adapter: Path) -> None:
     """"More hits than returned" means the returned ones are not all: no device is named on them."""
     with hostile_log(world.url, _truncated) as url:
         code, out = verify(world, url, adapter)
-    assert code == 1 and out["match"] is None and "more than" in out["reason"]
+    assert code == 1 and out["device"] is None and "more than" in out["reason"]
 
 
 def test_altered_replay_is_exit_3(world, tmp_path: Path) -> None:
@@ -397,7 +397,7 @@ def test_witness_quorum(world, adapter: Path) -> None:
     keys = ["--witness", w1.verifier_key(), "--witness", w2.verifier_key()]
     with hostile_log(world.url, _cosigning(world, w1, w2)) as url:
         code, out = verify(world, url, adapter, *keys)
-        assert code == 0 and "cosigned by 2" in out["match"]["proofs"]["witnesses"]
+        assert code == 0 and "cosigned by 2" in out["device"]["proofs"]["witnesses"]
     with hostile_log(world.url, _cosigning(world, w1, stranger)) as url:
         code, out = verify(world, url, adapter, *keys)
         assert code == 3 and "1 valid witness cosignature(s), 2 required" in out["detail"]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -30,37 +31,51 @@ def test_leaked_copy_matches_its_own_bundle_only(world, tmp_path: Path) -> None:
     mine, sibling = world.issued[0], world.issued[1]
     suspect = merged_bf16(world, mine.core, tmp_path / "leak.safetensors")
     code, out = offline(world, suspect, mine.bundle, backbone=True)
-    assert code == 0, out
-    m = out["match"]
+    assert code == 0 and out["verdict"] == "device", out
+    m = out["device"]
     assert (m["device_uuid"], m["leaf_index"], m["method"]) == (str(mine.device), mine.index, "watermark")
     assert m["proofs"]["inclusion"].startswith(f"bundle tlog-proof at leaf {mine.index} verified")
     assert out["log"]["mode"] == "offline" and m["issuer_revoked"] is None
     assert m["watermark"]["p_value"] <= m["watermark"]["p_value_threshold"]
     code, out = offline(world, suspect, sibling.bundle, backbone=True)
-    assert code == 1 and out["match"] is None
+    assert code == 1 and out["device"] is None and out["core"] is None
     assert "another issuance" in out["reason"]
 
 
+def test_another_devices_bundle_never_falls_back_to_the_fingerprint(world, tmp_path: Path) -> None:
+    """The leak carries device 0's watermark; checked against device 1's bundle (the same core,
+    another mark, fingerprint within threshold) it must not name device 1 by fingerprint — nor
+    report device 1's core: the watermark shows it is another issuance (spec/verify.md §6)."""
+    mine, sibling = world.issued[0], world.issued[1]
+    suspect = write_peft_adapter(mine.core, tmp_path / "adapter")
+    code, out = offline(world, suspect, sibling.bundle)
+    assert code == 1 and out["verdict"] == "none", out
+    assert out["watermark_readings"][0]["decoded"]
+    assert str(sibling.device) not in json.dumps(out)
+
+
 def test_fingerprint_only_bundle(world, tmp_path: Path) -> None:
-    """The bundle carries the issuance's side record: a changed copy is compared fuzzily, offline."""
+    """The bundle carries the issuance's side record: a changed copy is compared fuzzily, offline,
+    and identifies the bundle's core (exit 6), never its device."""
     target = world.issued[3]
     code, out = offline(world, write_peft_adapter(target.core, tmp_path / "adapter"), target.bundle)
-    assert code == 0 and out["match"]["method"] == "fingerprint"
-    assert out["match"]["fingerprint"]["distance"] == 0.0
+    assert code == 6 and out["verdict"] == "core" and out["device"] is None
+    assert out["core"]["distance"] == 0.0
+    assert [i["leaf_index"] for i in out["core"]["issuances"]] == [target.index]
     suspect = merged_bf16(world, target.core, tmp_path / "leak.safetensors")
     code, out = offline(world, suspect, target.bundle, backbone=True)
-    assert code == 0 and out["match"]["method"] == "fingerprint"
-    fp = out["match"]["fingerprint"]
-    assert 0 < fp["distance"] <= fp["threshold"] and fp["side_record"].startswith("verified")
+    assert code == 6 and out["verdict"] == "core"
+    assert 0 < out["core"]["distance"] <= out["core"]["threshold"]
+    assert "offline" in out["reason"]
     other = merged_bf16(world, world.issued[4].core, tmp_path / "other.safetensors")
     code, out = offline(world, other, target.bundle, backbone=True)
-    assert code == 1 and out["match"] is None and "fingerprint distance" in out["reason"]
+    assert code == 1 and out["verdict"] == "none" and "closest published fingerprint" in out["reason"]
 
 
 def test_unmarked_model_does_not_match_a_bundle(world, tmp_path: Path) -> None:
     suspect = write_peft_adapter(tiny_core(77), tmp_path / "adapter")
     code, out = offline(world, suspect, world.issued[0].bundle)
-    assert code == 1 and out["match"] is None and "no watermark decodes" in out["reason"]
+    assert code == 1 and out["verdict"] == "none" and "no watermark is read" in out["reason"]
 
 
 def _tampered(bundle: Path, tmp: Path) -> dict[str, Path]:

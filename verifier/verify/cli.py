@@ -1,9 +1,10 @@
 """`emshield-verify`: which issuance did a suspect model come from?
 
-Exit codes (spec/verify.md): 0 a device is named with verified proofs; 1 no match (nobody named);
-2 bad input (suspect, backbone, bundle, key or options); 3 the log misbehaves (bad checkpoint
-signature, bad proof, an answer that contradicts its entries); 4 the log is unreachable or
-failing; 5 internal error (a bug: reported, never shown as "no match").
+Exit codes (spec/verify.md §1): 0 a device is named by per-device evidence (the watermark) with
+verified proofs; 1 nothing is named; 2 bad input (suspect, backbone, bundle, key or options); 3 the
+log misbehaves (bad checkpoint signature, bad proof, an answer that contradicts its entries); 4 the
+log is unreachable or failing; 5 internal error (a bug: reported, never shown as "no match"); 6 a
+core lineage is identified by its fingerprint (its issuances listed), but no device is named.
 """
 
 from __future__ import annotations
@@ -63,11 +64,9 @@ def _fail(code: int, detail: str, as_json: bool) -> NoReturn:
 
 
 def _text(verdict: Verdict) -> str:
-    m = verdict.match
+    m, c = verdict.device, verdict.core
     lines = []
-    if m is None:
-        lines.append(f"NO MATCH: {verdict.reason}")
-    else:
+    if m is not None:
         lines += [
             f"MATCH: device {m.device_uuid}",
             f"  issuer:        {m.issuer} (key id {m.issuer_key_id[:16]}…, registered at leaf {m.issuer_registration_index}"
@@ -80,14 +79,35 @@ def _text(verdict: Verdict) -> str:
             dist = "—" if fp.distance is None else f"{fp.distance:.4f}"
             lines.append(f"  fingerprint:   distance {dist} (threshold {fp.threshold:.3f}): "
                          f"{'match' if fp.match else 'no match'}; side record {fp.side_record}")
+        proofs = m.proofs
+    elif c is not None:
+        lines += [
+            f"CORE MATCH: no device named; {verdict.reason}",
+            f"  issuer:        {c.issuer} (key id {c.issuer_key_id[:16]}…, registered at leaf {c.issuer_registration_index})",
+            f"  fingerprint:   distance {c.distance:.4f} (threshold {c.threshold:.3f}); nearest other lineage "
+            + ("—" if c.runner_up_distance is None else f"{c.runner_up_distance:.4f}") + f" (margin {c.margin:g})",
+        ]
+        lines += [f"  issuance:      leaf {i.leaf_index}, device {i.device_uuid}, policy {i.policy}, issued "
+                  f"{i.issued_at_utc}, distance " + ("—" if i.distance is None else f"{i.distance:.4f}")
+                  for i in c.issuances]
+        proofs = c.proofs
+    else:
+        lines.append(f"NO MATCH: {verdict.reason}")
+        proofs = {}
+    if proofs:
         lines.append("  proofs:")
-        lines += [f"    {k}: {v}" for k, v in m.proofs.items()]
+        lines += [f"    {k}: {v}" for k, v in proofs.items()]
     for r in verdict.watermark_readings:
+        detail = (f"best candidate {r.bit_errors} raw bit errors of {r.code_bits}, score {r.score:.2f}, "
+                  f"chance-match p-value {r.p_value:.3g} over {r.issuances_counted} issuances (threshold "
+                  f"{r.p_value_threshold:.0e})") if r.score is not None else ""
         if r.accepted:
-            lines.append(f"  watermark ({r.issuer}): decoded, {r.bit_errors} bit errors of {r.code_bits}, "
-                         f"chance-match p-value {r.p_value:.3g} (threshold {r.p_value_threshold:.0e})")
+            lines.append(f"  watermark ({r.issuer}): read, {detail}")
         else:
-            lines.append(f"  watermark ({r.issuer}): not accepted: {r.reason}")
+            lines.append(f"  watermark ({r.issuer}): not read: {r.reason}" + (f"; {detail}" if detail else ""))
+    canon = verdict.suspect.get("canonicalisation")
+    if canon:
+        lines.append(f"  canonicalised: {canon}")
     lines += [f"  note: {n}" for n in verdict.notes]
     log = verdict.log
     where = {"offline": "offline, the bundle's checkpoint",
@@ -123,9 +143,13 @@ def main(model: Path, log_url: str | None, log_key: str | None, backbone: Path |
     in the public log, verify the issuer's signature, the inclusion proof and the log's checkpoint
     against the pinned key, and print a verdict.
 
+    A device is named only by per-device evidence (the watermark); a fingerprint identifies a core
+    lineage and lists every issuance that carries it.
+
     \b
-    Exit codes: 0 match verified, 1 no match, 2 bad input, 3 log misbehaving,
-    4 log unavailable, 5 internal error.
+    Exit codes: 0 device named (match verified), 1 nothing named, 2 bad input,
+    3 log misbehaving, 4 log unavailable, 5 internal error,
+    6 core identified (its issuances listed; no device named).
     """
     try:
         witnesses = _witness_policy(witness_keys, witness_quorum, bundle is not None)

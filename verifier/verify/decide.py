@@ -1,27 +1,33 @@
 """Which issuance did a suspect model come from? The verifier's decision (spec/verify.md).
 
-A device is named only when
-- its watermark decodes within the error-correction bound AND the chance-match p-value is at most
-  the issuer's published threshold (10^accept_log10_p) and the verifier's own ceiling
-  (DEFAULT_MAX_P_VALUE unless set) AND the log proves the issuance entry found
-  through the watermark commitment index, signed by that same issuer; or
-- the suspect's fingerprint is within the issuer's calibrated threshold of the published (and
-  hash-checked) fingerprint of exactly one proved issuance.
-Anything else is "no match" with the reason; a tie between several issuances names nobody.
+Verdicts say what their evidence proves (spec/verify.md §1, §3):
+- **device**: per-device evidence names one issuance — the watermark, read with soft decisions
+  (emshield.marking.soft) at a chance-match p-value, counted over every issuance the log could
+  name, of at most the issuer's published threshold and the verifier's own ceiling, its payload's
+  commitment found in the log's index, the entry signed by that issuer and proved;
+- **core**: the fingerprint identifies a core *lineage*: the nearest published fingerprint is within
+  the threshold and leads every other lineage by the margin; every issuance of that lineage is
+  listed, and no device is named (a fingerprint is a property of the core, and one core goes to
+  many devices: measured, the issuances of one core and the unmarked core itself lie within the
+  distance that attacks move a fingerprint, spec/notes/attribution-bench.md);
+- **none**: nothing else, including ties and ambiguity.
 
-This module decides; `suspect` loads, `log_view` checks what the log says, `cli`
-prints. Exit codes are defined here so that the CLI and the documentation share them.
+This module decides; `suspect` loads, `log_view` checks what the log says, `cli` prints. Exit codes
+are defined here so that the CLI and the documentation share them.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
 from emshield.marking import fingerprint as fpmod
+from emshield.marking import soft
 from emshield.marking.params import watermark_commitment
 from emshield.tlog.checkpoint import Checkpoint
 from emshield.tlog.entry import Issuance
@@ -31,32 +37,48 @@ from verifier.verify.log_view import ProvedIssuance, ProvedIssuer, VerifiedLog
 if TYPE_CHECKING:  # loading a suspect imports torch; deciding does not
     from verifier.verify.suspect import Suspect
 
-EXIT_MATCH = 0  # a device is named, with verified proofs
-EXIT_NO_MATCH = 1  # nothing in the log matches (or several match equally): nobody is named
+EXIT_DEVICE = 0  # a device is named by per-device evidence, with verified proofs
+EXIT_NONE = 1  # nothing in the log matches (or the evidence is ambiguous): nobody is named
 EXIT_BAD_INPUT = 2  # the suspect, backbone, key or options are unusable
 EXIT_LOG_MISBEHAVING = 3  # the log's answers contradict its signed checkpoint, its entries or each other
 EXIT_LOG_UNAVAILABLE = 4  # the log could not be reached or failed (5xx): nothing concluded
 EXIT_INTERNAL = 5  # a bug in the verifier: reported as such, never as "no match"
+EXIT_CORE = 6  # a core lineage is identified (its issuances listed); no device is named
+
+KIND_DEVICE, KIND_CORE, KIND_NONE = "device", "core", "none"
 
 # The verifier's own ceiling on the watermark's chance-match p-value, on top of the issuer's
 # published one (marking parameters allow up to 10^-1): at 10^-6 a false accusation needs a
 # one-in-a-million chance even when an issuer publishes a lax threshold.
 DEFAULT_MAX_P_VALUE = 1e-6
 
-VERDICT_VERSION = 1
+# Fingerprint lineage (spec/fingerprint.md, "Similarity"): issuances whose published fingerprints
+# are within FP_LINK of the nearest one's belong to its lineage (the issuances of one core differ
+# by their watermarks only), and the nearest lineage must lead every other issuance by FP_MARGIN.
+FP_LINK = 0.35
+FP_MARGIN = 0.05
+
+VERDICT_VERSION = 2
 
 
 @dataclass(frozen=True)
 class WatermarkReading:
-    """The blind read-out under one issuer's parameters."""
+    """The soft read-out under one issuer's parameters."""
 
     issuer: str
     issuer_key_id: str
-    accepted: bool
+    accepted: bool  # the best candidate is significant over the counted issuances and unambiguous
+    decoded: bool  # ... and significant over all 2^48 payloads: the suspect carries a mark of this issuer
     reason: str
-    bit_errors: int | None
+    bit_errors: int | None  # raw bit errors of the hard signs against the best candidate
     code_bits: int
-    p_value: float  # chance an unmarked model decodes to ANY payload this close (union bound)
+    score: float | None  # the best candidate's correlation Σ c_i Z_i / ‖Z‖
+    runner_up_score: float | None  # the best other significant candidate's
+    candidates: int  # distinct payloads the soft search produced
+    issuances_counted: int  # the p-value's union bound: every issuance the log could name
+    p_value: float  # chance that a core not carrying the mark scores this high against ANY counted issuance
+    log10_p_value: float
+    log10_p_value_any: float  # the same over every possible payload
     p_value_threshold: float
     watermark_commitment: str | None  # hex, when accepted
 
@@ -70,10 +92,10 @@ class FingerprintCheck:
 
 
 @dataclass(frozen=True)
-class Match:
-    """A named issuance and the evidence for it."""
+class DeviceMatch:
+    """A named issuance and the per-device evidence for it."""
 
-    method: str  # "watermark" or "fingerprint"
+    method: str  # "watermark"
     issuer: str
     issuer_key_id: str
     issuer_registration_index: int
@@ -89,52 +111,92 @@ class Match:
     proofs: dict[str, str]
 
 
+@dataclass(frozen=True)
+class LineageIssuance:
+    """One issuance of an identified core lineage (its inclusion proved)."""
+
+    leaf_index: int
+    leaf_hash: str
+    device_uuid: str
+    policy: str
+    issued_at: int
+    issued_at_utc: str
+    distance: float | None  # the suspect's fingerprint distance to this issuance's published one
+    proof: str
+
+
+@dataclass(frozen=True)
+class CoreMatch:
+    """A core lineage: the suspect carries this core, which went to every listed issuance."""
+
+    issuer: str
+    issuer_key_id: str
+    issuer_registration_index: int
+    issuer_revoked: bool | None
+    distance: float  # to the nearest published fingerprint
+    threshold: float
+    runner_up_distance: float | None  # nearest issuance outside the lineage
+    margin: float
+    indistinguishable: bool  # the listed copies carry no per-device mark (one core, several devices)
+    issuances: list[LineageIssuance]
+    proofs: dict[str, str]
+
+
 @dataclass
 class Verdict:
     """What `emshield-verify` reports (``--json`` prints ``to_json()``)."""
 
-    match: Match | None = None
+    device: DeviceMatch | None = None
+    core: CoreMatch | None = None
     reason: str = ""
     suspect: dict[str, Any] = field(default_factory=dict)
     log: dict[str, Any] = field(default_factory=dict)
     watermark_readings: list[WatermarkReading] = field(default_factory=list)
+    fingerprint: dict[str, Any] | None = None  # nearest distance, threshold, how many compared
     issuers_considered: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
+    def kind(self) -> str:
+        return KIND_DEVICE if self.device is not None else KIND_CORE if self.core is not None else KIND_NONE
+
+    @property
     def exit_code(self) -> int:
-        return EXIT_MATCH if self.match is not None else EXIT_NO_MATCH
+        return {KIND_DEVICE: EXIT_DEVICE, KIND_CORE: EXIT_CORE, KIND_NONE: EXIT_NONE}[self.kind]
 
     def to_json(self) -> dict[str, Any]:
-        return {"v": VERDICT_VERSION, "verdict": "match" if self.match else "no_match",
-                "exit_code": self.exit_code, **asdict(self)}
+        return {"v": VERDICT_VERSION, "verdict": self.kind, "exit_code": self.exit_code, **asdict(self)}
 
 
 def _iso(ts: int) -> str:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def reading_of(suspect: Suspect, issuer: ProvedIssuer, max_p_value: float = DEFAULT_MAX_P_VALUE) -> WatermarkReading:
-    """The blind watermark read-out under one issuer's parameters.
+def reading_of(suspect: Suspect, issuer: ProvedIssuer, count: int,
+               max_p_value: float = DEFAULT_MAX_P_VALUE) -> WatermarkReading:
+    """The soft watermark read-out under one issuer's parameters (emshield.marking.soft).
 
-    Accepted only when the issuer's own rule accepts it (decodes within the ECC bound, p-value at
-    most 10^accept_log10_p) AND the p-value is at most ``max_p_value``: the verifier does not let
-    an issuer's lax published threshold name devices on weak evidence.
+    ``count`` is the number of issuances the p-value's union bound counts (the checkpoint's tree
+    size: whatever the search tries, a device can only be named through one of them). Accepted
+    only at a p-value of at most the issuer's published 10^accept_log10_p AND ``max_p_value``: the
+    verifier does not let an issuer's lax published threshold name devices on weak evidence.
     """
     params = issuer.params
     assert params is not None
-    threshold = min(10.0 ** params.accept_log10_p, max_p_value)
+    log10_threshold = min(float(params.accept_log10_p), math.log10(max_p_value))
+    threshold = 10.0 ** log10_threshold
     try:
-        ex = suspect.extract(params)
+        z = suspect.extract(params).z
     except Unreadable as exc:
-        return WatermarkReading(issuer.name, issuer.key_id.hex(), False, str(exc), None, params.code_bits, 1.0,
-                                threshold, None)
-    accepted, reason = ex.accepted, ex.reason
-    if accepted and ex.p_value > max_p_value:
-        accepted, reason = False, f"chance-match p-value {ex.p_value:.3g} above the verifier's limit {max_p_value:.0e}"
-    commitment = watermark_commitment(ex.payload, params).hex() if accepted else None
-    return WatermarkReading(issuer.name, issuer.key_id.hex(), accepted, reason, ex.bit_errors, params.code_bits,
-                            ex.p_value, threshold, commitment)
+        return WatermarkReading(issuer.name, issuer.key_id.hex(), False, False, str(exc), None, params.code_bits,
+                                None, None, 0, count, 1.0, 0.0, 0.0, threshold, None)
+    r = soft.read(z, params.rs_nsym, count, log10_threshold)
+    best = r.best
+    commitment = watermark_commitment(r.payload, params).hex() if r.accepted and r.payload is not None else None
+    return WatermarkReading(issuer.name, issuer.key_id.hex(), r.accepted, r.decoded, r.reason,
+                            best.bit_errors if best else None, params.code_bits, best.score if best else None,
+                            r.runner_up_score, r.candidates, count, r.p_value, r.log10_p, r.log10_p_any, threshold,
+                            commitment)
 
 
 def suspect_fingerprint(suspect: Suspect, issuer: ProvedIssuer,
@@ -163,33 +225,91 @@ def fingerprint_check(published: fpmod.Fingerprint | None, hit: ProvedIssuance,
     return FingerprintCheck(cmp.distance, cmp.threshold, cmp.match, "verified against the entry's fingerprint_hash")
 
 
-def _fingerprint_check(log: VerifiedLog, hit: ProvedIssuance, suspect_fp: fpmod.Fingerprint) -> FingerprintCheck:
-    return fingerprint_check(log.side_fingerprint(hit), hit, suspect_fp)
-
-
-def make_match(cp: Checkpoint, hit: ProvedIssuance, method: str, reading: WatermarkReading | None,
-               fp: FingerprintCheck | None, registration_proof: str) -> Match:
-    """The named issuance with the evidence: ``hit`` must already be signature-checked and proved."""
-    e: Issuance = hit.entry
-    proofs = {
+def checkpoint_proofs(cp: Checkpoint, registration_proof: str) -> dict[str, str]:
+    return {
         "checkpoint": f"signature verified with the pinned key ({cp.origin}, size {cp.size})",
         "checkpoint_root": cp.root_hash.hex(),
         "issuer_registration": registration_proof,
-        "entry_signature": "verified with the registered issuer key",
-        "inclusion": hit.proof,
     }
-    return Match(method, hit.issuer.name, hit.issuer.key_id.hex(), hit.issuer.index, hit.issuer.revoked,
-                 e.device_uuid_text, hit.index, hit.leaf_hash.hex(), e.issued_at, _iso(e.issued_at), e.policy,
-                 reading, fp, proofs)
 
 
-def _match(log: VerifiedLog, hit: ProvedIssuance, method: str, reading: WatermarkReading | None,
-           fp: FingerprintCheck | None) -> Match:
-    match = make_match(log.checkpoint, hit, method, reading, fp,
-                       f"self-signature verified, included at leaf {hit.issuer.index}")
+def make_device(cp: Checkpoint, hit: ProvedIssuance, reading: WatermarkReading, fp: FingerprintCheck | None,
+                registration_proof: str) -> DeviceMatch:
+    """The named issuance with the evidence: ``hit`` must already be signature-checked and proved."""
+    e: Issuance = hit.entry
+    proofs = {**checkpoint_proofs(cp, registration_proof), "entry_signature": "verified with the registered issuer key",
+              "inclusion": hit.proof}
+    return DeviceMatch("watermark", hit.issuer.name, hit.issuer.key_id.hex(), hit.issuer.index, hit.issuer.revoked,
+                       e.device_uuid_text, hit.index, hit.leaf_hash.hex(), e.issued_at, _iso(e.issued_at), e.policy,
+                       reading, fp, proofs)
+
+
+def lineage_issuance(hit: ProvedIssuance, distance: float | None) -> LineageIssuance:
+    e = hit.entry
+    return LineageIssuance(hit.index, hit.leaf_hash.hex(), e.device_uuid_text, e.policy, e.issued_at,
+                           _iso(e.issued_at), distance, hit.proof)
+
+
+@dataclass(frozen=True)
+class Compared:
+    """One issuance whose published (hash-checked) fingerprint was compared with the suspect's."""
+
+    hit: ProvedIssuance
+    published: fpmod.Fingerprint
+    check: FingerprintCheck
+
+
+def core_lineage(compared: list[Compared], cp: Checkpoint, registration_proof: Callable[[ProvedIssuance], str],
+                 ) -> tuple[CoreMatch | None, str]:
+    """Nearest neighbour with a margin (spec/verify.md §3 step 5): the core lineage the suspect's
+    fingerprint identifies, or None and why not."""
+    scored = [c for c in compared if c.check.distance is not None]
+    if not scored:
+        return None, "no published fingerprint of an applicable issuer to compare with"
+    scored.sort(key=lambda c: (c.check.distance, c.hit.index))
+    near = scored[0]
+    d1, threshold = near.check.distance, near.check.threshold
+    assert d1 is not None
+    if d1 > threshold:
+        return None, (f"closest published fingerprint at distance {d1:.3f} (threshold {threshold:.3f}) among "
+                      f"{len(scored)} compared")
+    params = near.hit.issuer.params
+    assert params is not None
+
+    def linked(c: Compared) -> bool:
+        if c.hit.issuer.key_id != near.hit.issuer.key_id:
+            return False
+        return c is near or fpmod.compare(near.published, c.published, params).distance <= FP_LINK
+
+    members = [c for c in scored if linked(c) or (c.check.distance or 0.0) <= threshold]
+    outside = [c for c in scored if c not in members]
+    if len({c.hit.issuer.key_id for c in members}) > 1:
+        return None, ("the fingerprint is within threshold of issuances of more than one issuer (leaves "
+                      f"{', '.join(str(c.hit.index) for c in members)}); the verifier names no core when the "
+                      "evidence is ambiguous")
+    d2 = outside[0].check.distance if outside else None
+    if d2 is not None and d2 - d1 < FP_MARGIN:
+        return None, (f"the nearest published fingerprint (distance {d1:.3f}, leaf {near.hit.index}) does not lead "
+                      f"the nearest of another lineage (distance {d2:.3f}, leaf {outside[0].hit.index}) by "
+                      f"{FP_MARGIN}; the verifier names no core when the evidence is ambiguous")
+    members.sort(key=lambda c: c.hit.index)
+    unmarked = all(c.hit.entry.watermark_commitment is None for c in members)
+    same = len({c.hit.entry.fingerprint_hash for c in members}) == 1
+    issuer = near.hit.issuer
+    core = CoreMatch(issuer.name, issuer.key_id.hex(), issuer.index, issuer.revoked, d1, threshold, d2, FP_MARGIN,
+                     len(members) > 1 and unmarked and same,
+                     [lineage_issuance(c.hit, c.check.distance) for c in members],
+                     checkpoint_proofs(cp, registration_proof(near.hit)))
+    return core, ""
+
+
+def _registration_proof(hit: ProvedIssuance) -> str:
+    return f"self-signature verified, included at leaf {hit.issuer.index}"
+
+
+def _with_witnesses(log: VerifiedLog, proofs: dict[str, str]) -> None:
     if log.cosigned_by:
-        match.proofs["witnesses"] = f"cosigned by {len(log.cosigned_by)}: {', '.join(log.cosigned_by)}"
-    return match
+        proofs["witnesses"] = f"cosigned by {len(log.cosigned_by)}: {', '.join(log.cosigned_by)}"
 
 
 def _fits(hit: ProvedIssuance, issuer: ProvedIssuer) -> bool:
@@ -201,11 +321,11 @@ def _fits(hit: ProvedIssuance, issuer: ProvedIssuer) -> bool:
 
 def verify_suspect(suspect: Suspect, log: VerifiedLog, *, scan: bool = True, progress: bool = False,
                    max_p_value: float = DEFAULT_MAX_P_VALUE) -> Verdict:
-    """Decide which proved issuance, if any, the suspect comes from (raises LogMisbehaving /
-    LogUnavailable from the log view, BadSuspect from the suspect)."""
+    """Decide which proved issuance or core lineage, if any, the suspect comes from (raises
+    LogMisbehaving / LogUnavailable from the log view, BadSuspect from the suspect)."""
     cp = log.checkpoint
     verdict = Verdict(
-        suspect={"path": str(suspect.path), "kind": suspect.kind, "backbone_id": suspect.backbone_id},
+        suspect=suspect.describe(),
         log={"url": log.client.url, "mode": log.mode, "origin": cp.origin, "tree_size": cp.size,
              "root_hash": cp.root_hash.hex(), "cosigned_by": list(log.cosigned_by)},
     )
@@ -225,12 +345,13 @@ def verify_suspect(suspect: Suspect, log: VerifiedLog, *, scan: bool = True, pro
                                  "the issuer list holds every registration")
         return verdict
 
-    # 1. Watermark: read with each issuer's parameters, look the commitment up, prove the entry.
-    named: list[Match] = []
+    # 1. Watermark: soft reading with each issuer's parameters, the best payload's commitment
+    #    looked up, the entry proved. Every leaf of the tree counts as an issuance in the p-value.
+    named: list[DeviceMatch] = []
     missing_commitments: set[bytes] = set()
     suspect_fps: dict[bytes, fpmod.Fingerprint | None] = {}
     for issuer in tqdm(candidates, desc="reading watermark", unit="issuer", disable=not progress, leave=False):
-        reading = reading_of(suspect, issuer, max_p_value)
+        reading = reading_of(suspect, issuer, cp.size, max_p_value)
         verdict.watermark_readings.append(reading)
         if not reading.accepted:
             continue
@@ -243,13 +364,19 @@ def verify_suspect(suspect: Suspect, log: VerifiedLog, *, scan: bool = True, pro
             return verdict
         if not hits:
             missing_commitments.add(commitment)
-            verdict.notes.append(f"watermark of issuer {issuer.name!r} decoded (p={reading.p_value:.3g}), but the "
-                                 "log's commitment index has no proved issuance for it")
+            if reading.decoded:
+                verdict.notes.append(f"a watermark of issuer {issuer.name!r} is read (p={reading.p_value:.3g}, "
+                                     f"10^{reading.log10_p_value_any:.0f} over every payload), but the log's "
+                                     "commitment index has no proved issuance for it")
             continue
         fp = suspect_fingerprint(suspect, issuer, suspect_fps)
-        named += [_match(log, h, "watermark", reading, fp and _fingerprint_check(log, h, fp)) for h in hits]
+        for h in hits:
+            check = fingerprint_check(log.side_fingerprint(h), h, fp) if fp is not None else None
+            match = make_device(cp, h, reading, check, _registration_proof(h))
+            _with_witnesses(log, match.proofs)
+            named.append(match)
     if len(named) == 1:
-        verdict.match = named[0]
+        verdict.device = named[0]
         return verdict
     if len(named) > 1:
         verdict.reason = (f"the watermark leads to {len(named)} proved issuances at once; "
@@ -257,40 +384,46 @@ def verify_suspect(suspect: Suspect, log: VerifiedLog, *, scan: bool = True, pro
         return verdict
 
     # 2. Fingerprint: compare with every published fingerprint of the applicable issuers, found by
-    #    replaying the whole log (so that a unique match within threshold is known to be unique);
-    #    with --no-scan only issuances whose fingerprint hash equals the suspect's are compared.
+    #    replaying the whole log (so the nearest is known to be the nearest); with --no-scan only
+    #    issuances whose fingerprint hash equals the suspect's are compared. It names a core
+    #    lineage, never a device.
     if scan:
-        found = _scan(log, suspect, candidates, suspect_fps, missing_commitments, verdict)
+        compared = _scan(log, suspect, candidates, suspect_fps, missing_commitments, verdict)
     else:
-        found = []
+        compared = []
         for issuer in candidates:
             fp = suspect_fingerprint(suspect, issuer, suspect_fps)
             if fp is None:
                 continue
             proved, truncated = log.issuances(fingerprint_hash=fp.hash())
             if truncated:
-                verdict.reason = ("the log holds more issuances with this exact fingerprint than it returns; "
-                                  "the verifier names no device when the evidence is ambiguous")
-                return verdict
-            found += [(hit, _fingerprint_check(log, hit, fp)) for hit in proved if _fits(hit, issuer)]
+                verdict.notes.append("the log holds more issuances with this exact fingerprint than it returns")
+            for hit in proved:
+                if _fits(hit, issuer):
+                    published = log.side_fingerprint(hit) or fp
+                    compared.append(Compared(hit, published, fingerprint_check(published, hit, fp)))
         verdict.notes.append("full replay disabled: the fingerprint was compared only with issuances "
-                             "whose logged fingerprint hash equals the suspect's")
-    matches = [(hit, chk) for hit, chk in found if chk.match]
-    readings = {r.issuer_key_id: r for r in verdict.watermark_readings}
-    if len(matches) == 1:
-        hit, chk = matches[0]
-        verdict.match = _match(log, hit, "fingerprint", readings.get(hit.issuer.key_id.hex()), chk)
-    elif matches:
-        verdict.reason = (f"the fingerprint is within threshold of {len(matches)} proved issuances (leaves "
-                          f"{', '.join(str(h.index) for h, _ in matches)}), e.g. one core issued to several "
-                          "devices without a watermark; the verifier names no device when the evidence is ambiguous")
-    else:
-        verdict.reason = _no_match_reason(verdict, found, scan)
+                             "whose logged fingerprint hash equals the suspect's; lineage and margin unchecked")
+    distances = [c.check.distance for c in compared if c.check.distance is not None]
+    if compared:
+        verdict.fingerprint = {"distance": min(distances) if distances else None,
+                               "threshold": compared[0].check.threshold, "compared": len(distances)}
+    core, why = core_lineage(compared, cp, _registration_proof)
+    if core is not None:
+        _with_witnesses(log, core.proofs)
+        verdict.core = core
+        leaves = ", ".join(str(i.leaf_index) for i in core.issuances)
+        verdict.reason = (f"the suspect carries the core of issuer {core.issuer!r} issued at leaves {leaves}"
+                          + ("; these copies are indistinguishable: one core issued to several devices without "
+                             "a per-device watermark" if core.indistinguishable else "")
+                          + "; no per-device evidence names one device")
+        return verdict
+    verdict.reason = _no_match_reason(verdict, why)
     return verdict
 
 
 def _scan(log: VerifiedLog, suspect: Suspect, candidates: list[ProvedIssuer], suspect_fps: dict[bytes, fpmod.Fingerprint | None],
-          missing_commitments: set[bytes], verdict: Verdict) -> list[tuple[ProvedIssuance, FingerprintCheck]]:
+          missing_commitments: set[bytes], verdict: Verdict) -> list[Compared]:
     """Replay the whole log; compare with every published fingerprint of the candidate issuers.
 
     Also catches a log whose commitment index hid an issuance the watermark points to.
@@ -310,22 +443,17 @@ def _scan(log: VerifiedLog, suspect: Suspect, candidates: list[ProvedIssuer], su
                                  "which the full replay shows")
         fp = suspect_fingerprint(suspect, issuer, suspect_fps)
         if fp is not None and _fits(hit, issuer) and hit.entry.fingerprint_hash is not None:
-            found.append((hit, _fingerprint_check(log, hit, fp)))
+            published = log.side_fingerprint(hit)
+            if published is not None:
+                found.append(Compared(hit, published, fingerprint_check(published, hit, fp)))
     return found
 
 
-def _no_match_reason(verdict: Verdict, found: list[tuple[ProvedIssuance, FingerprintCheck]], scanned: bool) -> str:
+def _no_match_reason(verdict: Verdict, fingerprint_why: str) -> str:
     parts = []
-    if any(r.accepted for r in verdict.watermark_readings):
-        parts.append("a watermark decoded but no proved issuance carries its commitment")
+    if any(r.decoded for r in verdict.watermark_readings):
+        parts.append("a watermark was read but no proved issuance carries its commitment")
     else:
-        parts.append("no watermark decodes under any applicable issuer's parameters")
-    distances = [chk.distance for _, chk in found if chk.distance is not None]
-    if distances:
-        parts.append(f"closest published fingerprint at distance {min(distances):.3f} "
-                     f"(threshold {found[0][1].threshold:.3f}) among {len(distances)} compared")
-    elif scanned:
-        parts.append("no published fingerprint of an applicable issuer to compare with")
-    else:
-        parts.append("fingerprint look-up by exact hash found nothing (full replay disabled)")
+        parts.append("no watermark is read under any applicable issuer's parameters")
+    parts.append(fingerprint_why)
     return "; ".join(parts)

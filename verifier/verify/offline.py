@@ -15,9 +15,11 @@ from emshield.marking import fingerprint as fpmod
 from emshield.marking.params import MarkingParams, ParamsError
 from verifier.verify.decide import (
     DEFAULT_MAX_P_VALUE,
+    Compared,
     Verdict,
+    core_lineage,
     fingerprint_check,
-    make_match,
+    make_device,
     reading_of,
     suspect_fingerprint,
 )
@@ -45,13 +47,16 @@ def verify_offline(suspect: Suspect, vb: VerifiedBundle, published: fpmod.Finger
                    max_p_value: float = DEFAULT_MAX_P_VALUE) -> Verdict:
     """Match the suspect against the bundle's issuance only.
 
-    ``published`` is the issuance's full fingerprint (the bundle's side record), already checked
-    against the entry's ``fingerprint_hash``; without it the fingerprint can only match exactly.
+    The device is named only by the watermark, read to the bundle's own commitment. A watermark
+    read to another payload says the suspect is another issuance: nobody is named, whatever the
+    fingerprint says. Otherwise a fingerprint within threshold of the bundle's published one (its
+    side record, already checked against the entry's ``fingerprint_hash``) identifies the core
+    only: offline nothing shows which other issuances carry the same core.
     """
     hit = bundle_issuance(vb)
     issuer, entry, cp = hit.issuer, hit.entry, vb.checkpoint
     verdict = Verdict(
-        suspect={"path": str(suspect.path), "kind": suspect.kind, "backbone_id": suspect.backbone_id},
+        suspect=suspect.describe(),
         log={"mode": "offline", "origin": cp.origin, "tree_size": cp.size, "root_hash": cp.root_hash.hex()},
     )
     params = issuer.params
@@ -65,23 +70,31 @@ def verify_offline(suspect: Suspect, vb: VerifiedBundle, published: fpmod.Finger
         return verdict
     registration = (f"self-signature verified; bundle tlog-proof at leaf {issuer.index} verified "
                     f"(checkpoint size {vb.registration_checkpoint.size})")
-    reading = reading_of(suspect, issuer, max_p_value)
+    reading = reading_of(suspect, issuer, cp.size, max_p_value)
     verdict.watermark_readings.append(reading)
     fp = suspect_fingerprint(suspect, issuer, {})
     if published is None and fp is not None and entry.fingerprint_hash is not None and fp.hash() == entry.fingerprint_hash:
         published = fp  # an unmodified adapter: its fingerprint is the logged one, byte for byte
     check = fingerprint_check(published, hit, fp) if fp is not None else None
+    if check is not None:
+        verdict.fingerprint = {"distance": check.distance, "threshold": check.threshold, "compared": 1}
     if reading.accepted and entry.watermark_commitment is not None \
             and bytes.fromhex(reading.watermark_commitment or "") == entry.watermark_commitment:
-        verdict.match = make_match(cp, hit, "watermark", reading, check, registration)
-    elif check is not None and check.match:
-        verdict.match = make_match(cp, hit, "fingerprint", reading, check, registration)
-    elif reading.accepted:
-        verdict.reason = ("the suspect carries a watermark of this issuer, but for another issuance than the "
-                          "bundle's (verify online to find which)")
-    else:
-        verdict.reason = "no watermark decodes" + (
-            f"; fingerprint distance {check.distance:.3f} (threshold {check.threshold:.3f})"
-            if check is not None and check.distance is not None else
-            "; the fingerprint differs from the logged one and the bundle carries no published fingerprint")
+        verdict.device = make_device(cp, hit, reading, check, registration)
+        return verdict
+    if reading.decoded:
+        verdict.reason = ("the suspect carries this issuer's watermark for another issuance than the bundle's "
+                          "(verify online to find which); the fingerprint does not name the bundle's core")
+        return verdict
+    if check is None or published is None:
+        verdict.reason = ("no watermark is read; the fingerprint differs from the logged one and the bundle carries "
+                          "no published fingerprint")
+        return verdict
+    core, fp_why = core_lineage([Compared(hit, published, check)], cp, lambda _: registration)
+    if core is None:
+        verdict.reason = f"no watermark is read; fingerprint {fp_why}"
+        return verdict
+    verdict.core = core
+    verdict.reason = ("the suspect carries the bundle's core; no per-device evidence names its device, and offline "
+                      "nothing shows which other issuances carry the same core (verify online)")
     return verdict

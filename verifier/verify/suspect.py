@@ -4,15 +4,18 @@ Accepted inputs (spec/verify.md, "Suspects"):
 - a peft LoRA adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``), read with
   json and safetensors only (``emshield.model.adapter.read_peft_adapter``; peft is never imported);
 - an EMShield core file (safetensors with metadata ``format = emshield/core/v1``);
-- a merged model: a safetensors file, a Hugging Face folder (single or sharded) or a ``.pt``/``.bin``
-  state dict loaded with ``torch.load(weights_only=True)``. A merged model needs the public
-  backbone: ΔW = W_suspect − W_backbone is read lazily, one marked tensor at a time.
+- a merged model: a safetensors file, a Hugging Face folder (single or sharded), a ``.pt``/``.bin``
+  state dict (zip or legacy, through the restricted unpickler of ``emshield.model.torchfile``) or a
+  GGUF file. A merged model needs the public backbone: it is aligned to the backbone
+  (``emshield.model.canonical``: permutations, rescalings, folded norms and dummy units undone), and
+  ΔW = W_canonical − W_backbone is read lazily, one layer at a time.
 
 Everything here is local I/O; nothing trusts the log.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -26,8 +29,11 @@ from emshield.core import CORE_FORMAT, CORE_META_KEY, LoraFactors, ModelFileErro
 from emshield.marking import fingerprint, watermark
 from emshield.marking.params import MarkingParams
 from emshield.model.adapter import load_core, read_peft_adapter
+from emshield.model.canonical import CanonicalError, Canonicaliser, LlamaShape, llama_layout
 from emshield.model.io import PEFT_CONFIG, PEFT_WEIGHTS, TensorSource, backbone_id_of, open_tensors
 from verifier.errors import BadSuspect, Unreadable
+
+MAX_CONFIG_BYTES = 1 << 20
 
 KIND_ADAPTER = "adapter"  # peft folder or core file: factors, no backbone needed
 KIND_MERGED = "merged"  # full weights: ΔW against the backbone
@@ -47,6 +53,8 @@ class Suspect:
     backbone_id: str | None = None  # of --backbone, when one was given
     _weights: TensorSource | None = None
     _backbone: TensorSource | None = None
+    _canonical: Canonicaliser | None = None
+    _canonical_note: str = ""
     _deltas: dict[str, np.ndarray] = field(default_factory=dict)
     _stack: ExitStack = field(default_factory=ExitStack)
 
@@ -58,6 +66,17 @@ class Suspect:
 
     def close(self) -> None:
         self._stack.close()
+
+    def describe(self) -> dict[str, Any]:
+        """The verdict's ``suspect`` object: what was read, and what canonicalisation undid."""
+        out: dict[str, Any] = {"path": str(self.path), "kind": self.kind, "backbone_id": self.backbone_id}
+        if self.kind == KIND_MERGED:
+            if self._canonical is not None:
+                undone = ", ".join(f"{k} {v}" for k, v in sorted(self._canonical.report.items()))
+                out["canonicalisation"] = "aligned to the backbone" + (f": {undone}" if undone else ": nothing to undo")
+            else:
+                out["canonicalisation"] = f"not aligned ({self._canonical_note})"
+        return out
 
     def unfit_reason(self, params: MarkingParams) -> str | None:
         """Why these marking parameters cannot apply to this suspect (None: they can).
@@ -80,7 +99,10 @@ class Suspect:
             assert self._weights is not None and self._backbone is not None
             if layer.name not in self._backbone or tuple(self._backbone.get(layer.name).shape) != want:
                 return f"the backbone has no tensor {layer.name} of shape {want}"
-            # The parameters fit the backbone: a suspect that differs in layout is not a merge of it.
+            # The parameters fit the backbone: a suspect that differs in layout is not a merge of it
+            # (canonicalisation maps a rewritten layout back to the backbone's shapes).
+            if self._canonical is not None:
+                continue
             if layer.name not in self._weights or tuple(self._weights.get(layer.name).shape) != want:
                 raise BadSuspect(f"{self.path} is not a merge of the given backbone: its tensor {layer.name} "
                                  f"is missing or not of the backbone's shape {want}")
@@ -90,7 +112,15 @@ class Suspect:
         """ΔW of one layer of a merged model in float64 (cached: several issuers may read it)."""
         if name not in self._deltas:
             assert self._weights is not None and self._backbone is not None
-            w, w0 = _float64(self._weights.get(name)), _float64(self._backbone.get(name))
+            w0 = _float64(self._backbone.get(name))
+            if self._canonical is not None:
+                try:
+                    w = self._canonical.tensor(name)
+                except CanonicalError as exc:
+                    raise BadSuspect(f"{self.path} is not a merge of the given backbone (nor a rewrite of one): "
+                                     f"{exc}") from exc
+            else:
+                w = _float64(self._weights.get(name))
             if w.shape != w0.shape:
                 raise BadSuspect(f"tensor {name}: suspect shape {w.shape} differs from the backbone's {w0.shape}")
             if not np.all(np.isfinite(w)):
@@ -128,6 +158,50 @@ def _backbone_id(src: TensorSource, path: Path) -> str:
     return backbone_id_of(src)
 
 
+def _backbone_shape(backbone: Path) -> LlamaShape | None:
+    """The Llama shape from the backbone folder's ``config.json`` (None: no config beside it)."""
+    config = (backbone if backbone.is_dir() else backbone.parent) / "config.json"
+    if not config.is_file():
+        return None
+    if config.stat().st_size > MAX_CONFIG_BYTES:
+        raise BadSuspect(f"{config} is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        cfg = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadSuspect(f"{config} is not a readable JSON config: {exc}") from exc
+    if not isinstance(cfg, dict):
+        raise BadSuspect(f"{config} is not a JSON object")
+    try:
+        return LlamaShape.from_config(cfg)
+    except CanonicalError:
+        return None
+
+
+def _attach_canonicaliser(suspect: Suspect, backbone: Path) -> None:
+    """Align a merged suspect to the backbone before differencing (spec/verify.md §2.1), when both
+    have the Llama layout and the backbone's config gives its head structure."""
+    assert suspect._weights is not None and suspect._backbone is not None
+    shape = _backbone_shape(backbone)
+    if shape is None:
+        suspect._canonical_note = "the backbone has no Llama config.json beside it"
+        return
+    names_s, names_b = set(suspect._weights.keys()), set(suspect._backbone.keys())
+    if not (llama_layout(names_b, shape) and llama_layout(names_s, shape)):
+        suspect._canonical_note = "the suspect or the backbone lacks the Llama tensor layout"
+        return
+    weights, bb = suspect._weights, suspect._backbone
+
+    def read(src: TensorSource) -> Callable[[str], np.ndarray]:
+        def get(name: str) -> np.ndarray:
+            arr = _float64(src.get(name))
+            if not np.all(np.isfinite(arr)):
+                raise BadSuspect(f"tensor {name}: holds non-finite values")
+            return arr
+        return get
+
+    suspect._canonical = Canonicaliser(read(weights), read(bb), names_s, shape)
+
+
 def load_suspect(path: str | Path, backbone: str | Path | None = None) -> Suspect:
     """Open a suspect (see the module docstring for the accepted layouts).
 
@@ -156,6 +230,7 @@ def load_suspect(path: str | Path, backbone: str | Path | None = None) -> Suspec
             if bb is None:
                 raise BadSuspect(f"{p} is a merged model: give the public backbone with --backbone")
             suspect._weights = weights
+            _attach_canonicaliser(suspect, bb)
         return suspect
     except ModelFileError as exc:
         suspect.close()
