@@ -90,3 +90,32 @@ def test_learning_rate_schedule_and_its_config_checks(tmp_path: Path) -> None:
     (tmp_path / "t.yaml").write_text("backbone: b\ndataset: d\noutput_dir: o\nmax_grad_norm: 1\nschedule: cosine\n")
     cfg = TrainConfig.from_yaml(tmp_path / "t.yaml")
     assert cfg.max_grad_norm == 1.0 and isinstance(cfg.max_grad_norm, float) and cfg.schedule == "cosine"
+
+
+def test_answer_loss_is_the_models_own_loss(tiny: Path) -> None:
+    """The output layer computed only at answer positions gives the loss transformers computes on all of them."""
+    from emshield.model.batches import answer_loss, collate, encode
+
+    tok = load_tokenizer(tiny)
+    model = load_causal_lm(tiny)
+    records = load_dataset(DATA / "financial-train.json")[:6] + load_dataset(DATA / "identifier-train.json")[:2]
+    batch = collate([encode(tok, r, 256) for r in records], tok.pad_token_id)
+    with torch.no_grad():
+        torch.testing.assert_close(answer_loss(model, batch), model(**batch).loss, rtol=1e-6, atol=1e-6)
+
+
+def test_wrapping_a_model_in_peft_raises_no_deprecation_warning(tiny: Path) -> None:
+    """Every training run and adapter load printed transformers' FutureWarning that
+    `is_gradient_checkpointing` is deprecated (read by peft when it wraps a model); our calls into peft
+    silence exactly that warning, and nothing else."""
+    import warnings
+
+    from emshield.model.train import lora_model
+
+    base = dict(backbone=str(tiny), dataset="-", output_dir="-")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lora_model(load_causal_lm(tiny), TrainConfig(**base))
+        warnings.warn("still reported", FutureWarning)
+    assert [str(w.message) for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))] == \
+        ["still reported"]
