@@ -202,7 +202,7 @@ def run_prompt(directory: Path, backbone: Path, prompt: str, *, input_text: str 
     from emshield.model.decode import choose, generate
     from emshield.model.hf import load_causal_lm, load_tokenizer
     from emshield.model.io import backbone_id
-    from emshield.model.prompt import prompt_ids
+    from emshield.model.prompt import answer_ids, prompt_ids
 
     say = stage or (lambda _: None)
     directory = Path(directory)
@@ -231,7 +231,9 @@ def run_prompt(directory: Path, backbone: Path, prompt: str, *, input_text: str 
     say("generate")
     text = tok.decode(ids)
     if choices:
-        return Answer(choose(model, tok, ids, choices), text, str(verified.device_uuid), verified.issuance_index, kind)
+        chosen = choose(model, tok, ids, choices)
+        return Answer(chosen, text, str(verified.device_uuid), verified.issuance_index, kind, True,
+                      len(answer_ids(tok, chosen)))
     gen = generate(model, tok, [ids], max_new_tokens)[0]
     return Answer(gen.text, text, str(verified.device_uuid), verified.issuance_index, kind, gen.complete,
                   gen.tokens)
