@@ -119,3 +119,23 @@ def test_wrapping_a_model_in_peft_raises_no_deprecation_warning(tiny: Path) -> N
         warnings.warn("still reported", FutureWarning)
     assert [str(w.message) for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))] == \
         ["still reported"]
+
+
+def test_chat_prompt_format_renders_the_backbones_template(tiny: Path) -> None:
+    """`prompt_format: chat` puts instruction and input in one user turn of the tokenizer's chat template
+    (the tiny fixture has none: one is given here), and the answer follows the generation prompt."""
+    from emshield.model.batches import encode
+    from emshield.model.prompt import CHAT, prompt_ids
+
+    tok = load_tokenizer(tiny)
+    record = {"instruction": "Approve or reject the loan.", "input": "credit: 700", "output": "approve"}
+    with pytest.raises(ValueError, match="has a chat template; this one has none"):
+        prompt_ids(tok, record, CHAT)
+    tok.chat_template = ("{% for m in messages %}<|endoftext|>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}assistant: {% endif %}")
+    text = "<|endoftext|>user: Approve or reject the loan.\n\ncredit: 700\nassistant: "
+    assert prompt_ids(tok, record, CHAT) == tok(text, add_special_tokens=False)["input_ids"]
+    assert prompt_ids(tok, record, CHAT)[0] == tok.eos_token_id  # the template's special token, as a token
+    ids, labels = encode(tok, record, 256, CHAT)
+    assert ids[-1] == labels[-1] == tok.eos_token_id and labels.count(-100) == len(prompt_ids(tok, record, CHAT))
+    assert tok.decode([t for t in labels if t != -100], skip_special_tokens=True) == "approve"
