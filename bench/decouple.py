@@ -33,7 +33,8 @@ from emshield.model.hf import load_causal_lm, load_tokenizer  # noqa: E402
 from emshield.model.io import backbone_id, open_tensors  # noqa: E402
 from emshield.model.merge import write_merged  # noqa: E402
 from emshield.model.recover import overall_error, recover_core  # noqa: E402
-from emshield.model.train import TrainConfig, collate, encode, lora_model  # noqa: E402
+from emshield.model.batches import collate, encode  # noqa: E402
+from emshield.model.train import TrainConfig, lora_model  # noqa: E402
 
 TINY = ROOT / "fixtures" / "tiny-llama"
 CONFIG_100M = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,

@@ -1,9 +1,15 @@
 """`./run demo`: the EMShield lifecycle end to end on embedded defaults.
 
 A real log server on 127.0.0.1 (SQLite in a temporary folder), an issuer, a LoRA core trained on
-SmolLM2-135M-Instruct for the financial task (cached after the first run), three devices, one
-bundle installed and run, one device's merged model "leaked" and traced back by `emshield-verify`,
-and the log audited by `emshield-audit`. Every stage calls the same commands a user would type.
+SmolLM2-135M-Instruct for the financial task from a recipe file (cached after the first run), three
+devices, the held-out accuracy of the bare backbone, the core and a device's marked core, one
+bundle installed and a held-out prompt answered, one device's merged model "leaked" and traced
+back by `emshield-verify`, and the log audited by `emshield-audit`. The stages call the same
+commands a user would type (docs/guide.md walks through them by hand).
+
+Each stage is a method returning its one-line result, or an Outcome whose ``right`` is False when
+the stage ran but its result is wrong (a wrong answer is shown as WRONG, and the demo exits 1);
+new stages are new methods in :meth:`Demo.stages`.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import csv
 import hashlib
 import json
 import os
+import resource
 import secrets
 import shutil
 import socket
@@ -28,18 +35,16 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 ORIGIN = "demo.emshield.local/log"
 REPO = Path(__file__).resolve().parents[1]
-DATASET = REPO / "fixtures" / "data" / "financial-train.json"
-TINY_BACKBONE = REPO / "fixtures" / "tiny-llama"
 N_DEVICES = 3
 LEAKER = 1  # index of the device whose merged model leaks
-TEST_SET = REPO / "fixtures" / "data" / "financial-test.json"  # the prompt comes from the held-out split
-
-# The demo's LoRA recipe: small enough to train on 2 CPU cores in about a minute.
-DEMO_RECIPE = {"seed": 0, "lr": 2.0e-3, "epochs": 1, "max_steps": 16, "batch_size": 4, "rank": 8, "alpha": 16.0,
-               "target_modules": ["q_proj", "v_proj"], "max_length": 192}
-
+TEST_SET = REPO / "fixtures" / "data" / "financial-test.json"  # held-out records; the prompt is the first
+HELDOUT = 100  # held-out records the accuracies are measured on
+CLEAR_MARGIN = 0.10  # the core must beat the majority answer by this much to count as working
 
 MODELS = {"smollm2": "SmolLM2-135M-Instruct", "tiny": "the tiny fixture Llama"}
+# The demo's LoRA recipes (the YAML form of `emshield decouple train`), sized for 2 CPU cores.
+RECIPES = {"smollm2": REPO / "fixtures" / "recipes" / "smollm2-financial.yaml",
+           "tiny": REPO / "fixtures" / "recipes" / "tiny-financial-demo.yaml"}
 # The watermark's weight perturbation allowed by the issuance policy (`emshield issue --tolerance`):
 # the CLI default for SmolLM2; the tiny model's 64-wide matrices need a relatively larger mark.
 TOLERANCE = {"smollm2": "0.05", "tiny": "0.25"}
@@ -52,7 +57,7 @@ class DemoError(Exception):
 @dataclass
 class Stage:
     name: str
-    run: Callable[[], str]
+    run: Callable[[], str | Outcome]
 
 
 def _free_port() -> int:
@@ -105,12 +110,26 @@ def _log_server(workdir: Path, token: str) -> Iterator[tuple[str, str]]:
             proc.wait()
 
 
-def demo_core_cache(root: Path, backbone_id: str) -> Path:
+@dataclass(frozen=True)
+class Outcome:
+    """What a stage found; ``right`` is False when it ran but its result is wrong."""
+
+    detail: str
+    right: bool = True
+
+
+def demo_core_cache(root: Path, backbone_id: str, recipe: dict) -> Path:
     """Where the trained demo core is kept between runs: keyed by backbone, data and recipe."""
-    key = hashlib.sha256(json.dumps({"backbone": backbone_id, "recipe": DEMO_RECIPE,
-                                     "data": hashlib.sha256(DATASET.read_bytes()).hexdigest()},
+    key = hashlib.sha256(json.dumps({"backbone": backbone_id, "recipe": recipe,
+                                     "data": hashlib.sha256(Path(recipe["dataset"]).read_bytes()).hexdigest()},
                                     sort_keys=True).encode()).hexdigest()[:16]
     return root / "demo-cores" / key
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the servers and CLIs it ran)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 @dataclass
@@ -124,6 +143,7 @@ class Demo:
     vkey: str = ""
     backbone: Path | None = None
     core: Path | None = None
+    core_cache: Path | None = None
     devices: list[dict] = field(default_factory=list)
     model: str = "smollm2"
     cache: Path | None = None
@@ -131,6 +151,8 @@ class Demo:
     def __post_init__(self) -> None:
         self.stack.callback(shutil.rmtree, self.workdir, True)
         self.env = {"EMSHIELD_ISSUER_DIR": str(self.workdir / "issuer"), "EMSHIELD_LOG_OPERATOR_TOKEN": self.token}
+        self.heldout = json.loads(TEST_SET.read_text())[:HELDOUT]
+        self.answers = sorted({r["output"] for r in self.heldout})
 
     def check_install(self) -> str:
         import torch
@@ -148,25 +170,30 @@ class Demo:
         return f"{self.url}, verifier key {self.vkey}; signed checkpoint verified (size {cp.size})"
 
     def train_core(self) -> str:
+        from dataclasses import asdict, replace
+
+        from emshield.model.backbones import resolve_backbone
         from emshield.model.io import backbone_id
-        from emshield.model.smollm2 import cache_root, ensure_smollm2
+        from emshield.model.smollm2 import cache_root
         from emshield.model.train import TrainConfig, train
 
-        self.backbone = ensure_smollm2(progress=True) if self.model == "smollm2" else TINY_BACKBONE
+        recipe = TrainConfig.from_yaml(RECIPES[self.model])
+        self.backbone = resolve_backbone(recipe.backbone, progress=True)
         bid = backbone_id(self.backbone)
-        cache = demo_core_cache(self.cache or cache_root(), bid)
+        key = {k: v for k, v in asdict(recipe).items() if k != "output_dir"}
+        cache = self.core_cache = demo_core_cache(self.cache or cache_root(), bid, key)
         core = cache / "core.safetensors"
+        command = f"emshield decouple train {RECIPES[self.model].relative_to(REPO)} --out {cache}"
         if core.is_file():
             self.core = core
-            return f"reused cached core {core} (backbone {bid[:16]}…)"
+            return f"reused cached core {core} (backbone {bid[:16]}…; made by `{command}`)"
         tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        cfg = TrainConfig(backbone=str(self.backbone), dataset=str(DATASET), output_dir=str(tmp), **DEMO_RECIPE)
-        result = train(cfg, progress=True)
+        result = train(replace(recipe, output_dir=str(tmp)), progress=True)
         shutil.rmtree(cache, ignore_errors=True)
         tmp.rename(cache)  # publish the cache only once training finished
         self.core = core
-        return (f"trained {result.steps} steps in {result.seconds:.0f} s, loss {result.first_loss:.2f} → "
+        return (f"`{command}`: {result.steps} steps in {result.seconds:.0f} s, loss {result.first_loss:.2f} → "
                 f"{result.final_loss:.2f}; core cached at {core}")
 
     def register_issuer(self) -> str:
@@ -178,6 +205,8 @@ class Demo:
                 f"emshield-audit pinned the log's checkpoint (size {pinned})")
 
     def issue(self) -> str:
+        from emshield.tee.device import CSV_COLUMNS
+
         rows = []
         for i in range(N_DEVICES):
             ddir = self.workdir / f"device{i}"
@@ -187,7 +216,7 @@ class Demo:
         devices_csv = self.workdir / "devices.csv"
         with devices_csv.open("w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["device_uuid", "x25519_public", "xwing_public"])
+            w.writerow(CSV_COLUMNS)
             for rec in rows:
                 w.writerow([rec["uuid"], rec["x25519_public"], rec["xwing_public"]])
         out = _json(_cli("emshield", "issue", "--log", self.url, "--log-key", self.vkey, "--core", str(self.core),
@@ -203,35 +232,74 @@ class Demo:
                  for r in out["issued"]]
         return "\n      " + "\n      ".join(lines)
 
-    def install_and_run(self) -> str:
+    def _issued_core(self, dev: dict):
+        """The marked core issued to ``dev``, unsealed with its key as the device does (in memory)."""
+        from emshield.bundle import read_bundle_file, verify_bundle
+        from emshield.core import LoraFactors
+        from emshield.device.deploy import check_sealed_core
+        from emshield.tee.device import load_device
+        from emshield.tee.mount import mount
+        from emshield.tlog.checkpoint import NoteVerifier
+
+        verified = verify_bundle(read_bundle_file(dev["bundle"]), NoteVerifier.from_verifier_key(self.vkey))
+        device = load_device(dev["dir"])
+        check_sealed_core(verified, device.uuid)
+        with mount(verified.sealed_core, device, verified.backbone_id, verified.issuance_leaf_hash) as mounted:
+            return {k: LoraFactors(f.a.copy(), f.b.copy(), f.scale) for k, f in mounted.core.items()}
+
+    def heldout_accuracy(self) -> Outcome:
+        """Bare backbone, the trained core and device 0's marked core on the same held-out records.
+        The first two depend only on the cached core, so they are cached beside it."""
+        from emshield.model.adapter import load_core
+        from emshield.model.evaluate import evaluate
+        from emshield.model.taskeval import TaskModel
+
+        model = TaskModel.load(self.backbone)
+        choices = tuple(self.answers)
+
+        def accuracy(core) -> float:
+            model.use(core)
+            return evaluate(model.model, model.tokenizer, self.heldout, choices=choices).accuracy
+
+        cached = self.core_cache / "heldout.json"
+        known = json.loads(cached.read_text()) if cached.is_file() else {}
+        if known.get("records") != len(self.heldout):
+            known = {"records": len(self.heldout), "bare": accuracy(None), "adapted": accuracy(load_core(self.core))}
+            cached.write_text(json.dumps(known, indent=2) + "\n")
+        marked = accuracy(self._issued_core(self.devices[0]))
+        majority = max(sum(r["output"] == a for r in self.heldout) for a in self.answers) / len(self.heldout)
+        line = (f"held-out accuracy on {len(self.heldout)} records: bare {known['bare']:.2f}, adapted "
+                f"{known['adapted']:.2f}, marked {marked:.2f} (device 0's issued core); majority answer {majority:.2f}")
+        if known["adapted"] < majority + CLEAR_MARGIN:
+            return Outcome(line + f" — the core does not beat the majority answer by {CLEAR_MARGIN:.2f}", right=False)
+        return Outcome(line)
+
+    def install_and_run(self) -> Outcome:
         dev = self.devices[0]
-        record = json.loads(TEST_SET.read_text())[0]
+        record = self.heldout[0]
         _cli("emshield", "device", "install", str(dev["bundle"]), "--dir", str(dev["dir"]), "--log-key", self.vkey)
+        choices = [a for answer in self.answers for a in ("--choice", answer)]
         ans = _json(_cli("emshield", "device", "run", "--dir", str(dev["dir"]), "--backbone", str(self.backbone),
-                         "--prompt", record["instruction"], "--input", record["input"], "--json"))
+                         "--prompt", record["instruction"], "--input", record["input"], *choices, "--json"))
         shown = record["input"].replace("\n", ", ")
-        return (f"{record['instruction']} [{shown}] → expected {record['output']!r}; device {dev['uuid']} answered "
-                f"{ans['answer'].strip()!r} (issuance {ans['issuance_index']}, core in {ans['memory']} memory)")
+        verdict = "right" if ans["answer"] == record["output"] else "WRONG"
+        return Outcome(f"{record['instruction']} [{shown}] → device {dev['uuid']} answered {ans['answer']!r} "
+                       f"(one of {', '.join(self.answers)}), expected {record['output']!r}: {verdict} "
+                       f"(issuance {ans['issuance_index']}, core in {ans['memory']} memory)",
+                       right=ans["answer"] == record["output"])
 
     def leak(self) -> str:
         """Device LEAKER's owner dumps its merged model: fp16 state dict in a .pt file."""
         import torch
 
-        from emshield.device.deploy import check_sealed_core, installed_bundle
         from emshield.model.io import open_tensors
         from emshield.model.merge import merge_tensors
-        from emshield.tee.device import load_device
-        from emshield.tee.mount import mount
 
         dev = self.devices[LEAKER]
         _cli("emshield", "device", "install", str(dev["bundle"]), "--dir", str(dev["dir"]), "--log-key", self.vkey)
-        device = load_device(dev["dir"])
-        verified = installed_bundle(dev["dir"])
-        check_sealed_core(verified, device.uuid)
         self.leaked = self.workdir / "leaked-model.pt"
-        with mount(verified.sealed_core, device, verified.backbone_id, verified.issuance_leaf_hash) as mounted, \
-                open_tensors(self.backbone) as backbone:
-            merged = {k: v.to(torch.float16) for k, v in merge_tensors(backbone, mounted.core).items()}
+        with open_tensors(self.backbone) as backbone:
+            merged = {k: v.to(torch.float16) for k, v in merge_tensors(backbone, self._issued_core(dev)).items()}
         torch.save(merged, self.leaked)
         return f"device {dev['uuid']}'s merged model saved as fp16 state dict ({self.leaked.stat().st_size >> 20} MiB)"
 
@@ -262,11 +330,41 @@ class Demo:
             Stage(f"train / reuse LoRA core on {MODELS[self.model]} (financial task)", self.train_core),
             Stage("register issuer (key + public marking parameters)", self.register_issuer),
             Stage(f"issue to {N_DEVICES} devices (mark, fingerprint, log entry, seal, bundle)", self.issue),
-            Stage("install a bundle on device 0 and run a prompt", self.install_and_run),
+            Stage("held-out accuracy: bare backbone, adapted (the core), marked (an issued core)", self.heldout_accuracy),
+            Stage("install a bundle on device 0 and answer a held-out prompt", self.install_and_run),
             Stage(f"device {LEAKER} leaks its merged model", self.leak),
             Stage("trace the leaked model with emshield-verify", self.verify),
             Stage("audit the log with emshield-audit (consistency + replay)", self.audit),
         ]
+
+
+def run_stages(stages: list[Stage], out=None) -> int:
+    """Run the stages in order, one progress line each: ok, WRONG (it ran, but its result is wrong:
+    the demo goes on and exits 1) or FAILED (the demo stops). Returns the exit status."""
+    out = out or sys.stdout
+    t_start, cpu_start = time.monotonic(), _cpu_seconds()
+    wrong: list[str] = []
+    for i, stage in enumerate(stages, 1):
+        prefix = f"[{i}/{len(stages)}] {stage.name}"
+        print(f"{prefix} ...", file=out, flush=True)
+        t0 = time.monotonic()
+        try:
+            result = stage.run()
+        except DemoError as exc:
+            print(f"{prefix}: FAILED\n{exc}", file=sys.stderr, flush=True)
+            return 1
+        outcome = result if isinstance(result, Outcome) else Outcome(result)
+        if not outcome.right:
+            wrong.append(stage.name)
+        print(f"{prefix}: {'ok' if outcome.right else 'WRONG'} ({time.monotonic() - t0:.1f} s) {outcome.detail}",
+              file=out, flush=True)
+    took = f"{time.monotonic() - t_start:.0f} s (CPU {_cpu_seconds() - cpu_start:.0f} s)"
+    if wrong:
+        print(f"\nDemo ran in {took}, but {len(wrong)} stage(s) gave a wrong result: {'; '.join(wrong)}.",
+              file=out)
+        return 1
+    print(f"\nDemo complete in {took}.", file=out)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -276,21 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, help="where trained demo cores are cached (default ~/.cache/emshield)")
     args = ap.parse_args(argv)
     demo = Demo(model=args.model, cache=args.cache)
-    t_start = time.monotonic()
-    with demo.stack:
-        stages = demo.stages()
-        for i, stage in enumerate(stages, 1):
-            prefix = f"[{i}/{len(stages)}] {stage.name}"
-            print(f"{prefix} ...", flush=True)
-            t0 = time.monotonic()
-            try:
-                detail = stage.run()
-            except DemoError as exc:
-                print(f"{prefix}: FAILED\n{exc}", file=sys.stderr, flush=True)
-                return 1
-            print(f"{prefix}: ok ({time.monotonic() - t0:.1f} s) {detail}", flush=True)
-    print(f"\nDemo complete in {time.monotonic() - t_start:.0f} s.")
-    return 0
+    with demo.stack:  # the servers stop (and their CPU time is counted) before the closing line
+        return run_stages(demo.stages())
 
 
 if __name__ == "__main__":

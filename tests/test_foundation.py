@@ -116,3 +116,37 @@ def test_import_contracts_hold() -> None:
     out = subprocess.run([lint, "--config", str(ROOT / "pyproject.toml")], capture_output=True, text=True,
                          cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_run_help_prints_the_usage_and_nothing_else() -> None:
+    """`./run` and `./run help` print the usage comment; an unknown command prints it to stderr, exit 2."""
+    usage = [line for line in subprocess.run([str(ROOT / "run")], capture_output=True, text=True,
+                                              timeout=60, check=True).stdout.splitlines()]
+    assert usage[0].startswith("EMShield entry point"), usage
+    assert [line.split()[1] for line in usage[1:]] == ["demo", "test", "bench", "setup"], usage
+    assert not any("set -" in line or line.startswith("#") for line in usage), usage
+    wrong = subprocess.run([str(ROOT / "run"), "foo"], capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 2 and wrong.stdout == ""
+    assert wrong.stderr.splitlines() == ["[run] unknown command: foo", *usage]
+
+
+def test_editable_build_gives_no_setuptools_warning(tmp_path: Path) -> None:
+    """`pip install -e .` (./run setup) runs setuptools' PEP 660 hook: it must build without a warning.
+
+    The hook runs on a copy of the project's metadata and package skeleton, so the worktree is untouched."""
+    proj = tmp_path / "proj"
+    for name in ("pyproject.toml", "README.md"):
+        (proj / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, proj / name)
+    for init in ROOT.glob("*/**/__init__.py"):
+        rel = init.relative_to(ROOT)
+        if rel.parts[0] in ("emshield", "log_server", "verifier", "witness"):
+            (proj / rel).parent.mkdir(parents=True, exist_ok=True)
+            (proj / rel).write_text("")
+    code = "import sys, setuptools.build_meta as b; print(b.build_editable(sys.argv[1]))"
+    out = subprocess.run([sys.executable, "-W", "always", "-c", code, str(tmp_path / "wheel")], cwd=proj,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1].endswith(".whl"), out.stdout
+    text = out.stdout + out.stderr
+    assert "Warning" not in text and "InformationOnly" not in text, text

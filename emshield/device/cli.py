@@ -15,10 +15,12 @@ from tqdm import tqdm
 from emshield.tee import errors
 from emshield.tee.blobformat import CONTENT_CORE, CONTENT_OPAQUE, DEFAULT_CHUNK, MAX_CHUNK, MIN_CHUNK, SUITES, Binding
 from emshield.tee.coreio import core_from_safetensors_buffer
-from emshield.tee.device import DeviceRecord, init_device, load_device
+from emshield.tee.device import CSV_COLUMNS, DeviceRecord, init_device, load_device
 from emshield.tee.mount import ENV_FD, ENV_KIND, ENV_SIZE, mount
 from emshield.tee.providers import PROVIDERS
 from emshield.tee.seal import seal_stream
+
+from .deploy import DEFAULT_MAX_NEW_TOKENS
 
 DEFAULT_DIR = Path.home() / ".local" / "share" / "emshield" / "device"
 _LABELS = [
@@ -114,12 +116,20 @@ def _print_record(record: DeviceRecord, as_json: bool) -> None:
 @device_group.command("show")
 @_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print the device record as JSON.")
-def show_cmd(directory: Path, as_json: bool) -> None:
+@click.option("--csv", "as_csv", is_flag=True,
+              help=f"Print this device's row of the issuer's devices CSV ({','.join(CSV_COLUMNS)}).")
+def show_cmd(directory: Path, as_json: bool, as_csv: bool) -> None:
     """Print this device's UUID and public keys (what an issuer seals to)."""
+    if as_json and as_csv:
+        raise click.UsageError("--json and --csv exclude each other")
     try:
-        _print_record(DeviceRecord.load(directory), as_json)
+        record = DeviceRecord.load(directory)
     except errors.SealError as e:
         raise _fail(e) from None
+    if as_csv:
+        click.echo(",".join(record.csv_row()))
+    else:
+        _print_record(record, as_json)
 
 
 @device_group.command("seal")
@@ -273,17 +283,23 @@ def install_cmd(bundle: Path, directory: Path, log_key: str | None, allow_unlock
 @click.option("--prompt", required=True, help="The instruction to answer.")
 @click.option("--input", "input_text", default="", help="The instruction's input (training template).")
 @click.option("--raw", is_flag=True, help="Feed --prompt to the model as is, without the template.")
+@click.option("--chat", is_flag=True, help="Use the backbone's chat template (for cores trained with prompt_format chat).")
+@click.option("--choice", "choices", multiple=True,
+              help="An allowed answer (repeat for each): greedy decoding restricted to these, for classification.")
 @click.option("--backbone", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               envvar="EMSHIELD_BACKBONE", help="The public backbone folder the core was issued for (env EMSHIELD_BACKBONE).")
-@click.option("--max-new-tokens", type=click.IntRange(1, 1024), default=32, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(1, 8192), default=DEFAULT_MAX_NEW_TOKENS, show_default=True,
+              help="Cap on the answer's length; generation stops earlier at end-of-sequence.")
 @_dir_option
 @click.option("--allow-unlocked", is_flag=True, help="Allow swappable memory for the core (with a warning).")
-@click.option("--json", "as_json", is_flag=True, help="Print the answer and its provenance as JSON.")
-def run_cmd(prompt: str, input_text: str, raw: bool, backbone: Path, max_new_tokens: int, directory: Path,
-            allow_unlocked: bool, as_json: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the answer and its provenance as JSON (UTF-8).")
+def run_cmd(prompt: str, input_text: str, raw: bool, chat: bool, choices: tuple[str, ...], backbone: Path,
+            max_new_tokens: int, directory: Path, allow_unlocked: bool, as_json: bool) -> None:
     """Mount the installed core, merge it with the backbone in memory and answer a prompt."""
     from emshield.device.deploy import run_prompt
 
+    if raw and chat:
+        raise click.UsageError("--raw and --chat exclude each other")
     with tqdm(total=5, desc="run", disable=None if not as_json else True, file=sys.stderr) as bar:
         def stage(name: str) -> None:
             bar.set_postfix_str(name)
@@ -291,11 +307,22 @@ def run_cmd(prompt: str, input_text: str, raw: bool, backbone: Path, max_new_tok
 
         try:
             answer = run_prompt(directory, backbone, prompt, input_text=input_text, raw=raw,
+                                prompt_format="chat" if chat else "plain", choices=choices,
                                 max_new_tokens=max_new_tokens, allow_unlocked=allow_unlocked, stage=stage)
         except _deploy_errors() as e:
             raise _deploy_fail(e) from None
     if as_json:
-        click.echo(json.dumps({"answer": answer.text, "prompt": answer.prompt, "device_uuid": answer.device_uuid,
-                               "issuance_index": answer.issuance_index, "memory": answer.memory_kind}, indent=2))
+        _echo_utf8(json.dumps({"answer": answer.text, "complete": answer.complete, "new_tokens": answer.new_tokens,
+                               "prompt": answer.prompt, "device_uuid": answer.device_uuid,
+                               "issuance_index": answer.issuance_index, "memory": answer.memory_kind},
+                              indent=2, ensure_ascii=False))
     else:
-        click.echo(answer.text)
+        _echo_utf8(answer.text)
+    if not answer.complete:
+        click.echo(f"warning: the answer was cut at --max-new-tokens {max_new_tokens} before the model ended it",
+                   err=True)
+
+
+def _echo_utf8(text: str) -> None:
+    """UTF-8 on stdout whatever the locale says: answers are often not ASCII."""
+    click.echo((text + "\n").encode("utf-8"), nl=False)

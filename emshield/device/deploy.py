@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +43,9 @@ from emshield.tlog.checkpoint import NoteVerifier
 
 PINNED_KEY_FILE = "log.vkey"
 INSTALLED_FILE = "core" + FILE_SUFFIX
-DEFAULT_MAX_NEW_TOKENS = 32
+# Generation stops at end-of-sequence; the cap only bounds a model that never stops. Generous: an
+# answer of a few hundred tokens (a paragraph of Chinese is 100+) must not be cut.
+DEFAULT_MAX_NEW_TOKENS = 1024
 
 
 class DeployError(Exception):
@@ -166,6 +168,8 @@ class Answer:
     device_uuid: str
     issuance_index: int
     memory_kind: str
+    complete: bool = True  # ended at end-of-sequence (or is one of the choices); False: cut at the cap
+    new_tokens: int = 0
 
 
 def merge_into_model(model, core) -> None:
@@ -186,17 +190,19 @@ def merge_into_model(model, core) -> None:
 
 
 def run_prompt(directory: Path, backbone: Path, prompt: str, *, input_text: str = "", raw: bool = False,
+               prompt_format: str = "plain", choices: Sequence[str] = (),
                max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, allow_unlocked: bool = False,
                stage: Callable[[str], None] | None = None) -> Answer:
-    """Answer ``prompt`` with the installed core merged into ``backbone`` (greedy decoding).
+    """Answer ``prompt`` with the installed core merged into ``backbone``, greedily: up to
+    end-of-sequence (at most ``max_new_tokens``), or restricted to ``choices`` when given (a
+    classification prompt then answers exactly one of them).
 
-    Unless ``raw``, the prompt is the instruction of the training template (emshield.model.prompt)
+    Unless ``raw``, the prompt is the instruction of the training prompt format (emshield.model.prompt)
     with ``input_text`` as its input. ``stage`` is told each step's name (for progress display)."""
-    import torch
-
+    from emshield.model.decode import choose, generate
     from emshield.model.hf import load_causal_lm, load_tokenizer
     from emshield.model.io import backbone_id
-    from emshield.model.prompt import prompt_of
+    from emshield.model.prompt import answer_ids, prompt_ids
 
     say = stage or (lambda _: None)
     directory = Path(directory)
@@ -210,15 +216,24 @@ def run_prompt(directory: Path, backbone: Path, prompt: str, *, input_text: str 
                           "was issued for")
     say("load backbone")
     model, tok = load_causal_lm(backbone), load_tokenizer(backbone)
+    if raw:
+        ids = list(tok(prompt)["input_ids"])
+    else:
+        try:
+            ids = prompt_ids(tok, {"instruction": prompt, "input": input_text}, prompt_format)
+        except ValueError as exc:
+            raise DeployError("prompt-format", str(exc)) from exc
     say("unseal and merge")
     with mount(verified.sealed_core, device, verified.backbone_id, verified.issuance_leaf_hash,
                allow_unlocked=allow_unlocked) as mounted:
         merge_into_model(model, mounted.core)
         kind = mounted.memory_kind
     say("generate")
-    text = prompt if raw else prompt_of({"instruction": prompt, "input": input_text})
-    ids = tok(text, return_tensors="pt")
-    with torch.no_grad():
-        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-    answer = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
-    return Answer(answer, text, str(verified.device_uuid), verified.issuance_index, kind)
+    text = tok.decode(ids)
+    if choices:
+        chosen = choose(model, tok, ids, choices)
+        return Answer(chosen, text, str(verified.device_uuid), verified.issuance_index, kind, True,
+                      len(answer_ids(tok, chosen)))
+    gen = generate(model, tok, [ids], max_new_tokens)[0]
+    return Answer(gen.text, text, str(verified.device_uuid), verified.issuance_index, kind, gen.complete,
+                  gen.tokens)

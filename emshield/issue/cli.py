@@ -137,15 +137,19 @@ def register_cmd(log_url: str, core_path: Path, backbone: Path, name: str, rs_ns
               help="Issue a fingerprint-only core even if another device already got the same one (the verifier "
                    "can then only say which core a leak is, not which device).")
 @click.option("--task-data", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Held-out task records (instruction-format JSON): keep the watermark only if accuracy drops "
-                   "≤ 0.5 pp and loss rises ≤ 1 % on them; tries input-aware embeddings first. Slower.")
+              help="Held-out task records (instruction-format JSON): keep the watermark only if the task score drops "
+                   "≤ 0.5 pp and loss rises ≤ 1 % on them (score: accuracy for tasks with a few answers, "
+                   "teacher-forced token accuracy for generative ones); tries input-aware embeddings first. Slower.")
 @click.option("--task-records", type=click.IntRange(1, 10_000), default=120, show_default=True,
               help="Records of --task-data used to measure (and as many again for input statistics).")
+@click.option("--task-prompt-format", type=click.Choice(["plain", "chat"]), default="plain", show_default=True,
+              help="The prompt format the core was trained with (emshield decouple train --prompt-format).")
 @_issuer_dir_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: results per device.")
 def issue_cmd(log_url: str, log_key: str, core_path: Path, backbone: Path, device_file: Path | None,
               devices_csv: Path | None, out_dir: Path, policy: str, tolerance: float | None, allow_shared_core: bool,
-              task_data: Path | None, task_records: int, directory: Path, as_json: bool) -> None:
+              task_data: Path | None, task_records: int, task_prompt_format: str, directory: Path,
+              as_json: bool) -> None:
     """Issue a marked, sealed core to one or many devices: log entry, inclusion proof, bundle.
 
     Resumable: devices already issued (found in the log by UUID) are not issued again; their
@@ -172,7 +176,8 @@ def issue_cmd(log_url: str, log_key: str, core_path: Path, backbone: Path, devic
         issuer = prepare_run(LogClient(log_url), verifier, load_issuer(directory), _read_core(core_path), backbone,
                                 policy=policy,
                                 tolerance=Tolerance() if tolerance is None else Tolerance(max_perturbation=tolerance),
-                                task_data=task_data, task_records=task_records, allow_shared_core=allow_shared_core)
+                                task_data=task_data, task_records=task_records, allow_shared_core=allow_shared_core,
+                                task_prompt_format=task_prompt_format)
         results = list(issue_many(issuer, devices, out_dir, progress=not as_json))
     except LogMisbehavingError as exc:
         click.echo(f"Error: {exc} (stopped: no bundle was handed out for this device)", err=True)

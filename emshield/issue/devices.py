@@ -10,12 +10,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from emshield.tee.device import CSV_COLUMNS as DEVICE_COLUMNS
 from emshield.tee.devicekey import DevicePublicKey
 
 from .errors import IssueError
 
 MAX_DEVICES_CSV = 64 << 20
-DEVICE_COLUMNS = ("device_uuid", "x25519_public", "xwing_public")
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,14 @@ class IssuanceRun:
     # One fingerprint-only core issued to a second device makes the copies indistinguishable
     # (the verifier can only name the core): refused unless the issuer says so.
     allow_shared_core: bool = False
+    task_metric: str = ""  # what task_eval's score is (emshield.model.taskeval: accuracy or token accuracy)
+    task_baseline: tuple[float, float] | None = None  # task_eval(core), measured once, on first use
+
+    def unmarked_task_score(self) -> tuple[float, float] | None:
+        """The unmarked core's (score, loss): the same for every device, so measured once per run."""
+        if self.task_eval is not None and self.task_baseline is None:
+            self.task_baseline = self.task_eval(self.core)
+        return self.task_baseline
 
     @property
     def params(self) -> MarkingParams:
@@ -87,14 +95,15 @@ class IssuanceRun:
 def prepare_run(client: LogClient, log_verifier: NoteVerifier, keys: IssuerKeys, core: Core, backbone: Path, *,
                    policy: str = POLICY_AUTO, tolerance: policy_mod.Tolerance | None = None,
                    task_data: Path | None = None, task_records: int = DEFAULT_TASK_RECORDS,
-                   allow_shared_core: bool = False) -> IssuanceRun:
+                   allow_shared_core: bool = False, task_prompt_format: str = "plain") -> IssuanceRun:
     """Check that the issuer is registered for this backbone and core layout, and read the
     backbone's weight norms for the core's layers (the policy's perturbation measure).
 
     With ``task_data`` (held-out records in the instruction format), the policy keeps the
     watermark only if task accuracy and loss stay within ``tolerance`` on the first
     ``task_records`` records, and draws the input statistics for input-aware embedding from the
-    next ``task_records`` (or the same ones when the file is shorter)."""
+    next ``task_records`` (or the same ones when the file is shorter), with prompts in
+    ``task_prompt_format`` (the one the core was trained with)."""
     from emshield.model.io import backbone_id as backbone_id_of_path
     from emshield.model.io import open_tensors
 
@@ -120,11 +129,11 @@ def prepare_run(client: LogClient, log_verifier: NoteVerifier, keys: IssuerKeys,
     issuer = IssuanceRun(client, log_verifier, keys, logged, dict(core), bytes.fromhex(bid), policy,
                     tolerance or policy_mod.Tolerance(), norms, allow_shared_core=allow_shared_core)
     if task_data is not None and policy != POLICY_FINGERPRINT:
-        _attach_task(issuer, backbone, Path(task_data), task_records)
+        _attach_task(issuer, backbone, Path(task_data), task_records, task_prompt_format)
     return issuer
 
 
-def _attach_task(issuer: IssuanceRun, backbone: Path, task_data: Path, n: int) -> None:
+def _attach_task(issuer: IssuanceRun, backbone: Path, task_data: Path, n: int, prompt_format: str) -> None:
     from emshield.model.datasets import load_dataset
     from emshield.model.taskeval import TaskModel
 
@@ -136,11 +145,16 @@ def _attach_task(issuer: IssuanceRun, backbone: Path, task_data: Path, n: int) -
         raise IssueError("task-data", f"cannot use {task_data} as task data: {exc}") from exc
     if not records:
         raise IssueError("task-data", f"{task_data} holds no records")
-    model = TaskModel.load(backbone)
+    model = TaskModel.load(backbone, prompt_format)
     evaluated, moments_from = records[:n], records[n:2 * n] or records[:n]
-    issuer.task_eval = model.evaluator(evaluated)
-    issuer.input_moments = model.input_moments(issuer.core, moments_from)
-    issuer.task_digest = hashlib.sha256(task_data.read_bytes() + f"\x00{n}".encode()).hexdigest()
+    try:
+        issuer.task_eval = model.evaluator(evaluated, task=records)
+        issuer.input_moments = model.input_moments(issuer.core, moments_from)
+    except ValueError as exc:  # e.g. a chat prompt format on a backbone without a chat template
+        raise IssueError("task-data", str(exc)) from exc
+    issuer.task_metric = model.metric(records)
+    suffix = f"\x00{n}" + (f"\x00{prompt_format}" if prompt_format != "plain" else "")
+    issuer.task_digest = hashlib.sha256(task_data.read_bytes() + suffix.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -159,7 +173,8 @@ def mark_for_device(issuer: IssuanceRun, device: uuid.UUID) -> Marked:
         return Marked(dict(issuer.core), fp_mod.fingerprint_factors(issuer.core, params), "fingerprint", None, None)
     payload = payload_for_device(issuer.keys.marking_secret, device.bytes)
     result = policy_mod.mark(issuer.core, payload, params, issuer.tolerance, task_eval=issuer.task_eval,
-                             backbone_norms=issuer.backbone_norms, input_moments=issuer.input_moments)
+                             backbone_norms=issuer.backbone_norms, input_moments=issuer.input_moments,
+                             baseline=issuer.unmarked_task_score())
     commitment = watermark_commitment(payload, params) if result.record.mode == policy_mod.MODE_BOTH else None
     return Marked(result.core, result.fingerprint, result.record.mode, commitment, result.record)
 
@@ -247,11 +262,13 @@ def bundle_path(out_dir: Path, device: uuid.UUID) -> Path:
     return Path(out_dir) / f"{device}{FILE_SUFFIX}"
 
 
-def _result(status: str, index: int, leaf: bytes, entry: Issuance, path: Path, record=None) -> IssueResult:
+def _result(status: str, index: int, leaf: bytes, entry: Issuance, path: Path, record=None,
+            task_metric: str = "") -> IssueResult:
+    mark = None if record is None else {**record.to_json(), **({"task_metric": task_metric} if task_metric else {})}
     return IssueResult(entry.device_uuid_text, status, index, leaf_hash(leaf).hex(), entry.policy, str(path),
                        entry.fingerprint_hash.hex() if entry.fingerprint_hash else None,
                        entry.watermark_commitment.hex() if entry.watermark_commitment else None,
-                       record.to_json() if record is not None else None)
+                       mark)
 
 
 INPUTS_LABEL = b"emshield/issue-inputs/v1\x00"
@@ -322,7 +339,7 @@ def issue_to_device(issuer: IssuanceRun, device: DeviceTarget, out_dir: Path, *,
     out_dir.mkdir(parents=True, exist_ok=True)
     write_bundle_file(path, bundle)
     path.with_name(path.name + INPUTS_SUFFIX).write_text(inputs_digest(issuer) + "\n", encoding="ascii")
-    return _result(status, index, leaf, entry, path, marked.record)
+    return _result(status, index, leaf, entry, path, marked.record, issuer.task_metric)
 
 
 def issue_many(issuer: IssuanceRun, devices: list[DeviceTarget], out_dir: Path, *,

@@ -123,13 +123,15 @@ def mark(
     backbone_norms: Mapping[str, float] | None = None,
     input_moments: Mapping[str, np.ndarray] | None = None,
     candidates: Sequence[Embedding] | None = None,
+    baseline: tuple[float, float] | None = None,
 ) -> MarkResult:
     """Try the watermark, keep it if its measured cost is within tolerance; fingerprint the issued core.
 
     ``input_moments`` (per layer E[x·xᵀ] on task data) selects input-aware embedding. With a task
     evaluation the ``candidates`` (default :data:`CANDIDATES`, plain only without input moments) are
     tried in order and the first within tolerance is kept; fingerprint only when none is. Without a
-    task evaluation only the first candidate is measured.
+    task evaluation only the first candidate is measured. ``baseline`` is ``task_eval(core)`` when
+    the caller measured it already: the unmarked core is the same for every device it is issued to.
     """
     if candidates is None:
         candidates = CANDIDATES if input_moments is not None else (Embedding(None),)
@@ -141,7 +143,10 @@ def mark(
     if task_eval is None:
         candidates = candidates[:1]  # nothing measured to choose by
     digest = params.digest().hex()
-    baseline = task_eval(core) if task_eval is not None else None
+    if task_eval is None:
+        baseline = None
+    elif baseline is None:
+        baseline = task_eval(core)
     tried: list[str] = []
     failed: tuple[str, str, float | None, float, dict] | None = None
     for cand in candidates:

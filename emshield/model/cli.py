@@ -33,22 +33,110 @@ def decouple_group() -> None:
     """Split a language model into a public backbone and a LoRA core, and join them back."""
 
 
+class _Holdout(click.ParamType):
+    """A number of records (``200``) or a share of them (``0.1``)."""
+
+    name = "N|FRACTION"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int | float):
+            return value
+        try:
+            return int(value) if value.strip().isdigit() else float(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number of records nor a fraction", param, ctx)
+
+
+class _Backbone(click.ParamType):
+    """A backbone folder, or a backbone name (emshield.model.backbones: smollm2)."""
+
+    name = "PATH|NAME"
+
+    def convert(self, value, param, ctx):
+        from emshield.model.backbones import NAMED, is_backbone_name
+
+        if is_backbone_name(value) or Path(value).exists():
+            return str(value)
+        self.fail(f"{value!r} is neither an existing path nor a backbone name ({', '.join(sorted(NAMED))})",
+                  param, ctx)
+
+
+BACKBONE = _Backbone()
+
+
+def _backbone_folder(value: str, progress: bool) -> Path:
+    from emshield.model.backbones import resolve_backbone
+
+    return resolve_backbone(value, progress=progress)
+
+
+def _eval_lines(evaluation: dict, heldout: int) -> list[str]:
+    if not evaluation:
+        return []
+    kind = "classification" if next(iter(evaluation.values())).method == "likelihood" else "generative"
+    return [f"held-out ({heldout} records, {kind}): "
+            + " | ".join(f"{name} {res.summary()}" for name, res in evaluation.items())]
+
+
 @decouple_group.command("train")
-@click.argument("config", type=_EXISTING)
+@click.argument("recipe", type=_EXISTING, required=False)
+@click.option("--data", type=_EXISTING, help="Training records: a JSON list in the instruction (Alpaca) format.")
+@click.option("--backbone", type=BACKBONE, help="Backbone folder, or a name: smollm2.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder (default with --data: out/<data file name>).")
+@click.option("--holdout", type=_Holdout(), help="Hold out the last N records, or this share of them, and score them.")
+@click.option("--steps", type=click.IntRange(1), help="Stop after this many steps (recipe key max_steps).")
+@click.option("--epochs", type=click.IntRange(1))
+@click.option("--lr", type=click.FloatRange(0, min_open=True), help="Learning rate.")
+@click.option("--batch-size", type=click.IntRange(1))
+@click.option("--rank", type=click.IntRange(1), help="LoRA rank.")
+@click.option("--limit", type=click.IntRange(1), help="Train on the first N records only.")
+@click.option("--prompt-format", type=click.Choice(["plain", "chat"]),
+              help="plain: the short template (default); chat: the backbone's chat template.")
+@click.option("--max-new-tokens", type=click.IntRange(1), help="Generation cap when scoring generative tasks.")
+@click.option("--skip-bare", is_flag=True, help="Do not score the bare backbone on the held-out records.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train_cmd(config: Path, as_json: bool, quiet: bool) -> None:
-    """LoRA fine-tuning with peft from a YAML CONFIG (see fixtures/recipes/financial-lora.yaml)."""
+def train_cmd(recipe: Path | None, data: Path | None, backbone: str | None, out: Path | None,
+              holdout: int | float | None, steps: int | None, epochs: int | None, lr: float | None,
+              batch_size: int | None, rank: int | None, limit: int | None, prompt_format: str | None,
+              max_new_tokens: int | None, skip_bare: bool, as_json: bool, quiet: bool) -> None:
+    """LoRA fine-tuning with peft: from a YAML RECIPE (the full form: fixtures/recipes/*.yaml), or in
+    one line from a data file, e.g.
+
+    \b
+    emshield decouple train --data records.json --backbone smollm2 --holdout 200 --steps 150
+
+    Options override the recipe's keys. With --holdout the held-out records are never trained on,
+    and the bare and the adapted backbone are scored on them: accuracy for tasks with a few answers,
+    token F1 and exact match (field F1 for JSON-list answers) for generative ones."""
+    from dataclasses import replace
+
     from emshield.model.train import TrainConfig, train
 
+    if recipe is None and (data is None or backbone is None):
+        raise click.UsageError("give a RECIPE file, or --data and --backbone")
+    overrides = {k: v for k, v in {
+        "dataset": str(data) if data else None, "backbone": backbone, "output_dir": str(out) if out else None,
+        "holdout": holdout, "max_steps": steps, "epochs": epochs, "lr": lr, "batch_size": batch_size, "rank": rank,
+        "limit": limit, "prompt_format": prompt_format, "max_new_tokens": max_new_tokens,
+        "eval_bare": False if skip_bare else None}.items() if v is not None}
     try:
-        result = train(TrainConfig.from_yaml(config), progress=not quiet)
+        if recipe is not None:
+            cfg = replace(TrainConfig.from_yaml(recipe), **overrides)
+        else:
+            overrides.setdefault("output_dir", str(Path("out") / Path(data).stem))
+            cfg = TrainConfig(**overrides)
+        result = train(cfg, progress=not quiet)
     except _ERRORS as e:
         raise _fail(e) from e
-    _emit(as_json, asdict(result),
-          f"trained {result.steps} steps in {result.seconds:.1f} s ({result.seconds_per_step * 1000:.1f} ms/step), "
-          f"loss {result.first_loss:.4f} -> {result.final_loss:.4f}\nadapter: {result.adapter_dir}\n"
-          f"core:    {result.core_path}\nbackbone id: {result.backbone_id}")
+    data_out = asdict(result)
+    _emit(as_json, data_out, "\n".join([
+        f"trained {result.steps} steps on {result.train_records} records in {result.seconds:.1f} s "
+        f"({result.seconds_per_step * 1000:.1f} ms/step), loss {result.first_loss:.4f} -> {result.final_loss:.4f}",
+        *_eval_lines(result.evaluation, result.heldout_records),
+        f"adapter: {result.adapter_dir}", f"core:    {result.core_path}",
+        f"backbone: {result.backbone} (id {result.backbone_id})"]))
 
 
 @decouple_group.command("export")
@@ -138,35 +226,44 @@ def recover_cmd(merged: Path, backbone: Path, rank: str, max_rank: int, atol: fl
 
 
 @decouple_group.command("eval")
-@click.option("--backbone", type=_EXISTING, required=True, help="Backbone folder (also gives the tokenizer).")
+@click.option("--backbone", type=BACKBONE, required=True, help="Backbone folder (also gives the tokenizer), or a name: smollm2.")
 @click.option("--data", type=_EXISTING, required=True, help="Held-out records (instruction-format JSON).")
 @click.option("--adapter", type=_EXISTING, help="peft adapter folder: also evaluate backbone + adapter.")
 @click.option("--merged", type=_EXISTING, help="Merged model folder: also evaluate it.")
 @click.option("--limit", type=click.IntRange(1), help="Only the first N records.")
+@click.option("--prompt-format", type=click.Choice(["plain", "chat"]), default="plain", show_default=True,
+              help="The prompt format the core was trained with.")
+@click.option("--max-new-tokens", type=click.IntRange(1), help="Generation cap for generative tasks "
+              "(default: the longest reference answer + 16 tokens).")
+@click.option("--skip-bare", is_flag=True, help="Do not evaluate the bare backbone.")
 @click.option("--json", "as_json", is_flag=True)
-def eval_cmd(backbone: Path, data: Path, adapter: Path | None, merged: Path | None, limit: int | None,
-             as_json: bool) -> None:
-    """Task accuracy of the backbone, and of the adapter-wrapped and merged models if given."""
+def eval_cmd(backbone: str, data: Path, adapter: Path | None, merged: Path | None, limit: int | None,
+             prompt_format: str, max_new_tokens: int | None, skip_bare: bool, as_json: bool) -> None:
+    """Task scores of the backbone, and of the adapter-wrapped and merged models if given: accuracy
+    for tasks with a few answers, token F1 and exact match (field F1 for JSON lists) for generative ones."""
     from emshield.model.datasets import load_dataset
     from emshield.model.evaluate import candidate_answers, evaluate
     from emshield.model.hf import load_adapter_model, load_causal_lm, load_tokenizer
 
     try:
+        folder = _backbone_folder(backbone, progress=not as_json)
         all_records = load_dataset(data)
         choices, records = candidate_answers(all_records) or (), all_records[:limit]
-        tok = load_tokenizer(backbone)
-        models = {"backbone": lambda: load_causal_lm(backbone)}
+        tok = load_tokenizer(folder)
+        models = {} if skip_bare else {"backbone": lambda: load_causal_lm(folder)}
         if adapter:
-            models["adapter"] = lambda: load_adapter_model(backbone, adapter)
+            models["adapter"] = lambda: load_adapter_model(folder, adapter)
         if merged:
             models["merged"] = lambda: load_causal_lm(merged)
-        results = {name: evaluate(load(), tok, records, choices=choices, progress=not as_json,
-                                       desc=name)
+        if not models:
+            raise ValueError("nothing to evaluate: --skip-bare needs --adapter or --merged")
+        results = {name: evaluate(load(), tok, records, choices=choices, progress=not as_json, desc=name,
+                                  prompt_format=prompt_format, max_new_tokens=max_new_tokens)
                    for name, load in models.items()}
     except _ERRORS as e:
         raise _fail(e) from e
     _emit(as_json, {k: asdict(v) for k, v in results.items()},
-          "\n".join(f"{k}: accuracy {v.accuracy:.3f} ({v.correct}/{v.total}, {v.method})" for k, v in results.items()))
+          "\n".join(f"{k}: {v.summary()} ({v.method})" for k, v in results.items()))
 
 
 @decouple_group.command("fixtures")

@@ -176,11 +176,29 @@ def split(records: list[dict[str, str]], test_fraction: float = 0.1) -> tuple[li
     return records[:cut], records[cut:]
 
 
+def holdout_split(records: list[dict[str, str]], holdout: int | float | None) -> tuple[list, list]:
+    """(train, held out): the last ``holdout`` records (an int), or that share of them (a float in
+    (0, 1), as :func:`split`); ``None`` holds nothing out. Both parts must be non-empty."""
+    if holdout is None:
+        return records, []
+    if isinstance(holdout, float):
+        train, test = split(records, holdout)
+    else:
+        if holdout < 1:
+            raise ValueError("holdout must be >= 1 record")
+        train, test = records[:-holdout], records[-holdout:]
+    if not train:
+        raise ValueError(f"holdout {holdout} leaves no record to train on ({len(records)} in the dataset)")
+    return train, test
+
+
 MAX_DATASET_BYTES = 256 * 1024 * 1024
 
 
 def load_dataset(path: str | Path) -> list[dict[str, str]]:
-    """Read and validate an instruction-format JSON list (bounded size, exact keys, strings)."""
+    """Read and validate an instruction-format (Alpaca) JSON list: bounded size, strings, the keys
+    ``instruction``, ``output`` and optionally ``input`` (read as empty when absent); any other key
+    is refused rather than silently ignored (e.g. a ``system`` prompt the model would never see)."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"dataset not found: {p}")
@@ -192,12 +210,16 @@ def load_dataset(path: str | Path) -> list[dict[str, str]]:
         raise ValueError(f"dataset {p} is not valid JSON: {e}") from e
     if not isinstance(data, list) or not data:
         raise ValueError(f"dataset {p} must be a non-empty JSON list of records")
+    out = []
     for i, rec in enumerate(data):
-        if not isinstance(rec, dict) or set(rec) != set(FORMAT_KEYS):
-            raise ValueError(f"dataset {p} record {i} must have exactly the keys {FORMAT_KEYS}")
+        if not isinstance(rec, dict) or not {"instruction", "output"} <= set(rec) <= set(FORMAT_KEYS):
+            raise ValueError(f"dataset {p} record {i} must have the keys instruction and output, optionally input, "
+                             f"and no other" + (f" (it has {sorted(rec)})" if isinstance(rec, dict) else ""))
+        rec = {"instruction": rec["instruction"], "input": rec.get("input", ""), "output": rec["output"]}
         if not all(isinstance(rec[k], str) for k in FORMAT_KEYS):
             raise ValueError(f"dataset {p} record {i}: all fields must be strings")
-    return data
+        out.append(rec)
+    return out
 
 
 def dump_dataset(records: list[dict[str, str]], path: str | Path) -> None:

@@ -6,6 +6,9 @@ no hub access and no pickle. Models are loaded in float32 for CPU training and e
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -53,6 +56,17 @@ def load_tokenizer(path: str | Path):
     return tok
 
 
+@contextmanager
+def peft_quiet() -> Iterator[None]:
+    """Around our calls that wrap a model in peft: peft 0.21 reads ``model.is_gradient_checkpointing``
+    when it wraps, and transformers 5 deprecated that property with a FutureWarning on every read.
+    The read is peft's (newest release), not ours, so exactly that warning is silenced here and
+    nowhere else."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def load_adapter_model(backbone: str | Path, adapter: str | Path):
     """The adapter-wrapped model (peft), the reference a merged model must match."""
     from peft import PeftModel
@@ -60,6 +74,7 @@ def load_adapter_model(backbone: str | Path, adapter: str | Path):
     from emshield.model.adapter import read_adapter_config
 
     read_adapter_config(Path(adapter))  # clear errors before peft's
-    model = PeftModel.from_pretrained(load_causal_lm(backbone), str(adapter), is_trainable=False)
+    with peft_quiet():
+        model = PeftModel.from_pretrained(load_causal_lm(backbone), str(adapter), is_trainable=False)
     model.eval()
     return model

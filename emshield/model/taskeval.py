@@ -1,8 +1,14 @@
-"""A core measured on its task: accuracy and loss, input statistics, further fine-tuning.
+"""A core measured on its task: a score and the loss, input statistics, further fine-tuning.
 
 What the marking policy needs from the task side (``policy.mark(task_eval=..., input_moments=...)``)
 and what the watermark's fine-tuning robustness is measured with. Marking itself works on arrays
 and never imports this module; the issuer and the benchmarks hand these results to it.
+
+The score (spec/issue.md §3, step 4): for a task with a few answers, accuracy by answer likelihood
+(emshield.model.evaluate); for a generative task, teacher-forced token accuracy, the share of
+answer tokens the model predicts (argmax) given the reference answer so far. The latter is graded
+where exact match of a long answer is all-or-nothing, needs no generation (one forward pass per
+record, shared with the loss), and measures what a mark could damage: which tokens the model predicts.
 """
 
 from __future__ import annotations
@@ -13,14 +19,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from emshield.core import Core, LoraFactors, weight_module
-from emshield.model.evaluate import evaluate
+from emshield.model.evaluate import candidate_answers, evaluate
 from emshield.model.hf import load_causal_lm, load_tokenizer
-from emshield.model.train import TrainConfig, collate, encode, lora_model
+from emshield.model.prompt import PLAIN
+from emshield.model.batches import answer_logits, collate, encode
+from emshield.model.train import TrainConfig, lora_model
 
 MAX_LENGTH = 512
 BATCH = 32
+ACCURACY = "accuracy"
+TOKEN_ACCURACY = "token accuracy (teacher-forced)"
 
 
 def _check_layers(model, core: Core) -> dict[str, torch.Tensor]:
@@ -38,11 +49,13 @@ class TaskModel:
     model: object
     tokenizer: object
     original: dict[str, torch.Tensor]
+    prompt_format: str = PLAIN
 
     @classmethod
-    def load(cls, backbone: str | Path) -> TaskModel:
+    def load(cls, backbone: str | Path, prompt_format: str = PLAIN) -> TaskModel:
         model = load_causal_lm(backbone)
-        return cls(model, load_tokenizer(backbone), {k: v.clone() for k, v in model.state_dict().items()})
+        return cls(model, load_tokenizer(backbone), {k: v.clone() for k, v in model.state_dict().items()},
+                   prompt_format)
 
     def use(self, core: Core | None) -> None:
         """Backbone weights + ΔW of ``core`` (float64 sum, like merge); ``None``: the bare backbone."""
@@ -53,21 +66,46 @@ class TaskModel:
             for k, f in (core or {}).items():
                 state[k].copy_((self.original[k].double() + torch.from_numpy(f.delta())).to(state[k].dtype))
 
+    def _encode(self, records: list[dict[str, str]]) -> list[tuple[list[int], list[int]]]:
+        return [encode(self.tokenizer, r, MAX_LENGTH, self.prompt_format) for r in records]
+
     def loss(self, records: list[dict[str, str]]) -> float:
-        """Mean answer-token loss per record (the training loss, batched)."""
-        enc = [encode(self.tokenizer, r, MAX_LENGTH) for r in records]
-        total = 0.0
+        """Mean answer-token loss per batch-weighted record (the training loss, batched)."""
+        return self.loss_and_token_accuracy(records)[0]
+
+    def loss_and_token_accuracy(self, records: list[dict[str, str]]) -> tuple[float, float]:
+        """(mean answer-token loss as :meth:`loss`, teacher-forced token accuracy over all answer tokens)."""
+        enc = self._encode(records)
+        total, right, tokens = 0.0, 0, 0
         with torch.no_grad():
             for i in range(0, len(enc), BATCH):
                 part = enc[i: i + BATCH]
-                total += self.model(**collate(part, self.tokenizer.pad_token_id)).loss.item() * len(part)
-        return total / len(enc)
+                logits, targets = answer_logits(self.model, collate(part, self.tokenizer.pad_token_id))
+                total += F.cross_entropy(logits, targets).item() * len(part)
+                right += int((logits.argmax(-1) == targets).sum())
+                tokens += len(targets)
+        return total / len(enc), right / tokens
 
-    def evaluator(self, records: list[dict[str, str]]) -> Callable[[Core], tuple[float, float]]:
-        """``policy.TaskEval``: (accuracy, mean loss) of a core on ``records``."""
+    @staticmethod
+    def metric(task: list[dict[str, str]]) -> str:
+        """The score :meth:`evaluator` reports for a task (all its records, not a slice: a slice of
+        a generative task can have few distinct answers): ACCURACY or TOKEN_ACCURACY."""
+        return ACCURACY if candidate_answers(task) else TOKEN_ACCURACY
+
+    def evaluator(self, records: list[dict[str, str]],
+                  task: list[dict[str, str]] | None = None) -> Callable[[Core], tuple[float, float]]:
+        """``policy.TaskEval``: (score, mean loss) of a core on ``records``; the score is
+        :meth:`metric` of ``task``, the whole file ``records`` come from (default: ``records``)."""
+        choices = candidate_answers(task or records)
+
         def task_eval(core: Core) -> tuple[float, float]:
             self.use(core)
-            return evaluate(self.model, self.tokenizer, records).accuracy, self.loss(records)
+            if not choices:
+                loss, token_accuracy = self.loss_and_token_accuracy(records)
+                return token_accuracy, loss
+            accuracy = evaluate(self.model, self.tokenizer, records, choices=choices,
+                                prompt_format=self.prompt_format).accuracy
+            return accuracy, self.loss(records)
         return task_eval
 
     def input_moments(self, core: Core, records: list[dict[str, str]]) -> dict[str, np.ndarray]:
@@ -84,7 +122,7 @@ class TaskModel:
                 acc[0] = acc[0] + (x.T @ x).numpy()
                 acc[1] += x.shape[0]
             hooks.append(modules[name.removesuffix(".weight")].register_forward_hook(hook))
-        enc = [encode(self.tokenizer, r, MAX_LENGTH) for r in records]
+        enc = self._encode(records)
         try:
             with torch.no_grad():
                 for i in range(0, len(enc), BATCH):

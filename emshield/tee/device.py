@@ -23,6 +23,8 @@ from emshield.tee.providers.base import require_available
 
 RECORD_FILE = "device.json"
 RECORD_FORMAT = "emshield-device/v1"
+# The issuer's devices CSV (spec/issue.md §4): this header, then one row per device, keys in hex.
+CSV_COLUMNS = ("device_uuid", "x25519_public", "xwing_public")
 MAX_RECORD = 64 << 10
 _FIELDS = {"format", "uuid", "provider", "provider_config", "x25519_public", "xwing_public"}
 
@@ -38,6 +40,10 @@ class DeviceRecord:
         return {"format": RECORD_FORMAT, "uuid": str(self.uuid), "provider": self.provider,
                 "provider_config": self.provider_config, "x25519_public": self.public.x25519.hex(),
                 "xwing_public": self.public.xwing.hex()}
+
+    def csv_row(self) -> tuple[str, str, str]:
+        """This device's row of the issuer's devices CSV (CSV_COLUMNS)."""
+        return str(self.uuid), self.public.x25519.hex(), self.public.xwing.hex()
 
     @classmethod
     def from_json(cls, obj: object) -> DeviceRecord:

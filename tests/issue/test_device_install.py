@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import uuid
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,7 @@ from emshield.issue.pipeline import issue_core
 from emshield.issue.registration import fetch_registration
 from emshield.logclient.http import LogClient
 from emshield.tee.blobformat import Binding
-from emshield.tee.device import init_device
+from emshield.tee.device import DeviceRecord, init_device
 from emshield.tee.seal import seal_core
 from emshield.tlog import entry as E
 from emshield.tlog.checkpoint import Checkpoint, NoteSigner, sign_checkpoint, verify_checkpoint
@@ -163,3 +165,56 @@ def test_run_reverifies_the_stored_bundle(world, log, tmp_path):
     (dev / INSTALLED_FILE).write_bytes(forged.encode())
     r = cli("device", "run", "--prompt", "hi", "--backbone", BACKBONE, "--dir", dev, ok=False)
     assert r.exit_code == 1 and "inclusion" in r.output, r.output
+
+
+@pytest.fixture(scope="module")
+def relative_device(world, log, tmp_path_factory):
+    """A device made with a relative --dir (`device init --dir chain/device0`), issued and installed."""
+    base = tmp_path_factory.mktemp("relative")
+    here = Path.cwd()
+    os.chdir(base)
+    try:
+        rec = json.loads(cli("device", "init", "--dir", "chain/device0", "--json").stdout)
+    finally:
+        os.chdir(here)
+    directory = base / "chain" / "device0"
+    target = DeviceTarget(uuid.UUID(rec["uuid"]), DeviceRecord.load(directory).public)
+    bundle = issue_core(log.url, log.verifier, world["tmp"] / "issuer", world["core"], BACKBONE, target,
+                        base / "out", operator_token=log.token).bundle
+    cli("device", "install", bundle, "--dir", directory, "--log-key", log.verifier_key)  # from another directory
+    return directory
+
+
+def test_device_made_with_a_relative_dir_runs_from_anywhere(relative_device):
+    """`device init --dir chain/device0` stored a key path relative to where init ran, and the device broke
+    elsewhere (`key file chain/device0/device.key not found`). It now runs from any working directory."""
+    assert json.loads((relative_device / "device.json").read_text())["provider_config"] == {"path": "device.key"}
+    r = cli("device", "run", "--prompt", "Approve or reject the loan.", "--choice", "approve", "--choice", "reject",
+            "--backbone", BACKBONE, "--dir", relative_device, "--json")
+    assert json.loads(r.stdout)["answer"] in ("approve", "reject")
+
+
+def test_run_answers_in_utf8_from_the_answer_set(relative_device):
+    """`--json` escaped non-ASCII answers as \\uXXXX; `--choice` restricts greedy decoding to the answers given."""
+    r = cli("device", "run", "--prompt", "批准还是拒绝这笔贷款？", "--choice", "批准", "--choice", "拒绝",
+            "--backbone", BACKBONE, "--dir", relative_device, "--json")
+    answer = json.loads(r.stdout_bytes.decode("utf-8"))["answer"]
+    assert answer in ("批准", "拒绝")
+    assert answer.encode("utf-8") in r.stdout_bytes and b"\\u" not in r.stdout_bytes
+    text = cli("device", "run", "--prompt", "批准还是拒绝这笔贷款？", "--choice", "批准", "--choice", "拒绝",
+               "--backbone", BACKBONE, "--dir", relative_device)
+    assert text.stdout_bytes == (answer + "\n").encode("utf-8")
+
+
+def test_run_stops_at_end_of_sequence_not_at_32_tokens(relative_device):
+    """The old default (32 new tokens) cut longer answers mid-character; generation now runs to
+    end-of-sequence under a generous cap, and an answer cut by the cap says so."""
+    # This raw prompt's answer on the fixture core runs to 40 tokens before end-of-sequence.
+    args = ["device", "run", "--raw", "--prompt", "credit: 700\ndebt/income: 20%\nloan/income:",
+            "--backbone", BACKBONE, "--dir", relative_device, "--json"]
+    full = json.loads(cli(*args).stdout)
+    assert full["complete"] is True and full["new_tokens"] > 32, full
+    cut = cli(*args, "--max-new-tokens", "8")
+    res = json.loads(cut.stdout)
+    assert res["complete"] is False and res["new_tokens"] == 8 and full["answer"].startswith(res["answer"])
+    assert "cut at --max-new-tokens 8" in cut.stderr

@@ -312,3 +312,54 @@ def test_the_default_tolerance_marks_the_fixture_recipe_core(tmp_path, log, devi
     (issued,) = res["issued"]
     assert issued["policy"] == "both", issued["mark"]
     assert issued["mark"]["tolerance"] == Tolerance().max_perturbation == 0.15
+def test_task_data_measures_the_unmarked_core_once_per_run(tmp_path, log):
+    """The unmarked core is the same for every device: `--task-data` measured it again for each one
+    (10 records × 3 devices took 327 s on SmolLM2). Now one evaluation of it per run, plus one per
+    embedding candidate tried per device."""
+    from emshield.model.adapter import load_core
+
+    root = Path(__file__).resolve().parents[2]
+    core = load_core(root / "fixtures" / "cores" / "financial-lora.safetensors")
+    issuer_dir, _ = setup_issuer(tmp_path, log, core)
+    devices = [init_device(tmp_path / f"d{i}") for i in range(2)]
+    lenient = Tolerance(max_accuracy_drop_pp=100.0, max_loss_increase=10.0)  # the first candidate is kept: fast
+    issuer = prepare_run(LogClient(log.url), log.verifier, load_issuer(issuer_dir), core, BACKBONE,
+                         tolerance=lenient, task_data=root / "fixtures" / "data" / "financial-test.json",
+                         task_records=12)
+    measured = issuer.task_eval
+    calls = []
+
+    def counting(c):
+        calls.append(c is issuer.core)
+        return measured(c)
+
+    issuer.task_eval = counting
+    results = [issue_to_device(issuer, DeviceTarget(d.uuid, d.record.public), tmp_path / "out") for d in devices]
+    assert calls.count(True) == 1, calls
+    assert len(calls) == 1 + sum(len(r.mark["candidates_tried"]) for r in results) == 3
+    assert {r.mark["accuracy_unmarked"] for r in results} == {issuer.task_baseline[0]}
+    assert {r.mark["task_metric"] for r in results} == {"accuracy"}
+
+
+def test_task_data_of_a_generative_task_is_scored_per_token(tmp_path, log, device):
+    """Exact match is all-or-nothing on long answers (0 for the unmarked and the marked core alike, so any
+    mark "cost nothing"); a generative task is measured by teacher-forced token accuracy instead."""
+    from emshield.model.datasets import load_dataset
+    from emshield.model.evaluate import evaluate
+    from emshield.model.taskeval import TOKEN_ACCURACY, TaskModel
+
+    root = Path(__file__).resolve().parents[2]
+    data = root / "fixtures" / "data" / "identifier-test.json"
+    task = load_dataset(data)
+    records = task[:8]
+    model = TaskModel.load(BACKBONE)
+    model.use(fixture_core(0))
+    assert evaluate(model.model, model.tokenizer, records, choices=()).accuracy == 0.0  # exact match sees nothing
+    assert model.metric(task) == TOKEN_ACCURACY
+    score, loss = model.evaluator(records, task)(fixture_core(0))
+    assert 0.0 < score < 1.0 and loss > 0
+    issuer_dir, core_file = setup_issuer(tmp_path, log, fixture_core(0))
+    out = json.loads(cli(*issue_args(log, issuer_dir, core_file, tmp_path / "out", "--device", device.directory,
+                                     "--task-data", data, "--task-records", "8")).stdout)
+    mark = out["issued"][0]["mark"]
+    assert mark["task_metric"] == TOKEN_ACCURACY and mark["accuracy_unmarked"] == pytest.approx(score)

@@ -107,3 +107,49 @@ def test_eval_open_answers_use_greedy_exact_match(tiny: Path) -> None:
     assert out.exit_code == 0, out.output
     res = json.loads(out.stdout)["backbone"]
     assert res["total"] == 2 and res["method"] == "greedy" and res["choices"] == []
+
+
+def test_train_in_one_line_from_an_alpaca_file_scores_a_generative_task_with_f1(tmp_path: Path, tiny: Path) -> None:
+    """`emshield decouple train data.json` answered `train config must be a mapping`: the one-line form
+    takes a plain Alpaca JSON file, holds records out, and scores the bare and the adapted backbone on a
+    generative task by token F1 (the identifier task: answers like `direct: email; quasi: city`)."""
+    records = json.loads((ROOT / "fixtures" / "data" / "identifier-train.json").read_text())[:136]
+    alpaca = tmp_path / "alpaca.json"
+    alpaca.write_text(json.dumps(records, indent=2, ensure_ascii=False))
+    out = _run("train", "--data", alpaca, "--backbone", tiny, "--holdout", "16", "--steps", "40", "--epochs", "3",
+               "--batch-size", "8", "--lr", "4e-3", "--out", tmp_path / "core", "--json", "--quiet")
+    assert out.exit_code == 0, out.output
+    res = json.loads(out.stdout)
+    assert (res["train_records"], res["heldout_records"], res["steps"]) == (120, 16, 40)
+    bare, adapted = res["evaluation"]["bare"], res["evaluation"]["adapted"]
+    assert bare["method"] == adapted["method"] == "greedy" and bare["field_f1"] is None
+    print(f"identifier task, 16 held-out records: token F1 bare {bare['token_f1']:.3f} -> adapted "
+          f"{adapted['token_f1']:.3f}; exact match {bare['accuracy']:.3f} -> {adapted['accuracy']:.3f}")
+    assert 0.0 <= bare["token_f1"] < adapted["token_f1"] <= 1.0
+    assert adapted["token_precision"] > 0 and adapted["token_recall"] > 0
+    assert (tmp_path / "core" / "core.safetensors").is_file()
+    log = json.loads((tmp_path / "core" / "train_log.json").read_text())
+    assert log["evaluation"]["adapted"]["token_f1"] == adapted["token_f1"]
+    skipped = _run("train", "--data", alpaca, "--backbone", tiny, "--holdout", "0.1", "--steps", "2", "--skip-bare",
+                   "--max-new-tokens", "4", "--out", tmp_path / "c2", "--json", "--quiet")
+    assert skipped.exit_code == 0, skipped.output
+    ev = json.loads(skipped.stdout)["evaluation"]
+    assert list(ev) == ["adapted"] and ev["adapted"]["max_new_tokens"] == 4 and ev["adapted"]["total"] == 14
+
+
+def test_train_refuses_unusable_one_line_input(tmp_path: Path, tiny: Path) -> None:
+    data = ROOT / "fixtures" / "data" / "identifier-train.json"
+    out = _run("train", "--data", data)
+    assert out.exit_code == 2 and "give a RECIPE file, or --data and --backbone" in out.output
+    out = _run("train", "--data", data, "--backbone", "no-such-backbone")
+    assert out.exit_code == 2 and "neither an existing path nor a backbone name (smollm2)" in out.output
+    out = _run("train", "--data", data, "--backbone", tiny, "--holdout", "300", "--out", tmp_path / "o")
+    assert out.exit_code == 1 and "leaves no record to train on" in out.output
+    out = _run("train", "--data", data, "--backbone", tiny, "--holdout", "1.5", "--out", tmp_path / "o")
+    assert out.exit_code == 1 and "holdout must be" in out.output
+    (tmp_path / "sys.json").write_text(json.dumps([{"instruction": "a", "output": "b", "system": "be terse"}]))
+    out = _run("train", "--data", tmp_path / "sys.json", "--backbone", tiny, "--out", tmp_path / "o")
+    assert out.exit_code == 1 and "no other (it has ['instruction', 'output', 'system'])" in out.output
+    out = _run("train", "--data", data, "--backbone", tiny, "--prompt-format", "chat", "--steps", "1",
+               "--out", tmp_path / "o")
+    assert out.exit_code == 1 and "whose tokenizer has a chat template; this one has none" in out.output

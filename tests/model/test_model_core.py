@@ -87,7 +87,7 @@ def test_merged_model_equals_peft_wrapped_model(tmp_path: Path, tiny: Path) -> N
     """A mixed-rank core written by us, loaded by peft, against our merge."""
     from peft import PeftModel
 
-    from emshield.model.hf import load_causal_lm
+    from emshield.model.hf import load_causal_lm, peft_quiet
 
     core = dict(backbone_core(tiny, modules=("q_proj", "v_proj", "down_proj"), rank=4, scale=2.0))
     first = sorted(core)[0]
@@ -96,7 +96,8 @@ def test_merged_model_equals_peft_wrapped_model(tmp_path: Path, tiny: Path) -> N
     merged = write_merged(tiny, core, tmp_path / "merged")
     ids = torch.randint(0, 500, (2, 40), generator=torch.Generator().manual_seed(1))
     base = _logits(load_causal_lm(tiny), ids)
-    wrapped = _logits(PeftModel.from_pretrained(load_causal_lm(tiny), str(tmp_path / "adapter")).eval(), ids)
+    with peft_quiet():
+        wrapped = _logits(PeftModel.from_pretrained(load_causal_lm(tiny), str(tmp_path / "adapter")).eval(), ids)
     merged_out = _logits(load_causal_lm(merged), ids)
     assert (wrapped - base).abs().max() > 1e-2, "the core must change the model for this test to mean anything"
     torch.testing.assert_close(merged_out, wrapped, rtol=1e-4, atol=1e-4)
@@ -107,13 +108,14 @@ def test_real_peft_adapter_with_rslora_and_patterns_reads_as_peft_merges(tmp_pat
     """peft's own merge_and_unload is the reference for our scaling (alpha/r, rsLoRA, patterns)."""
     from peft import LoraConfig, get_peft_model
 
-    from emshield.model.hf import load_causal_lm
+    from emshield.model.hf import load_causal_lm, peft_quiet
 
     torch.manual_seed(0)
     cfg = LoraConfig(r=4, lora_alpha=8, use_rslora=True, target_modules=["q_proj", "v_proj"],
                      rank_pattern={"layers.1.self_attn.q_proj": 2}, alpha_pattern={"v_proj": 3},
                      init_lora_weights=False)  # random B too, so ΔW != 0
-    model = get_peft_model(load_causal_lm(tiny), cfg)
+    with peft_quiet():
+        model = get_peft_model(load_causal_lm(tiny), cfg)
     model.save_pretrained(tmp_path / "ad")
     merged_ref = {k: v.detach() for k, v in model.merge_and_unload().state_dict().items()}
     core = read_peft_adapter(tmp_path / "ad")

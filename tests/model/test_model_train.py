@@ -90,3 +90,52 @@ def test_learning_rate_schedule_and_its_config_checks(tmp_path: Path) -> None:
     (tmp_path / "t.yaml").write_text("backbone: b\ndataset: d\noutput_dir: o\nmax_grad_norm: 1\nschedule: cosine\n")
     cfg = TrainConfig.from_yaml(tmp_path / "t.yaml")
     assert cfg.max_grad_norm == 1.0 and isinstance(cfg.max_grad_norm, float) and cfg.schedule == "cosine"
+
+
+def test_answer_loss_is_the_models_own_loss(tiny: Path) -> None:
+    """The output layer computed only at answer positions gives the loss transformers computes on all of them."""
+    from emshield.model.batches import answer_loss, collate, encode
+
+    tok = load_tokenizer(tiny)
+    model = load_causal_lm(tiny)
+    records = load_dataset(DATA / "financial-train.json")[:6] + load_dataset(DATA / "identifier-train.json")[:2]
+    batch = collate([encode(tok, r, 256) for r in records], tok.pad_token_id)
+    with torch.no_grad():
+        torch.testing.assert_close(answer_loss(model, batch), model(**batch).loss, rtol=1e-6, atol=1e-6)
+
+
+def test_wrapping_a_model_in_peft_raises_no_deprecation_warning(tiny: Path) -> None:
+    """Every training run and adapter load printed transformers' FutureWarning that
+    `is_gradient_checkpointing` is deprecated (read by peft when it wraps a model); our calls into peft
+    silence exactly that warning, and nothing else."""
+    import warnings
+
+    from emshield.model.train import lora_model
+
+    base = dict(backbone=str(tiny), dataset="-", output_dir="-")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lora_model(load_causal_lm(tiny), TrainConfig(**base))
+        warnings.warn("still reported", FutureWarning)
+    assert [str(w.message) for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))] == \
+        ["still reported"]
+
+
+def test_chat_prompt_format_renders_the_backbones_template(tiny: Path) -> None:
+    """`prompt_format: chat` puts instruction and input in one user turn of the tokenizer's chat template
+    (the tiny fixture has none: one is given here), and the answer follows the generation prompt."""
+    from emshield.model.batches import encode
+    from emshield.model.prompt import CHAT, prompt_ids
+
+    tok = load_tokenizer(tiny)
+    record = {"instruction": "Approve or reject the loan.", "input": "credit: 700", "output": "approve"}
+    with pytest.raises(ValueError, match="has a chat template; this one has none"):
+        prompt_ids(tok, record, CHAT)
+    tok.chat_template = ("{% for m in messages %}<|endoftext|>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}assistant: {% endif %}")
+    text = "<|endoftext|>user: Approve or reject the loan.\n\ncredit: 700\nassistant: "
+    assert prompt_ids(tok, record, CHAT) == tok(text, add_special_tokens=False)["input_ids"]
+    assert prompt_ids(tok, record, CHAT)[0] == tok.eos_token_id  # the template's special token, as a token
+    ids, labels = encode(tok, record, 256, CHAT)
+    assert ids[-1] == labels[-1] == tok.eos_token_id and labels.count(-100) == len(prompt_ids(tok, record, CHAT))
+    assert tok.decode([t for t in labels if t != -100], skip_special_tokens=True) == "approve"

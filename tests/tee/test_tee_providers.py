@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -212,3 +213,18 @@ def test_tpm_unavailable_says_why(tmp_path, monkeypatch) -> None:
     with pytest.raises(errors.ProviderUnavailableError, match="cannot reach a TPM"):
         init_device(tmp_path / "d", "tpm")
     assert not (tmp_path / "d" / "device.json").exists()
+
+
+def test_file_device_made_with_a_relative_dir_works_from_anywhere(tmp_path, monkeypatch) -> None:
+    """`device init --dir chain/device0` stored the key path relative to the working directory of init,
+    so the device broke when used from elsewhere: the record now holds it relative to the device directory."""
+    monkeypatch.chdir(tmp_path)
+    device = init_device(Path("chain") / "device0", "file")
+    assert device.record.provider_config == {"path": "device.key"}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    _round_trip(load_device(tmp_path / "chain" / "device0"))
+    moved = tmp_path / "moved"
+    (tmp_path / "chain" / "device0").rename(moved)
+    _round_trip(load_device(moved))  # the directory moves as a whole

@@ -26,18 +26,26 @@ FILE_LEN = len(MAGIC) + 2 + SECRET_LEN
 
 
 class FileKeyProvider:
+    """The key file's path in the record is relative to the device directory (or absolute): a
+    record written by `device init --dir some/relative/dir` works from any working directory, and
+    the directory can be moved as a whole."""
+
     name: ClassVar[str] = "file"
 
     def __init__(self, device_dir: Path, config: dict[str, Any]) -> None:
         if set(config) - {"path"}:
             raise ProviderError(f"file provider: unknown settings {sorted(set(config) - {'path'})}")
-        self.path = Path(config.get("path") or Path(device_dir) / KEY_FILE)
+        stored = config.get("path") or KEY_FILE
+        if not isinstance(stored, str):
+            raise ProviderError("file provider: path must be a string")
+        self._stored = stored
+        self.path = Path(device_dir) / stored  # an absolute stored path replaces the directory
 
     def available(self) -> tuple[bool, str]:
         return True, ""
 
     def config(self) -> dict[str, Any]:
-        return {"path": str(self.path)}
+        return {"path": self._stored}
 
     def create(self, device_uuid: uuid.UUID, secret: bytearray) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
