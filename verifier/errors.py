@@ -1,6 +1,6 @@
 """The verifier's refusals and failures, one place for every module of `verifier` to raise and catch.
 
-Each maps to one exit code of `emshield-verify` (spec/verify.md §1): bad input (2), a misbehaving
+Each maps to one exit code (spec/cli.md): bad input (2, `BadSuspect`, `NotALog`), a misbehaving
 log (3), an unavailable log (4). `Unreadable` is not a failure: the suspect carries nothing to read
 under some parameters, and the verdict says so.
 """
@@ -15,6 +15,11 @@ class BadSuspect(ValueError):
 class Unreadable(ValueError):
     """Nothing to read under some parameters (e.g. a marked layer with ΔW = 0: the suspect is the
     backbone there). Not bad input: such a suspect carries no mark or fingerprint to match."""
+
+
+class NotALog(ValueError):
+    """No EMShield log answers at the URL given (a plain 404 for its checkpoint): the URL is wrong,
+    which is bad input, not a log misbehaving."""
 
 
 class LogMisbehaving(RuntimeError):

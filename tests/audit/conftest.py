@@ -20,6 +20,6 @@ def run_audit():
     def run(url: str, key: str, state: Path, *extra: str) -> tuple[int, dict]:
         result = CliRunner().invoke(audit_cli, ["--log", url, "--key", key, "--state", str(state), "--json", *extra])
         assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-        return result.exit_code, json.loads(result.output)
+        return result.exit_code, json.loads(result.stdout)
 
     return run

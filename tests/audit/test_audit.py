@@ -74,28 +74,28 @@ def test_key_pinning_state_and_reachability_errors(run_audit, populated, log_fil
     state = tmp_path / "audit.json"
     assert run_audit(srv.url, key, state)[0] == 0
     before = state.read_bytes()
-    # Another key for the same origin: refused against the pin (5), state untouched.
+    # Another key for the same origin: refused against the pin (7, local state), state untouched.
     (tmp_path / "other").mkdir()
     other = init_log(tmp_path / "other")
     assert other.verifier.name == log_files.verifier.name and other.verifier.verifier_key() != key
     code, out = run_audit(srv.url, other.verifier.verifier_key(), state)
-    assert code == 5 and "pinned" in out["error"]
-    # A fresh state with the wrong key: the checkpoint does not verify, nothing is concluded (4).
+    assert code == 7 and out["error"] == "local_state" and "pinned" in out["detail"]
+    # A fresh state with the wrong key: the checkpoint does not verify with it (3), nothing is saved.
     code, out = run_audit(srv.url, other.verifier.verifier_key(), tmp_path / "fresh.json")
-    assert code == 4 and not (tmp_path / "fresh.json").exists()
+    assert code == 3 and not (tmp_path / "fresh.json").exists()
     # Unreachable log: 4.
     srv.stop()
     code, out = run_audit(srv.url, key, state)
-    assert code == 4 and "cannot fetch" in out["error"]
+    assert code == 4 and out["error"] == "log_unavailable" and "cannot fetch" in out["detail"]
     assert state.read_bytes() == before
-    # Corrupt or tampered state files: 5.
+    # Corrupt or tampered state files: 7.
     state.write_text("{not json")
-    assert run_audit(srv.url, key, state)[0] == 5
+    assert run_audit(srv.url, key, state)[0] == 7
     doc = json.loads(before)
     doc["logs"][ORIGIN]["size"] += 1  # no longer matches the saved signed note
     state.write_text(json.dumps(doc))
     code, out = run_audit(srv.url, key, state)
-    assert code == 5 and "corrupt" in out["error"]
+    assert code == 7 and "corrupt" in out["detail"]
 
 
 def _sqlite(db: Path, sql: str) -> None:
@@ -120,7 +120,7 @@ def test_tampered_database_is_caught_by_replay(run_audit, populated, log_files, 
     assert code == 0, out
     before = state.read_bytes()
     code, out = run_audit(srv2.url, key, state, "--replay")
-    assert code == 1 and not out["ok"]
+    assert code == 3 and not out["ok"]
     assert {"entry_hash_mismatch", "bad_entry", "rewritten_entries"} <= _kinds(out)
     mismatch = next(f for f in out["findings"] if f["kind"] == "entry_hash_mismatch")
     assert mismatch["evidence"]["index"] == 42
@@ -136,7 +136,7 @@ def test_tampered_database_is_caught_by_replay(run_audit, populated, log_files, 
                           " WHERE idx = 42")
     srv3 = server_factory(log_files)
     code, out = run_audit(srv3.url, key, state, "--replay")
-    assert code == 1
+    assert code == 3
     assert "entry_hash_mismatch" not in _kinds(out)
     assert {"tile_mismatch", "bad_entry", "rewritten_entries"} <= _kinds(out)
     tile = next(f for f in out["findings"] if f["kind"] == "tile_mismatch")
@@ -156,7 +156,7 @@ def test_fork_between_two_servers_with_the_same_key(run_audit, populated, log_fi
     state = tmp_path / "audit.json"
     assert run_audit(srv_a.url, key, state)[0] == 0
     code, out = run_audit(srv_b.url, key, state)
-    assert code == 1 and _kinds(out) == {"fork"}
+    assert code == 3 and _kinds(out) == {"fork"}
     ev = out["findings"][0]["evidence"]
     # The evidence convinces anyone with the log's key: two signed checkpoints, no consistency.
     verifier = NoteVerifier.from_verifier_key(key)
@@ -167,19 +167,19 @@ def test_fork_between_two_servers_with_the_same_key(run_audit, populated, log_fi
         merkle.verify_consistency(old.size, new.size, [base64.b64decode(h) for h in ev["consistency_proof"]],
                                   old.root_hash, new.root_hash)
     text = CliRunner().invoke(audit_cli, ["--log", srv_b.url, "--key", key, "--state", str(state)])
-    assert text.exit_code == 1 and "MISBEHAVIOUR [fork]" in text.output and "evidence written to" in text.output
+    assert text.exit_code == 3 and "MISBEHAVIOUR [fork]" in text.output and "evidence written to" in text.output
     # The proof computed from B's tiles is the one B's /v1 API serves.
     code, out_api = run_audit(srv_b.url, key, state, "--proofs", "api")
-    assert code == 1 and out_api["findings"][0]["evidence"]["consistency_proof"] == ev["consistency_proof"]
+    assert code == 3 and out_api["findings"][0]["evidence"]["consistency_proof"] == ev["consistency_proof"]
 
     # A smaller view is a rollback; the same size with another root is a fork.
     state_b = tmp_path / "audit-b.json"
     assert run_audit(srv_b.url, key, state_b)[0] == 0
     code, out = run_audit(srv_a.url, key, state_b)
-    assert code == 1 and _kinds(out) == {"rollback"}
+    assert code == 3 and _kinds(out) == {"rollback"}
     log_a.append_batch([issuance(issuer_key, n) for n in range(1050, 1080)])  # now both 381
     code, out = run_audit(srv_a.url, key, state_b)
-    assert code == 1 and _kinds(out) == {"fork"}
+    assert code == 3 and _kinds(out) == {"fork"}
     assert "different roots" in out["findings"][0]["detail"]
 
 
@@ -191,4 +191,4 @@ def test_a_log_that_cannot_serve_its_tiles_proves_nothing(run_audit, populated, 
     srv2 = server_factory(log_files)
     state = tmp_path / "audit.json"
     code, out = run_audit(srv2.url, log_files.verifier.verifier_key(), state, "--replay")
-    assert code == 4 and "tile/1/000.p/1" in out["error"] and not state.exists()
+    assert code == 4 and "tile/1/000.p/1" in out["detail"] and not state.exists()

@@ -61,7 +61,7 @@ def test_a_static_tile_mirror_can_be_audited(run_audit, log_files, server_factor
         log.append_batch([issuance(issuer_key, n) for n in range(899, 909)])
         mirror(srv.url, 910, site)
         code, out = run_audit(murl, key, state, "--proofs", "api")
-        assert code == 4 and "consistency proof" in out["error"]
+        assert code == 4 and "consistency proof" in out["detail"]
         assert run_audit(murl, key, state)[0] == 0
     finally:
         static.terminate()

@@ -21,4 +21,4 @@ def test_audit_state_vectors(tmp_path: Path) -> None:
     path.write_text(json.dumps(VECTORS["audit_state"]["invalid_size_changed"]))
     with pytest.raises(AuditError) as exc:
         load_state(path)
-    assert exc.value.exit_code == 5
+    assert exc.value.exit_code == 7

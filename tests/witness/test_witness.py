@@ -155,7 +155,7 @@ def test_log_attaches_witness_cosignatures_and_verifiers_require_k_of_n(
     assert ok.exit_code == 0, ok.output
     short = CliRunner().invoke(audit_cli, [*base, "--witness", k1.verifier_key(), "--witness", k2.verifier_key(),
                                            "--witness", k3.verifier_key(), "--quorum", "3"])
-    assert short.exit_code == 4 and "witness policy not met" in json.loads(short.output)["error"]
+    assert short.exit_code == 4 and "witness policy not met" in json.loads(short.stdout)["detail"]
     # The witnesses' own state follows the log.
     for w in (w1, w2):
         with sqlite3.connect(w.state) as db:

@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from emshield.atomic_file import write_atomically
 from emshield.logclient.http import LogClient, LogClientError
 from emshield.logclient.tiles import TileClient, TileFetchError, tile_node_reader
+from emshield import exit_codes
 from emshield.tlog import merkle
 from emshield.tlog.checkpoint import Checkpoint, CheckpointError, NoteError, NoteVerifier, verify_checkpoint
 from emshield.tlog.entry import (
@@ -49,13 +50,12 @@ from verifier.witness_policy import WitnessPolicyError, parse_witness_keys, veri
 from .cache import ReplayCache, ReplayedPrefix
 
 STATE_VERSION = 1
-EXIT_OK, EXIT_MISBEHAVIOUR, EXIT_UNREACHABLE, EXIT_STATE = 0, 1, 4, 5
 MAX_FINDINGS_PER_KIND = 50  # evidence stays bounded even for a log that is wrong everywhere
 CHUNK_BUNDLES = 8  # bundles per worker task in a replay
 
 
 class AuditError(Exception):
-    """The audit could not be completed; ``exit_code`` says why (spec/audit.md, "Exit codes")."""
+    """The audit could not be completed; ``exit_code`` (spec/cli.md) says why."""
 
     def __init__(self, exit_code: int, message: str) -> None:
         super().__init__(message)
@@ -114,7 +114,7 @@ def load_state(path: Path) -> dict[str, LogState]:
     except FileNotFoundError:
         return {}
     except OSError as exc:
-        raise AuditError(EXIT_STATE, f"cannot read state file {path}: {exc}") from exc
+        raise AuditError(exit_codes.LOCAL_STATE, f"cannot read state file {path}: {exc}") from exc
     try:
         doc = json.loads(raw)
         if not isinstance(doc, dict) or doc.get("version") != STATE_VERSION or set(doc) != {"version", "logs"}:
@@ -124,7 +124,7 @@ def load_state(path: Path) -> dict[str, LogState]:
             raise ValueError("a log state is filed under another origin")
         return logs
     except (ValueError, TypeError, KeyError, AttributeError, CheckpointError, NoteError) as exc:
-        raise AuditError(EXIT_STATE, f"state file {path} is corrupt: {exc}") from exc
+        raise AuditError(exit_codes.LOCAL_STATE, f"state file {path} is corrupt: {exc}") from exc
 
 
 def save_state(path: Path, logs: dict[str, LogState]) -> None:
@@ -147,7 +147,7 @@ class StateLock:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             os.close(self._fd)
-            raise AuditError(EXIT_STATE, f"another audit holds {self._path}") from exc
+            raise AuditError(exit_codes.LOCAL_STATE, f"another audit holds {self._path}") from exc
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -230,7 +230,7 @@ def check_history(prev: LogState, cp: Checkpoint, note: bytes, url: str, prove: 
     try:
         proof = prove(prev.size, cp.size)
     except (LogClientError, TileFetchError, merkle.MissingNodeError) as exc:
-        raise AuditError(EXIT_UNREACHABLE, f"no consistency proof {prev.size} -> {cp.size}: {exc}") from exc
+        raise AuditError(exit_codes.UNAVAILABLE, f"no consistency proof {prev.size} -> {cp.size}: {exc}") from exc
     try:
         merkle.verify_consistency(prev.size, cp.size, proof, prev.root_hash, cp.root_hash)
     except merkle.ProofError as exc:
@@ -402,7 +402,7 @@ def replay(log: LogClient, tiles: TileClient, cp: Checkpoint, report: AuditRepor
                 pool.shutdown(cancel_futures=True)
         _check_upper_tiles(tiles, rep.leaf_hashes, cp.size, report)
     except TileFetchError as exc:
-        raise AuditError(EXIT_UNREACHABLE, f"replay: {exc}") from exc
+        raise AuditError(exit_codes.UNAVAILABLE, f"replay: {exc}") from exc
     report.replayed, report.replayed_from = len(rep.leaf_hashes) - rep.start, rep.start
     root = merkle.root_from_leaf_hashes(rep.leaf_hashes)
     if root != cp.root_hash:
@@ -463,31 +463,35 @@ def audit(url: str, verifier_key: str, state_path: Path, *, do_replay: bool = Fa
         verifier = NoteVerifier.from_verifier_key(verifier_key)
         witnesses = parse_witness_keys(witness_keys)
     except (NoteError, WitnessPolicyError) as exc:
-        raise AuditError(EXIT_STATE, f"bad --key or --witness: {exc}") from exc
+        raise AuditError(exit_codes.BAD_INPUT, f"bad --key or --witness: {exc}") from exc
     if not 0 <= quorum <= len(witnesses):
-        raise AuditError(EXIT_STATE, f"--quorum {quorum} is not within 0..{len(witnesses)} (the --witness keys)")
+        raise AuditError(exit_codes.BAD_INPUT, f"--quorum {quorum} is not within 0..{len(witnesses)} (the --witness keys)")
     origin = verifier.name
     with StateLock(state_path):
         logs = load_state(state_path)
         prev = logs.get(origin)
         if prev is not None and prev.verifier_key != verifier_key:
-            raise AuditError(EXIT_STATE, f"the key for {origin!r} differs from the key pinned in {state_path}"
+            raise AuditError(exit_codes.LOCAL_STATE, f"the key for {origin!r} differs from the key pinned in {state_path}"
                                          f" ({prev.verifier_key}); a log does not change keys silently")
         log = LogClient(url, timeout=timeout)
         report = AuditReport(origin, log.url, prev)
         try:
             report.note = log.checkpoint_note()
         except LogClientError as exc:
-            raise AuditError(EXIT_UNREACHABLE, f"cannot fetch the checkpoint: {exc}") from exc
+            if exc.status == 404:  # nothing at <url>/checkpoint: a wrong URL, not a failing log
+                raise AuditError(exit_codes.BAD_INPUT, f"no EMShield log answers at {log.url} (GET /checkpoint: 404);"
+                                                       " check --log") from exc
+            raise AuditError(exit_codes.UNAVAILABLE, f"cannot fetch the checkpoint: {exc}") from exc
         try:
             cp = verify_checkpoint(report.note, verifier)
         except (CheckpointError, NoteError) as exc:
-            raise AuditError(EXIT_UNREACHABLE, f"the checkpoint does not verify with the pinned key: {exc}") from exc
+            raise AuditError(exit_codes.LOG_MISBEHAVING,
+                             f"the checkpoint does not verify with the pinned key (or --key is not this log's): {exc}") from exc
         if quorum:
             try:
                 verify_witnessed(report.note, verifier, witnesses, quorum)
             except WitnessPolicyError as exc:
-                raise AuditError(EXIT_UNREACHABLE, f"witness policy not met: {exc}") from exc
+                raise AuditError(exit_codes.UNAVAILABLE, f"witness policy not met: {exc}") from exc
         if cp.size == 0 and cp.root_hash != merkle.EMPTY_ROOT:
             report.add(Finding("bad_checkpoint", "a signed checkpoint of size 0 with a non-empty root",
                                {"checkpoint": report.note.decode()}))

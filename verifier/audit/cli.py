@@ -9,13 +9,17 @@ from pathlib import Path
 
 import click
 
+from emshield import exit_codes
+from emshield.exit_codes import Failure
+
 EXIT_CODES_HELP = """\b
-Exit codes:
+Exit codes (the same for every EMShield command, spec/cli.md):
   0  the log is consistent with everything this auditor saw (state saved)
-  1  misbehaviour found (fork, rollback, rewritten entries, ...); evidence saved
-  2  usage error
-  4  the log could not be reached or answered something unverifiable (retry)
-  5  state problem: corrupt or locked state file, or --key differs from the pinned key"""
+  2  bad input: options, --key or --witness keys, or no log at --log
+  3  the log misbehaves (fork, rollback, rewritten entries, a checkpoint that does not
+     verify with the pinned key, ...); evidence saved
+  4  the log could not be reached or served an incomplete answer (retry)
+  7  local state: corrupt or locked state file, or --key differs from the pinned key"""
 
 
 def _default_state() -> Path:
@@ -23,15 +27,17 @@ def _default_state() -> Path:
     return Path(base) / "emshield" / "audit-state.json"
 
 
-class _Fail(click.ClickException):
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+def _fail(message: str, code: int, as_json: bool) -> Failure:
+    """The refusal to raise; with --json its JSON object is printed on stdout first (spec/cli.md §2)."""
+    if as_json:
+        click.echo(json.dumps({"ok": False, "error": exit_codes.NAMES[code], "detail": message, "exit_code": code}))
+    return Failure(message, code)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
 @click.option("--log", "log_url", metavar="URL", required=True, help="Base URL of the transparency log.")
-@click.option("--key", metavar="VERIFIER_KEY", required=True, help="The log's verifier key (C2SP signed-note format); pinned on first use.")
+@click.option("--key", metavar="KEY|FILE", required=True,
+              help="The log's verifier key (C2SP signed-note format), or a file holding it; pinned on first use.")
 @click.option("--state", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="State file holding the pinned key and last verified checkpoint per log."
                    " Default: $XDG_STATE_HOME/emshield/audit-state.json")
@@ -62,10 +68,21 @@ def main(ctx: click.Context, log_url: str, key: str, state: Path | None, replay:
     with the evidence. `--replay` also re-checks every entry and the whole tree."""
     if incremental and not replay:
         raise click.UsageError("--incremental only applies to --replay")
+    from urllib.parse import urlsplit
+
     from tqdm import tqdm
+
+    from emshield.bundle import LogKeyError, parse_log_key
 
     from .auditor import AuditError, audit
 
+    url = urlsplit(log_url)
+    if url.scheme not in ("http", "https") or not url.netloc:
+        raise _fail(f"--log must be an http(s) URL, got {log_url[:80]!r}", exit_codes.BAD_INPUT, as_json)
+    try:
+        key = parse_log_key(key).verifier_key()  # the key itself, or read from the file naming it
+    except LogKeyError as exc:
+        raise _fail(f"--key: {exc}", exit_codes.BAD_INPUT, as_json) from exc
     state_path = state or _default_state()
     bar = tqdm(unit="entry", desc="replay", disable=as_json or None, file=sys.stderr) if replay else None
     try:
@@ -73,10 +90,7 @@ def main(ctx: click.Context, log_url: str, key: str, state: Path | None, replay:
                        progress=None if bar is None else bar.update, timeout=timeout, witness_keys=witness_keys,
                        quorum=quorum, incremental=incremental, proofs=proofs)
     except AuditError as exc:
-        if as_json:
-            click.echo(json.dumps({"ok": False, "error": str(exc), "exit_code": exc.exit_code}))
-            ctx.exit(exc.exit_code)
-        raise _Fail(str(exc), exc.exit_code) from exc
+        raise _fail(str(exc), exc.exit_code, as_json) from exc
     finally:
         if bar is not None:
             bar.close()
@@ -84,7 +98,7 @@ def main(ctx: click.Context, log_url: str, key: str, state: Path | None, replay:
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
         _print_report(report, state_path)
-    ctx.exit(0 if report.ok else 1)
+    ctx.exit(exit_codes.OK if report.ok else exit_codes.LOG_MISBEHAVING)
 
 
 def _print_report(report, state_path: Path) -> None:

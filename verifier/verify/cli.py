@@ -25,6 +25,7 @@ from urllib.parse import urlsplit  # noqa: E402
 
 import click  # noqa: E402
 
+from emshield import exit_codes  # noqa: E402
 from emshield.bundle import (  # noqa: E402
     BundleError,
     LogKeyError,
@@ -36,7 +37,7 @@ from emshield.bundle import (  # noqa: E402
 from emshield.logclient.http import LogClient  # noqa: E402
 from emshield.marking import fingerprint as fpmod  # noqa: E402
 from emshield.tlog.checkpoint import NoteError, NoteVerifier  # noqa: E402
-from verifier.errors import BadSuspect, LogMisbehaving, LogUnavailable  # noqa: E402
+from verifier.errors import BadSuspect, LogMisbehaving, LogUnavailable, NotALog  # noqa: E402
 from verifier.verify.decide import (  # noqa: E402
     DEFAULT_MAX_P_VALUE,
     EXIT_BAD_INPUT,
@@ -50,16 +51,14 @@ from verifier.verify.log_view import WitnessPolicy, open_verified_log  # noqa: E
 from verifier.verify.offline import verify_offline  # noqa: E402
 from verifier.witness_policy import WitnessPolicyError, parse_witness_keys  # noqa: E402
 
-_KINDS = {EXIT_BAD_INPUT: "bad_input", EXIT_LOG_MISBEHAVING: "log_misbehaving", EXIT_LOG_UNAVAILABLE: "log_unavailable",
-          EXIT_INTERNAL: "internal_error"}
 
 
 def _fail(code: int, detail: str, as_json: bool) -> NoReturn:
     """Every failure: a plain message on stderr (and a JSON object on stdout with --json), then the exit code."""
     if as_json:
-        click.echo(json.dumps({"v": 1, "verdict": "error", "error": _KINDS[code], "detail": detail, "exit_code": code},
+        click.echo(json.dumps({"v": 1, "verdict": "error", "error": exit_codes.NAMES[code], "detail": detail, "exit_code": code},
                               indent=2, sort_keys=True))
-    click.echo(f"emshield-verify: {_KINDS[code].replace('_', ' ')}: {detail}", err=True)
+    click.echo(f"emshield-verify: {exit_codes.NAMES[code].replace('_', ' ')}: {detail}", err=True)
     sys.exit(code)
 
 
@@ -147,9 +146,9 @@ def main(model: Path, log_url: str | None, log_key: str | None, backbone: Path |
     lineage and lists every issuance that carries it.
 
     \b
-    Exit codes: 0 device named (match verified), 1 nothing named, 2 bad input,
-    3 log misbehaving, 4 log unavailable, 5 internal error,
-    6 core identified (its issuances listed; no device named).
+    Exit codes (the same for every EMShield command, spec/cli.md): 0 device named (match verified),
+    1 nothing named, 2 bad input (also: no log at --log), 3 log misbehaving, 4 log unavailable,
+    5 internal error, 6 core identified (its issuances listed; no device named).
     """
     try:
         witnesses = _witness_policy(witness_keys, witness_quorum, bundle is not None)
@@ -211,7 +210,7 @@ def _verify(model: Path, log_url: str | None, log_key: str | None, backbone: Pat
             log = open_verified_log(LogClient(log_url, timeout=timeout), verifier, witnesses=witnesses,
                                     progress=progress)
             return verify_suspect(suspect, log, scan=not no_scan, progress=progress, max_p_value=max_p_value)
-    except BadSuspect as exc:
+    except (BadSuspect, NotALog) as exc:
         raise _Failure(EXIT_BAD_INPUT, str(exc)) from exc
     except LogMisbehaving as exc:
         raise _Failure(EXIT_LOG_MISBEHAVING, str(exc)) from exc

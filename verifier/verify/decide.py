@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
+from emshield import exit_codes
 from emshield.marking import fingerprint as fpmod
 from emshield.marking import soft
 from emshield.marking.params import watermark_commitment
@@ -37,13 +38,14 @@ from verifier.verify.log_view import ProvedIssuance, ProvedIssuer, VerifiedLog
 if TYPE_CHECKING:  # loading a suspect imports torch; deciding does not
     from verifier.verify.suspect import Suspect
 
-EXIT_DEVICE = 0  # a device is named by per-device evidence, with verified proofs
-EXIT_NONE = 1  # nothing in the log matches (or the evidence is ambiguous): nobody is named
-EXIT_BAD_INPUT = 2  # the suspect, backbone, key or options are unusable
-EXIT_LOG_MISBEHAVING = 3  # the log's answers contradict its signed checkpoint, its entries or each other
-EXIT_LOG_UNAVAILABLE = 4  # the log could not be reached or failed (5xx): nothing concluded
-EXIT_INTERNAL = 5  # a bug in the verifier: reported as such, never as "no match"
-EXIT_CORE = 6  # a core lineage is identified (its issuances listed); no device is named
+# Exit codes shared by every command (spec/cli.md); the verdict kinds map onto them (spec/verify.md §1).
+EXIT_DEVICE = exit_codes.OK  # a device is named by per-device evidence, with verified proofs
+EXIT_NONE = exit_codes.NEGATIVE  # nothing in the log matches (or the evidence is ambiguous): nobody is named
+EXIT_BAD_INPUT = exit_codes.BAD_INPUT  # the suspect, backbone, key or options are unusable
+EXIT_LOG_MISBEHAVING = exit_codes.LOG_MISBEHAVING  # the log's answers contradict its signed checkpoint or entries
+EXIT_LOG_UNAVAILABLE = exit_codes.UNAVAILABLE  # the log could not be reached or failed (5xx): nothing concluded
+EXIT_INTERNAL = exit_codes.INTERNAL  # a bug in the verifier: reported as such, never as "no match"
+EXIT_CORE = exit_codes.CORE_ONLY  # a core lineage is identified (its issuances listed); no device is named
 
 KIND_DEVICE, KIND_CORE, KIND_NONE = "device", "core", "none"
 

@@ -35,7 +35,7 @@ from emshield.logclient.tiles import TileClient, TileFetchError
 from emshield.marking import fingerprint as fpmod
 from emshield.marking.params import MarkingParams, ParamsError
 from emshield.tlog import merkle
-from emshield.tlog.checkpoint import Checkpoint, CheckpointError, CosignatureVerifier, NoteVerifier
+from emshield.tlog.checkpoint import Checkpoint, CheckpointError, CosignatureVerifier, NoteVerifier, verify_checkpoint
 from emshield.tlog.tiles import TILE_WIDTH, bundles_for
 from emshield.tlog.entry import (
     EntryError,
@@ -46,7 +46,7 @@ from emshield.tlog.entry import (
     issuer_key_id,
     verify_entry_signature,
 )
-from verifier.errors import LogMisbehaving, LogUnavailable
+from verifier.errors import LogMisbehaving, LogUnavailable, NotALog
 from verifier.witness_policy import WitnessPolicyError, verify_witnessed
 
 T = TypeVar("T")
@@ -131,10 +131,16 @@ class VerifiedLog:
         self.progress = progress
         self.cosigned_by: tuple[str, ...] = ()
         try:
+            note = client.checkpoint_note()
+        except LogClientError as exc:
+            if exc.status == 404:  # nothing at <url>/checkpoint: not a log (a wrong URL), nothing concluded
+                raise NotALog(f"no EMShield log answers at {client.url} (GET /checkpoint: 404); check --log") from exc
+            with _answers("checkpoint"):
+                raise
+        try:
             if witnesses is None:
-                self.checkpoint: Checkpoint = _call("checkpoint", client.verified_checkpoint, verifier)
+                self.checkpoint: Checkpoint = verify_checkpoint(note, verifier)
             else:
-                note = _call("checkpoint", client.checkpoint_note)
                 seen = verify_witnessed(note, verifier, witnesses.witnesses, witnesses.quorum)
                 self.checkpoint, self.cosigned_by = seen.checkpoint, seen.cosigned_by
         except CheckpointError as exc:
