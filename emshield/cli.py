@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import click
 
-from emshield import __version__
+from emshield import __version__, exit_codes
 from emshield.device.cli import device_group
 from emshield.issue.cli import issue_cmd, issuer_group
 from emshield.marking.cli import mark_group
 from emshield.model.cli import decouple_group
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=exit_codes.Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="emshield")
 def main() -> None:
     """EMShield: decouple, mark, seal and issue small language models, traceably.

@@ -9,6 +9,9 @@ usage errors (an unknown option, a missing argument) exit with `BAD_INPUT` too.
 
 from __future__ import annotations
 
+import json
+import traceback
+
 import click
 
 OK = 0  # done (emshield-verify: a device is named by per-device evidence)
@@ -34,3 +37,38 @@ class Failure(click.ClickException):
     @property
     def kind(self) -> str:
         return NAMES[self.exit_code]
+
+
+def refuse(message: str, code: int = BAD_INPUT, *, as_json: bool = False, **extra: object) -> Failure:
+    """The `Failure` to raise; with ``--json`` its object (spec/cli.md §2) is printed on stdout first, so
+    a script reading stdout always gets JSON. ``extra`` adds fields (e.g. the work done before the failure)."""
+    if as_json:
+        click.echo(json.dumps({"ok": False, "error": NAMES[code], "detail": message, "exit_code": code, **extra},
+                              indent=2, sort_keys=True))
+    return Failure(message, code)
+
+
+def _guarded_invoke(invoke, ctx: click.Context):
+    try:
+        return invoke(ctx)
+    except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        raise
+    except Exception as exc:  # a bug: exit 5 with its traceback, never a code that reads as an answer
+        traceback.print_exc()
+        raise Failure(f"internal error (a bug in EMShield; please report it with the traceback above): "
+                      f"{type(exc).__name__}: {exc}", INTERNAL) from exc
+
+
+class Group(click.Group):
+    """A command group whose unexpected exceptions exit with `INTERNAL` (Python's own status, 1, would
+    read as `NEGATIVE`)."""
+
+    def invoke(self, ctx: click.Context):
+        return _guarded_invoke(super().invoke, ctx)
+
+
+class Command(click.Command):
+    """A command whose unexpected exceptions exit with `INTERNAL` (see `Group`)."""
+
+    def invoke(self, ctx: click.Context):
+        return _guarded_invoke(super().invoke, ctx)

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import click
 
+from emshield import exit_codes
+from emshield.exit_codes import Failure
+
 from . import keys
 
 MAX_ORIGIN_CHARS = 255
@@ -35,11 +38,19 @@ class StoreParam(click.ParamType):
         return self._file.convert(value, param, ctx)
 
 
+def _failure(exc: Exception) -> Failure:
+    """A store, key or server failure as the command's refusal: an unreachable store server is exit 4
+    (retry later), anything else the operator's input (exit 2; spec/cli.md)."""
+    from .storage import StoreUnavailable
+
+    return Failure(str(exc), exit_codes.UNAVAILABLE if isinstance(exc, StoreUnavailable) else exit_codes.BAD_INPUT)
+
+
 def _store_option(exists: bool, help: str = STORE_HELP):
     return click.option("--store", "--db", "store", required=True, type=StoreParam(exists), help=help)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=exit_codes.Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Run the EMShield transparency log (RFC 9162 Merkle log, C2SP checkpoints)."""
 
@@ -67,25 +78,25 @@ def init(store: str | Path, origin: str, key_file: Path | None, as_json: bool) -
     # The origin is also the signing key's name (C2SP tlog-checkpoint recommends it), so it must be
     # a valid signed-note key name: non-empty, no spaces, no '+', no control characters.
     if not is_valid_key_name(origin) or len(origin) > MAX_ORIGIN_CHARS:
-        raise click.ClickException(f"origin must be 1-{MAX_ORIGIN_CHARS} characters without spaces, '+' or"
+        raise Failure(f"origin must be 1-{MAX_ORIGIN_CHARS} characters without spaces, '+' or"
                                    " control characters (it is also the signed-note key name)")
     if key_file is None and is_postgres(store):
-        raise click.ClickException("a PostgreSQL store needs --key-file: where to write the signing key")
+        raise Failure("a PostgreSQL store needs --key-file: where to write the signing key")
     key_path = key_file or keys.default_key_path(store)
     for p in ([] if is_postgres(store) else [Path(store)]) + [key_path]:
         if p.exists():
-            raise click.ClickException(f"{p} already exists; refusing to overwrite a log")
+            raise Failure(f"{p} already exists; refusing to overwrite a log")
     token, generated = _token_from_env_or_new()
     signer = NoteSigner.generate(origin)
     try:
         keys.write_signer_key(key_path, signer)
     except OSError as exc:
-        raise click.ClickException(f"cannot write the signing key to {key_path}: {exc}") from exc
+        raise Failure(f"cannot write the signing key to {key_path}: {exc}") from exc
     try:
         log_store = create_store(store, {"origin": origin.encode(), keys.TOKEN_META_KEY: keys.token_digest(token)})
     except (StoreError, OSError) as exc:
         key_path.unlink(missing_ok=True)
-        raise click.ClickException(str(exc)) from exc
+        raise _failure(exc) from exc
     # The signed checkpoint of the empty tree, so `GET /checkpoint` answers from the start.
     Sequencer(log_store, signer, origin).sign_current()
     where = log_store.describe()
@@ -112,7 +123,7 @@ def _token_from_env_or_new() -> tuple[str, bool]:
     try:
         keys.check_token_strength(env)
     except ValueError as exc:
-        raise click.ClickException(f"${keys.TOKEN_ENV}: {exc}") from exc
+        raise Failure(f"${keys.TOKEN_ENV}: {exc}") from exc
     return env, False
 
 
@@ -133,7 +144,7 @@ def set_token(store: str | Path, as_json: bool) -> None:
             tx.set_meta(keys.TOKEN_META_KEY, keys.token_digest(token))
         log_store.close()
     except StoreError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise _failure(exc) from exc
     if as_json:
         click.echo(json.dumps({"operator_token": token if generated else None,
                                "operator_token_source": "generated" if generated else keys.TOKEN_ENV}))
@@ -185,8 +196,8 @@ def serve(store: str | Path, key_file: Path | None, host: str, port: int, server
     try:  # fail here, with a clear message, rather than in every worker
         create_app(config).extensions[EXTENSION].store.close()
     except (StoreError, KeyFileError, RuntimeError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise _failure(exc) from exc
     try:
         run_server(config, host, port, workers, threads, log_level, server=server)
     except AddressInUse as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise _failure(exc) from exc

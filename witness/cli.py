@@ -11,8 +11,11 @@ from pathlib import Path
 
 import click
 
+from emshield import exit_codes
+from emshield.exit_codes import Failure
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+@click.group(cls=exit_codes.Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Run a C2SP tlog-witness: cosign checkpoints of trusted logs along one append-only history."""
 
@@ -31,9 +34,9 @@ def witness_init(key_file: Path, name: str, as_json: bool) -> None:
     try:
         signer = write_witness_key(key_file, name)
     except FileExistsError as exc:
-        raise click.ClickException(f"{key_file} already exists; refusing to overwrite a witness key") from exc
+        raise Failure(f"{key_file} already exists; refusing to overwrite a witness key") from exc
     except (OSError, NoteError) as exc:
-        raise click.ClickException(f"cannot create the witness key: {exc}") from exc
+        raise Failure(f"cannot create the witness key: {exc}") from exc
     if as_json:
         click.echo(json.dumps({"key_file": str(key_file), "name": name, "verifier_key": signer.verifier_key()}))
     else:
@@ -47,7 +50,7 @@ def witness_init(key_file: Path, name: str, as_json: bool) -> None:
 @click.option("--state", "state_db", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="SQLite file with the latest cosigned checkpoint per log (created if missing).")
 @click.option("--log-key", "log_keys", multiple=True, required=True, metavar="VERIFIER_KEY",
-              help="Verifier key of a log to witness (repeatable); its name is the log's origin.")
+              help="Verifier key of a log to witness, or a file holding it (repeatable); its name is the log's origin.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8090, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
@@ -57,7 +60,8 @@ def witness_init(key_file: Path, name: str, as_json: bool) -> None:
 def witness_serve(key_file: Path, state_db: Path, log_keys: tuple[str, ...], host: str, port: int, workers: int,
                   threads: int, log_level: str) -> None:
     """Serve POST /add-checkpoint (c2sp.org/tlog-witness) with gunicorn."""
-    from emshield.tlog.checkpoint import NoteError, NoteVerifier
+    from emshield.bundle import LogKeyError, parse_log_key
+    from emshield.tlog.checkpoint import NoteError
 
     from .http import serve
     from .keyfile import WitnessKeyError, read_witness_key
@@ -65,13 +69,15 @@ def witness_serve(key_file: Path, state_db: Path, log_keys: tuple[str, ...], hos
 
     try:
         signer = read_witness_key(key_file)
-        logs = [NoteVerifier.from_verifier_key(k) for k in log_keys]
+        logs = [parse_log_key(k) for k in log_keys]
         # Fail here, clearly, rather than in a worker; and close before gunicorn forks: a worker that
         # inherited this connection's descriptor and closed it (on garbage collection) would drop the
         # POSIX locks of its own connections to the file, and SQLite would corrupt the state.
         Witness(signer, logs, state_db).close()
+    except LogKeyError as exc:
+        raise Failure(f"--log-key: {exc}") from exc
     except (WitnessKeyError, NoteError, ValueError, OSError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise Failure(str(exc)) from exc
     serve(lambda: Witness(signer, logs, state_db), host, port, workers, threads, log_level)
 
 
@@ -90,7 +96,7 @@ def witness_conflicts(state_db: Path, origin: str | None, as_json: bool) -> None
     try:
         found = read_conflicts(state_db, origin)
     except (OSError, sqlite3.Error) as exc:
-        raise click.ClickException(f"cannot read {state_db}: {exc}") from exc
+        raise Failure(f"cannot read {state_db}: {exc}") from exc
     if as_json:
         click.echo(json.dumps([{"origin": c.origin, "received_at": c.received_at, "status": c.status, "reason": c.reason,
                                 "request": base64.b64encode(c.request).decode()} for c in found], indent=2))

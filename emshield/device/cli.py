@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import click
+
+from emshield.exit_codes import Failure
 from tqdm import tqdm
 
 from emshield.tee import errors
@@ -43,9 +45,9 @@ _LABELS = [
 ]
 
 
-def _fail(e: errors.SealError) -> click.ClickException:
+def _fail(e: errors.SealError) -> Failure:
     label = next(text for cls, text in [*_LABELS, (errors.SealError, "sealing error")] if isinstance(e, cls))
-    return click.ClickException(f"{label}: {e}")
+    return Failure(f"{label}: {e}")
 
 
 def _hex32(ctx: click.Context, param: click.Parameter, value: str | None) -> bytes | None:
@@ -148,7 +150,7 @@ def seal_cmd(plaintext: Path, blob: Path, recipient: Path, backbone_id: bytes, l
              content: str, chunk_size: int, as_json: bool) -> None:
     """Seal PLAINTEXT (a core) to a device, bound to a backbone and an issuance, into BLOB."""
     if blob.exists():
-        raise click.ClickException(f"{blob} exists; refusing to overwrite")
+        raise Failure(f"{blob} exists; refusing to overwrite")
     try:
         record = DeviceRecord.load(recipient)
         length = plaintext.stat().st_size
@@ -227,19 +229,19 @@ def mount_cmd(blob: Path, backbone_id: bytes, leaf_hash: bytes, directory: Path,
             try:
                 rc = subprocess.run(list(command), env=env, pass_fds=(mounted.fd,), check=False).returncode
             except OSError as e:
-                raise click.ClickException(f"cannot run {command[0]!r}: {e.strerror}") from None
+                raise Failure(f"cannot run {command[0]!r}: {e.strerror}") from None
     except errors.SealError as e:
         raise _fail(e) from None
     if rc:
         sys.exit(rc if rc > 0 else 128 - rc)
 
 
-def _deploy_fail(e: Exception) -> click.ClickException:
+def _deploy_fail(e: Exception) -> Failure:
     """Bundle, device-check and sealing failures as one clear line (the check's name first)."""
     if isinstance(e, errors.SealError):
         return _fail(e)
     check = getattr(e, "check", None)
-    return click.ClickException(f"refused ({check}): {e.detail}" if check else f"refused: {e}")
+    return Failure(f"refused ({check}): {e.detail}" if check else f"refused: {e}")
 
 
 def _deploy_errors() -> tuple[type[Exception], ...]:
@@ -266,7 +268,7 @@ def install_cmd(bundle: Path, directory: Path, log_key: str | None, allow_unlock
 
     try:
         if bundle.stat().st_size > MAX_BUNDLE_SIZE:
-            raise click.ClickException(f"{bundle} is larger than {MAX_BUNDLE_SIZE} bytes")
+            raise Failure(f"{bundle} is larger than {MAX_BUNDLE_SIZE} bytes")
         result = install_bundle(directory, bundle.read_bytes(), log_key, allow_unlocked=allow_unlocked)
     except _deploy_errors() as e:
         raise _deploy_fail(e) from None

@@ -6,15 +6,17 @@ The pipeline (emshield.issue) is imported inside the commands, so ``emshield --h
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import click
 
+from emshield import exit_codes
+
 DEFAULT_ISSUER_DIR = Path.home() / ".local" / "share" / "emshield" / "issuer"
 TOKEN_ENV = "EMSHIELD_LOG_OPERATOR_TOKEN"
-EXIT_SOME_REFUSED = 4
-EXIT_LOG_MISBEHAVING = 3
+DEFAULT_TIMEOUT_S = 30.0
 
 
 def _issuer_dir_option(f):
@@ -24,8 +26,44 @@ def _issuer_dir_option(f):
 
 
 def _log_option(f):
+    f = click.option("--timeout", type=click.FloatRange(0.1, 3600.0), default=DEFAULT_TIMEOUT_S, show_default=True,
+                     help="Seconds to wait for each answer of the log (a hanging log is reported as unavailable, "
+                          "exit 4).")(f)
     return click.option("--log", "log_url", required=True, envvar="EMSHIELD_LOG_URL",
                         help="Log base URL, e.g. http://127.0.0.1:8080 (env EMSHIELD_LOG_URL).")(f)
+
+
+def _log_url(log_url: str, as_json: bool) -> str:
+    from urllib.parse import urlsplit
+
+    url = urlsplit(log_url)
+    if url.scheme not in ("http", "https") or not url.netloc:
+        raise exit_codes.refuse(f"--log must be an http(s) URL, got {log_url[:80]!r}", as_json=as_json)
+    return log_url
+
+
+def _exit_code_for(exc: Exception) -> int:
+    """The shared exit code (spec/cli.md) of an exception the pipeline raised."""
+    from emshield.issue.errors import LogMisbehavingError
+    from emshield.logclient.http import LogClientError
+    from emshield.tlog.checkpoint import CheckpointError
+    from emshield.tlog.merkle import ProofError
+
+    if isinstance(exc, (LogMisbehavingError, CheckpointError, ProofError)):
+        return exit_codes.LOG_MISBEHAVING
+    if isinstance(exc, LogClientError) and (exc.retryable or exc.code == "bad_response"):
+        return exit_codes.UNAVAILABLE
+    return exit_codes.BAD_INPUT
+
+
+def _message(exc: Exception) -> str:
+    from emshield.logclient.http import LogClientError
+
+    if isinstance(exc, LogClientError) and exc.status == 404 and exc.code == "http_error":
+        return f"no EMShield log answers at this URL ({exc.detail}): check --log"
+    if isinstance(exc, LogClientError) and exc.status in (401, 403):
+        return f"the log refused the operator token ({exc.detail}): check {TOKEN_ENV}"
+    return str(exc)
 
 
 def _emit(as_json: bool, data: dict, lines: list[str]) -> None:
@@ -69,7 +107,7 @@ def init_cmd(directory: Path, as_json: bool) -> None:
     try:
         keys = init_issuer(directory)
     except IssueError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise exit_codes.refuse(str(exc), as_json=as_json) from None
     data = {"dir": str(directory), "public_key": keys.public_key.hex(), "key_id": keys.key_id.hex()}
     _emit(as_json, data, [f"issuer keys written to {directory}", f"public key: {data['public_key']}",
                           f"key id:     {data['key_id']}"])
@@ -86,28 +124,31 @@ def init_cmd(directory: Path, as_json: bool) -> None:
 @click.option("--tau", type=click.FloatRange(0.1, 100.0), default=3.0, show_default=True, help="Embedding margin.")
 @_issuer_dir_option
 @click.option("--json", "as_json", is_flag=True)
-def register_cmd(log_url: str, core_path: Path, backbone: Path, name: str, rs_nsym: int, tau: float, directory: Path,
-                 as_json: bool) -> None:
+def register_cmd(log_url: str, timeout: float, core_path: Path, backbone: Path, name: str, rs_nsym: int, tau: float,
+                 directory: Path, as_json: bool) -> None:
     """Publish the issuer key and the public marking parameters to the log.
 
     Needs the log's operator token in the environment variable EMSHIELD_LOG_OPERATOR_TOKEN.
-    Idempotent: an issuer registered with the same parameters gets its index back."""
-    import os
-
+    Idempotent: an issuer registered with the same parameters gets its index back.
+    Exit codes (spec/cli.md): 0 registered, 2 bad input or refused token, 4 log unavailable."""
+    # Checked before anything is imported or read: a missing token must not cost the model's load.
+    token = os.environ.get(TOKEN_ENV)
+    if not token:
+        raise exit_codes.refuse(f"set {TOKEN_ENV} to the log's operator token", as_json=as_json)
+    log_url = _log_url(log_url, as_json)
     from emshield.issue.keys import load_issuer
     from emshield.issue.registration import marking_params_for, register_issuer
     from emshield.logclient.http import LogClient
     from emshield.model.io import backbone_id
 
-    token = os.environ.get(TOKEN_ENV)
-    if not token:
-        raise click.ClickException(f"set {TOKEN_ENV} to the log's operator token")
     try:
         keys = load_issuer(directory)
         params = marking_params_for(keys, backbone_id(backbone), _read_core(core_path), rs_nsym=rs_nsym, tau=tau)
-        result = register_issuer(LogClient(log_url, operator_token=token), keys, name, params)
+        result = register_issuer(LogClient(log_url, operator_token=token, timeout=timeout), keys, name, params)
+    except exit_codes.Failure as exc:  # the core file's own checks
+        raise exit_codes.refuse(exc.message, exc.exit_code, as_json=as_json) from None
     except _errors() as exc:
-        raise click.ClickException(str(exc)) from None
+        raise exit_codes.refuse(_message(exc), _exit_code_for(exc), as_json=as_json) from None
     data = {"index": result.index, "created": result.created, "key_id": result.key_id.hex(),
             "params_digest": params.digest().hex(), "backbone_id": params.backbone_id, "layers": len(params.layers)}
     _emit(as_json, data, [f"{'registered' if result.created else 'already registered'} at log index {result.index}",
@@ -122,8 +163,8 @@ def register_cmd(log_url: str, core_path: Path, backbone: Path, name: str, rs_ns
 @click.option("--core", "core_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The trained core file (emshield/core/v1).")
 @click.option("--backbone", required=True, type=click.Path(exists=True, path_type=Path), help="The public backbone.")
-@click.option("--device", "device_file", type=click.Path(exists=True, path_type=Path),
-              help="One device's record (device.json or its folder, from `emshield device init`).")
+@click.option("--device", "device_files", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="A device's record (device.json or its folder, from `emshield device init`); repeatable.")
 @click.option("--devices", "devices_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="CSV of devices: device_uuid,x25519_public,xwing_public (hex).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -140,56 +181,85 @@ def register_cmd(log_url: str, core_path: Path, backbone: Path, name: str, rs_ns
               help="Held-out task records (instruction-format JSON): keep the watermark only if the task score drops "
                    "≤ 0.5 pp and loss rises ≤ 1 % on them (score: accuracy for tasks with a few answers, "
                    "teacher-forced token accuracy for generative ones); tries input-aware embeddings first. Slower.")
+@click.option("--no-task-data", is_flag=True,
+              help="Do not measure on the held-out records that `emshield decouple train --holdout` wrote beside "
+                   "the core (heldout.json); by default they are used unless --task-data or --tolerance is given.")
 @click.option("--task-records", type=click.IntRange(1, 10_000), default=120, show_default=True,
               help="Records of --task-data used to measure (and as many again for input statistics).")
 @click.option("--task-prompt-format", type=click.Choice(["plain", "chat"]), default="plain", show_default=True,
               help="The prompt format the core was trained with (emshield decouple train --prompt-format).")
 @_issuer_dir_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: results per device.")
-def issue_cmd(log_url: str, log_key: str, core_path: Path, backbone: Path, device_file: Path | None,
-              devices_csv: Path | None, out_dir: Path, policy: str, tolerance: float | None, allow_shared_core: bool,
-              task_data: Path | None, task_records: int, task_prompt_format: str, directory: Path,
-              as_json: bool) -> None:
+def issue_cmd(log_url: str, timeout: float, log_key: str, core_path: Path, backbone: Path,
+              device_files: tuple[Path, ...], devices_csv: Path | None, out_dir: Path, policy: str, tolerance: float | None, allow_shared_core: bool,
+              task_data: Path | None, no_task_data: bool, task_records: int, task_prompt_format: str,
+              directory: Path, as_json: bool) -> None:
     """Issue a marked, sealed core to one or many devices: log entry, inclusion proof, bundle.
 
+    Devices come from --device (repeatable) and/or --devices (a CSV); a UUID given twice is refused.
     Resumable: devices already issued (found in the log by UUID) are not issued again; their
-    bundle is rebuilt for the logged entry if it is missing. Exit 4 if any device was refused,
-    3 if the log served a proof or checkpoint that does not verify (the run stops), 1 on bad input."""
+    bundle is rebuilt for the logged entry if it is missing. Exit codes (spec/cli.md): 0 all issued
+    or up to date, 1 some devices refused (the others were issued), 2 bad input, 3 the log served a
+    proof or checkpoint that does not verify (the run stops), 4 the log is unavailable (re-run to
+    resume)."""
+    log_url = _log_url(log_url, as_json)
+    if no_task_data and task_data is not None:
+        raise exit_codes.refuse("--no-task-data and --task-data contradict each other", as_json=as_json)
+    if task_data is None and tolerance is None and not no_task_data:
+        from emshield.model.heldout import heldout_beside
+
+        held = heldout_beside(core_path)
+        if held is not None:  # traceable by default, at a measured cost on the task (spec/issue.md §3)
+            task_data, task_prompt_format = held.path, held.prompt_format
+            click.echo(f"measuring the watermark's cost on the held-out records in {held.path} "
+                       f"({held.prompt_format} prompts; --no-task-data to skip)", err=True)
+    if not device_files and devices_csv is None:
+        raise exit_codes.refuse("give the devices: --device FILE (repeatable) and/or --devices CSV", as_json=as_json)
     from emshield.bundle import LogKeyError, parse_log_key
     from emshield.issue.devices import DeviceTarget, read_devices_csv
-    from emshield.issue.errors import IssueError, LogMisbehavingError
+    from emshield.issue.errors import IssueError
     from emshield.issue.keys import load_issuer
     from emshield.issue.pipeline import issue_many, prepare_run
-    from emshield.logclient.http import LogClient, LogClientError
+    from emshield.logclient.http import LogClient
     from emshield.marking.policy import Tolerance
     from emshield.tee.device import DeviceRecord
 
-    if (device_file is None) == (devices_csv is None):
-        raise click.ClickException("give exactly one of --device and --devices")
+    results: list = []
     try:
         verifier = parse_log_key(log_key)
-        if device_file is not None:
-            record = DeviceRecord.load(device_file)
-            devices = [DeviceTarget(record.uuid, record.public)]
-        else:
-            devices = read_devices_csv(devices_csv)
-        issuer = prepare_run(LogClient(log_url), verifier, load_issuer(directory), _read_core(core_path), backbone,
-                                policy=policy,
-                                tolerance=Tolerance() if tolerance is None else Tolerance(max_perturbation=tolerance),
-                                task_data=task_data, task_records=task_records, allow_shared_core=allow_shared_core,
-                                task_prompt_format=task_prompt_format)
-        results = list(issue_many(issuer, devices, out_dir, progress=not as_json))
-    except LogMisbehavingError as exc:
-        click.echo(f"Error: {exc} (stopped: no bundle was handed out for this device)", err=True)
-        sys.exit(EXIT_LOG_MISBEHAVING)
-    except LogClientError as exc:
-        raise click.ClickException(f"{exc} (re-run to resume: issued devices are skipped)") from None
+        devices = []
+        for path in device_files:
+            record = DeviceRecord.load(path)
+            devices.append(DeviceTarget(record.uuid, record.public))
+        if devices_csv is not None:
+            devices += read_devices_csv(devices_csv)
+        seen: set = set()
+        for target in devices:
+            if target.uuid in seen:
+                raise exit_codes.Failure(f"device {target.uuid} is given twice (in --device or --devices)")
+            seen.add(target.uuid)
+        issuer = prepare_run(LogClient(log_url, timeout=timeout), verifier, load_issuer(directory),
+                             _read_core(core_path), backbone, policy=policy,
+                             tolerance=Tolerance() if tolerance is None else Tolerance(max_perturbation=tolerance),
+                             task_data=task_data, task_records=task_records, allow_shared_core=allow_shared_core,
+                             task_prompt_format=task_prompt_format)
+        for result in issue_many(issuer, devices, out_dir, progress=not as_json):
+            results.append(result)
+    except exit_codes.Failure as exc:  # the core file's own checks, a device given twice
+        raise exit_codes.refuse(exc.message, exc.exit_code, as_json=as_json, issued=[]) from None
     except (LogKeyError, *_errors()) as exc:
-        raise click.ClickException(str(exc)) from None
+        code = _exit_code_for(exc)
+        detail = _message(exc)
+        if code == exit_codes.LOG_MISBEHAVING:
+            detail += " (stopped: no bundle was handed out for this device)"
+        elif code == exit_codes.UNAVAILABLE:
+            detail += " (re-run to resume: issued devices are skipped)"
+        done_so_far = [r.to_json() for r in results if not isinstance(r, IssueError)]
+        raise exit_codes.refuse(detail, code, as_json=as_json, issued=done_so_far) from None
     done = [r for r in results if not isinstance(r, IssueError)]
     refused = [r for r in results if isinstance(r, IssueError)]
     if as_json:
-        click.echo(json.dumps({"issued": [r.to_json() for r in done],
+        click.echo(json.dumps({"ok": not refused, "issued": [r.to_json() for r in done],
                                "refused": [{"reason": e.reason, "detail": e.detail} for e in refused]},
                               indent=2, sort_keys=True))
     else:
@@ -200,4 +270,4 @@ def issue_cmd(log_url: str, log_key: str, core_path: Path, backbone: Path, devic
         counts = {s: sum(r.status == s for r in done) for s in ("issued", "bundle-rebuilt", "up-to-date")}
         click.echo(", ".join(f"{n} {s}" for s, n in counts.items()) + f", {len(refused)} refused")
     if refused:
-        sys.exit(EXIT_SOME_REFUSED)
+        sys.exit(exit_codes.NEGATIVE)

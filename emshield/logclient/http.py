@@ -39,6 +39,12 @@ class LogClientError(RuntimeError):
         super().__init__(f"{code} ({status}): {detail}" if status else f"{code}: {detail}")
         self.status, self.code, self.detail = status, code, detail
 
+    @property
+    def retryable(self) -> bool:
+        """The log could not be reached, timed out, was overloaded or failed: nothing was concluded about
+        it, and retrying later is safe (exit code 4, spec/cli.md)."""
+        return self.code in ("unreachable", "timeout") or self.status >= 500 or self.status == 429
+
 
 @dataclass(frozen=True)
 class AppendResult:

@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 import click
+
+from emshield import exit_codes
+from emshield.exit_codes import Failure
 import numpy as np
 from emshield.core import MAX_CORE_BYTES, Core, LoraFactors, ModelFileError, core_from_bytes, core_to_bytes
 from emshield.marking import fingerprint, policy, watermark
@@ -28,7 +31,7 @@ from emshield.marking.params import (
 
 MAX_HEADER_BYTES = 100 << 20
 MAX_SECRET_BYTES = 1024
-NO_MARK_EXIT = 4
+NO_MARK_EXIT = exit_codes.NEGATIVE
 _DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2"}
 
 
@@ -39,35 +42,35 @@ _DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2"}
 def read_core(path: Path) -> dict[str, LoraFactors]:
     """A core file (spec/decouple.md), read and validated by :func:`emshield.core.core_from_bytes`."""
     if not path.is_file():
-        raise click.ClickException(f"no such core file: {path}")
+        raise Failure(f"no such core file: {path}")
     if path.stat().st_size > MAX_CORE_BYTES:
-        raise click.ClickException(f"{path}: larger than {MAX_CORE_BYTES} bytes")
+        raise Failure(f"{path}: larger than {MAX_CORE_BYTES} bytes")
     try:
         return core_from_bytes(path.read_bytes())
     except ModelFileError as exc:
-        raise click.ClickException(f"{path}: {exc}") from exc
+        raise Failure(f"{path}: {exc}") from exc
 
 
 def write_core(core: Core, path: Path) -> None:
     try:
         path.write_bytes(core_to_bytes(core))
     except ValueError as exc:
-        raise click.ClickException(f"cannot write core file {path}: {exc}") from exc
+        raise Failure(f"cannot write core file {path}: {exc}") from exc
 
 
 def _header(first8: bytes, read: Callable[[int], bytes], where: Path) -> dict:
     if len(first8) != 8:
-        raise click.ClickException(f"{where}: too short for safetensors")
+        raise Failure(f"{where}: too short for safetensors")
     (n,) = struct.unpack("<Q", first8)
     if n > MAX_HEADER_BYTES:
-        raise click.ClickException(f"{where}: safetensors header larger than {MAX_HEADER_BYTES} bytes")
+        raise Failure(f"{where}: safetensors header larger than {MAX_HEADER_BYTES} bytes")
     raw = read(n)
     try:
         header = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise click.ClickException(f"{where}: safetensors header is not JSON") from exc
+        raise Failure(f"{where}: safetensors header is not JSON") from exc
     if not isinstance(header, dict) or len(raw) != n:
-        raise click.ClickException(f"{where}: malformed safetensors header")
+        raise Failure(f"{where}: malformed safetensors header")
     return header
 
 
@@ -82,7 +85,7 @@ class LazyTensors:
         try:
             self._file: BinaryIO = path.open("rb")
         except OSError as exc:
-            raise click.ClickException(f"cannot open {path}: {exc}") from exc
+            raise Failure(f"cannot open {path}: {exc}") from exc
         first8 = self._file.read(8)
         self._header = _header(first8, self._file.read, path)
         self._base = 8 + struct.unpack("<Q", first8)[0]
@@ -100,18 +103,18 @@ class LazyTensors:
     def _info(self, name: str) -> dict:
         info = self._header.get(name)
         if name == "__metadata__" or not isinstance(info, dict):
-            raise click.ClickException(f"{self.path}: no tensor {name!r}")
+            raise Failure(f"{self.path}: no tensor {name!r}")
         return info
 
     def get(self, name: str) -> np.ndarray:
         info = self._info(name)
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
         if dtype not in _DTYPES or not isinstance(shape, list) or not isinstance(offsets, list) or len(offsets) != 2:
-            raise click.ClickException(f"{self.path}: tensor {name!r} has an unsupported dtype or bad entry")
+            raise Failure(f"{self.path}: tensor {name!r} has an unsupported dtype or bad entry")
         start, end = offsets
         count = int(np.prod(shape)) if shape else 1
         if not (0 <= start <= end and self._base + end <= self._size and end - start == count * np.dtype(_DTYPES[dtype]).itemsize):
-            raise click.ClickException(f"{self.path}: tensor {name!r} has inconsistent offsets")
+            raise Failure(f"{self.path}: tensor {name!r} has inconsistent offsets")
         self._file.seek(self._base + start)
         raw = np.frombuffer(self._file.read(end - start), dtype=_DTYPES[dtype]).reshape(shape)
         if dtype == "BF16":
@@ -122,23 +125,23 @@ class LazyTensors:
 def _read_params(path: Path) -> MarkingParams:
     try:
         if path.stat().st_size > 1 << 20:
-            raise click.ClickException(f"{path}: marking parameters too large")
+            raise Failure(f"{path}: marking parameters too large")
         return MarkingParams.from_cbor(path.read_bytes())
     except OSError as exc:
-        raise click.ClickException(f"cannot read {path}: {exc}") from exc
+        raise Failure(f"cannot read {path}: {exc}") from exc
     except ParamsError as exc:
-        raise click.ClickException(f"{path}: {exc}") from exc
+        raise Failure(f"{path}: {exc}") from exc
 
 
 def _read_secret(path: Path) -> bytes:
     try:
         if path.stat().st_size > MAX_SECRET_BYTES:
-            raise click.ClickException(f"{path}: marking secret larger than {MAX_SECRET_BYTES} bytes")
+            raise Failure(f"{path}: marking secret larger than {MAX_SECRET_BYTES} bytes")
         secret = path.read_bytes()
     except OSError as exc:
-        raise click.ClickException(f"cannot read {path}: {exc}") from exc
+        raise Failure(f"cannot read {path}: {exc}") from exc
     if len(secret) < 32:
-        raise click.ClickException(f"{path}: marking secret must be at least 32 bytes")
+        raise Failure(f"{path}: marking secret must be at least 32 bytes")
     return secret
 
 
@@ -150,7 +153,7 @@ def _delta_source(params: MarkingParams, suspect: LazyTensors, backbone: LazyTen
     def read(name: str) -> np.ndarray:
         w, w0 = suspect.get(name), backbone.get(name)
         if w.shape != w0.shape:
-            raise click.ClickException(f"{name}: suspect and backbone shapes differ")
+            raise Failure(f"{name}: suspect and backbone shapes differ")
         return w - w0
 
     return read
@@ -190,7 +193,7 @@ def params_cmd(secret_file: Path, backbone_id: str, core_path: Path, rs_nsym: in
             rs_nsym=rs_nsym, tau_milli=round(tau * 1000),
         )
     except ParamsError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise Failure(str(exc)) from exc
     out.write_bytes(params.to_cbor())
     _emit(as_json, {"params": str(out), "digest": params.digest().hex(), "layers": len(layers), "code_bits": params.code_bits},
           [f"wrote {out} ({len(layers)} layers, {params.code_bits} code bits, digest {params.digest().hex()})"])
@@ -214,12 +217,12 @@ def apply_cmd(params_path: Path, secret_file: Path, device_uuid: str, core_path:
     try:
         uuid = bytes.fromhex(device_uuid.replace("-", ""))
     except ValueError as exc:
-        raise click.ClickException("device UUID must be hex") from exc
+        raise Failure("device UUID must be hex") from exc
     if len(uuid) != 16:
-        raise click.ClickException("device UUID must be 16 bytes")
+        raise Failure("device UUID must be 16 bytes")
     secret = _read_secret(secret_file)
     if verification_key(secret, params.backbone_id) != params.verification_key:
-        raise click.ClickException("the marking secret does not belong to these marking parameters")
+        raise Failure("the marking secret does not belong to these marking parameters")
     core = read_core(core_path)
     norms = None
     if backbone is not None:
@@ -231,7 +234,7 @@ def apply_cmd(params_path: Path, secret_file: Path, device_uuid: str, core_path:
             policy.Tolerance(max_perturbation=tolerance), backbone_norms=norms,
         )
     except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise Failure(str(exc)) from exc
     write_core(result.core, out)
     if fingerprint_out is not None:
         fingerprint_out.write_bytes(result.fingerprint.to_cbor())
@@ -256,20 +259,20 @@ def _suspect_options(f: object) -> object:
 def _with_source(params: MarkingParams, core_path: Path | None, suspect: Path | None, backbone: Path | None,
                  from_core: object, from_deltas: object) -> object:
     if (core_path is None) == (suspect is None) or (suspect is None) != (backbone is None):
-        raise click.ClickException("give either --core, or --suspect with --backbone")
+        raise Failure("give either --core, or --suspect with --backbone")
     try:
         if core_path is not None:
             return from_core(read_core(core_path), params)  # type: ignore[operator]
         with LazyTensors(suspect) as s, LazyTensors(backbone) as b:  # type: ignore[arg-type]
             return from_deltas(_delta_source(params, s, b), params)  # type: ignore[operator]
     except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise Failure(str(exc)) from exc
 
 
 @mark_group.command("extract")
 @_suspect_options
 def extract_cmd(params_path: Path, core_path: Path | None, suspect: Path | None, backbone: Path | None, as_json: bool) -> None:
-    """Blind watermark read-out; exit 0 with a payload, 4 when no mark is accepted."""
+    """Blind watermark read-out; exit 0 with a payload, 1 when no mark is accepted."""
     params = _read_params(params_path)
     ex = _with_source(params, core_path, suspect, backbone, watermark.extract_from_factors, watermark.extract_from_deltas)
     commitment = watermark_commitment(ex.payload, params).hex() if ex.accepted else None
@@ -290,7 +293,7 @@ def extract_cmd(params_path: Path, core_path: Path | None, suspect: Path | None,
 @click.option("--hash", "expected_hash", help="Logged fingerprint hash (hex) the published CBOR must match.")
 def fingerprint_cmd(params_path: Path, core_path: Path | None, suspect: Path | None, backbone: Path | None,
                     as_json: bool, out: Path | None, published: Path | None, expected_hash: str | None) -> None:
-    """Fingerprint a core or merged model; with --compare exit 0 on a match, 4 otherwise."""
+    """Fingerprint a core or merged model; with --compare exit 0 on a match, 1 otherwise."""
     params = _read_params(params_path)
     fp = _with_source(params, core_path, suspect, backbone, fingerprint.fingerprint_factors, fingerprint.fingerprint_deltas)
     if out is not None:
@@ -300,11 +303,11 @@ def fingerprint_cmd(params_path: Path, core_path: Path | None, suspect: Path | N
         try:
             want = bytes.fromhex(expected_hash) if expected_hash else None
             if published.stat().st_size > fingerprint.MAX_FINGERPRINT_BYTES:
-                raise click.ClickException(f"{published}: fingerprint too large")
+                raise Failure(f"{published}: fingerprint too large")
             ref = fingerprint.Fingerprint.from_cbor(published.read_bytes(), want)
             cmp = fingerprint.compare(ref, fp, params)  # type: ignore[arg-type]
         except (OSError, ValueError) as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise Failure(str(exc)) from exc
         data.update(distance=cmp.distance, threshold=cmp.threshold, match=cmp.match)
     _emit(as_json, data, [f"{k}: {v}" for k, v in data.items()])
     if published is not None and not data["match"]:

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import click
 
+from emshield import exit_codes
+from emshield.exit_codes import Failure
+
 from emshield.core import ModelFileError
 
 _EXISTING = click.Path(exists=True, path_type=Path)
@@ -21,8 +24,8 @@ def _emit(as_json: bool, data: dict, text: str) -> None:
     click.echo(json.dumps(data, indent=2, default=str) if as_json else text)
 
 
-def _fail(e: Exception) -> click.ClickException:
-    return click.ClickException(str(e))
+def _fail(e: Exception) -> Failure:
+    return Failure(str(e))
 
 
 _ERRORS = (ModelFileError, ValueError, FileNotFoundError, KeyError)
@@ -282,7 +285,7 @@ def fixtures_cmd(out: Path | None, data_only: bool, check: bool) -> None:
             build_fixtures(Path(tmp), backbone=not data_only)
             diffs = compare_fixtures(Path(tmp), target, backbone=not data_only)
         if diffs:
-            raise click.ClickException("fixtures differ from a rebuild: " + ", ".join(diffs))
+            raise Failure("fixtures differ from a rebuild: " + ", ".join(diffs), exit_codes.NEGATIVE)
         click.echo(f"fixtures in {target} match a rebuild from the seed")
         return
     report = build_fixtures(target, backbone=not data_only)

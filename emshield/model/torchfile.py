@@ -171,7 +171,10 @@ def _read_zip(path: Path) -> dict[str, torch.Tensor]:
             if info.file_size > MAX_PICKLE_BYTES:
                 raise TorchFileError(f"{path}: the object pickle is larger than {MAX_PICKLE_BYTES} bytes")
             storages: dict[str, _Storage] = {}
-            obj = _unpickle(zf.read(pkls[0]), storages)
+            try:
+                obj = _unpickle(zf.read(pkls[0]), storages)
+            except TorchFileError as exc:
+                raise TorchFileError(f"{path}: {exc}") from exc
             for s in storages.values():
                 name = f"{prefix}data/{s.key}"
                 try:

@@ -26,13 +26,13 @@ from emshield.model.backbones import is_backbone_name, resolve_backbone
 from emshield.model.batches import answer_loss, collate, encode
 from emshield.model.datasets import holdout_split, load_dataset
 from emshield.model.evaluate import EvalResult, candidate_answers, evaluate
+from emshield.model.heldout import TRAIN_LOG_FILE, write_heldout
 from emshield.model.hf import load_causal_lm, load_tokenizer, peft_quiet
 from emshield.model.io import backbone_id
 from emshield.model.prompt import PLAIN, PROMPT_FORMATS
 
 ADAPTER_DIR = "adapter"
 CORE_FILE = "core.safetensors"
-LOG_FILE = "train_log.json"
 SCHEDULES = ("constant", "cosine")
 
 
@@ -190,7 +190,8 @@ def evaluate_heldout(model, tokenizer, heldout: list[dict[str, str]], all_record
 
 def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     """Train, then write ``adapter/`` (peft), ``core.safetensors`` and ``train_log.json``; with
-    ``holdout``, score the held-out records (bare and adapted) and record the scores there too."""
+    ``holdout``, score the held-out records (bare and adapted), record the scores there too, and
+    write the records to ``heldout.json``."""
     t0 = time.perf_counter()
     backbone = resolve_backbone(cfg.backbone, progress=progress)
     all_records = load_dataset(cfg.dataset)
@@ -234,12 +235,14 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     adapter_dir = out / ADAPTER_DIR
     model.save_pretrained(adapter_dir)
     core_path = save_core(read_peft_adapter(adapter_dir), out / CORE_FILE)
+    if heldout:  # beside the core: `emshield issue` measures the mark's cost on them by default
+        write_heldout(out, heldout)
     evaluation = evaluate_heldout(model, tokenizer, heldout, all_records, cfg, progress) if heldout else None
     bid = backbone_id(backbone)
     result = TrainResult(out, adapter_dir, core_path, bid, steps, losses[0], losses[-1],
                          time.perf_counter() - t0, loop_s / max(steps, 1), str(backbone), len(records),
                          len(heldout), evaluation)
-    (out / LOG_FILE).write_text(json.dumps({
+    (out / TRAIN_LOG_FILE).write_text(json.dumps({
         "config": asdict(cfg), "backbone": str(backbone), "backbone_id": bid, "steps": steps,
         "train_records": len(records), "heldout_records": len(heldout),
         "evaluation": {k: asdict(v) for k, v in (evaluation or {}).items()} or None,

@@ -27,6 +27,7 @@ from .interface import (
     RoleLock,
     StoredCheckpoint,
     StoreError,
+    StoreUnavailable,
     TreeHead,
     WriteCtx,
     WriteTxn,
@@ -38,7 +39,7 @@ from .sqlite import SqliteStore
 __all__ = [
     "ISSUANCE_KEYS", "ISSUER_EPOCH_META_KEY", "LOOKUP_FIELDS", "SCHEMA_VERSION", "DuplicateLeaf", "IssuanceIndex",
     "IssuanceRow", "IssuerRecord", "LeafRecord", "LeafRow", "LogStore", "NodeID", "RoleLock", "SqliteStore",
-    "StoreError", "StoredCheckpoint", "TreeHead", "WriteCtx", "WriteTxn", "blob_key", "check_url", "create_store",
+    "StoreError", "StoreUnavailable", "StoredCheckpoint", "TreeHead", "WriteCtx", "WriteTxn", "blob_key", "check_url", "create_store",
     "device_key",
     "is_postgres", "open_store",
 ]

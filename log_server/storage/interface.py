@@ -49,6 +49,10 @@ class StoreError(RuntimeError):
     Its message is one line written for the operator."""
 
 
+class StoreUnavailable(StoreError):
+    """The store's server could not be reached: nothing is wrong with the input, retry later (exit 4)."""
+
+
 class DuplicateLeaf(ValueError):
     """`WriteTxn.add_leaves` was given a leaf hash that is already stored; it added none of its rows."""
 

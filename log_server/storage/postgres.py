@@ -52,6 +52,7 @@ from .interface import (
     NodeID,
     StoredCheckpoint,
     StoreError,
+    StoreUnavailable,
     TreeHead,
     WriteTxn,
     checkpoint_row,
@@ -359,7 +360,7 @@ def _connect(url: str) -> psycopg.Connection:
         conn.execute("SET synchronous_commit = on")
         conn.execute(f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_TIMEOUT_MS}")
     except psycopg.OperationalError as exc:
-        raise StoreError(f"cannot connect to {_describe(url)}: {_first_line(exc)}") from None
+        raise StoreUnavailable(f"cannot connect to {_describe(url)}: {_first_line(exc)}") from None
     return conn
 
 

@@ -150,6 +150,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextmanager
+def silent_listener() -> Iterator[str]:
+    """The URL of a 127.0.0.1 port that accepts connections (the kernel's backlog) and never answers:
+    a hanging log, for the clients' timeouts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        yield f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
 @dataclass(kw_only=True)
 class Daemon:
     """A served command as a real subprocess in its own session, on a free 127.0.0.1 port.

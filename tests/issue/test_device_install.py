@@ -23,12 +23,18 @@ from emshield.issue.keys import load_issuer
 from emshield.issue.pipeline import issue_core
 from emshield.issue.registration import fetch_registration
 from emshield.logclient.http import LogClient
+from emshield.marking.policy import Tolerance
 from emshield.tee.blobformat import Binding
 from emshield.tee.device import DeviceRecord, init_device
 from emshield.tee.seal import seal_core
 from emshield.tlog import entry as E
 from emshield.tlog.checkpoint import Checkpoint, NoteSigner, sign_checkpoint, verify_checkpoint
 from emshield.tlog.merkle import leaf_hash
+
+
+# The fixture core's mark costs about 0.15 relative weight change, and the cost varies with the (random)
+# payload: these tests are about installing, so the issuer allows any cost the mark may have.
+TOLERANCE = Tolerance(max_perturbation=0.5)
 
 
 def cli(*args, ok: bool = True):
@@ -45,7 +51,8 @@ def world(tmp_path_factory, log):
     core = fixture_core(1)
     devices = [init_device(tmp / f"dev{i}") for i in range(2)]
     bundles = [Path(issue_core(log.url, log.verifier, tmp / "issuer", core, BACKBONE,
-                               DeviceTarget(d.uuid, d.record.public), tmp / "out", operator_token=log.token).bundle)
+                               DeviceTarget(d.uuid, d.record.public), tmp / "out", operator_token=log.token,
+                               tolerance=TOLERANCE).bundle)
                for d in devices]
     issue_core(log.url, log.verifier, tmp / "issuer2", fixture_core(2), BACKBONE,
                DeviceTarget(devices[0].uuid, devices[0].record.public), tmp / "out2", operator_token=log.token,
@@ -118,7 +125,7 @@ def test_install_refuses_and_keeps_the_installed_core(world, log, name, tmp_path
     path = tmp_path / "bad.emshield-bundle"
     path.write_bytes(data)
     result = cli("device", "install", path, "--dir", dev.directory, ok=False)
-    assert result.exit_code == 1 and expect in result.output, result.output
+    assert result.exit_code == 2 and expect in result.output, result.output
     assert {p.name: p.read_bytes() for p in dev.directory.iterdir()} == before  # nothing replaced or added
 
 
@@ -126,12 +133,12 @@ def test_log_key_is_pinned_and_never_replaced_silently(world, log, tmp_path):
     dev = init_device(tmp_path / "fresh")
     bundle = world["bundles"][0]
     no_key = cli("device", "install", bundle, "--dir", dev.directory, ok=False)
-    assert no_key.exit_code == 1 and "no log key pinned" in no_key.output
+    assert no_key.exit_code == 2 and "no log key pinned" in no_key.output
     other_key = NoteSigner.generate(verify_checkpoint(parse_bundle(bundle.read_bytes()).issuance_proof.checkpoint,
                                                       log.verifier).origin).verifier_key()
     dev0 = world["devices"][0]
     swapped = cli("device", "install", world["bundles"][0], "--dir", dev0.directory, "--log-key", other_key, ok=False)
-    assert swapped.exit_code == 1 and "differs from the one pinned" in swapped.output
+    assert swapped.exit_code == 2 and "differs from the one pinned" in swapped.output
     assert (dev0.directory / PINNED_KEY_FILE).read_text().strip() == log.verifier_key
     key_file = tmp_path / "log.pub"
     key_file.write_text(log.verifier_key + "\n")
@@ -142,7 +149,7 @@ def test_log_key_is_pinned_and_never_replaced_silently(world, log, tmp_path):
 def test_run_refuses_without_install_and_with_another_backbone(world, tmp_path):
     fresh = init_device(tmp_path / "fresh")
     r = cli("device", "run", "--prompt", "hi", "--backbone", BACKBONE, "--dir", fresh.directory, ok=False)
-    assert r.exit_code == 1 and "not-installed" in r.output
+    assert r.exit_code == 2 and "not-installed" in r.output
     other = tmp_path / "other-backbone"
     shutil.copytree(BACKBONE, other)
     tensors = load_file(other / "model.safetensors")
@@ -151,7 +158,7 @@ def test_run_refuses_without_install_and_with_another_backbone(world, tmp_path):
     save_file(tensors, other / "model.safetensors")
     dev0 = world["devices"][0]
     r = cli("device", "run", "--prompt", "hi", "--backbone", other, "--dir", dev0.directory, ok=False)
-    assert r.exit_code == 1 and "wrong-backbone" in r.output
+    assert r.exit_code == 2 and "wrong-backbone" in r.output
     assert (dev0.directory / INSTALLED_FILE).is_file()
 
 
@@ -164,7 +171,7 @@ def test_run_reverifies_the_stored_bundle(world, log, tmp_path):
     forged = dataclasses.replace(good, issuance_entry=_resigned(good, world))
     (dev / INSTALLED_FILE).write_bytes(forged.encode())
     r = cli("device", "run", "--prompt", "hi", "--backbone", BACKBONE, "--dir", dev, ok=False)
-    assert r.exit_code == 1 and "inclusion" in r.output, r.output
+    assert r.exit_code == 2 and "inclusion" in r.output, r.output
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +187,7 @@ def relative_device(world, log, tmp_path_factory):
     directory = base / "chain" / "device0"
     target = DeviceTarget(uuid.UUID(rec["uuid"]), DeviceRecord.load(directory).public)
     bundle = issue_core(log.url, log.verifier, world["tmp"] / "issuer", world["core"], BACKBONE, target,
-                        base / "out", operator_token=log.token).bundle
+                        base / "out", operator_token=log.token, tolerance=TOLERANCE).bundle
     cli("device", "install", bundle, "--dir", directory, "--log-key", log.verifier_key)  # from another directory
     return directory
 
@@ -209,12 +216,16 @@ def test_run_answers_in_utf8_from_the_answer_set(relative_device):
 def test_run_stops_at_end_of_sequence_not_at_32_tokens(relative_device):
     """The old default (32 new tokens) cut longer answers mid-character; generation now runs to
     end-of-sequence under a generous cap, and an answer cut by the cap says so."""
-    # This raw prompt's answer on the fixture core runs to 40 tokens before end-of-sequence.
+    # The marked core differs per device (its payload), so the answer's length does too: the cap is
+    # checked against whatever length this device's answer has, and the default against its help.
+    assert "generation stops earlier at end-of-sequence. [default: 1024;" in " ".join(
+        cli("device", "run", "--help").stdout.split())
     args = ["device", "run", "--raw", "--prompt", "credit: 700\ndebt/income: 20%\nloan/income:",
             "--backbone", BACKBONE, "--dir", relative_device, "--json"]
     full = json.loads(cli(*args).stdout)
-    assert full["complete"] is True and full["new_tokens"] > 32, full
-    cut = cli(*args, "--max-new-tokens", "8")
+    assert full["complete"] is True and full["new_tokens"] >= 2, full  # ran to end-of-sequence, under the cap
+    k = full["new_tokens"] // 2
+    cut = cli(*args, "--max-new-tokens", str(k))
     res = json.loads(cut.stdout)
-    assert res["complete"] is False and res["new_tokens"] == 8 and full["answer"].startswith(res["answer"])
-    assert "cut at --max-new-tokens 8" in cut.stderr
+    assert res["complete"] is False and res["new_tokens"] == k and full["answer"].startswith(res["answer"])
+    assert f"cut at --max-new-tokens {k}" in cut.stderr

@@ -12,6 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from _kit.cores import fixture_core
+from _kit.logs import free_port, silent_listener
 from _kit.paths import TINY as BACKBONE
 from emshield.bundle import read_bundle_file, verify_bundle
 from emshield.cli import main
@@ -164,7 +165,7 @@ def test_batch_issuance_is_resumable(tmp_path, log, core):
     other = tmp_path / "other-core.safetensors"
     other.write_bytes(core_to_bytes(fixture_core(seed=5)))
     refused = cli(*issue_args(log, issuer_dir, other, out, "--devices", csv_path), ok=False)
-    assert refused.exit_code == 4
+    assert refused.exit_code == 1  # some devices refused (spec/cli.md: negative)
     assert {r["reason"] for r in json.loads(refused.stdout)["refused"]} == {"issued-otherwise"}
     assert client.verified_checkpoint(log.verifier).size == size
 
@@ -197,29 +198,29 @@ def test_payload_collision_with_another_device_is_refused(tmp_path, log, core, d
 def test_issuer_keys_and_registration_rules(tmp_path, log, core):
     issuer_dir, core_file = setup_issuer(tmp_path, log, core)
     again = cli("issuer", "init", "--dir", issuer_dir, ok=False)
-    assert again.exit_code == 1 and "refusing to overwrite" in again.output
+    assert again.exit_code == 2 and "refusing to overwrite" in again.output
     assert {p.name: p.stat().st_mode & 0o777 for p in issuer_dir.iterdir()} == {
         "issuer.key": 0o600, "marking.secret": 0o600, "issuer.pub": 0o644}
     base = ["issuer", "register", "--log", log.url, "--core", core_file, "--backbone", BACKBONE, "--name", "Acme",
             "--dir", issuer_dir, "--json"]
     no_token = cli(*base, env={TOKEN_ENV: ""}, ok=False)
-    assert no_token.exit_code == 1 and TOKEN_ENV in no_token.output
+    assert no_token.exit_code == 2 and TOKEN_ENV in no_token.output
     same = json.loads(cli(*base, env={TOKEN_ENV: log.token}).stdout)
     assert same["created"] is False
     small = tmp_path / "small-core.safetensors"
     small.write_bytes(core_to_bytes(dict(list(core.items())[:2])))
     other = cli(*base[:5], small, *base[6:], env={TOKEN_ENV: log.token}, ok=False)
-    assert other.exit_code == 1 and "registered-otherwise" in other.output
+    assert other.exit_code == 2 and "registered-otherwise" in other.output
     dev = init_device(tmp_path / "d")
     secret = issuer_dir / "marking.secret"
     original = secret.read_bytes()
     secret.write_bytes(bytes(32))  # another marking secret than the one the registration was made from
     swapped = cli(*issue_args(log, issuer_dir, core_file, tmp_path / "o", "--device", dev.directory), ok=False)
-    assert swapped.exit_code == 1 and "does not belong to the registered marking parameters" in swapped.output
+    assert swapped.exit_code == 2 and "does not belong to the registered marking parameters" in swapped.output
     secret.write_bytes(original)
     os.chmod(issuer_dir / "issuer.key", 0o644)
     loose = cli(*issue_args(log, issuer_dir, core_file, tmp_path / "o", "--device", dev.directory), ok=False)
-    assert loose.exit_code == 1 and "mode 0600" in loose.output
+    assert loose.exit_code == 2 and "mode 0600" in loose.output
 
 
 def test_issue_refuses_bad_inputs_clearly(tmp_path, log, core):
@@ -230,20 +231,66 @@ def test_issue_refuses_bad_inputs_clearly(tmp_path, log, core):
                       ("device_uuid,x25519_public,xwing_public\n", "lists no devices")]:
         bad_csv.write_text(text)
         r = cli(*issue_args(log, issuer_dir, core_file, tmp_path / "o", "--devices", bad_csv), ok=False)
-        assert r.exit_code == 1 and msg in r.output, r.output
+        assert r.exit_code == 2 and msg in r.output, r.output
     r = cli(*issue_args(log, issuer_dir, core_file, tmp_path / "o"), ok=False)
-    assert r.exit_code == 1 and "exactly one of --device and --devices" in r.output
+    assert r.exit_code == 2 and "give the devices" in r.output
     args = issue_args(log, issuer_dir, core_file, tmp_path / "o", "--devices", bad_csv)
     args[args.index("--log-key") + 1] = "not-a-key"
     r = cli(*args, ok=False)
-    assert r.exit_code == 1 and "neither a verifier key nor a readable file" in r.output
+    assert r.exit_code == 2 and "neither a verifier key nor a readable file" in r.output
     unregistered = tmp_path / "unregistered"
     cli("issuer", "init", "--dir", unregistered)
     dev = init_device(tmp_path / "d")
     args = issue_args(log, unregistered, core_file, tmp_path / "o", "--device", dev.directory)
     r = cli(*args, ok=False)
-    assert r.exit_code == 1 and "not-registered" in r.output
+    assert r.exit_code == 2 and "not-registered" in r.output
     assert not (dev.directory / INSTALLED_FILE).exists()
+
+
+def test_device_is_repeatable_and_every_failure_speaks_json(tmp_path, log, core):
+    """`--device A --device B` issues to both (it once kept only B); a UUID given twice is refused; with
+    --json every failure prints one JSON object on stdout with the shared exit code (spec/cli.md)."""
+    issuer_dir, core_file = setup_issuer(tmp_path, log, core)
+    devs = [init_device(tmp_path / f"d{i}") for i in range(2)]
+    out = tmp_path / "o"
+    both = json.loads(cli(*issue_args(log, issuer_dir, core_file, out, "--device", devs[0].directory,
+                                      "--device", devs[1].directory)).stdout)
+    assert sorted(r["device_uuid"] for r in both["issued"]) == sorted(str(d.uuid) for d in devs)
+    assert both["ok"] is True and all(r["status"] == "issued" for r in both["issued"])
+
+    def failure(args: list, code: int, kind: str, needle: str) -> dict:
+        r = cli(*args, ok=False)
+        assert r.exit_code == code, r.output
+        doc = json.loads(r.stdout)
+        assert doc["ok"] is False and doc["error"] == kind and doc["exit_code"] == code and needle in doc["detail"], doc
+        return doc
+
+    failure(issue_args(log, issuer_dir, core_file, out, "--device", devs[0].directory, "--device", devs[0].directory),
+            2, "bad_input", "given twice")
+    failure(issue_args(log, issuer_dir, core_file, out), 2, "bad_input", "give the devices")
+    down = issue_args(log, issuer_dir, core_file, out, "--device", devs[0].directory)
+    down[down.index("--log") + 1] = f"http://127.0.0.1:{free_port()}"
+    doc = failure(down, 4, "log_unavailable", "unreachable")
+    assert doc["issued"] == [] and "re-run to resume" in doc["detail"]
+    down[down.index("--log") + 1] = "ftp://example"
+    failure(down, 2, "bad_input", "http(s) URL")
+    with silent_listener() as hanging:  # a log that accepts and never answers: --timeout bounds the wait
+        down[down.index("--log") + 1] = hanging
+        failure([*down, "--timeout", "0.5"], 4, "log_unavailable", "timeout")
+    # issuer register: the token is checked before anything is read (the core here is not even a core).
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"not a core")
+    reg = ["issuer", "register", "--log", log.url, "--core", junk, "--backbone", BACKBONE, "--name", "X",
+           "--dir", issuer_dir, "--json"]
+    no_token = cli(*reg, env={TOKEN_ENV: ""}, ok=False)
+    assert no_token.exit_code == 2 and json.loads(no_token.stdout)["detail"].startswith(f"set {TOKEN_ENV}")
+    with_token = cli(*reg, env={TOKEN_ENV: log.token}, ok=False)
+    assert with_token.exit_code == 2 and TOKEN_ENV not in json.loads(with_token.stdout)["detail"]
+    fresh = tmp_path / "fresh-issuer"
+    cli("issuer", "init", "--dir", fresh)
+    reg = [*reg[:4], "--core", core_file, *reg[6:-3], "--dir", fresh, "--json"]
+    bad_token = cli(*reg, env={TOKEN_ENV: "wrong-token-" + "x" * 40}, ok=False)
+    assert bad_token.exit_code == 2 and "refused the operator token" in json.loads(bad_token.stdout)["detail"]
 
 
 def test_task_data_policy_keeps_the_mark_only_within_measured_fidelity(tmp_path, log, device):
@@ -276,6 +323,37 @@ def test_task_data_policy_keeps_the_mark_only_within_measured_fidelity(tmp_path,
     assert again["issued"][0]["status"] == "up-to-date"
 
 
+def test_held_out_records_beside_a_trained_core_are_the_task_data_by_default(tmp_path, log):
+    """Traceable at a measured cost by default: a core trained with a hold-out carries its held-out
+    records (heldout.json), and `emshield issue` measures the mark on them unless told otherwise."""
+    root = Path(__file__).resolve().parents[2]
+    trained = tmp_path / "trained"
+    r = cli("decouple", "train", "--data", root / "fixtures" / "data" / "financial-test.json", "--backbone", BACKBONE,
+            "--holdout", "12", "--steps", "4", "--skip-bare", "--out", trained, "--quiet", "--json")
+    assert (trained / "heldout.json").is_file(), r.output
+    from emshield.model.adapter import load_core
+
+    issuer_dir, _ = setup_issuer(tmp_path, log, load_core(trained / "core.safetensors"), name="Held Out")
+    core_file = trained / "core.safetensors"
+
+    def issue(out: str, *extra) -> tuple[dict, str]:
+        args = issue_args(log, issuer_dir, core_file, tmp_path / out, "--device", init_device(tmp_path / out).directory)
+        at = args.index("--tolerance")
+        del args[at:at + 2]
+        res = cli(*args, *extra)
+        return json.loads(res.stdout)["issued"][0]["mark"], res.stderr
+
+    measured, note = issue("default")
+    assert measured["accuracy_unmarked"] is not None and measured["loss_unmarked"] is not None, measured
+    assert f"held-out records in {trained / 'heldout.json'}" in note
+    for extra in (["--no-task-data"], ["--tolerance", "0.5"]):
+        mark, note = issue("-".join(extra).strip("-"), *extra)
+        assert mark["accuracy_unmarked"] is None and "held-out" not in note, (extra, mark)
+    both = cli(*issue_args(log, issuer_dir, core_file, tmp_path / "x", "--device", init_device(tmp_path / "x").directory),
+               "--no-task-data", "--task-data", trained / "heldout.json", ok=False)
+    assert both.exit_code == 2 and "contradict" in both.stderr
+
+
 def test_a_second_device_for_one_fingerprint_only_core_is_refused(tmp_path, log, core):
     """Two devices with the same unmarked core could never be told apart: the second is refused
     unless --allow-shared-core, and then both are issued (the verifier reports them indistinguishable)."""
@@ -287,7 +365,7 @@ def test_a_second_device_for_one_fingerprint_only_core_is_refused(tmp_path, log,
     assert [r["policy"] for r in first["issued"]] == ["fingerprint"]
     refused = cli(*issue_args(log, issuer_dir, core_file, out, "--device", devices[1].directory,
                               "--policy", "fingerprint"), ok=False)
-    assert refused.exit_code == 4
+    assert refused.exit_code == 1
     (why,) = json.loads(refused.stdout)["refused"]
     assert why["reason"] == "shared-core" and str(devices[0].uuid) in why["detail"] and "--allow-shared-core" in why["detail"]
     assert LogClient(log.url).issuances(device_uuid=str(devices[1].uuid)) == []
@@ -312,6 +390,8 @@ def test_the_default_tolerance_marks_the_fixture_recipe_core(tmp_path, log, devi
     (issued,) = res["issued"]
     assert issued["policy"] == "both", issued["mark"]
     assert issued["mark"]["tolerance"] == Tolerance().max_perturbation == 0.15
+
+
 def test_task_data_measures_the_unmarked_core_once_per_run(tmp_path, log):
     """The unmarked core is the same for every device: `--task-data` measured it again for each one
     (10 records × 3 devices took 327 s on SmolLM2). Now one evaluation of it per run, plus one per

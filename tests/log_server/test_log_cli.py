@@ -51,12 +51,12 @@ def test_init_refuses_bad_input(tmp_path: Path) -> None:
     ]
     for args, env, message in cases:
         result = runner.invoke(log_cli, ["init", "--db", str(db), *args], env=env)
-        assert result.exit_code != 0 and message in result.output, (args, result.output)
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
         assert not db.exists() and not (tmp_path / "log.db.signer-key").exists()
     ok = runner.invoke(log_cli, ["init", "--db", str(db), "--origin", "ok.example/log", "--json"])
     assert ok.exit_code == 0, ok.output
     again = runner.invoke(log_cli, ["init", "--db", str(db), "--origin", "ok.example/log"])
-    assert again.exit_code != 0 and "already exists" in again.output
+    assert again.exit_code == 2 and "already exists" in again.output
 
 
 def _serve(*args: str) -> subprocess.CompletedProcess:
@@ -66,22 +66,22 @@ def _serve(*args: str) -> subprocess.CompletedProcess:
 
 def test_serve_refuses_unusable_store_or_key(tmp_path: Path, log_files, store_kind, request) -> None:
     out = _serve("--db", str(tmp_path / "missing.db"))
-    assert out.returncode != 0 and "does not exist" in out.stderr
+    assert out.returncode == 2 and "does not exist" in out.stderr
     key = ["--key-file", str(log_files.key_file)]
     if store_kind == "postgresql":  # an empty database is no log, and a PostgreSQL store has no default key file
         empty = request.getfixturevalue("postgres").new_database()
         out = _serve("--store", empty, *key)
-        assert out.returncode != 0 and "holds no EMShield log store" in out.stderr, out.stderr
+        assert out.returncode == 2 and "holds no EMShield log store" in out.stderr, out.stderr
         out = _serve("--store", str(log_files.db))
-        assert out.returncode != 0 and "give --key-file" in out.stderr, out.stderr
+        assert out.returncode == 2 and "give --key-file" in out.stderr, out.stderr
     log_files.key_file.chmod(0o644)
     out = _serve("--store", str(log_files.db), *key)
-    assert out.returncode != 0 and "readable by others" in out.stderr
+    assert out.returncode == 2 and "readable by others" in out.stderr
     log_files.key_file.chmod(0o600)
     (tmp_path / "other").mkdir()
     stranger = init_log(tmp_path / "other", origin="other.example/log")
     out = _serve("--store", str(log_files.db), "--key-file", str(stranger.key_file))
-    assert out.returncode != 0 and "does not match the log origin" in out.stderr
+    assert out.returncode == 2 and "does not match the log origin" in out.stderr
 
 
 def test_a_file_that_is_no_log_store_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
@@ -109,7 +109,7 @@ def test_a_file_that_is_no_log_store_is_refused_and_left_as_it_is(tmp_path: Path
                                     env={"EMSHIELD_LOG_OPERATOR_TOKEN": "x" * 40})
         for where, code, message in (("serve", out.returncode, out.stderr), ("set-token", result.exit_code,
                                                                                result.output)):
-            assert code == 1, (where, f, message)
+            assert code == 2, (where, f, message)
             assert "Traceback" not in message and len(message.strip().splitlines()) == 1, (where, f, message)
             assert "is not an EMShield log store" in message, (where, f, message)
         assert f.read_bytes() == before[f], f

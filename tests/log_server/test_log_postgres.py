@@ -160,7 +160,7 @@ def test_passwords_come_from_the_environment_never_the_url(postgres, tmp_path) -
         assert kit_pg.PASSWORD not in out.stderr + out.stdout
     nowhere = {"PGPASSFILE": str(tmp_path / "no-such-file")}
     out = _log_cli("init", "--store", tcp, "--origin", ORIGIN, "--key-file", str(tmp_path / "k1"), env=nowhere)
-    assert out.returncode == 1 and "cannot connect" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert out.returncode == 4 and "cannot connect" in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert not (tmp_path / "k1").exists()
     out = _log_cli("init", "--store", tcp, "--origin", ORIGIN, "--key-file", str(tmp_path / "k2"), "--json",
                    env={"PGPASSWORD": kit_pg.PASSWORD} | nowhere)
@@ -171,7 +171,7 @@ def test_passwords_come_from_the_environment_never_the_url(postgres, tmp_path) -
     passfile.write_text(f"127.0.0.1:{postgres.port}:*:postgres:{kit_pg.PASSWORD}\n")
     passfile.chmod(0o644)
     out = _log_cli("set-token", "--store", tcp, env={"PGPASSFILE": str(passfile)})
-    assert out.returncode == 1 and "cannot connect" in out.stderr, out.stderr
+    assert out.returncode == 4 and "cannot connect" in out.stderr, out.stderr
     passfile.chmod(0o600)
     out = _log_cli("set-token", "--store", tcp, env={"PGPASSFILE": str(passfile)})
     assert out.returncode == 0, out.stderr
@@ -186,7 +186,7 @@ def test_a_database_that_is_no_log_store_is_refused_and_left_as_it_is(postgres, 
         open_store(db)
     result = CliRunner().invoke(log_cli, ["init", "--store", db, "--origin", ORIGIN, "--key-file",
                                           str(tmp_path / "k")], env=TOKEN_ENV)
-    assert result.exit_code == 1 and "already has a table 'leaves'" in result.output, result.output
+    assert result.exit_code == 2 and "already has a table 'leaves'" in result.output, result.output
     assert not (tmp_path / "k").exists()
     assert postgres.psql("SELECT string_agg(tablename, ',') FROM pg_tables WHERE schemaname = 'public'", name) == "leaves"
     assert postgres.psql("SELECT x FROM leaves", name) == "7"

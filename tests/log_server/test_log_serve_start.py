@@ -34,7 +34,7 @@ def test_a_second_log_on_an_occupied_port_is_refused(log_files, server_factory, 
     before = set(socket_dir_base(second.db).glob(SOCKET_DIR_PREFIX + "*"))
     run = subprocess.run([str(BIN / "emshield-log"), "serve", "--db", str(second.db), "--port", str(first.port),
                           "--server", kind, "--workers", "1"], capture_output=True, text=True, timeout=60)
-    assert run.returncode != 0
+    assert run.returncode == 2, run.stderr
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and f"127.0.0.1:{first.port}" in lines[0] and "in use" in lines[0], run.stderr
     assert set(socket_dir_base(second.db).glob(SOCKET_DIR_PREFIX + "*")) == before, "it started a sequencer anyway"

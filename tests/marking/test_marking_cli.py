@@ -81,7 +81,9 @@ def test_apply_marks_within_tolerance_and_extracts(files: dict[str, Path]) -> No
 
 def test_unmarked_core_reports_no_mark(files: dict[str, Path]) -> None:
     code, out = run("extract", "--params", str(files["params"]), "--core", str(files["core"]), "--json")
-    assert code == 4 and json.loads(out)["accepted"] is False
+    doc = json.loads(out)
+    assert code == 1 and doc["accepted"] is False
+    assert "Chien" not in out and "errata" not in out.lower(), doc["reason"]  # reedsolo's text is for coders
 
 
 def test_policy_falls_back_to_fingerprint_when_intolerant(files: dict[str, Path]) -> None:
@@ -139,5 +141,5 @@ def test_hostile_inputs_give_clear_errors(files: dict[str, Path], tmp_path: Path
     ]
     for args in cases:
         code, out = run(*args)
-        assert code == 1 and "Error" in out, (args, code, out)
+        assert code == 2 and "Error" in out, (args, code, out)
     assert not (tmp_path / "x").exists()

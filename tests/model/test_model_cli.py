@@ -65,25 +65,25 @@ def test_clear_errors(tmp_path: Path, tiny: Path) -> None:
     marker = tmp_path / "pwned"
     torch.save({"w": _Exploit(marker)}, tmp_path / "evil.pt")
     out = _run("recover", "--merged", tmp_path / "evil.pt", "--backbone", tiny)
-    assert out.exit_code == 1 and "refused" in out.output and not marker.exists()
+    assert out.exit_code == 2 and "refused" in out.output and not marker.exists()
     # wrong shapes
     name = sorted(backbone_core(tiny))[0]
     save_core({name: LoraFactors(np.ones((2, 5), np.float32), np.ones((7, 2), np.float32), 1.0)}, tmp_path / "bad.safetensors")
     out = _run("merge", "--backbone", tiny, "--core", tmp_path / "bad.safetensors", "--out", tmp_path / "o")
-    assert out.exit_code == 1 and "does not match backbone weight" in out.output
+    assert out.exit_code == 2 and "does not match backbone weight" in out.output
     # a core file that is not one
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 64)
     out = _run("export", "--core", tmp_path / "junk.safetensors", "--out", tmp_path / "e")
-    assert out.exit_code == 1 and "Error:" in out.output
+    assert out.exit_code == 2 and "Error:" in out.output
     # bad rank and bad train config
     out = _run("recover", "--merged", tiny, "--backbone", tiny, "--rank", "zero")
     assert out.exit_code == 2
     (tmp_path / "t.yaml").write_text("backbone: x\ndataset: y\noutput_dir: z\nlearning_rate: 1\n")
     out = _run("train", tmp_path / "t.yaml")
-    assert out.exit_code == 1 and "unknown keys ['learning_rate']" in out.output
+    assert out.exit_code == 2 and "unknown keys ['learning_rate']" in out.output
     (tmp_path / "t2.yaml").write_text(f"backbone: {tiny}\ndataset: {tmp_path / 'none.json'}\noutput_dir: z\n")
     out = _run("train", tmp_path / "t2.yaml")
-    assert out.exit_code == 1 and "dataset not found" in out.output
+    assert out.exit_code == 2 and "dataset not found" in out.output
 
 
 def test_eval_backbone_json(tiny: Path) -> None:
@@ -128,6 +128,8 @@ def test_train_in_one_line_from_an_alpaca_file_scores_a_generative_task_with_f1(
     assert 0.0 <= bare["token_f1"] < adapted["token_f1"] <= 1.0
     assert adapted["token_precision"] > 0 and adapted["token_recall"] > 0
     assert (tmp_path / "core" / "core.safetensors").is_file()
+    # The held-out records lie beside the core, for `emshield issue` to measure the mark's cost on.
+    assert json.loads((tmp_path / "core" / "heldout.json").read_text()) == records[-16:]
     log = json.loads((tmp_path / "core" / "train_log.json").read_text())
     assert log["evaluation"]["adapted"]["token_f1"] == adapted["token_f1"]
     skipped = _run("train", "--data", alpaca, "--backbone", tiny, "--holdout", "0.1", "--steps", "2", "--skip-bare",
@@ -144,12 +146,12 @@ def test_train_refuses_unusable_one_line_input(tmp_path: Path, tiny: Path) -> No
     out = _run("train", "--data", data, "--backbone", "no-such-backbone")
     assert out.exit_code == 2 and "neither an existing path nor a backbone name (smollm2)" in out.output
     out = _run("train", "--data", data, "--backbone", tiny, "--holdout", "300", "--out", tmp_path / "o")
-    assert out.exit_code == 1 and "leaves no record to train on" in out.output
+    assert out.exit_code == 2 and "leaves no record to train on" in out.output
     out = _run("train", "--data", data, "--backbone", tiny, "--holdout", "1.5", "--out", tmp_path / "o")
-    assert out.exit_code == 1 and "holdout must be" in out.output
+    assert out.exit_code == 2 and "holdout must be" in out.output
     (tmp_path / "sys.json").write_text(json.dumps([{"instruction": "a", "output": "b", "system": "be terse"}]))
     out = _run("train", "--data", tmp_path / "sys.json", "--backbone", tiny, "--out", tmp_path / "o")
-    assert out.exit_code == 1 and "no other (it has ['instruction', 'output', 'system'])" in out.output
+    assert out.exit_code == 2 and "no other (it has ['instruction', 'output', 'system'])" in out.output
     out = _run("train", "--data", data, "--backbone", tiny, "--prompt-format", "chat", "--steps", "1",
                "--out", tmp_path / "o")
-    assert out.exit_code == 1 and "whose tokenizer has a chat template; this one has none" in out.output
+    assert out.exit_code == 2 and "whose tokenizer has a chat template; this one has none" in out.output

@@ -46,7 +46,7 @@ def test_init_prints_uuid_and_public_key_and_show_repeats_it(tmp_path: Path) -> 
     shown = cli("show", "--dir", str(tmp_path / "d"))
     assert rec["uuid"] in shown.output and rec["x25519_public"] in shown.output
     again = cli("init", "--dir", str(tmp_path / "d"))
-    assert again.exit_code == 1 and "already holds a device identity" in again.output
+    assert again.exit_code == 2 and "already holds a device identity" in again.output
 
 
 def test_mount_prints_verified_metadata_and_hands_the_core_to_a_child(sealed, capfd) -> None:
@@ -81,20 +81,20 @@ def test_mount_errors_say_what_happened(sealed, tmp_path, mutate, message: str) 
     bad = tmp_path / "bad.sealed"
     bad.write_bytes(mutate(blob.read_bytes()))
     r = cli("mount", str(bad), *IDS, "--dir", str(dev), "--", sys.executable, "-c", "print('must not run')")
-    assert r.exit_code == 1 and message in r.output and "must not run" not in r.output
+    assert r.exit_code == 2 and message in r.output and "must not run" not in r.output
 
 
 def test_mount_binding_and_device_errors(sealed, tmp_path) -> None:
     dev, blob, _ = sealed
     r = cli("mount", str(blob), "--backbone-id", BACKBONE.hex(), "--leaf-hash", "ab" * 32, "--dir", str(dev))
-    assert r.exit_code == 1 and "bound to another issuance" in r.output
+    assert r.exit_code == 2 and "bound to another issuance" in r.output
     r = cli("mount", str(blob), "--backbone-id", "cd" * 32, "--leaf-hash", LEAF.hex(), "--dir", str(dev))
-    assert r.exit_code == 1 and "wrong backbone" in r.output
+    assert r.exit_code == 2 and "wrong backbone" in r.output
     assert cli("init", "--dir", str(tmp_path / "other")).exit_code == 0
     r = cli("mount", str(blob), *IDS, "--dir", str(tmp_path / "other"))
-    assert r.exit_code == 1 and "wrong device" in r.output
+    assert r.exit_code == 2 and "wrong device" in r.output
     r = cli("mount", str(blob), *IDS, "--dir", str(tmp_path / "nothing"))
-    assert r.exit_code == 1 and "no device record" in r.output
+    assert r.exit_code == 2 and "no device record" in r.output
     r = cli("mount", str(blob), "--backbone-id", "zz", "--leaf-hash", LEAF.hex(), "--dir", str(dev))
     assert r.exit_code == 2 and "must be hex" in r.output
 
@@ -104,18 +104,18 @@ def test_seal_refuses_a_non_core_and_overwrites(sealed, tmp_path) -> None:
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"\x10" + bytes(100))
     r = cli("seal", str(junk), str(tmp_path / "j.sealed"), "--to", str(dev), *IDS)
-    assert r.exit_code == 1 and "malformed core" in r.output
+    assert r.exit_code == 2 and "malformed core" in r.output
     assert cli("seal", str(junk), str(tmp_path / "j.sealed"), "--to", str(dev), *IDS, "--content", "opaque").exit_code == 0
     r = cli("seal", str(junk), str(blob), "--to", str(dev), *IDS, "--content", "opaque")
-    assert r.exit_code == 1 and "refusing to overwrite" in r.output
+    assert r.exit_code == 2 and "refusing to overwrite" in r.output
 
 
 def test_provider_unavailable_is_a_clear_cli_error(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     r = cli("init", "--provider", "keyring", "--dir", str(tmp_path / "d"))
-    assert r.exit_code == 1 and "key provider unavailable" in r.output and "keyctl not found" in r.output
+    assert r.exit_code == 2 and "key provider unavailable" in r.output and "keyctl not found" in r.output
     r = cli("init", "--provider", "tpm", "--tcti", "swtpm:host=127.0.0.1,port=1", "--dir", str(tmp_path / "t"))
-    assert r.exit_code == 1 and "key provider unavailable" in r.output
+    assert r.exit_code == 2 and "key provider unavailable" in r.output
 
 
 def test_tpm_init_and_mount_through_the_cli(tmp_path, swtpm, core) -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 import click
 
 from emshield import exit_codes
-from emshield.exit_codes import Failure
 
 EXIT_CODES_HELP = """\b
 Exit codes (the same for every EMShield command, spec/cli.md):
@@ -27,14 +26,7 @@ def _default_state() -> Path:
     return Path(base) / "emshield" / "audit-state.json"
 
 
-def _fail(message: str, code: int, as_json: bool) -> Failure:
-    """The refusal to raise; with --json its JSON object is printed on stdout first (spec/cli.md §2)."""
-    if as_json:
-        click.echo(json.dumps({"ok": False, "error": exit_codes.NAMES[code], "detail": message, "exit_code": code}))
-    return Failure(message, code)
-
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
+@click.command(cls=exit_codes.Command, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES_HELP)
 @click.option("--log", "log_url", metavar="URL", required=True, help="Base URL of the transparency log.")
 @click.option("--key", metavar="KEY|FILE", required=True,
               help="The log's verifier key (C2SP signed-note format), or a file holding it; pinned on first use.")
@@ -78,11 +70,11 @@ def main(ctx: click.Context, log_url: str, key: str, state: Path | None, replay:
 
     url = urlsplit(log_url)
     if url.scheme not in ("http", "https") or not url.netloc:
-        raise _fail(f"--log must be an http(s) URL, got {log_url[:80]!r}", exit_codes.BAD_INPUT, as_json)
+        raise exit_codes.refuse(f"--log must be an http(s) URL, got {log_url[:80]!r}", exit_codes.BAD_INPUT, as_json=as_json)
     try:
         key = parse_log_key(key).verifier_key()  # the key itself, or read from the file naming it
     except LogKeyError as exc:
-        raise _fail(f"--key: {exc}", exit_codes.BAD_INPUT, as_json) from exc
+        raise exit_codes.refuse(f"--key: {exc}", exit_codes.BAD_INPUT, as_json=as_json) from exc
     state_path = state or _default_state()
     bar = tqdm(unit="entry", desc="replay", disable=as_json or None, file=sys.stderr) if replay else None
     try:
@@ -90,7 +82,7 @@ def main(ctx: click.Context, log_url: str, key: str, state: Path | None, replay:
                        progress=None if bar is None else bar.update, timeout=timeout, witness_keys=witness_keys,
                        quorum=quorum, incremental=incremental, proofs=proofs)
     except AuditError as exc:
-        raise _fail(str(exc), exc.exit_code, as_json) from exc
+        raise exit_codes.refuse(str(exc), exc.exit_code, as_json=as_json) from exc
     finally:
         if bar is not None:
             bar.close()

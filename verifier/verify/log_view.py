@@ -94,7 +94,7 @@ def _answers(what: str) -> Iterator[None]:
     try:
         yield
     except LogClientError as exc:
-        if exc.code in ("unreachable", "timeout") or exc.status >= 500 or exc.status == 429:
+        if exc.retryable:
             raise LogUnavailable(f"{what}: {exc}") from exc
         raise LogMisbehaving(f"{what}: the log answered {exc}") from exc
     except merkle.ProofError as exc:
