@@ -149,6 +149,8 @@ class VerifiedLog:
             raise LogMisbehaving(f"the log's checkpoint fails the witness policy: {exc}") from exc
         self._issuers: dict[bytes, ProvedIssuer] | None = None
         self._listed: list[IssuerInfo] | None = None
+        self.note = note  # the signed checkpoint note as served (the forensic report quotes it)
+        self.inclusion: dict[int, InclusionProof] = {}  # every inclusion proof checked, by leaf index
 
     def serves_api(self) -> bool:
         """Whether the log answers its /v1 API (False: a plain 404, as a static tile mirror gives)."""
@@ -170,7 +172,21 @@ class VerifiedLog:
         proof = _call(f"{what}: inclusion proof", self.client.prove_inclusion, leaf, self.checkpoint)
         if proof.index != index:
             raise LogMisbehaving(f"{what}: the log says index {index} but proves the leaf at {proof.index}")
+        self.inclusion[index] = proof
         return proof
+
+    def audit_path(self, index: int, leaf_hash: bytes) -> InclusionProof:
+        """The inclusion proof of the leaf at ``index``: the one checked earlier, or (for a leaf
+        proved by the full replay) fetched now and checked against the same checkpoint."""
+        if index not in self.inclusion:
+            what = f"leaf {index}: inclusion proof"
+            proof = _call(what, self.client.inclusion_proof_by_hash, leaf_hash, self.checkpoint.size)
+            if (proof.index, proof.leaf_hash) != (index, leaf_hash):
+                raise LogMisbehaving(f"{what}: the log proves leaf {proof.index}, not {index}")
+            _call(what, merkle.verify_inclusion, leaf_hash, index, self.checkpoint.size, list(proof.hashes),
+                  self.checkpoint.root_hash)
+            self.inclusion[index] = proof
+        return self.inclusion[index]
 
     def _leaf(self, index: int, what: str) -> bytes:
         page = _call(what, self.client.entries, index, index + 1)

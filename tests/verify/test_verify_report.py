@@ -1,0 +1,193 @@
+"""`emshield-verify --report`: the forensic report (spec/report.md), one per verdict kind, rendered in
+real headless Chromium (Debian's, through Playwright) with every request but the file's own refused
+and recorded; the plots must be there and the proof values must be the log's own."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from _kit.browser import VIEWPORT, chromium, screenshot_dir
+from _kit.cores import tiny_core
+from emshield.model.adapter import write_peft_adapter
+from emshield.model.merge import write_merged
+from emshield.tlog import merkle
+from verifier.report.html import inclusion_steps
+from verifier.report.data import InclusionRecord
+from verifier.verify.cli import main as verify_main
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    with chromium() as b:
+        yield b
+
+
+def verify_with_report(world, suspect: Path, out: Path, *extra: str, bundle: Path | None = None) -> tuple[int, dict, Path]:
+    report = out / "report.html"
+    where = ["--bundle", str(bundle)] if bundle is not None else ["--log", world.url]
+    args = [str(suspect), *where, "--log-key", world.log_key, "--json", "--report", str(report), *extra]
+    result = CliRunner().invoke(verify_main, args)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    verdict = json.loads(result.stdout)
+    assert f"report written to {report}" in result.stderr
+    return result.exit_code, verdict, report
+
+
+def open_offline(browser, report: Path, shot: str):
+    """The report in Chromium; returns (page, requests refused). Only the file itself may load."""
+    page = browser.new_page(viewport=VIEWPORT)
+    refused: list[str] = []
+    url = report.resolve().as_uri()
+
+    def route(r) -> None:
+        if r.request.url == url:
+            r.continue_()
+        else:
+            refused.append(r.request.url)
+            r.abort()
+
+    page.route("**/*", route)
+    page.goto(url, wait_until="load")
+    page.screenshot(path=str(screenshot_dir("report") / f"{shot}.png"), full_page=False)
+    return page, refused
+
+
+def plots(page) -> set[str]:
+    return set(page.eval_on_selector_all("div.plot[data-plot] > svg", "els => els.map(e => e.parentElement.dataset.plot)"))
+
+
+def assert_proofs_are_the_logs(world, page, verdict: dict, leaves: list[tuple[int, str]]) -> None:
+    """Every listed leaf's audit path, as the log serves it for the verdict's tree size, is in the
+    report, with its leaf hash, index and the checkpoint root, and the report's recomputation agrees."""
+    text = page.inner_text("body")
+    size, root = verdict["log"]["tree_size"], verdict["log"]["root_hash"]
+    assert root in text and str(size) in text
+    for index, leaf_hash in leaves:
+        proof = world.client.inclusion_proof_by_hash(bytes.fromhex(leaf_hash), size)
+        assert proof.index == index and leaf_hash in text
+        merkle.verify_inclusion(proof.leaf_hash, index, size, list(proof.hashes), bytes.fromhex(root))
+        for h in proof.hashes:
+            assert h.hex() in text
+    assert "≠ checkpoint root" not in text
+    assert text.count("= checkpoint root") >= len(leaves)
+
+
+def test_device_report(world, tmp_path: Path, browser) -> None:
+    target = world.issued[1]
+    code, verdict, report = verify_with_report(world, write_peft_adapter(target.core, tmp_path / "adapter"), tmp_path)
+    assert code == 0 and verdict["verdict"] == "device"
+    page, refused = open_offline(browser, report, "device")
+    assert refused == []
+    assert plots(page) == {"bits", "p-value", "distances", "layers"}
+    sentence = page.inner_text("#verdict")
+    assert f"device {target.device}" in sentence and f"leaf {target.index}" in sentence
+    m = verdict["device"]
+    assert_proofs_are_the_logs(world, page, verdict, [(m["leaf_index"], m["leaf_hash"])])
+    text = page.inner_text("body")
+    assert m["watermark"]["watermark_commitment"] in text
+    assert f"emshield-verify {tmp_path / 'adapter'}" in text and "sha256sum" in text
+    note = world.client.checkpoint_note().decode()
+    assert verdict["log"]["origin"] in page.inner_text("#checkpoint") and note.splitlines()[0] in text
+    assert "verified with the pinned log key" in text
+    page.close()
+
+
+def test_core_report(world, tmp_path: Path, browser) -> None:
+    target = world.issued[3]
+    code, verdict, report = verify_with_report(world, write_peft_adapter(target.core, tmp_path / "adapter"), tmp_path)
+    assert code == 6 and verdict["verdict"] == "core"
+    page, refused = open_offline(browser, report, "core")
+    assert refused == []
+    assert {"distances", "layers", "p-value"} <= plots(page)
+    sentence = page.inner_text("#verdict")
+    assert "no device is named" in sentence and str(target.device) not in sentence
+    assert "Which device the suspect came from" in page.inner_text("body")
+    assert_proofs_are_the_logs(world, page, verdict, [(i["leaf_index"], i["leaf_hash"])
+                                                      for i in verdict["core"]["issuances"]])
+    page.close()
+
+
+def test_no_match_report(world, tmp_path: Path, browser) -> None:
+    suspect = write_merged(world.backbone, tiny_core(99), tmp_path / "merged")
+    code, verdict, report = verify_with_report(world, suspect, tmp_path, "--backbone", str(world.backbone))
+    assert code == 1 and verdict["verdict"] == "none"
+    page, refused = open_offline(browser, report, "none")
+    assert refused == []
+    assert {"bits", "p-value", "distances", "layers"} <= plots(page)
+    sentence = page.inner_text("#verdict")
+    assert sentence.endswith(f"{verdict['reason']}.") and "Nothing in the log" in sentence
+    text = page.inner_text("body")
+    assert "nobody is named" in text and "No issuance is named: no inclusion proof to show." in text
+    # a folder suspect: its per-file digests and the digest of their sha256sum listing
+    assert "./model.safetensors" in text or "sha256sum" in text
+    page.close()
+
+
+def test_offline_report_shows_the_bundles_proofs(world, tmp_path: Path, browser) -> None:
+    """Air-gapped (--bundle): the proofs shown are the bundle's tlog-proofs, which recompute the
+    roots of the bundle's checkpoints."""
+    target = world.issued[0]
+    code, verdict, report = verify_with_report(world, write_peft_adapter(target.core, tmp_path / "adapter"), tmp_path,
+                                               bundle=target.bundle)
+    assert code == 0 and verdict["verdict"] == "device" and verdict["log"]["mode"] == "offline"
+    page, refused = open_offline(browser, report, "offline")
+    assert refused == []
+    text = page.inner_text("body")
+    assert text.count("= checkpoint root") == 2 and "≠ checkpoint root" not in text
+    assert f"--bundle {target.bundle}" in text
+    page.close()
+
+
+def test_inclusion_steps_recompute_the_root() -> None:
+    """The report's step-by-step recomputation agrees with the log core's verifier on every leaf of
+    trees of 1..9 leaves (RFC 9162 §2.1.3.2), border steps included."""
+    for size in range(1, 10):
+        leaves = [merkle.leaf_hash(bytes([n])) for n in range(size)]
+        levels = merkle.tree_levels(leaves)
+        root = merkle.root_from_leaf_hashes(leaves)
+        for index, path in enumerate(merkle.inclusion_paths(levels)):
+            record = InclusionRecord("t", index, size, leaves[index].hex(), tuple(h.hex() for h in path), root.hex(), "")
+            steps, got = inclusion_steps(record)
+            assert got == root.hex() and len(steps) == len(path)
+            assert not steps or steps[-1][2] == root.hex()
+
+
+def test_report_to_a_missing_folder_is_refused_before_any_work(world, tmp_path: Path) -> None:
+    result = CliRunner().invoke(verify_main, [str(tmp_path / "absent"), "--log", world.url, "--log-key", world.log_key,
+                                              "--report", str(tmp_path / "no" / "r.html")])
+    assert result.exit_code == 2 and "--report: the folder" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_pdf_is_printed_by_chromium(world, tmp_path: Path) -> None:
+    """The console script in its own process (Playwright's sync API runs one per thread, and this
+    module's browser holds this one)."""
+    target = world.issued[3]
+    pdf, html = tmp_path / "report.pdf", tmp_path / "report.html"
+    proc = subprocess.run([str(BIN / "emshield-verify"), str(write_peft_adapter(target.core, tmp_path / "adapter")),
+                           "--log", world.url, "--log-key", world.log_key, "--report", str(html), "--report-pdf", str(pdf)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 6, proc.stderr
+    assert f"report written to {pdf}" in proc.stderr
+    data = pdf.read_bytes()
+    assert data.startswith(b"%PDF-") and len(data) > 10_000
+
+
+def test_pdf_without_chromium_is_a_clear_error_not_a_skip(world, tmp_path: Path, monkeypatch) -> None:
+    from verifier.report import pdf
+
+    monkeypatch.setattr(pdf, "CHROMIUM_PATHS", (tmp_path / "no-chromium",))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    out = tmp_path / "r.pdf"
+    result = CliRunner().invoke(verify_main, [str(world.backbone), "--log", world.url, "--log-key", world.log_key,
+                                              "--report-pdf", str(out)])
+    assert result.exit_code == 7 and "--report-pdf needs Chromium" in result.stderr
+    assert not out.exists()
