@@ -191,3 +191,53 @@ def test_pdf_without_chromium_is_a_clear_error_not_a_skip(world, tmp_path: Path,
                                               "--report-pdf", str(out)])
     assert result.exit_code == 7 and "--report-pdf needs Chromium" in result.stderr
     assert not out.exists()
+
+
+HOSTILE = '<img src="http://198.51.100.7/x.png"><script>fetch("http://198.51.100.7/")</script>'
+
+
+def hostile_data(tmp_path: Path):
+    """A no-match report whose every attacker-controlled string is markup that would load something."""
+    from verifier.report.data import BitEvidence, Distance, ReportData
+
+    verdict = {"v": 2, "verdict": "none", "exit_code": 1, "device": None, "core": None,
+               "reason": f"no watermark is read {HOSTILE}", "notes": [HOSTILE],
+               "suspect": {"path": str(tmp_path / "x.pt"), "kind": HOSTILE, "backbone_id": None},
+               "log": {"url": "http://127.0.0.1:1", "mode": "api", "origin": HOSTILE, "tree_size": 3,
+                       "root_hash": "00" * 32, "cosigned_by": [HOSTILE]},
+               "watermark_readings": [{"issuer": HOSTILE, "issuer_key_id": "11" * 32, "accepted": False,
+                                       "decoded": False, "reason": HOSTILE, "bit_errors": 40, "code_bits": 128,
+                                       "score": 1.5, "runner_up_score": 0.0, "candidates": 9, "issuances_counted": 3,
+                                       "p_value": 1.0, "log10_p_value": 0.0, "log10_p_value_any": 0.0,
+                                       "p_value_threshold": 1e-9, "watermark_commitment": None}],
+               "fingerprint": None, "issuers_considered": [{"issuer": HOSTILE, "key_id": "11" * 32, "applies": True,
+                                                             "reason": HOSTILE}]}
+    z = tuple(((n * 37) % 11 - 5) / 2.0 for n in range(128))
+    bits = BitEvidence(HOSTILE, 3.0, z, tuple(1 if n % 3 else -1 for n in range(128)), (("layer.0." + HOSTILE, z),))
+    dist = Distance(2, HOSTILE, HOSTILE, 0.4, 0.15, (("layer.0", 0.4),))
+    return ReportData(verdict, (), "ab" * 32, f"{HOSTILE}\n3\nAAAA\n\n\u2014 {HOSTILE} AAAAAAAA\n", f"{HOSTILE}+00+AA",
+                      (), (bits,), (dist,), (f"emshield-verify {HOSTILE}",), (HOSTILE,))
+
+
+def test_hostile_strings_are_shown_as_text_and_load_nothing(tmp_path: Path, browser) -> None:
+    from verifier.report.html import render
+
+    html = render(hostile_data(tmp_path))
+    assert "<script" not in html and "<img" not in html
+    report = tmp_path / "hostile.html"
+    report.write_text(html, encoding="utf-8")
+    page, refused = open_offline(browser, report, "hostile")
+    assert refused == []
+    assert HOSTILE in page.inner_text("body")
+    assert plots(page) == {"bits", "p-value", "distances", "layers"}
+    page.close()
+
+
+def test_rendering_is_deterministic(tmp_path: Path) -> None:
+    """The same evidence draws the same bytes (fixed SVG hash salt, no dates in the metadata)."""
+    from verifier.report.html import render
+
+    data = hostile_data(tmp_path)
+    first = render(data)
+    assert render(data) == first
+    assert "<dc:date>" not in first and "Matplotlib v" not in first

@@ -195,7 +195,7 @@ def _distances_table(ds: tuple[Distance, ...], lineage: set[int]) -> str:
                    f"<td>{d.distance:.4f}</td><td>{d.threshold:.3f}</td><td>{'yes' if d.leaf_index in lineage else ''}</td></tr>"
                    for d in sorted(ds, key=lambda d: (d.distance, d.leaf_index)))
     return ("<table><tr><th>leaf</th><th>device</th><th>issuer</th><th>distance</th><th>threshold</th>"
-            "<th>identified lineage</th></tr>" + rows + "</table>")
+            "<th>named or in the lineage</th></tr>" + rows + "</table>")
 
 
 def _match(v: dict[str, Any]) -> str:
@@ -268,7 +268,10 @@ def render(data: ReportData) -> str:
         parts.append("<p>No applicable issuer: no watermark was read.</p>")
     parts.append("<h2>Fingerprint</h2>")
     if data.distances:
-        parts.append(f'<div class="plot" data-plot="distances">{plots.distance_plot(data.distances, lineage)}</div>'
+        if kind == "device":
+            parts.append("<p>The watermark named the issuance, so its published fingerprint is the one compared "
+                         "(supporting evidence; no replay of the log was needed).</p>")
+        parts.append(f'<div class="plot" data-plot="distances">{plots.distance_plot(data.distances, lineage, "the named issuance" if kind == "device" else "the identified lineage")}</div>'
                      + _distances_table(data.distances, lineage))
     else:
         parts.append("<p>No published fingerprint was compared.</p>")

@@ -67,7 +67,7 @@ def bits_plot(ev: BitEvidence) -> str:
         ax.set_xlabel("code bit i")
         ax.set_ylabel("c_i·Z_i" if ev.signs else "Z_i")
         ax.set_title("per-bit statistic" + (", aligned with the best candidate" if ev.signs else ""))
-        ax.legend(loc="upper right", fontsize=7, frameon=False)
+        ax.legend(loc="lower right", fontsize=7, frameon=False)
         lo, hi = min(min(aligned), -4.0), max(max(aligned), ev.tau + 1, 4.0)
         bins = 30
         hist.hist(aligned, bins=bins, range=(lo, hi), density=True, color=OK, alpha=0.6, label="suspect")
@@ -114,7 +114,7 @@ def pvalue_plot(reading: dict) -> str:
     return to_svg(fig)
 
 
-def distance_plot(distances: Sequence[Distance], lineage: set[int]) -> str:
+def distance_plot(distances: Sequence[Distance], lineage: set[int], highlighted: str) -> str:
     """Fingerprint distance to every compared issuance against the calibrated threshold."""
     rows = sorted(distances, key=lambda d: (d.distance, d.leaf_index))
     with matplotlib.rc_context(RC):
@@ -126,7 +126,7 @@ def distance_plot(distances: Sequence[Distance], lineage: set[int]) -> str:
         ax.axvline(threshold, color=BAD, ls="--", lw=1, label=f"calibrated threshold {threshold:.3f}")
         ax.set_yticks(ys, [f"leaf {d.leaf_index} · {d.device_uuid[:8]}…" for d in rows])
         ax.set_xlabel("fingerprint distance (RMS feature difference)")
-        ax.set_title("fingerprint distance to every compared issuance (green: the identified lineage)")
+        ax.set_title(f"fingerprint distance to every compared issuance (green: {highlighted})")
         ax.legend(loc="lower right", fontsize=7, frameon=False)
     return to_svg(fig)
 
