@@ -3,6 +3,9 @@ key pinned, the leaking device's issuance opened) and the forensic report the de
 
     .venv/bin/python docs/images/screenshots.py [--model tiny|smollm2]
 
+The committed images come from `--model tiny` (the default here: minutes, not the SmolLM2 training
+run of a first `./run demo`).
+
 Runs every stage of `./run demo`, then, while the demo's log still serves, drives Debian's Chromium
 (tests/_kit/browser.py) over it. Writes explorer.png and report.png beside this file.
 """
@@ -52,7 +55,7 @@ def shoot(demo: Demo, report: Path) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2", choices=["smollm2", "tiny"])
+    ap.add_argument("--model", default="tiny", choices=["smollm2", "tiny"])
     args = ap.parse_args()
     report = Path(tempfile.mkdtemp(prefix="emshield-shots-")) / "report.html"
     demo = Demo(model=args.model, report=report)

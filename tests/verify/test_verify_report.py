@@ -147,6 +147,34 @@ def test_offline_report_shows_the_bundles_proofs(world, tmp_path: Path, browser)
     page.close()
 
 
+def test_static_mirror_report_has_audit_paths_from_the_tiles(world, tmp_path: Path, browser) -> None:
+    """A static tile mirror has no proof endpoint: the report's audit paths come from its hash
+    tiles, and they are the log's own."""
+    from _kit.logs import StaticSite, wait_for_mirror
+    from emshield.tlog.checkpoint import NoteVerifier
+
+    size = world.client.verified_checkpoint(NoteVerifier.from_verifier_key(world.log_key)).size
+    wait_for_mirror(world.tiles, size)
+    static = StaticSite(directory=world.tiles).start()
+    try:
+        target = world.issued[2]
+        report = tmp_path / "report.html"
+        result = CliRunner().invoke(verify_main, [str(write_peft_adapter(target.core, tmp_path / "adapter")), "--log",
+                                                  static.url, "--log-key", world.log_key, "--json", "--report",
+                                                  str(report)])
+        verdict = json.loads(result.stdout)
+    finally:
+        static.stop()
+    assert result.exit_code == 0 and verdict["log"]["mode"] == "static tiles"
+    page, refused = open_offline(browser, report, "static")
+    assert refused == []
+    text = page.inner_text("body")
+    assert text.count("computed from the mirror's hash tiles") == 2  # the registration and the issuance
+    m = verdict["device"]
+    assert_proofs_are_the_logs(world, page, verdict, [(m["leaf_index"], m["leaf_hash"])])
+    page.close()
+
+
 def test_inclusion_steps_recompute_the_root() -> None:
     """The report's step-by-step recomputation agrees with the log core's verifier on every leaf of
     trees of 1..9 leaves (RFC 9162 §2.1.3.2), border steps included."""

@@ -178,7 +178,10 @@ def _proof(p: InclusionRecord) -> str:
 
 def _reading(r: dict[str, Any]) -> str:
     rows = [("issuer", f"{r['issuer']} (key id {r['issuer_key_id']})"),
-            ("read", "yes" if r["accepted"] else f"no: {r['reason']}"),
+            ("significant over the issuances counted", "yes (its commitment was looked up in the log)"
+             if r["accepted"] else f"no: {r['reason']}"),
+            ("significant over every 2^48 payload", "yes: the suspect carries a mark of this issuer" if r["decoded"]
+             else "no: this alone does not show the suspect carries a mark of this issuer"),
             ("best candidate score S", "—" if r["score"] is None else f"{r['score']:.3f}"),
             ("raw bit errors", "—" if r["bit_errors"] is None else f"{r['bit_errors']} of {r['code_bits']}"),
             ("runner-up mark's score", "—" if not r["runner_up_score"] else f"{r['runner_up_score']:.3f}"),

@@ -122,6 +122,7 @@ def distance_plot(distances: Sequence[Distance], lineage: set[int], highlighted:
         ys = list(range(len(rows)))[::-1]
         colours = [OK if d.leaf_index in lineage else NEUTRAL for d in rows]
         ax.barh(ys, [d.distance for d in rows], color=colours, height=0.6)
+        ax.scatter([d.distance for d in rows], ys, c=colours, s=14, zorder=3)  # a distance of 0 stays visible
         threshold = rows[0].threshold if rows else 0.0
         ax.axvline(threshold, color=BAD, ls="--", lw=1, label=f"calibrated threshold {threshold:.3f}")
         ax.set_yticks(ys, [f"leaf {d.leaf_index} · {d.device_uuid[:8]}…" for d in rows])
@@ -162,8 +163,9 @@ def layers_plot(ev: BitEvidence | None, nearest: Distance | None) -> str:
         if nearest is not None:
             ax = next(it)
             ys = list(range(len(nearest.layers)))[::-1]
-            ax.barh(ys, [d for _, d in nearest.layers],
-                    color=[OK if d <= nearest.threshold else NEUTRAL for _, d in nearest.layers], height=0.6)
+            colours = [OK if d <= nearest.threshold else NEUTRAL for _, d in nearest.layers]
+            ax.barh(ys, [d for _, d in nearest.layers], color=colours, height=0.6)
+            ax.scatter([d for _, d in nearest.layers], ys, c=colours, s=14, zorder=3)
             ax.axvline(nearest.threshold, color=BAD, ls="--", lw=1, label=f"threshold {nearest.threshold:.3f}")
             ax.set_yticks(ys, [_short(n) for n, _ in nearest.layers])
             ax.set_xlabel(f"fingerprint distance to leaf {nearest.leaf_index}")

@@ -108,27 +108,23 @@ def _issuer_of(verdict: Verdict, issuers: dict[bytes, ProvedIssuer]) -> ProvedIs
     return None if match is None else issuers.get(bytes.fromhex(match.issuer_key_id))
 
 
-def online_proofs(verdict: Verdict, log: VerifiedLog) -> tuple[tuple[InclusionRecord, ...], list[str]]:
-    cp, notes = log.checkpoint, []
+def online_proofs(verdict: Verdict, log: VerifiedLog) -> tuple[InclusionRecord, ...]:
+    """The issuer's registration and every listed issuance, each with its audit path."""
+    cp = log.checkpoint
     wanted = _listed(verdict)
     issuer = _issuer_of(verdict, log.issuers())
     if issuer is not None:
         wanted.insert(0, (f"registration of issuer {issuer.name!r} (leaf {issuer.index})", issuer.index, ""))
     out = []
     for what, index, leaf_hash in wanted:
-        proof = log.inclusion.get(index)
-        how = "inclusion proof from the log, verified against the checkpoint root"
-        if proof is None and (isinstance(log, StaticVerifiedLog) or not leaf_hash):
-            notes.append(f"{what}: proved by the full replay of the static mirror's tiles (every leaf hashed to "
-                         "the checkpoint's root); a static mirror serves no audit path")
-            continue
-        if proof is None:
-            proof = log.audit_path(index, bytes.fromhex(leaf_hash))
-            how = ("proved by the full replay; this audit path was fetched for the report and verified against "
-                   "the checkpoint root")
+        how = ("inclusion proof from the log, verified against the checkpoint root" if index in log.inclusion else
+               "proved by the full replay; this audit path was "
+               + ("computed from the mirror's hash tiles" if isinstance(log, StaticVerifiedLog) else "fetched")
+               + " for the report and verified against the checkpoint root")
+        proof = log.audit_path(index, bytes.fromhex(leaf_hash) if leaf_hash else None)
         out.append(InclusionRecord(what, index, cp.size, proof.leaf_hash.hex(), tuple(h.hex() for h in proof.hashes),
                                    cp.root_hash.hex(), how))
-    return tuple(out), notes
+    return tuple(out)
 
 
 def bundle_proofs(vb: VerifiedBundle) -> tuple[InclusionRecord, ...]:
@@ -165,10 +161,9 @@ def gather(verdict: Verdict, suspect: Suspect, params_by_issuer: dict[str, Marki
 
 def gather_online(verdict: Verdict, suspect: Suspect, log: VerifiedLog, *, pinned_key: str,
                   commands: tuple[str, ...]) -> ReportData:
-    proofs, notes = online_proofs(verdict, log)
     params = {i.key_id.hex(): i.params for i in log.issuers().values() if i.params is not None}
-    return gather(verdict, suspect, params, note=log.note, pinned_key=pinned_key, proofs=proofs, commands=commands,
-                  notes=notes)
+    return gather(verdict, suspect, params, note=log.note, pinned_key=pinned_key, proofs=online_proofs(verdict, log),
+                  commands=commands, notes=[])
 
 
 def gather_offline(verdict: Verdict, suspect: Suspect, vb: VerifiedBundle, *, pinned_key: str,
