@@ -4,7 +4,8 @@ Exit codes (spec/verify.md §1): 0 a device is named by per-device evidence (the
 verified proofs; 1 nothing is named; 2 bad input (suspect, backbone, bundle, key or options); 3 the
 log misbehaves (bad checkpoint signature, bad proof, an answer that contradicts its entries); 4 the
 log is unreachable or failing; 5 internal error (a bug: reported, never shown as "no match"); 6 a
-core lineage is identified by its fingerprint (its issuances listed), but no device is named.
+core lineage is identified by its fingerprint (its issuances listed), but no device is named; 7
+--report-pdf without Chromium or playwright on this machine (checked before any work).
 """
 
 from __future__ import annotations
@@ -153,7 +154,8 @@ def main(model: Path, log_url: str | None, log_key: str | None, backbone: Path |
     \b
     Exit codes (the same for every EMShield command, spec/cli.md): 0 device named (match verified),
     1 nothing named, 2 bad input (also: no log at --log), 3 log misbehaving, 4 log unavailable,
-    5 internal error, 6 core identified (its issuances listed; no device named).
+    5 internal error, 6 core identified (its issuances listed; no device named), 7 --report-pdf
+    without Chromium or playwright.
     """
     report = None
     try:
