@@ -147,6 +147,7 @@ class Demo:
     devices: list[dict] = field(default_factory=list)
     model: str = "smollm2"
     cache: Path | None = None
+    report: Path | None = None  # where the forensic report of the leaked model goes (kept after the demo)
 
     def __post_init__(self) -> None:
         self.stack.callback(shutil.rmtree, self.workdir, True)
@@ -304,12 +305,17 @@ class Demo:
         return f"device {dev['uuid']}'s merged model saved as fp16 state dict ({self.leaked.stat().st_size >> 20} MiB)"
 
     def verify(self) -> str:
+        from emshield.model.smollm2 import cache_root
+
+        report = self.report or (self.cache or cache_root()) / "emshield-demo-report.html"
+        report.parent.mkdir(parents=True, exist_ok=True)
         proc = _cli("emshield-verify", str(self.leaked), "--log", self.url, "--log-key", self.vkey,
-                    "--backbone", str(self.backbone), ok=(0, 1))
+                    "--backbone", str(self.backbone), "--report", str(report), ok=(0, 1))
         want = self.devices[LEAKER]["uuid"]
         if proc.returncode != 0 or f"MATCH: device {want}" not in proc.stdout:
             raise DemoError(f"emshield-verify did not name the leaking device {want}:\n{proc.stdout}")
-        return "\n      " + proc.stdout.strip().replace("\n", "\n      ")
+        return ("\n      " + proc.stdout.strip().replace("\n", "\n      ")
+                + f"\n      forensic report (open it in a browser): {report.resolve()}")
 
     def _audit(self, *extra: str) -> dict:
         return _json(_cli("emshield-audit", "--log", self.url, "--key", self.vkey,
@@ -372,8 +378,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", choices=sorted(MODELS), default="smollm2",
                     help="backbone: SmolLM2-135M-Instruct (default) or the tiny fixture model (seconds, for tests)")
     ap.add_argument("--cache", type=Path, help="where trained demo cores are cached (default ~/.cache/emshield)")
+    ap.add_argument("--report", type=Path,
+                    help="where to write the forensic report of the leaked model (default: emshield-demo-report.html "
+                         "in the cache folder)")
     args = ap.parse_args(argv)
-    demo = Demo(model=args.model, cache=args.cache)
+    demo = Demo(model=args.model, cache=args.cache, report=args.report)
     with demo.stack:  # the servers stop (and their CPU time is counted) before the closing line
         return run_stages(demo.stages())
 

@@ -32,6 +32,10 @@ def test_demo_traces_the_leaked_model_to_its_device(tmp_path: Path) -> None:
     verify = out.stdout.split("trace the leaked model with emshield-verify: ok", 1)[1].split("[10/10]", 1)[0]
     named = set(re.findall(UUID, verify))
     assert named == {leaker}, verify
+    report = tmp_path / "emshield-demo-report.html"  # the forensic report, beside the cached cores
+    assert f"forensic report (open it in a browser): {report}" in verify
+    html = report.read_text()
+    assert f"device {leaker}" in html and html.count("<svg") >= 4
 
 
 def test_a_wrong_result_is_shown_as_wrong_not_ok() -> None:

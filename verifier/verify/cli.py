@@ -4,7 +4,8 @@ Exit codes (spec/verify.md §1): 0 a device is named by per-device evidence (the
 verified proofs; 1 nothing is named; 2 bad input (suspect, backbone, bundle, key or options); 3 the
 log misbehaves (bad checkpoint signature, bad proof, an answer that contradicts its entries); 4 the
 log is unreachable or failing; 5 internal error (a bug: reported, never shown as "no match"); 6 a
-core lineage is identified by its fingerprint (its issuances listed), but no device is named.
+core lineage is identified by its fingerprint (its issuances listed), but no device is named; 7
+--report-pdf without Chromium or playwright on this machine (checked before any work).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from verifier.verify.decide import (  # noqa: E402
     Verdict,
     verify_suspect,
 )
+from verifier.verify.evidence import ReportRequest, gather_offline, gather_online, rerun_commands  # noqa: E402
 from verifier.verify.log_view import WitnessPolicy, open_verified_log  # noqa: E402
 from verifier.verify.offline import verify_offline  # noqa: E402
 from verifier.witness_policy import WitnessPolicyError, parse_witness_keys  # noqa: E402
@@ -134,9 +136,13 @@ def _text(verdict: Verdict) -> str:
 @click.option("--no-scan", is_flag=True, help="Never replay the whole log to search published fingerprints.")
 @click.option("--timeout", type=click.FloatRange(0.1, 600.0), default=30.0, show_default=True, help="Seconds per log request.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable verdict on stdout.")
+@click.option("--report", "report_html", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write the forensic report (one self-contained HTML file, spec/report.md) here.")
+@click.option("--report-pdf", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also print the forensic report to this PDF (needs Chromium and playwright).")
 def main(model: Path, log_url: str | None, log_key: str | None, backbone: Path | None, bundle: Path | None,
          witness_keys: tuple[str, ...], witness_quorum: int | None, max_p_value: float,
-         no_scan: bool, timeout: float, as_json: bool) -> None:
+         no_scan: bool, timeout: float, as_json: bool, report_html: Path | None, report_pdf: Path | None) -> None:
     """Extract the watermark and fingerprint from MODEL (a merged model: .pt state dict, safetensors
     or a Hugging Face folder, with --backbone; or a peft adapter folder), find the matching issuance
     in the public log, verify the issuer's signature, the inclusion proof and the log's checkpoint
@@ -148,17 +154,29 @@ def main(model: Path, log_url: str | None, log_key: str | None, backbone: Path |
     \b
     Exit codes (the same for every EMShield command, spec/cli.md): 0 device named (match verified),
     1 nothing named, 2 bad input (also: no log at --log), 3 log misbehaving, 4 log unavailable,
-    5 internal error, 6 core identified (its issuances listed; no device named).
+    5 internal error, 6 core identified (its issuances listed; no device named), 7 --report-pdf
+    without Chromium or playwright.
     """
+    report = None
     try:
         witnesses = _witness_policy(witness_keys, witness_quorum, bundle is not None)
+        if report_html is not None or report_pdf is not None:
+            report = _report_request(report_html, report_pdf, click.get_current_context().params)
         verdict = _verify(model, log_url, log_key, backbone, bundle, witnesses, no_scan, timeout,
-                          max_p_value=max_p_value, progress=not as_json and sys.stderr.isatty())
+                          max_p_value=max_p_value, progress=not as_json and sys.stderr.isatty(), report=report)
+        if report is not None:
+            try:
+                report.write()
+            except OSError as exc:
+                raise _Failure(EXIT_BAD_INPUT, f"cannot write the report: {exc}") from exc
     except _Failure as exc:
         _fail(exc.code, exc.detail, as_json)
     except Exception as exc:  # a bug must not read as "no match" (Python's own exit status is 1)
         _fail(EXIT_INTERNAL, f"{type(exc).__name__}: {exc}", as_json)
     click.echo(json.dumps(verdict.to_json(), indent=2, sort_keys=True) if as_json else _text(verdict))
+    if report is not None:
+        for path in report.written:
+            click.echo(f"emshield-verify: report written to {path}", err=True)
     sys.exit(verdict.exit_code)
 
 
@@ -185,9 +203,24 @@ def _witness_policy(keys: tuple[str, ...], quorum: int | None, offline: bool) ->
     return WitnessPolicy(witnesses, quorum)
 
 
+def _report_request(html: Path | None, pdf: Path | None, params: dict) -> ReportRequest:
+    """Check the report's destinations (and Chromium, for a PDF) before any work is done."""
+    for path, flag in ((html, "--report"), (pdf, "--report-pdf")):
+        if path is not None and not path.parent.is_dir():
+            raise _Failure(EXIT_BAD_INPUT, f"{flag}: the folder {path.parent} does not exist")
+    if pdf is not None:
+        from verifier.report.pdf import PdfUnavailable, check_available
+
+        try:
+            check_available()
+        except PdfUnavailable as exc:
+            raise _Failure(exit_codes.LOCAL_STATE, str(exc)) from exc
+    return ReportRequest(html, pdf, rerun_commands(params))
+
+
 def _verify(model: Path, log_url: str | None, log_key: str | None, backbone: Path | None, bundle: Path | None,
             witnesses: WitnessPolicy | None, no_scan: bool, timeout: float, *,
-            max_p_value: float, progress: bool) -> Verdict:
+            max_p_value: float, progress: bool, report: ReportRequest | None = None) -> Verdict:
     if log_key is None:
         raise _Failure(EXIT_BAD_INPUT, "give the log's verifier key with --log-key (the key pins which log to trust)")
     try:
@@ -204,12 +237,20 @@ def _verify(model: Path, log_url: str | None, log_key: str | None, backbone: Pat
         if bundle is not None:
             vb, published = _read_bundle(bundle, verifier)
             with load_suspect(model, backbone) as suspect:
-                return verify_offline(suspect, vb, published, max_p_value=max_p_value)
+                verdict = verify_offline(suspect, vb, published, max_p_value=max_p_value)
+                if report is not None:
+                    report.data = gather_offline(verdict, suspect, vb, pinned_key=verifier.verifier_key(),
+                                                 commands=report.commands)
+                return verdict
         assert log_url is not None
         with load_suspect(model, backbone) as suspect:
             log = open_verified_log(LogClient(log_url, timeout=timeout), verifier, witnesses=witnesses,
                                     progress=progress)
-            return verify_suspect(suspect, log, scan=not no_scan, progress=progress, max_p_value=max_p_value)
+            verdict = verify_suspect(suspect, log, scan=not no_scan, progress=progress, max_p_value=max_p_value)
+            if report is not None:
+                report.data = gather_online(verdict, suspect, log, pinned_key=verifier.verifier_key(),
+                                            commands=report.commands)
+            return verdict
     except (BadSuspect, NotALog) as exc:
         raise _Failure(EXIT_BAD_INPUT, str(exc)) from exc
     except LogMisbehaving as exc:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
@@ -157,6 +157,8 @@ class Verdict:
     fingerprint: dict[str, Any] | None = None  # nearest distance, threshold, how many compared
     issuers_considered: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # The fingerprint comparisons behind the verdict, for the forensic report (not in the JSON).
+    compared: list[Compared] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def kind(self) -> str:
@@ -167,7 +169,9 @@ class Verdict:
         return {KIND_DEVICE: EXIT_DEVICE, KIND_CORE: EXIT_CORE, KIND_NONE: EXIT_NONE}[self.kind]
 
     def to_json(self) -> dict[str, Any]:
-        return {"v": VERDICT_VERSION, "verdict": self.kind, "exit_code": self.exit_code, **asdict(self)}
+        out = asdict(replace(self, compared=[]))
+        del out["compared"]
+        return {"v": VERDICT_VERSION, "verdict": self.kind, "exit_code": self.exit_code, **out}
 
 
 def _iso(ts: int) -> str:
@@ -373,7 +377,10 @@ def verify_suspect(suspect: Suspect, log: VerifiedLog, *, scan: bool = True, pro
             continue
         fp = suspect_fingerprint(suspect, issuer, suspect_fps)
         for h in hits:
-            check = fingerprint_check(log.side_fingerprint(h), h, fp) if fp is not None else None
+            published = log.side_fingerprint(h) if fp is not None else None
+            check = fingerprint_check(published, h, fp) if fp is not None else None
+            if published is not None and check is not None:
+                verdict.compared.append(Compared(h, published, check))
             match = make_device(cp, h, reading, check, _registration_proof(h))
             _with_witnesses(log, match.proofs)
             named.append(match)
@@ -406,6 +413,7 @@ def verify_suspect(suspect: Suspect, log: VerifiedLog, *, scan: bool = True, pro
                     compared.append(Compared(hit, published, fingerprint_check(published, hit, fp)))
         verdict.notes.append("full replay disabled: the fingerprint was compared only with issuances "
                              "whose logged fingerprint hash equals the suspect's; lineage and margin unchecked")
+    verdict.compared = compared
     distances = [c.check.distance for c in compared if c.check.distance is not None]
     if compared:
         verdict.fingerprint = {"distance": min(distances) if distances else None,

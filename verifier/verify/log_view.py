@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from tqdm import tqdm
 
 from emshield.logclient.http import InclusionProof, IssuerInfo, LogClient, LogClientError
-from emshield.logclient.tiles import TileClient, TileFetchError
+from emshield.logclient.tiles import TileClient, TileFetchError, tile_node_reader
 from emshield.marking import fingerprint as fpmod
 from emshield.marking.params import MarkingParams, ParamsError
 from emshield.tlog import merkle
@@ -149,6 +149,8 @@ class VerifiedLog:
             raise LogMisbehaving(f"the log's checkpoint fails the witness policy: {exc}") from exc
         self._issuers: dict[bytes, ProvedIssuer] | None = None
         self._listed: list[IssuerInfo] | None = None
+        self.note = note  # the signed checkpoint note as served (the forensic report quotes it)
+        self.inclusion: dict[int, InclusionProof] = {}  # every inclusion proof checked, by leaf index
 
     def serves_api(self) -> bool:
         """Whether the log answers its /v1 API (False: a plain 404, as a static tile mirror gives)."""
@@ -170,7 +172,23 @@ class VerifiedLog:
         proof = _call(f"{what}: inclusion proof", self.client.prove_inclusion, leaf, self.checkpoint)
         if proof.index != index:
             raise LogMisbehaving(f"{what}: the log says index {index} but proves the leaf at {proof.index}")
+        self.inclusion[index] = proof
         return proof
+
+    def audit_path(self, index: int, leaf_hash: bytes | None = None) -> InclusionProof:
+        """The inclusion proof of the leaf at ``index``: the one checked earlier, or (for a leaf
+        proved by the full replay) fetched now and checked against the same checkpoint."""
+        if index not in self.inclusion:
+            what = f"leaf {index}: inclusion proof"
+            if leaf_hash is None:
+                leaf_hash = merkle.leaf_hash(self._leaf(index, what))
+            proof = _call(what, self.client.inclusion_proof_by_hash, leaf_hash, self.checkpoint.size)
+            if (proof.index, proof.leaf_hash) != (index, leaf_hash):
+                raise LogMisbehaving(f"{what}: the log proves leaf {proof.index}, not {index}")
+            _call(what, merkle.verify_inclusion, leaf_hash, index, self.checkpoint.size, list(proof.hashes),
+                  self.checkpoint.root_hash)
+            self.inclusion[index] = proof
+        return self.inclusion[index]
 
     def _leaf(self, index: int, what: str) -> bytes:
         page = _call(what, self.client.entries, index, index + 1)
@@ -419,6 +437,22 @@ class StaticVerifiedLog(VerifiedLog):
 
     def side_fingerprint(self, issuance: ProvedIssuance) -> fpmod.Fingerprint | None:
         return None  # a static mirror publishes no side records
+
+    def audit_path(self, index: int, leaf_hash: bytes | None = None) -> InclusionProof:
+        """Computed from the mirror's hash tiles (a static mirror has no proof endpoint; its leaf
+        hash, when not given, is the tiles' own) and checked against the checkpoint root."""
+        if index not in self.inclusion:
+            size, what = self.checkpoint.size, f"leaf {index}: inclusion proof from the tiles"
+            get_nodes = tile_node_reader(self.tiles, size)
+            with _answers(what):
+                if leaf_hash is None:
+                    leaf_hash = get_nodes([(0, index)]).get((0, index))
+                    if leaf_hash is None:
+                        raise TileFetchError(f"the tiles hold no hash for leaf {index}")
+                hashes = merkle.inclusion_proof(index, size, get_nodes)
+                merkle.verify_inclusion(leaf_hash, index, size, hashes, self.checkpoint.root_hash)
+            self.inclusion[index] = InclusionProof(index, size, leaf_hash, tuple(hashes))
+        return self.inclusion[index]
 
 
 def open_verified_log(client: LogClient, verifier: NoteVerifier, *, witnesses: WitnessPolicy | None = None,

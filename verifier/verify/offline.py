@@ -78,6 +78,8 @@ def verify_offline(suspect: Suspect, vb: VerifiedBundle, published: fpmod.Finger
     check = fingerprint_check(published, hit, fp) if fp is not None else None
     if check is not None:
         verdict.fingerprint = {"distance": check.distance, "threshold": check.threshold, "compared": 1}
+        if published is not None:
+            verdict.compared = [Compared(hit, published, check)]
     if reading.accepted and entry.watermark_commitment is not None \
             and bytes.fromhex(reading.watermark_commitment or "") == entry.watermark_commitment:
         verdict.device = make_device(cp, hit, reading, check, registration)
