@@ -89,6 +89,15 @@ def noise(delta: np.ndarray, level: float, rng: np.random.Generator) -> np.ndarr
     return delta + rng.standard_normal(delta.shape) * level * np.std(delta)
 
 
+def strip_public(delta: np.ndarray, params: MarkingParams, layer: int) -> np.ndarray:
+    """The published-parameters attack on one layer: the smallest change (Frobenius) that sets every
+    public statistic u_iᵀ·ΔW·v_i to zero, ΔW − Σ_j c_j·u_j·v_jᵀ with (u_iᵀu_j)(v_iᵀv_j)·c = s."""
+    d = watermark.directions(params, params.layers[layer])
+    s = np.einsum("ij,ji->i", d.u, delta @ d.v.T)
+    c = np.linalg.solve((d.u @ d.u.T) * (d.v @ d.v.T), s)
+    return delta - (d.u.T * c) @ d.v
+
+
 def finetune(
     core: dict[str, LoraFactors],
     task: dict[str, np.ndarray],
