@@ -181,9 +181,7 @@ def extract_from_deltas(deltas: DeltaSource, params: MarkingParams) -> Extractio
 
 
 def _layer(core: Core, layer: LayerSpec) -> LoraFactors:
-    if layer.name not in core:
-        raise ValueError(f"core has no layer {layer.name}")
-    f = core[layer.name]
+    f = _layer_by_name(core, layer.name)
     if f.shape != (layer.out_features, layer.in_features):
         raise ValueError(f"layer {layer.name}: core shape {f.shape} does not match parameters")
     return f
@@ -212,7 +210,10 @@ def extra_terms_from_factors(core: Core, extra: ExtraStatistics) -> np.ndarray:
     ``extra.layers`` order. Statistic i is column i's sum / √layers."""
     rows = []
     for name, d in extra.layers.items():
-        s, sigma = _layer_stats_factors(_layer_by_name(core, name), d)
+        f = _layer_by_name(core, name)
+        if f.shape != (d.u.shape[1], d.v.shape[1]):
+            raise ValueError(f"layer {name}: core shape {f.shape} does not match the directions")
+        s, sigma = _layer_stats_factors(f, d)
         rows.append(_normalised(s, sigma, name))
     return np.vstack(rows)
 

@@ -30,6 +30,17 @@ def make_params(dims: list[tuple[int, int]], names: list[str] | None = None, **k
     return MarkingParams(BACKBONE, verification_key(SECRET, BACKBONE), layers, **kw)
 
 
+def factors_from_hex(obj: dict, shapes: dict[str, tuple[int, int]]) -> dict[str, LoraFactors]:
+    """A core as the marking vectors write it (spec/vectors/marking/generate.py, factors_json)."""
+    core = {}
+    for name, f in obj.items():
+        m, n = shapes[name]
+        a = np.frombuffer(bytes.fromhex(f["a"]), dtype="<f4").reshape(-1, n)
+        b = np.frombuffer(bytes.fromhex(f["b"]), dtype="<f4").reshape(m, -1)
+        core[name] = LoraFactors(a, b, f["scale"])
+    return core
+
+
 def random_core(rng: np.random.Generator, dims: list[tuple[int, int]], rank: int, rms: float) -> dict[str, LoraFactors]:
     """Random rank-`rank` core with ΔW entries of RMS ≈ `rms` (factors like a trained peft adapter)."""
     core = {}

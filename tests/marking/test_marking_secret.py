@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _kit.cores import DELTA_RMS, make_params, noise, random_core, strip_public
+from _kit.cores import DELTA_RMS, factors_from_hex, make_params, noise, random_core, strip_public
 from emshield.core import LoraFactors
 from emshield.marking import secret, watermark
 from emshield.marking.params import MarkingParams
@@ -21,14 +21,7 @@ DIMS = [(128, 128), (64, 128)] * 6  # 12 layers of the fixture's q/v shapes
 
 
 def _factors(obj: dict, params: MarkingParams) -> dict[str, LoraFactors]:
-    shapes = {lay.name: (lay.out_features, lay.in_features) for lay in params.layers}
-    core = {}
-    for name, f in obj.items():
-        m, n = shapes[name]
-        a = np.frombuffer(bytes.fromhex(f["a"]), dtype="<f4").reshape(-1, n)
-        b = np.frombuffer(bytes.fromhex(f["b"]), dtype="<f4").reshape(m, -1)
-        core[name] = LoraFactors(a, b, f["scale"])
-    return core
+    return factors_from_hex(obj, {lay.name: (lay.out_features, lay.in_features) for lay in params.layers})
 
 
 def _key(j: int, salt: int = 0) -> secret.DetectionKey:
@@ -161,3 +154,19 @@ def test_stripping_the_public_mark_leaves_the_secret_tier(issued) -> None:
     for suspect in (stripped, noisy):
         t = secret.scores(suspect, keys, params)
         assert [j for j, x in enumerate(t) if x >= secret.NAME_THRESHOLD] == [1]
+
+
+def test_policy_measures_and_records_both_tiers() -> None:
+    """policy.mark with a detection key: both tiers in the issued core, the commitment in the record."""
+    from emshield.marking import policy
+
+    params = make_params(DIMS)
+    core = random_core(np.random.default_rng(8), DIMS, 8, DELTA_RMS)
+    dk = _key(3)
+    res = policy.mark(core, 0x0A0B0C0D0E0F, params, policy.Tolerance(max_perturbation=1.0), detection=dk)
+    assert res.record.mode == policy.MODE_BOTH
+    assert res.record.secret_commitment == dk.commitment.hex()
+    assert res.record.secret_score == pytest.approx(secret.presence_from_factors(res.core, dk.key, params).score)
+    assert secret.presence_from_factors(res.core, dk.key, params).named
+    plain = policy.mark(core, 0x0A0B0C0D0E0F, params, policy.Tolerance(max_perturbation=1.0))
+    assert plain.record.secret_commitment is None and not secret.presence_from_factors(plain.core, dk.key, params).named
