@@ -201,24 +201,31 @@ POLICY_PAIRS = [(bytes(32), p) for p in (PAYLOAD, 0x20E9FA102240, 0x7FD0AC8ACC0D
 
 
 def policy_table(core: dict, bid: str, layers: tuple, task_eval, moments: dict, backbone: str,
-                 train_records: list, ft_lr: float, ft_steps: int) -> None:
-    """policy.mark with its embedding candidates over POLICY_PAIRS; the kept marks fine-tuned at ft_lr."""
+                 train_records: list, ft_lr: float, ft_steps: int, both_tiers: bool = False) -> None:
+    """policy.mark with its embedding candidates over POLICY_PAIRS; the kept marks fine-tuned at ft_lr.
+
+    ``both_tiers``: every issuance also carries the secret tier (detection key of the pair's secret,
+    the payload's 6 bytes padded as device UUID, salt zero), embedded jointly."""
     from emshield.marking import policy
+    from emshield.marking import secret as secret_tier
     from emshield.marking.params import MarkingParams, verification_key
     from emshield.model.taskeval import delta_drift, finetune_core
 
-    print(f"== policy over {len(POLICY_PAIRS)} key/payload pairs, candidates in order: "
-          f"{', '.join(c.name for c in policy.CANDIDATES)}; kept marks fine-tuned {ft_steps} steps at lr {ft_lr:g}")
+    print(f"== policy over {len(POLICY_PAIRS)} key/payload pairs{' with the secret tier' if both_tiers else ''}, "
+          f"candidates in order: {', '.join(c.name for c in policy.CANDIDATES)}; kept marks fine-tuned "
+          f"{ft_steps} steps at lr {ft_lr:g}")
     met, baseline_met = 0, 0
     for secret, payload in POLICY_PAIRS:
         params = MarkingParams(bid, verification_key(secret, bid), layers)
+        dk = secret_tier.detection_key(secret, bid, payload.to_bytes(16, "big"), bytes(16)) if both_tiers else None
         t_mark, res = timed(lambda: policy.mark(core, payload, params, policy.Tolerance(), task_eval=task_eval,
-                                                input_moments=moments))
+                                                input_moments=moments, detection=dk))
         r = res.record
         key = "zero" if secret == bytes(32) else "test"
         baseline_met += r.embedding == policy.CANDIDATES[0].name  # the first candidate alone met it
-        print(f"{key} {payload:012x}: {r.mode:<11} {r.embedding or '-':<22} ({t_mark:.0f} s) tried: "
-              + "; ".join(r.candidates_tried))
+        print(f"{key} {payload:012x}: {r.mode:<11} {r.embedding or '-':<22} ({t_mark:.0f} s) "
+              + (f"secret score {r.secret_score:.2f} " if r.secret_score is not None else "")
+              + "tried: " + "; ".join(r.candidates_tried))
         if r.mode != policy.MODE_BOTH:
             continue
         met += 1
@@ -228,15 +235,16 @@ def policy_table(core: dict, bid: str, layers: tuple, task_eval, moments: dict, 
         tuned = finetune_core(backbone, res.core, train_records, ft_steps, ft_lr)
         ex = watermark.extract_from_factors(tuned, params)
         acc, loss = task_eval(tuned)
+        held = f", secret score {secret_tier.presence_from_factors(tuned, dk.key, params).score:.2f}" if dk else ""
         print(f"    fine-tuned: payload {'decoded' if ex.accepted and ex.payload == payload else 'LOST'}, raw bit "
-              f"errors {int(np.sum((ex.z > 0) != (signs > 0)))}, min b·z {float(np.min(signs * ex.z)):.2f}, "
+              f"errors {int(np.sum((ex.z > 0) != (signs > 0)))}, min b·z {float(np.min(signs * ex.z)):.2f}{held}, "
               f"ΔW drift {delta_drift(res.core, tuned):.3f}, accuracy {acc:.4f} loss {loss:.4f}", flush=True)
     print(f"within both targets: {met}/{len(POLICY_PAIRS)} with the candidate list, "
           f"{baseline_met}/{len(POLICY_PAIRS)} with the first candidate alone")
 
 
 def fidelity(core_path: str | None, steps: int, variants: list[tuple[bool, float]], lrs: list[float],
-             ft_steps: int, payloads: list[int], policy_ft_lr: float | None = None) -> None:
+             ft_steps: int, payloads: list[int], policy_ft_lr: float | None = None, both_tiers: bool = False) -> None:
     """Marked vs unmarked accuracy and loss on the fixture task, and real further fine-tuning."""
     from emshield.marking import policy
     from emshield.marking.params import LayerSpec, MarkingParams, verification_key
@@ -269,7 +277,7 @@ def fidelity(core_path: str | None, steps: int, variants: list[tuple[bool, float
     rank = next(iter(core.values())).rank
     if policy_ft_lr is not None:
         print(f"unmarked core: accuracy {acc0:.4f}, loss {loss0:.4f}")
-        policy_table(core, bid, layers, task_eval, moments, backbone, train_records, policy_ft_lr, ft_steps)
+        policy_table(core, bid, layers, task_eval, moments, backbone, train_records, policy_ft_lr, ft_steps, both_tiers)
         return
     print(f"== fidelity on the fixture task: {len(layers)} layers, rank {rank}, {len(test)} test records "
           f"(balanced); bare backbone {bare[0]:.4f}, unmarked core {acc0:.4f} (loss {loss0:.4f}); tolerance "
@@ -351,6 +359,8 @@ def main() -> None:
                     help="with --fidelity: only the policy (embedding candidates) over the 10 key/payload pairs, "
                          "kept marks fine-tuned --ft-steps at --policy-lr (0 steps: no fine-tuning)")
     ap.add_argument("--policy-lr", type=float, default=2e-3, help="fine-tuning rate for --policy (the training lr)")
+    ap.add_argument("--secret-tier", action="store_true",
+                    help="with --policy: every issuance also carries the secret tier (spec/watermark.md)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     chaos_throughput()
@@ -365,7 +375,7 @@ def main() -> None:
                  [(v.split(":")[0] == "ia", float(v.split(":")[1])) for v in args.variants.split(",")],
                  [float(x) for x in args.lrs.split(",") if x], args.ft_steps,
                  [int(x) for x in np.random.default_rng(11).integers(0, 1 << 48, args.payloads)],
-                 args.policy_lr if args.policy else None)
+                 args.policy_lr if args.policy else None, args.secret_tier)
 
 
 if __name__ == "__main__":

@@ -174,14 +174,14 @@ class MarkingParams:
         return params
 
 
-def _check_secret(issuer_secret: bytes) -> None:
+def check_secret(issuer_secret: bytes) -> None:
     if len(issuer_secret) < MIN_SECRET_BYTES:
         raise ValueError(f"issuer marking secret must be at least {MIN_SECRET_BYTES} bytes")
 
 
 def verification_key(issuer_secret: bytes, backbone_id: str) -> bytes:
     """Public direction seed for one backbone: HKDF-SHA256(secret, salt=label, info=backbone id)."""
-    _check_secret(issuer_secret)
+    check_secret(issuer_secret)
     return HKDF(hashes.SHA256(), 32, VK_LABEL, backbone_id.encode("utf-8")).derive(issuer_secret)
 
 
@@ -191,7 +191,7 @@ def payload_for_device(issuer_secret: bytes, device_uuid: bytes) -> int:
     Keyed so that the payload reveals nothing about the UUID without the secret. 48 bits collide by
     chance after ~2^24 devices: the issuer must check the log's index before issuing.
     """
-    _check_secret(issuer_secret)
+    check_secret(issuer_secret)
     if len(device_uuid) != 16:
         raise ValueError("device UUID must be 16 bytes")
     okm = HKDF(hashes.SHA256(), ecc.PAYLOAD_BYTES, PAYLOAD_LABEL, device_uuid).derive(issuer_secret)

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from emshield.core import Core, LoraFactors
-from emshield.marking import fingerprint, watermark
+from emshield.marking import fingerprint, secret, watermark
 from emshield.marking.params import MarkingParams, watermark_commitment
 
 MODE_BOTH = "both"  # the log entry's policy values (spec/entry.md): "both" and "fingerprint"
@@ -84,6 +84,8 @@ class MarkRecord:
     loss_marked: float | None = None
     embedding: str | None = None  # the candidate kept (Embedding.name), None when none was
     candidates_tried: tuple[str, ...] = ()  # "name: outcome" per candidate, in order
+    secret_commitment: str | None = None  # hex, the secret tier's commitment when it was embedded
+    secret_score: float | None = None  # the secret tier's presence score on the issued core
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -124,6 +126,7 @@ def mark(
     input_moments: Mapping[str, np.ndarray] | None = None,
     candidates: Sequence[Embedding] | None = None,
     baseline: tuple[float, float] | None = None,
+    detection: secret.DetectionKey | None = None,
 ) -> MarkResult:
     """Try the watermark, keep it if its measured cost is within tolerance; fingerprint the issued core.
 
@@ -132,6 +135,8 @@ def mark(
     tried in order and the first within tolerance is kept; fingerprint only when none is. Without a
     task evaluation only the first candidate is measured. ``baseline`` is ``task_eval(core)`` when
     the caller measured it already: the unmarked core is the same for every device it is issued to.
+    With ``detection`` (the issuance's secret-tier key) every candidate embeds both tiers jointly and
+    the tolerance is measured with both present (spec/watermark.md, "Secret tier").
     """
     if candidates is None:
         candidates = CANDIDATES if input_moments is not None else (Embedding(None),)
@@ -149,31 +154,32 @@ def mark(
         baseline = task_eval(core)
     tried: list[str] = []
     failed: tuple[str, str, float | None, float, dict] | None = None
+    extra = None if detection is None else secret.directions(detection.key, params)
     for cand in candidates:
         try:
             if cand.ridge is None:
-                marked, report = watermark.embed(core, payload, params)
+                marked, report = watermark.embed(core, payload, params, extra=extra)
             else:
-                marked, report = watermark.embed(core, payload, params, input_moments, cand.ridge)
+                marked, report = watermark.embed(core, payload, params, input_moments, cand.ridge, extra=extra)
         except watermark.CapacityError as exc:
             tried.append(f"{cand.name}: does not fit")
             failed = (f"watermark does not fit: {exc}", "capacity", None, tolerance.max_perturbation, {})
             continue
         change = max(report.relative_change.values())
-        extra: dict = {"change": change, "margin": report.min_margin}
+        figures: dict = {"change": change, "margin": report.min_margin}
         if baseline is not None:
             acc0, loss0 = baseline
             acc1, loss1 = task_eval(marked)
             drop_pp = 100.0 * (acc0 - acc1)
             loss_rel = (loss1 - loss0) / abs(loss0) if loss0 else float("inf")
-            extra.update(accuracy_unmarked=acc0, accuracy_marked=acc1, loss_unmarked=loss0, loss_marked=loss1)
+            figures.update(accuracy_unmarked=acc0, accuracy_marked=acc1, loss_unmarked=loss0, loss_marked=loss1)
             outcome = f"{drop_pp:+.2f} pp accuracy drop, {100 * loss_rel:+.2f} % loss"
             if drop_pp > tolerance.max_accuracy_drop_pp:
                 failed = (f"watermark costs {drop_pp:.2f} pp accuracy", "accuracy drop (pp)", drop_pp,
-                          tolerance.max_accuracy_drop_pp, extra)
+                          tolerance.max_accuracy_drop_pp, figures)
             elif loss_rel > tolerance.max_loss_increase:
                 failed = (f"watermark raises the loss by {100 * loss_rel:.2f} %", "relative loss increase", loss_rel,
-                          tolerance.max_loss_increase, extra)
+                          tolerance.max_loss_increase, figures)
             else:
                 metric, measured, limit = "accuracy drop (pp)", drop_pp, tolerance.max_accuracy_drop_pp
                 failed = None
@@ -184,25 +190,29 @@ def mark(
                 metric, measured = output_perturbation(core, marked, backbone_norms)
             limit = tolerance.max_perturbation
             outcome = f"{metric} {measured:.4f}"
-            failed = (f"watermark {metric} {measured:.4f} above {limit}", metric, measured, limit, extra) \
+            failed = (f"watermark {metric} {measured:.4f} above {limit}", metric, measured, limit, figures) \
                 if measured > limit else None
         tried.append(f"{cand.name}: {outcome}" + (" (over tolerance)" if failed else ""))
         if failed is None:
             fp = fingerprint.fingerprint_factors(marked, params)
-            extra.pop("change"), extra.pop("margin")
+            figures.pop("change"), figures.pop("margin")
+            secret_figures = {} if detection is None else {
+                "secret_commitment": detection.commitment.hex(),
+                "secret_score": secret.presence(report.extra_terms_after).score,
+            }
             record = MarkRecord(
                 MODE_BOTH, "within tolerance", metric, measured, limit, payload,
                 watermark_commitment(payload, params).hex(), fp.hash().hex(), digest, change, report.min_margin,
-                **extra, embedding=cand.name, candidates_tried=tuple(tried),
+                **figures, embedding=cand.name, candidates_tried=tuple(tried), **secret_figures,
             )
             return MarkResult(marked, fp, record)
     assert failed is not None  # the loop returns on the first candidate within tolerance
-    reason, metric, measured, limit, extra = failed
+    reason, metric, measured, limit, figures = failed
     if len(tried) > 1:
         reason = f"no embedding within tolerance ({len(tried)} tried; last: {reason})"
     fp = fingerprint.fingerprint_factors(core, params)
     record = MarkRecord(
         MODE_FINGERPRINT, reason, metric, measured, limit, None, None, fp.hash().hex(), digest,
-        extra.pop("change", None), extra.pop("margin", None), **extra, candidates_tried=tuple(tried),
+        figures.pop("change", None), figures.pop("margin", None), **figures, candidates_tried=tuple(tried),
     )
     return MarkResult(dict(core), fp, record)

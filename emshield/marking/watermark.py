@@ -50,21 +50,44 @@ class Directions:
         return self.v.astype(np.float32)
 
 
-@functools.lru_cache(maxsize=128)
-def directions(params: MarkingParams, layer: LayerSpec) -> Directions:
-    """u_iℓ then v_iℓ: row-major sign draws from two chaos streams keyed by the verification key.
+def draw_directions(key: bytes, backbone_id: str, layer: LayerSpec, rows: int, purpose_u: str,
+                    purpose_v: str) -> Directions:
+    """``rows`` direction pairs on one layer: row-major sign draws from two chaos streams keyed by ``key``.
 
-    Cached (read-only arrays): the directions depend on the public parameters only.
-    """
-    n = params.code_bits
-    su = ChaosStream(params.verification_key, params.backbone_id, layer.name, PURPOSE_U)
-    sv = ChaosStream(params.verification_key, params.backbone_id, layer.name, PURPOSE_V)
-    u = su.rademacher(n * layer.out_features).reshape(n, layer.out_features)
-    v = sv.rademacher(n * layer.in_features).reshape(n, layer.in_features)
+    The one way every tier draws its directions (public: the verification key; secret tier: a
+    per-issuance detection key, spec/watermark.md "Secret tier")."""
+    su = ChaosStream(key, backbone_id, layer.name, purpose_u)
+    sv = ChaosStream(key, backbone_id, layer.name, purpose_v)
+    u = su.rademacher(rows * layer.out_features).reshape(rows, layer.out_features)
+    v = sv.rademacher(rows * layer.in_features).reshape(rows, layer.in_features)
     d = Directions(u / math.sqrt(layer.out_features), v / math.sqrt(layer.in_features))
     d.u.flags.writeable = False
     d.v.flags.writeable = False
     return d
+
+
+@functools.lru_cache(maxsize=128)
+def directions(params: MarkingParams, layer: LayerSpec) -> Directions:
+    """u_iℓ then v_iℓ of the public tier, keyed by the verification key.
+
+    Cached (read-only arrays): the directions depend on the public parameters only.
+    """
+    return draw_directions(params.verification_key, params.backbone_id, layer, params.code_bits, PURPOSE_U, PURPOSE_V)
+
+
+@dataclass(frozen=True)
+class ExtraStatistics:
+    """Statistics embedded jointly with the public code bits (the secret tier, emshield.marking.secret).
+
+    Statistic i is Σ_{ℓ ∈ layers} (u_iℓᵀ·ΔW_ℓ·v_iℓ / σ_ℓ) / √|layers| over its own directions; the
+    embedding moves each to at least ``tau`` (all targets positive: the directions carry the key)."""
+
+    layers: dict[str, Directions]  # by backbone tensor name; every entry has the same number of rows
+    tau: float  # margin each statistic is embedded at
+
+    @property
+    def count(self) -> int:
+        return next(iter(self.layers.values())).u.shape[0]
 
 
 class CapacityError(ValueError):
@@ -158,9 +181,7 @@ def extract_from_deltas(deltas: DeltaSource, params: MarkingParams) -> Extractio
 
 
 def _layer(core: Core, layer: LayerSpec) -> LoraFactors:
-    if layer.name not in core:
-        raise ValueError(f"core has no layer {layer.name}")
-    f = core[layer.name]
+    f = _layer_by_name(core, layer.name)
     if f.shape != (layer.out_features, layer.in_features):
         raise ValueError(f"layer {layer.name}: core shape {f.shape} does not match parameters")
     return f
@@ -174,11 +195,51 @@ class EmbedReport:
     relative_change: dict[str, float]  # ‖ΔW' − ΔW‖_F / ‖ΔW‖_F per layer
     iterations: int
     relative_output_change: dict[str, float] | None = None  # sqrt(E‖δΔW·x‖² / E‖ΔW·x‖²), input-aware mode
+    extra_z_before: np.ndarray | None = None  # the jointly embedded statistics (secret tier), if any
+    extra_z_after: np.ndarray | None = None
+    extra_terms_after: np.ndarray | None = None  # their per-layer terms [layers, count] (extra_terms_from_factors)
 
     @property
     def min_margin(self) -> float:
         """Smallest Z on its bit's side after embedding (τ when the target was reached)."""
         return float(np.min(self.signs * self.z_after))
+
+
+def extra_terms_from_factors(core: Core, extra: ExtraStatistics) -> np.ndarray:
+    """Per-layer terms u_iℓᵀ·ΔW_ℓ·v_iℓ / σ_ℓ of ``extra`` from LoRA factors: [layers, count], in
+    ``extra.layers`` order. Statistic i is column i's sum / √layers."""
+    rows = []
+    for name, d in extra.layers.items():
+        f = _layer_by_name(core, name)
+        if f.shape != (d.u.shape[1], d.v.shape[1]):
+            raise ValueError(f"layer {name}: core shape {f.shape} does not match the directions")
+        s, sigma = _layer_stats_factors(f, d)
+        rows.append(_normalised(s, sigma, name))
+    return np.vstack(rows)
+
+
+def extra_terms_from_deltas(deltas: DeltaSource, extra: ExtraStatistics) -> np.ndarray:
+    """Per-layer terms of ``extra`` from per-layer ΔW (a merged model), as extra_terms_from_factors."""
+    get = deltas if callable(deltas) else deltas.__getitem__
+    rows = []
+    for name, d in extra.layers.items():
+        delta = np.asarray(get(name))
+        if delta.shape != (d.u.shape[1], d.v.shape[1]):
+            raise ValueError(f"layer {name}: ΔW shape {delta.shape} does not match the directions")
+        rows.append(_normalised(*_layer_stats_delta(delta, d), name))
+    return np.vstack(rows)
+
+
+def _normalised(s: np.ndarray, sigma: float, name: str) -> np.ndarray:
+    if not sigma > 0.0:
+        raise ValueError(f"layer {name}: ΔW is zero, nothing to read or mark")
+    return s / sigma
+
+
+def _layer_by_name(core: Core, name: str) -> LoraFactors:
+    if name not in core:
+        raise ValueError(f"core has no layer {name}")
+    return core[name]
 
 
 @dataclass
@@ -188,7 +249,9 @@ class _Work:
     p: np.ndarray
     q: np.ndarray
     gauge: np.ndarray | None  # G⁻¹ with B = P·G⁻¹ for the input factors (None if rank-deficient)
-    d: Directions
+    d: Directions  # every direction pair on this layer: the public code bits', then the extra ones
+    rows: np.ndarray  # constraint index of each direction pair (distinct within a layer)
+    coef: np.ndarray  # weight of each pair's s/σ in its constraint: 1/√(layers the constraint spans)
     uu: np.ndarray  # U·Uᵀ
     vv: np.ndarray  # V·Vᵀ, or V·M⁻¹·Vᵀ in input-aware mode
     vc: np.ndarray | None = None  # V·M⁻¹ (input-aware mode only; M the normalised input metric)
@@ -233,12 +296,30 @@ def _input_aware(w: _Work, moment: np.ndarray, ridge: float) -> None:
     w.vv = w.vc @ w.d.v.T
 
 
+def _layer_work(core: Core, layer: LayerSpec, params: MarkingParams, extra: ExtraStatistics | None) -> _Work:
+    """A layer's balanced factors and all its direction pairs: the n_code public ones (constraints
+    0..n_code−1, weight 1/√L), then those of ``extra`` on this layer (constraints n_code.., weight
+    1/√|extra layers|)."""
+    f = _layer(core, layer)
+    d = directions(params, layer)
+    n = params.code_bits
+    rows, coef = np.arange(n), np.full(n, 1.0 / math.sqrt(len(params.layers)))
+    if extra is not None and layer.name in extra.layers:
+        e = extra.layers[layer.name]
+        d = Directions(np.vstack([d.u, e.u]), np.vstack([d.v, e.v]))
+        rows = np.concatenate([rows, n + np.arange(extra.count)])
+        coef = np.concatenate([coef, np.full(extra.count, 1.0 / math.sqrt(len(extra.layers)))])
+    p, q, gauge = _balanced(f)
+    return _Work(p, q, gauge, d, rows, coef, d.u @ d.u.T, d.v @ d.v.T)
+
+
 def embed(
     core: Core,
     payload: int,
     params: MarkingParams,
     input_moments: Mapping[str, np.ndarray] | None = None,
     ridge: float = INPUT_RIDGE,
+    extra: ExtraStatistics | None = None,
 ) -> tuple[dict[str, LoraFactors], EmbedReport]:
     """Marked core (unmarked layers passed through) and a report of what changed.
 
@@ -251,52 +332,60 @@ def embed(
     A side's change is measured in the inputs' metric (‖dQ·M^½‖² instead of ‖dQ‖², M the ridged,
     normalised second moment, ``ridge`` its ρ), so the mark leans away from directions the task's
     inputs excite. Extraction is unchanged.
+
+    ``extra`` (the secret tier): further statistics embedded in the same steps, each with target
+    max(τ, Z) — one constraint set, one embedding, so the two tiers share the change.
     """
     signs = ecc.encode(payload, params.rs_nsym).astype(np.float64) * 2 - 1
+    if extra is not None:
+        unknown = sorted(set(extra.layers) - {lay.name for lay in params.layers})
+        if unknown:
+            raise ValueError(f"extra statistics on layers the parameters do not mark: {unknown[:3]}")
     work = []
     for layer in params.layers:
-        f = _layer(core, layer)
-        d = directions(params, layer)
-        p, q, gauge = _balanced(f)
-        w = _Work(p, q, gauge, d, d.u @ d.u.T, d.v @ d.v.T)
+        w = _layer_work(core, layer, params, extra)
         if input_moments is not None:
             if layer.name not in input_moments:
                 raise ValueError(f"no input second moment for layer {layer.name}")
             _input_aware(w, input_moments[layer.name], ridge)
         work.append(w)
-    big_l = len(work)
+    n_code = params.code_bits
+    n_all = n_code + (0 if extra is None else extra.count)
 
     def current() -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray], list[float]]:
-        z = np.zeros(params.code_bits)
+        z = np.zeros(n_all)
         a_all, c_all, sig = [], [], []
         for w in work:
-            a = w.q @ w.d.v.T  # [r, bits]
-            c = w.p.T @ w.d.u.T  # [r, bits]
+            a = w.q @ w.d.v.T  # [r, pairs]
+            c = w.p.T @ w.d.u.T  # [r, pairs]
             m, n = w.p.shape[0], w.q.shape[1]
             sigma = _product_norm(w.p, w.q) / math.sqrt(m * n)
             if not sigma > 0.0:
                 raise ValueError("a marked layer has ΔW = 0 (zero): train the core before marking")
-            z += np.sum(a * c, axis=0) / sigma
+            z[w.rows] += np.sum(a * c, axis=0) * w.coef / sigma
             a_all.append(a)
             c_all.append(c)
             sig.append(sigma)
-        return z / math.sqrt(big_l), a_all, c_all, sig
+        return z, a_all, c_all, sig
 
     before = [(w.p, w.q) for w in work]
     z0, a_all, c_all, sig = current()
-    target = signs * np.maximum(params.tau, signs * z0)
+    all_signs = np.concatenate([signs, np.ones(n_all - n_code)])
+    margins = np.concatenate([np.full(n_code, params.tau), np.full(n_all - n_code, 0.0 if extra is None else extra.tau)])
+    target = all_signs * np.maximum(margins, all_signs * z0)
     z, iterations, damping = z0, 0, 1e-9
     for iterations in range(1, GN_ITERATIONS + 1):
-        gram = np.zeros((params.code_bits, params.code_bits))
+        gram = np.zeros((n_all, n_all))
         for w, a, c, sigma in zip(work, a_all, c_all, sig):
-            gram += (w.uu * (a.T @ a) + (c.T @ c) * w.vv) / (sigma * sigma * big_l)
+            block = (w.uu * (a.T @ a) + (c.T @ c) * w.vv) * np.outer(w.coef, w.coef) / (sigma * sigma)
+            gram[np.ix_(w.rows, w.rows)] += block
         scale = np.trace(gram) / len(gram)
         residual = float(np.linalg.norm(target - z))
         saved = [(w.p, w.q) for w in work]
         while True:  # Levenberg-Marquardt: raise the damping until the step reduces the residual
             lam = np.linalg.solve(gram + np.eye(len(gram)) * (damping * scale), target - z)
             for w, a, c, sigma in zip(work, a_all, c_all, sig):
-                k = lam / (sigma * math.sqrt(big_l))
+                k = lam[w.rows] * w.coef / sigma
                 w.p = w.p + w.d.u.T @ (k[:, None] * a.T)
                 w.q = w.q + (c * k) @ (w.d.v if w.vc is None else w.vc)
             new = current()
@@ -307,7 +396,7 @@ def embed(
             damping *= 10.0
         z, a_all, c_all, sig = new
         damping = max(damping / 10.0, 1e-9)
-        if np.max(np.abs(z - target)) < GN_TOLERANCE * params.tau:
+        if np.max(np.abs(z - target) / margins) < GN_TOLERANCE:
             break
     out: dict[str, LoraFactors] = dict(core)
     change, output_change = {}, {}
@@ -322,13 +411,20 @@ def embed(
         if input_moments is not None:
             root = _psd_root(input_moments[layer.name])
             output_change[layer.name] = _product_norm(x, y @ root) / _product_norm(p0, q0 @ root)
-    report = EmbedReport(signs, z0, extract_from_factors(out, params).z, change, iterations, output_change or None)
+    terms = None if extra is None else extra_terms_from_factors(out, extra)
+    report = EmbedReport(signs, z0[:n_code], extract_from_factors(out, params).z, change, iterations,
+                         output_change or None,
+                         None if extra is None else z0[n_code:],
+                         None if extra is None else terms.sum(axis=0) / math.sqrt(len(extra.layers)), terms)
     # The guard measures what the mark costs: ΔW itself, or in input-aware mode the layer outputs.
     worst = max((output_change or change).values())
-    if report.min_margin < MIN_MARGIN_FRACTION * params.tau or worst > MAX_RELATIVE_CHANGE:
+    short = report.min_margin < MIN_MARGIN_FRACTION * params.tau
+    if extra is not None and report.extra_z_after is not None:
+        short = short or float(np.min(report.extra_z_after)) < MIN_MARGIN_FRACTION * extra.tau
+    if short or worst > MAX_RELATIVE_CHANGE:
         raise CapacityError(
-            f"core cannot carry {params.code_bits} code bits at margin τ={params.tau}: reached "
-            f"{report.min_margin:.3f} with a relative {'output' if output_change else 'ΔW'} change of up to "
+            f"core cannot carry {n_all} statistics at their margins (τ={params.tau}): reached "
+            f"{report.min_margin:.3f} on the code bits with a relative {'output' if output_change else 'ΔW'} change of up to "
             f"{worst:.3f}; use a fingerprint only, fewer parity bytes or a smaller τ"
         )
     return out, report

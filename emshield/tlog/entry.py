@@ -136,6 +136,10 @@ class Issuance:
     policy: str
     issued_at: int
     issuer_key_id: bytes
+    # Secret tier (spec/watermark.md, "Secret tier"): the public per-issuance salt of the detection
+    # key and the hiding commitment to it; both present or both absent, only with a watermark policy.
+    secret_mark_salt: bytes | None = None
+    secret_mark_commitment: bytes | None = None
 
     def __post_init__(self) -> None:
         # Every decoded issuance passes here, so the usual case is one cheap test per field; the
@@ -157,11 +161,22 @@ class Issuance:
                     _bytes(name, value, 32)
             elif value is not None:
                 raise EntryError(f"field {name!r} must be absent with policy {self.policy!r}")
+        salt, commit = self.secret_mark_salt, self.secret_mark_commitment
+        if salt is not None or commit is not None:
+            self._check_secret_mark(salt, commit, needed[0])
         issued_at = self.issued_at
         if not (type(issued_at) is int and 0 <= issued_at <= MAX_TIME):
             _time("issued_at", issued_at)
         if not (type(key_id) is bytes and len(key_id) == 32):
             _bytes("issuer_key_id", key_id, 32)
+
+    def _check_secret_mark(self, salt: Any, commit: Any, watermarked: bool) -> None:
+        if salt is None or commit is None:
+            raise EntryError("fields 'secret_mark_salt' and 'secret_mark_commitment' must be present together")
+        if not watermarked:
+            raise EntryError(f"the secret-mark fields must be absent with policy {self.policy!r}")
+        _bytes("secret_mark_salt", salt, 16)
+        _bytes("secret_mark_commitment", commit, 32)
 
     @property
     def device_uuid_text(self) -> str:
@@ -176,7 +191,8 @@ _TYPES: dict[str, type[IssuerRegistration] | type[Issuance]] = {t.TYPE: t for t 
 _FIELD_NAMES = {t: tuple(f.name for f in fields(t)) for t in _TYPES.values()}
 _OPTIONAL: dict[type, frozenset[str]] = {
     IssuerRegistration: frozenset(),
-    Issuance: frozenset({"watermark_commitment", "fingerprint_hash", "batch"}),  # "batch": batch-signed form
+    Issuance: frozenset({"watermark_commitment", "fingerprint_hash", "secret_mark_salt", "secret_mark_commitment",
+                         "batch"}),  # "batch": batch-signed form
 }
 _ALLOWED = {t: frozenset({"v", "type", "sig", *_FIELD_NAMES[t], *_OPTIONAL[t]}) for t in _TYPES.values()}
 _REQUIRED = {t: _ALLOWED[t] - _OPTIONAL[t] for t in _TYPES.values()}
@@ -380,6 +396,8 @@ _ISSUANCE_VALUES = {  # issuance key -> regex of its value, in the one canonical
     "issuer_key_id": _bstr("issuer_key_id", 32),
     "fingerprint_hash": _bstr("fingerprint_hash", 32),
     "watermark_commitment": _bstr("watermark_commitment", 32),
+    "secret_mark_salt": _bstr("secret_mark_salt", 16),
+    "secret_mark_commitment": _bstr("secret_mark_commitment", 32),
 }
 # The map head byte, then every key in deterministic order with its value; optional keys may be
 # missing (the head byte must then count the items present, checked after the match).
@@ -425,15 +443,20 @@ def _match_issuance(data: bytes) -> SignedEntry | None:
     m = _ISSUANCE_RE.fullmatch(data)
     if m is None:
         return None
-    # The groups in the order the regex defines them: "sig", then the batch items, then the rest in key order.
-    sig, index, size, proof, policy, issued_at, backbone, device, key_id, fingerprint, watermark = m.groups()
-    items = _ISSUANCE_REQUIRED_ITEMS + (index is not None) + (fingerprint is not None) + (watermark is not None)
+    g = m.group
+    sig, index, size, proof, policy, issued_at = g("sig"), g("index"), g("size"), g("proof"), g("policy"), g("issued_at")
+    fingerprint, watermark = g("fingerprint_hash"), g("watermark_commitment")
+    salt, secret_commit = g("secret_mark_salt"), g("secret_mark_commitment")
+    items = _ISSUANCE_REQUIRED_ITEMS + (index is not None) + (fingerprint is not None) + (watermark is not None) \
+        + (salt is not None) + (secret_commit is not None)
     if data[0] != 0xA0 | items:
         return None
     try:
-        entry = _filled(Issuance, {"device_uuid": device, "backbone_id": backbone, "watermark_commitment": watermark,
-                                   "fingerprint_hash": fingerprint, "policy": _POLICY_OF_ITEM[policy],
-                                   "issued_at": _uint(issued_at), "issuer_key_id": key_id})
+        entry = _filled(Issuance, {"device_uuid": g("device_uuid"), "backbone_id": g("backbone_id"),
+                                   "watermark_commitment": watermark, "fingerprint_hash": fingerprint,
+                                   "policy": _POLICY_OF_ITEM[policy], "issued_at": _uint(issued_at),
+                                   "issuer_key_id": g("issuer_key_id"), "secret_mark_salt": salt,
+                                   "secret_mark_commitment": secret_commit})
         batch = None if index is None else _filled(BatchProof, {
             "index": _uint(index), "size": _uint(size), "proof": _PROOF_HASHES[proof[0] & 0x1F].unpack(proof)},
             BatchProof._check_place)

@@ -30,6 +30,17 @@ def make_params(dims: list[tuple[int, int]], names: list[str] | None = None, **k
     return MarkingParams(BACKBONE, verification_key(SECRET, BACKBONE), layers, **kw)
 
 
+def factors_from_hex(obj: dict, shapes: dict[str, tuple[int, int]]) -> dict[str, LoraFactors]:
+    """A core as the marking vectors write it (spec/vectors/marking/generate.py, factors_json)."""
+    core = {}
+    for name, f in obj.items():
+        m, n = shapes[name]
+        a = np.frombuffer(bytes.fromhex(f["a"]), dtype="<f4").reshape(-1, n)
+        b = np.frombuffer(bytes.fromhex(f["b"]), dtype="<f4").reshape(m, -1)
+        core[name] = LoraFactors(a, b, f["scale"])
+    return core
+
+
 def random_core(rng: np.random.Generator, dims: list[tuple[int, int]], rank: int, rms: float) -> dict[str, LoraFactors]:
     """Random rank-`rank` core with ΔW entries of RMS ≈ `rms` (factors like a trained peft adapter)."""
     core = {}
@@ -87,6 +98,15 @@ def prune(delta: np.ndarray, fraction: float) -> np.ndarray:
 def noise(delta: np.ndarray, level: float, rng: np.random.Generator) -> np.ndarray:
     """Add Gaussian noise of std `level` × std(ΔW)."""
     return delta + rng.standard_normal(delta.shape) * level * np.std(delta)
+
+
+def strip_public(delta: np.ndarray, params: MarkingParams, layer: int) -> np.ndarray:
+    """The published-parameters attack on one layer: the smallest change (Frobenius) that sets every
+    public statistic u_iᵀ·ΔW·v_i to zero, ΔW − Σ_j c_j·u_j·v_jᵀ with (u_iᵀu_j)(v_iᵀv_j)·c = s."""
+    d = watermark.directions(params, params.layers[layer])
+    s = np.einsum("ij,ji->i", d.u, delta @ d.v.T)
+    c = np.linalg.solve((d.u @ d.u.T) * (d.v @ d.v.T), s)
+    return delta - (d.u.T * c) @ d.v
 
 
 def finetune(

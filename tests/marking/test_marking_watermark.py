@@ -14,6 +14,7 @@ from _kit.cores import (
     FIXTURE_DIMS,
     W_RMS,
     bf16,
+    factors_from_hex,
     finetune,
     fp16,
     int8_rows,
@@ -31,24 +32,14 @@ VECTORS = json.loads((Path(__file__).parents[2] / "spec/vectors/marking/watermar
 PAYLOAD = 0xC0FFEE123456
 
 
-def _factors(obj: dict, shapes: dict[str, tuple[int, int]]) -> dict[str, LoraFactors]:
-    core = {}
-    for name, f in obj.items():
-        m, n = shapes[name]
-        a = np.frombuffer(bytes.fromhex(f["a"]), dtype="<f4").reshape(-1, n)
-        b = np.frombuffer(bytes.fromhex(f["b"]), dtype="<f4").reshape(m, -1)
-        core[name] = LoraFactors(a, b, f["scale"])
-    return core
-
-
 def test_vectors() -> None:
     params = MarkingParams.from_cbor(bytes.fromhex(VECTORS["params_cbor"]))
     shapes = {lay.name: (lay.out_features, lay.in_features) for lay in params.layers}
     d = watermark.directions(params, params.layers[0])
     assert "".join("1" if x > 0 else "0" for x in d.u[0]) == VECTORS["direction_u0_signs_layer0"]
     assert "".join("1" if x > 0 else "0" for x in d.v[0]) == VECTORS["direction_v0_signs_layer0"]
-    core = _factors(VECTORS["unmarked_core"], shapes)
-    stored = _factors(VECTORS["marked_core"], shapes)
+    core = factors_from_hex(VECTORS["unmarked_core"], shapes)
+    stored = factors_from_hex(VECTORS["marked_core"], shapes)
     marked, report = watermark.embed(core, VECTORS["payload"], params)
     tol = VECTORS["float_tolerance"]
     np.testing.assert_allclose(report.z_before, [float(z) for z in VECTORS["unmarked_z"]], atol=tol)

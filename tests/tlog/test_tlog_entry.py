@@ -223,3 +223,22 @@ def test_cddl_schema_names_exactly_the_fields_the_code_uses() -> None:
         keys = set(re.findall(r'"([a-z_]+)":', group.group(1)))
         assert keys == {"v", "type", "sig"} | {f.name for f in fields(cls)}
         assert f'"type": "{cls.TYPE}"' in group.group(1)
+
+
+@pytest.mark.parametrize("policy", ["watermark", "both"])
+def test_issuance_with_secret_mark_fields_round_trips_on_both_paths(policy: str) -> None:
+    """The secret-mark fields: decoded by the fast recogniser and the strict path alike, single- and
+    batch-signed, and refused alone or with a fingerprint-only policy."""
+    from emshield.tlog.entry import _decode_strict, _match_issuance, sign_batch
+
+    entry = _issuance(policy, secret_mark_salt=b"s" * 16, secret_mark_commitment=b"c" * 32)
+    for signed in (sign_entry(entry, KEY), *sign_batch([entry, _issuance(policy, issued_at=2)], KEY)):
+        data = signed.encode()
+        fast, strict = _match_issuance(data), _decode_strict(data)
+        assert fast == strict == signed and decode_entry(data) == signed
+        assert fast.__dict__["_signed_part"] == strict.__dict__["_signed_part"] == signing_bytes(signed.entry)
+        verify_entry_signature(decode_entry(data), KEY.public_key())
+    with pytest.raises(EntryError, match="present together"):
+        _issuance(policy, secret_mark_salt=b"s" * 16)
+    with pytest.raises(EntryError, match="must be absent"):
+        _issuance("fingerprint", secret_mark_salt=b"s" * 16, secret_mark_commitment=b"c" * 32)

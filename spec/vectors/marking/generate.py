@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from emshield.core import LoraFactors
-from emshield.marking import ecc, fingerprint, watermark
+from emshield.marking import ecc, fingerprint, secret, watermark
 from emshield.marking.chaos import ChaosStream
 from emshield.marking.params import (
     LayerSpec,
@@ -117,6 +117,45 @@ def watermark_vectors() -> dict:
     }
 
 
+SECRET_SALT = bytes.fromhex("a0a1a2a3a4a5a6a7a8a9aaabacadaeaf")
+
+
+def secret_vectors() -> dict:
+    params = vector_params()
+    core = vector_core(params)
+    dk = secret.detection_key(ISSUER_SECRET, params.backbone_id, DEVICE_UUID, SECRET_SALT)
+    extra = secret.directions(dk.key, params)
+    marked, report = watermark.embed(core, PAYLOAD, params, extra=extra)
+    first = extra.layers[params.layers[0].name]
+    wide = MarkingParams("vector-backbone", params.verification_key,
+                         tuple(LayerSpec(f"layers.{i}.weight", 4, 4) for i in range(40)))
+    return {
+        "version": 1,
+        "alg": secret.ALG,
+        "produced_by": "spec/vectors/marking/generate.py (params and cores: watermark.json)",
+        "float_tolerance": 1e-6,
+        "issuer_secret": ISSUER_SECRET.hex(),
+        "backbone_id": params.backbone_id,
+        "device_uuid": DEVICE_UUID.hex(),
+        "salt": SECRET_SALT.hex(),
+        "detection_key": dk.key.hex(),
+        "nonce": dk.nonce.hex(),
+        "commitment": dk.commitment.hex(),
+        "statistics": secret.STATISTICS,
+        "tau": secret.TAU,
+        "keyed_layers": list(extra.layers),
+        "keyed_layers_of_40": [int(lay.name.split(".")[1]) for lay in secret.keyed_layers(dk.key, wide)],
+        "direction_u0_signs_layer0": "".join("1" if x > 0 else "0" for x in first.u[0]),
+        "direction_v0_signs_layer0": "".join("1" if x > 0 else "0" for x in first.v[0]),
+        "unmarked_score": secret.presence_from_factors(core, dk.key, params).score,
+        "marked_core": factors_json(marked),
+        "marked_terms": [[repr(float(x)) for x in row] for row in report.extra_terms_after],
+        "marked_statistics": [repr(float(x)) for x in report.extra_z_after],
+        "marked_score": repr(secret.presence(report.extra_terms_after).score),
+        "marked_payload": watermark.extract_from_factors(marked, params).payload,
+    }
+
+
 def fingerprint_vectors() -> dict:
     params = vector_params()
     core = vector_core(params)
@@ -136,6 +175,7 @@ def main() -> None:
         ("chaos.json", chaos_vectors()),
         ("watermark.json", watermark_vectors()),
         ("fingerprint.json", fingerprint_vectors()),
+        ("secret.json", secret_vectors()),
     ):
         (HERE / name).write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
         print("wrote", HERE / name)

@@ -156,9 +156,13 @@ def entries() -> dict:
                                "both", 1_790_000_100, issuer_key_id(pub)), key)
     fp_only = sign_entry(Issuance(device, backbone, None, hashlib.sha256(b"fp").digest(), "fingerprint",
                                   1_790_000_200, issuer_key_id(pub)), key)
+    secret_tier = sign_entry(Issuance(device, backbone, hashlib.sha256(b"wm").digest(), hashlib.sha256(b"fp").digest(),
+                                      "both", 1_790_000_300, issuer_key_id(pub), bytes(range(16)),
+                                      hashlib.sha256(b"secret mark").digest()), key)
     valid = []
     for label, signed in [("issuer registration", reg), ("issuance, policy both", both),
-                          ("issuance, policy fingerprint (no watermark_commitment)", fp_only)]:
+                          ("issuance, policy fingerprint (no watermark_commitment)", fp_only),
+                          ("issuance, policy both, with the secret-mark fields", secret_tier)]:
         data = encode_entry(signed)
         valid.append({"desc": label, "cbor_hex": data.hex(), "leaf_hash_hex": leaf_hash(data).hex(),
                       "signing_bytes_hex": signing_bytes(signed.entry).hex(), "type": signed.entry.TYPE})
@@ -213,6 +217,16 @@ def entries() -> dict:
         ("invalid UTF-8 text", _map([(k, RawItem(b"\x64\xff\xfe\xfd\xfc") if k == "policy" else v)
                                      for k, v in good.items()]), "not well-formed"),
         ("undefined simple value", _map(variant(policy=RawItem(b"\xf7"))), "unsupported item"),
+        ("secret-mark salt without its commitment", canon(variant(secret_mark_salt=bytes(16))), "present together"),
+        ("secret-mark commitment without its salt", canon(variant(secret_mark_commitment=bytes(32))),
+         "present together"),
+        ("secret-mark fields with policy fingerprint",
+         canon(variant(policy="fingerprint", watermark_commitment=DROP, secret_mark_salt=bytes(16),
+                       secret_mark_commitment=bytes(32))), "must be absent with policy"),
+        ("wrong size: 15-byte secret-mark salt",
+         canon(variant(secret_mark_salt=bytes(15), secret_mark_commitment=bytes(32))), "must be 16 bytes"),
+        ("wrong size: 31-byte secret-mark commitment",
+         canon(variant(secret_mark_salt=bytes(16), secret_mark_commitment=bytes(31))), "must be 32 bytes"),
     ]
     reg_map = cbor2.loads(encode_entry(reg))
     bad_reg = [

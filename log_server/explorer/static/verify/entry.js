@@ -33,7 +33,7 @@ const FIELDS = {
   [REGISTRATION]: { required: ["issuer_public_key", "name", "marking_params", "registered_at"], optional: [] },
   [ISSUANCE]: {
     required: ["device_uuid", "backbone_id", "policy", "issued_at", "issuer_key_id"],
-    optional: ["watermark_commitment", "fingerprint_hash", "batch"],
+    optional: ["watermark_commitment", "fingerprint_hash", "secret_mark_salt", "secret_mark_commitment", "batch"],
   },
 };
 
@@ -136,6 +136,15 @@ export function decodeEntry(bytes) {
       if (need && !map.has(k)) throw new EntryError(`field '${k}' is required with policy '${policy}'`);
       if (!need && map.has(k)) throw new EntryError(`field '${k}' must be absent with policy '${policy}'`);
       if (need) f[k] = bstr(k, map.get(k), 32);
+    }
+    // Secret tier (spec/entry.md): salt and commitment together, only with a watermark policy.
+    if (map.has("secret_mark_salt") || map.has("secret_mark_commitment")) {
+      if (!(map.has("secret_mark_salt") && map.has("secret_mark_commitment"))) {
+        throw new EntryError("fields 'secret_mark_salt' and 'secret_mark_commitment' must be present together");
+      }
+      if (!needs[0]) throw new EntryError(`the secret-mark fields must be absent with policy '${policy}'`);
+      f.secret_mark_salt = bstr("secret_mark_salt", map.get("secret_mark_salt"), 16);
+      f.secret_mark_commitment = bstr("secret_mark_commitment", map.get("secret_mark_commitment"), 32);
     }
     f.issued_at = uint("issued_at", map.get("issued_at"), MAX_TIME);
     f.issuer_key_id = bstr("issuer_key_id", map.get("issuer_key_id"), 32);
