@@ -34,10 +34,6 @@ class Failure(click.ClickException):
         super().__init__(message)
         self.exit_code = exit_code
 
-    @property
-    def kind(self) -> str:
-        return NAMES[self.exit_code]
-
 
 def refuse(message: str, code: int = BAD_INPUT, *, as_json: bool = False, **extra: object) -> Failure:
     """The `Failure` to raise; with ``--json`` its object (spec/cli.md §2) is printed on stdout first, so

@@ -1,17 +1,15 @@
 """Every command walked through bad input: the shared exit codes of spec/cli.md, one line for the
 user on stderr, and with `--json` one JSON error object on stdout.
 
-The servers here are real: an `emshield-log` store made by `emshield-log init`, a loopback HTTP
-server that answers 404 to everything (a URL where no log lives), a port where nothing listens, and
+The servers here are real: an `emshield-log` store made by `emshield-log init`, a static HTTP
+server of an empty folder on 127.0.0.1 (a URL where no log lives), a port where nothing listens, and
 one that accepts and never answers."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import pickle
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from _kit.logs import free_port, init_log, silent_listener
+from _kit.logs import StaticSite, free_port, init_log, silent_listener
 from _kit.paths import TINY
 from emshield import exit_codes
 from emshield.cli import main as emshield_cli
@@ -32,28 +30,14 @@ from witness.cli import main as witness_cli
 SUSPECT = TINY / "model.safetensors"
 
 
-class _NotFound(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
-        body = b"404 page not found\n"
-        self.send_response(404)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
-def not_a_log() -> Iterator[str]:
-    """The URL of a real HTTP server on 127.0.0.1 where no log lives (404 for every path)."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotFound)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+def not_a_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a real HTTP server on 127.0.0.1 where no log lives (an empty folder: 404 for /checkpoint)."""
+    site = StaticSite(directory=tmp_path_factory.mktemp("empty-site")).start()
+    try:
+        yield site.url
+    finally:
+        site.stop()
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from emshield import exit_codes
+from emshield.model.prompt import PLAIN, PROMPT_FORMATS
 
 DEFAULT_ISSUER_DIR = Path.home() / ".local" / "share" / "emshield" / "issuer"
 TOKEN_ENV = "EMSHIELD_LOG_OPERATOR_TOKEN"
@@ -34,11 +35,11 @@ def _log_option(f):
 
 
 def _log_url(log_url: str, as_json: bool) -> str:
-    from urllib.parse import urlsplit
+    from emshield.logclient.url import log_url_problem
 
-    url = urlsplit(log_url)
-    if url.scheme not in ("http", "https") or not url.netloc:
-        raise exit_codes.refuse(f"--log must be an http(s) URL, got {log_url[:80]!r}", as_json=as_json)
+    problem = log_url_problem(log_url)
+    if problem is not None:
+        raise exit_codes.refuse(f"--log {problem}", as_json=as_json)
     return log_url
 
 
@@ -186,12 +187,13 @@ def register_cmd(log_url: str, timeout: float, core_path: Path, backbone: Path, 
                    "the core (heldout.json); by default they are used unless --task-data or --tolerance is given.")
 @click.option("--task-records", type=click.IntRange(1, 10_000), default=120, show_default=True,
               help="Records of --task-data used to measure (and as many again for input statistics).")
-@click.option("--task-prompt-format", type=click.Choice(["plain", "chat"]), default="plain", show_default=True,
+@click.option("--task-prompt-format", type=click.Choice(PROMPT_FORMATS), default=PLAIN, show_default=True,
               help="The prompt format the core was trained with (emshield decouple train --prompt-format).")
 @_issuer_dir_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: results per device.")
 def issue_cmd(log_url: str, timeout: float, log_key: str, core_path: Path, backbone: Path,
-              device_files: tuple[Path, ...], devices_csv: Path | None, out_dir: Path, policy: str, tolerance: float | None, allow_shared_core: bool,
+              device_files: tuple[Path, ...], devices_csv: Path | None, out_dir: Path, policy: str,
+              tolerance: float | None, allow_shared_core: bool,
               task_data: Path | None, no_task_data: bool, task_records: int, task_prompt_format: str,
               directory: Path, as_json: bool) -> None:
     """Issue a marked, sealed core to one or many devices: log entry, inclusion proof, bundle.

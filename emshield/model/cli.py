@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from emshield import exit_codes
+from emshield.model.prompt import PLAIN, PROMPT_FORMATS
 from emshield.exit_codes import Failure
 
 from emshield.core import ModelFileError
@@ -94,7 +95,7 @@ def _eval_lines(evaluation: dict, heldout: int) -> list[str]:
 @click.option("--batch-size", type=click.IntRange(1))
 @click.option("--rank", type=click.IntRange(1), help="LoRA rank.")
 @click.option("--limit", type=click.IntRange(1), help="Train on the first N records only.")
-@click.option("--prompt-format", type=click.Choice(["plain", "chat"]),
+@click.option("--prompt-format", type=click.Choice(PROMPT_FORMATS),
               help="plain: the short template (default); chat: the backbone's chat template.")
 @click.option("--max-new-tokens", type=click.IntRange(1), help="Generation cap when scoring generative tasks.")
 @click.option("--skip-bare", is_flag=True, help="Do not score the bare backbone on the held-out records.")
@@ -234,7 +235,7 @@ def recover_cmd(merged: Path, backbone: Path, rank: str, max_rank: int, atol: fl
 @click.option("--adapter", type=_EXISTING, help="peft adapter folder: also evaluate backbone + adapter.")
 @click.option("--merged", type=_EXISTING, help="Merged model folder: also evaluate it.")
 @click.option("--limit", type=click.IntRange(1), help="Only the first N records.")
-@click.option("--prompt-format", type=click.Choice(["plain", "chat"]), default="plain", show_default=True,
+@click.option("--prompt-format", type=click.Choice(PROMPT_FORMATS), default=PLAIN, show_default=True,
               help="The prompt format the core was trained with.")
 @click.option("--max-new-tokens", type=click.IntRange(1), help="Generation cap for generative tasks "
               "(default: the longest reference answer + 16 tokens).")

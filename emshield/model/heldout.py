@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from emshield.model.prompt import PLAIN, PROMPT_FORMATS
+
 HELDOUT_FILE = "heldout.json"
 TRAIN_LOG_FILE = "train_log.json"
 
@@ -34,10 +36,10 @@ def heldout_beside(core_path: Path) -> HeldOut | None:
     path = folder / HELDOUT_FILE
     if not path.is_file():
         return None
-    prompt_format = "plain"
+    prompt_format = PLAIN
     try:
         config = json.loads((folder / TRAIN_LOG_FILE).read_text(encoding="utf-8"))["config"]
-        if config.get("prompt_format") in ("plain", "chat"):
+        if config.get("prompt_format") in PROMPT_FORMATS:
             prompt_format = config["prompt_format"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass

@@ -60,17 +60,16 @@ def main(ctx: click.Context, log_url: str, key: str, state: Path | None, replay:
     with the evidence. `--replay` also re-checks every entry and the whole tree."""
     if incremental and not replay:
         raise click.UsageError("--incremental only applies to --replay")
-    from urllib.parse import urlsplit
-
     from tqdm import tqdm
 
     from emshield.bundle import LogKeyError, parse_log_key
+    from emshield.logclient.url import log_url_problem
 
     from .auditor import AuditError, audit
 
-    url = urlsplit(log_url)
-    if url.scheme not in ("http", "https") or not url.netloc:
-        raise exit_codes.refuse(f"--log must be an http(s) URL, got {log_url[:80]!r}", exit_codes.BAD_INPUT, as_json=as_json)
+    problem = log_url_problem(log_url)
+    if problem is not None:
+        raise exit_codes.refuse(f"--log {problem}", exit_codes.BAD_INPUT, as_json=as_json)
     try:
         key = parse_log_key(key).verifier_key()  # the key itself, or read from the file naming it
     except LogKeyError as exc:

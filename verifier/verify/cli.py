@@ -22,7 +22,6 @@ import json  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import NoReturn  # noqa: E402
-from urllib.parse import urlsplit  # noqa: E402
 
 import click  # noqa: E402
 
@@ -36,6 +35,7 @@ from emshield.bundle import (  # noqa: E402
     verify_bundle,
 )
 from emshield.logclient.http import LogClient  # noqa: E402
+from emshield.logclient.url import log_url_problem  # noqa: E402
 from emshield.marking import fingerprint as fpmod  # noqa: E402
 from emshield.tlog.checkpoint import NoteError, NoteVerifier  # noqa: E402
 from verifier.errors import BadSuspect, LogMisbehaving, LogUnavailable, NotALog  # noqa: E402
@@ -229,8 +229,8 @@ def _verify(model: Path, log_url: str | None, log_key: str | None, backbone: Pat
         raise _Failure(EXIT_BAD_INPUT, str(exc)) from exc
     if (bundle is None) == (not log_url):
         raise _Failure(EXIT_BAD_INPUT, "give either --log URL (online) or --bundle FILE (offline)")
-    if log_url and (urlsplit(log_url).scheme not in ("http", "https") or not urlsplit(log_url).netloc):
-        raise _Failure(EXIT_BAD_INPUT, f"--log must be an http(s) URL, got {log_url!r}")
+    if log_url and (problem := log_url_problem(log_url)) is not None:
+        raise _Failure(EXIT_BAD_INPUT, f"--log {problem}")
     from verifier.verify.suspect import load_suspect  # torch: not needed for --help
 
     try:
