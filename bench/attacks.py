@@ -42,13 +42,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from _kit.cores import strip  # noqa: E402
 from _kit.formats import save_gguf  # noqa: E402
-from _kit.rewrites import rewrite  # noqa: E402
 from _kit.logs import ed25519_key, running_log  # noqa: E402
+from _kit.rewrites import rewrite  # noqa: E402
+
 from emshield.core import LoraFactors  # noqa: E402
 from emshield.marking import ecc, fingerprint, watermark  # noqa: E402
 from emshield.marking.params import MarkingParams, payload_for_device, verification_key  # noqa: E402
+from emshield.marking.strip import strip_public_mark  # noqa: E402
 
 SECRET = bytes(range(200, 232))
 FOREIGN_SECRET = bytes(range(50, 82))
@@ -117,7 +118,7 @@ def build_world(log, backbone: Path, core0: dict[str, LoraFactors], core1: dict[
             dev = uuid.UUID(int=0xA000 + n)
             target = DeviceTarget(dev, DevicePublicKey.from_secret(hashlib.sha256(dev.bytes).digest()))
             res = issue_to_device(run, target, out, now=1_795_000_000 + n)
-            marked = mark_for_device(run, dev)
+            marked = mark_for_device(run, dev, res.salt)
             payload = payload_for_device(SECRET, dev.bytes) if res.policy == "both" else None
             world.devices[name] = Device(name, dev, marked.core, res.index, res.policy, Path(res.bundle), payload)
     return world
@@ -219,8 +220,9 @@ class Evaluator:
     """Task accuracy and loss of a full state dict (any shapes: dummy units change the config)."""
 
     def __init__(self, backbone: Path, records: list[dict]) -> None:
-        from emshield.model.hf import load_tokenizer
         from transformers import AutoConfig
+
+        from emshield.model.hf import load_tokenizer
 
         self.backbone, self.records = backbone, records
         self.config = AutoConfig.from_pretrained(backbone)
@@ -280,7 +282,7 @@ def frame(deltas: dict[str, np.ndarray], params: MarkingParams, target: fingerpr
           steps: int = 150, lr: float = 2e-3) -> dict[str, np.ndarray]:
     """Strip, then move ΔW (Adam on the fingerprint features) towards another device's published
     side record, then strip again: the framing attack."""
-    out = strip(deltas, params)
+    out = strip_public_mark(deltas, params)
     want = dict((name, np.asarray(f, dtype=np.float64) / fingerprint.QUANT) for name, f in target.layers)
     k = params.fp_k
     for layer in params.layers:
@@ -302,7 +304,7 @@ def frame(deltas: dict[str, np.ndarray], params: MarkingParams, target: fingerpr
             loss.backward()
             opt.step()
         out[layer.name] = delta.detach().numpy()
-    return strip(out, params)
+    return strip_public_mark(out, params)
 
 
 def quantise_groups(w: np.ndarray, bits: int, group: int = 32) -> np.ndarray:
@@ -355,9 +357,9 @@ def fine_tuned(world: World, records: list[dict], steps: int, lr: float, name: s
 
 
 def rows(world: World, tmp: Path, ev: Evaluator, only: set[str] | None, model: str) -> list[Row]:
+    from emshield.logclient.http import LogClient
     from emshield.model.adapter import write_peft_adapter
     from emshield.model.datasets import load_dataset
-    from emshield.logclient.http import LogClient
 
     params = world.params
     a = world.devices["A"]
@@ -436,7 +438,7 @@ def rows(world: World, tmp: Path, ev: Evaluator, only: set[str] | None, model: s
     for level in (1.0, 3.0):
         add(f"noise {level:.0%} of ΔW std", {n: d + nrng.standard_normal(d.shape) * level * d.std() for n, d in da.items()})
     # stripping and framing
-    add("strip (published parameters)", strip(da, params))
+    add("strip (published parameters)", strip_public_mark(da, params))
     if want("frame: strip + nudge to B's side record"):
         raw = LogClient(world.url).side_record(world.devices["B"].index)
         fp_b = fingerprint.Fingerprint.from_cbor(raw)

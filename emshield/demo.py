@@ -4,7 +4,9 @@ A real log server on 127.0.0.1 (SQLite in a temporary folder), an issuer, a LoRA
 SmolLM2-135M-Instruct for the financial task from a recipe file (cached after the first run), three
 devices, the held-out accuracy of the bare backbone, the core and a device's marked core, one
 bundle installed and a held-out prompt answered, one device's merged model "leaked" and traced
-back by `emshield-verify`, and the log audited by `emshield-audit`. The stages call the same
+back by `emshield-verify`; a copy whose public mark was stripped with the published parameters,
+and a two-device average, traced by the issuer's secret tier (`emshield trace --disclose`) and
+proven to anyone by `emshield-verify`; and the log audited by `emshield-audit`. The stages call the same
 commands a user would type (docs/guide.md walks through them by hand).
 
 Each stage is a method returning its one-line result, or an Outcome whose ``right`` is False when
@@ -37,6 +39,8 @@ ORIGIN = "demo.emshield.local/log"
 REPO = Path(__file__).resolve().parents[1]
 N_DEVICES = 3
 LEAKER = 1  # index of the device whose merged model leaks
+STRIPPER = 2  # index of the device that strips the public mark before leaking (the secret tier names it)
+COLLUDERS = (0, 2)  # devices that average their cores
 TEST_SET = REPO / "fixtures" / "data" / "financial-test.json"  # held-out records; the prompt is the first
 HELDOUT = 100  # held-out records the accuracies are measured on
 CLEAR_MARGIN = 0.10  # the core must beat the majority answer by this much to count as working
@@ -148,6 +152,7 @@ class Demo:
     model: str = "smollm2"
     cache: Path | None = None
     report: Path | None = None  # where the forensic report of the leaked model goes (kept after the demo)
+    stripped: Path | None = None  # the leak whose public mark was stripped (stage strip_and_leak)
 
     def __post_init__(self) -> None:
         self.stack.callback(shutil.rmtree, self.workdir, True)
@@ -317,6 +322,79 @@ class Demo:
         return ("\n      " + proc.stdout.strip().replace("\n", "\n      ")
                 + f"\n      forensic report (open it in a browser): {report.resolve()}")
 
+    def _leak_deltas(self, name: str, deltas: dict) -> Path:
+        """A merged model with these ΔW (the backbone plus ΔW per marked layer), fp16 state dict."""
+        import torch
+
+        from emshield.model.io import open_tensors
+
+        path = self.workdir / name
+        with open_tensors(self.backbone) as backbone:
+            merged = {k: (backbone.get(k).to(torch.float64) + torch.from_numpy(deltas[k])).to(torch.float16)
+                      if k in deltas else backbone.get(k).to(torch.float16) for k in backbone.keys()}
+        torch.save(merged, path)
+        return path
+
+    def _published_params(self):
+        """The marking parameters as any reader of the log gets them: from the issuer's registration entry."""
+        from emshield.logclient.http import LogClient
+        from emshield.marking.params import MarkingParams
+        from emshield.tlog.entry import decode_entry
+
+        client = LogClient(self.url)
+        (issuer,) = client.issuers()
+        reg = decode_entry(client.entries(issuer.index, issuer.index + 1)[0].data).entry
+        return MarkingParams.from_cbor(reg.marking_params)
+
+    def _trace_and_verify(self, suspect: Path, want: set[str]) -> Outcome:
+        """`emshield trace --disclose`, then `emshield-verify` (no secret): the names must be in ``want``."""
+        traced = _json(_cli("emshield", "trace", str(suspect), "--log", self.url, "--log-key", self.vkey,
+                            "--backbone", str(self.backbone), "--disclose", "--top", "3", "--json",
+                            env=self.env, ok=(0, 1)))
+        named = {r["device_uuid"] for r in traced["named"]}
+        proc = _cli("emshield-verify", str(suspect), "--log", self.url, "--log-key", self.vkey,
+                    "--backbone", str(self.backbone), "--json", ok=(0, 1, 6))
+        verdict = _json(proc)
+        proven = {d["device_uuid"] for d in verdict.get("disclosed", [])}
+        rows = ", ".join(f"{r['device_uuid'][:8]}… T={r['score']:.1f} p={r['p_value']:.1e}" for r in traced["ranked"])
+        leaves = ", ".join(f"{d['device_uuid'][:8]}… at leaf {d['leaf_index']}" for d in traced["disclosures"])
+        line = (f"emshield trace ranked {traced['issuances_scored']} issuances ({rows}); named "
+                f"{sorted(n[:8] + '…' for n in named)}; attributions disclosed: {leaves or 'none'}"
+                f"\n      emshield-verify (no secret): verdict {verdict['verdict']!r}, "
+                + "; ".join(f"device {d['device_uuid']} named by disclosed key, attribution at leaf "
+                            f"{d['attribution_index']} (recomputed T={d['score']:.1f}, p={d['p_value']:.1e})"
+                            for d in verdict.get("disclosed", [])))
+        right = bool(named) and named <= want and proven == named and all(d["verified"] for d in traced["disclosures"])
+        return Outcome(line, right=right)
+
+    def strip_and_leak(self) -> Outcome:
+        """Device STRIPPER's owner reads the log, strips the public mark with the published
+        parameters, and leaks the merged model; the public watermark no longer names anyone."""
+        from emshield.marking.strip import strip_public_mark
+
+        dev = self.devices[STRIPPER]
+        core = self._issued_core(dev)
+        params = self._published_params()
+        self.stripped = self._leak_deltas("stripped-model.pt",
+                                          strip_public_mark({k: f.delta() for k, f in core.items()}, params))
+        verdict = _json(_cli("emshield-verify", str(self.stripped), "--log", self.url, "--log-key", self.vkey,
+                             "--backbone", str(self.backbone), "--json", ok=(0, 1, 6)))
+        public = verdict["device"]
+        line = (f"device {dev['uuid']} stripped its public mark (the smallest change that zeroes every published "
+                f"statistic); emshield-verify before any disclosure: verdict {verdict['verdict']!r}, public watermark "
+                f"{'read' if public else 'not read'}")
+        return Outcome(line, right=public is None or public["device_uuid"] == dev["uuid"])
+
+    def trace_stripped(self) -> Outcome:
+        assert self.stripped is not None
+        return self._trace_and_verify(self.stripped, {self.devices[STRIPPER]["uuid"]})
+
+    def collude(self) -> Outcome:
+        """Two devices average their marked cores and leak the merged result."""
+        a, b = (self._issued_core(self.devices[i]) for i in COLLUDERS)
+        mix = self._leak_deltas("averaged-model.pt", {k: (a[k].delta() + b[k].delta()) / 2 for k in a})
+        return self._trace_and_verify(mix, {self.devices[i]["uuid"] for i in COLLUDERS})
+
     def _audit(self, *extra: str) -> dict:
         return _json(_cli("emshield-audit", "--log", self.url, "--key", self.vkey,
                           "--state", str(self.workdir / "audit-state.json"), "--json", *extra))
@@ -340,6 +418,10 @@ class Demo:
             Stage("install a bundle on device 0 and answer a held-out prompt", self.install_and_run),
             Stage(f"device {LEAKER} leaks its merged model", self.leak),
             Stage("trace the leaked model with emshield-verify", self.verify),
+            Stage(f"device {STRIPPER} strips the public mark with the published parameters and leaks", self.strip_and_leak),
+            Stage("issuer traces the stripped copy (secret tier), discloses; anyone verifies", self.trace_stripped),
+            Stage(f"devices {COLLUDERS[0]} and {COLLUDERS[1]} average their cores: traced, disclosed, verified",
+                  self.collude),
             Stage("audit the log with emshield-audit (consistency + replay)", self.audit),
         ]
 

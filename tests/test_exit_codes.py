@@ -124,6 +124,12 @@ def test_emshield_subcommands_refuse_bad_input_with_2(tmp_path: Path, bad_files:
                "--log-key", log_key), 2)
     expect(run(emshield_cli, "issuer", "register", "--log", "http://127.0.0.1:1", "--core", core, "--backbone", TINY,
                "--name", "X", "--json", env={"EMSHIELD_LOG_OPERATOR_TOKEN": ""}), 2, "operator token", as_json=True)
+    expect(run(emshield_cli, "issuer", "rotate", "--log", "http://127.0.0.1:1", "--dir", tmp_path / "none", "--json",
+               env={"EMSHIELD_LOG_OPERATOR_TOKEN": ""}), 2, "operator token", as_json=True)
+    trace = ["--log-key", log_key, "--backbone", TINY, "--json"]
+    expect(run(emshield_cli, "trace", core, "--log", "ftp://x", *trace), 2, "http(s) URL", as_json=True)
+    expect(run(emshield_cli, "trace", core, "--log", "http://127.0.0.1:1", "--dir", tmp_path / "none", *trace), 2,
+           "issuer init", as_json=True)
 
 
 def test_log_server_refuses_what_is_not_a_log_store_and_leaves_it_alone(bad_files: dict[str, Path]) -> None:

@@ -157,6 +157,36 @@ def register_cmd(log_url: str, timeout: float, core_path: Path, backbone: Path, 
                           f"({data['layers']} layers, backbone {data['backbone_id']})"])
 
 
+@issuer_group.command("rotate")
+@_log_option
+@click.option("--name", default=None, help="Issuer name for the new registration (default: the current one's).")
+@_issuer_dir_option
+@click.option("--json", "as_json", is_flag=True)
+def rotate_cmd(log_url: str, timeout: float, name: str | None, directory: Path, as_json: bool) -> None:
+    """Replace the issuer's signing key, keeping its marking secret (spec/issue.md §8).
+
+    Registers a new signing key with the current registration's marking parameters and keeps the
+    old key as a retired file in the issuer directory: every earlier issuance stays traceable with
+    `emshield trace`, and attributions are then signed with the new key. Needs the operator token
+    (EMSHIELD_LOG_OPERATOR_TOKEN). Resumable. Exit codes (spec/cli.md): 0 rotated, 2 bad input or
+    refused token, 4 log unavailable."""
+    token = os.environ.get(TOKEN_ENV)
+    if not token:
+        raise exit_codes.refuse(f"set {TOKEN_ENV} to the log's operator token", as_json=as_json)
+    log_url = _log_url(log_url, as_json)
+    from emshield.issue.registration import rotate_issuer
+    from emshield.logclient.http import LogClient
+
+    try:
+        result = rotate_issuer(LogClient(log_url, operator_token=token, timeout=timeout), directory, name=name)
+    except (OSError, *_errors()) as exc:
+        code = exit_codes.LOCAL_STATE if isinstance(exc, OSError) else _exit_code_for(exc)
+        raise exit_codes.refuse(_message(exc), code, as_json=as_json) from None
+    data = {"old_key_id": result.old_key_id.hex(), "new_key_id": result.new_key_id.hex(), "index": result.index}
+    _emit(as_json, data, [f"new signing key registered at log index {result.index}",
+                          f"key id: {data['new_key_id']} (retired: {data['old_key_id']})"])
+
+
 @click.command(name="issue")
 @_log_option
 @click.option("--log-key", required=True, envvar="EMSHIELD_LOG_KEY",
@@ -189,13 +219,16 @@ def register_cmd(log_url: str, timeout: float, core_path: Path, backbone: Path, 
               help="Records of --task-data used to measure (and as many again for input statistics).")
 @click.option("--task-prompt-format", type=click.Choice(PROMPT_FORMATS), default=PLAIN, show_default=True,
               help="The prompt format the core was trained with (emshield decouple train --prompt-format).")
+@click.option("--no-secret-tier", is_flag=True,
+              help="Embed the public watermark alone, without the secret tier (spec/watermark.md, \"Secret tier\"): "
+                   "the issued copies can then be traced only by the public mark, which a reader of the log can strip.")
 @_issuer_dir_option
 @click.option("--json", "as_json", is_flag=True, help="One JSON object: results per device.")
 def issue_cmd(log_url: str, timeout: float, log_key: str, core_path: Path, backbone: Path,
               device_files: tuple[Path, ...], devices_csv: Path | None, out_dir: Path, policy: str,
               tolerance: float | None, allow_shared_core: bool,
               task_data: Path | None, no_task_data: bool, task_records: int, task_prompt_format: str,
-              directory: Path, as_json: bool) -> None:
+              no_secret_tier: bool, directory: Path, as_json: bool) -> None:
     """Issue a marked, sealed core to one or many devices: log entry, inclusion proof, bundle.
 
     Devices come from --device (repeatable) and/or --devices (a CSV); a UUID given twice is refused.
@@ -244,7 +277,7 @@ def issue_cmd(log_url: str, timeout: float, log_key: str, core_path: Path, backb
                              _read_core(core_path), backbone, policy=policy,
                              tolerance=Tolerance() if tolerance is None else Tolerance(max_perturbation=tolerance),
                              task_data=task_data, task_records=task_records, allow_shared_core=allow_shared_core,
-                             task_prompt_format=task_prompt_format)
+                             task_prompt_format=task_prompt_format, secret=not no_secret_tier)
         for result in issue_many(issuer, devices, out_dir, progress=not as_json):
             results.append(result)
     except exit_codes.Failure as exc:  # the core file's own checks, a device given twice
@@ -272,4 +305,81 @@ def issue_cmd(log_url: str, timeout: float, log_key: str, core_path: Path, backb
         counts = {s: sum(r.status == s for r in done) for s in ("issued", "bundle-rebuilt", "up-to-date")}
         click.echo(", ".join(f"{n} {s}" for s, n in counts.items()) + f", {len(refused)} refused")
     if refused:
+        sys.exit(exit_codes.NEGATIVE)
+
+
+@click.command(name="trace")
+@click.argument("suspect", type=click.Path(exists=True, path_type=Path))
+@_log_option
+@click.option("--log-key", required=True, envvar="EMSHIELD_LOG_KEY",
+              help="The log's verifier key (note format), pinned (env EMSHIELD_LOG_KEY).")
+@click.option("--backbone", type=click.Path(exists=True, path_type=Path),
+              help="The public backbone (needed for a merged model; not for an adapter folder or core file).")
+@click.option("--top", type=click.IntRange(1, 1_000_000), default=10, show_default=True,
+              help="Rows of the ranked table to print (every named issuance is printed regardless).")
+@click.option("--disclose", is_flag=True,
+              help="Append an attribution entry to the log for each named issuance, disclosing that issuance's "
+                   "detection key alone, so anyone can check the attribution with emshield-verify.")
+@_issuer_dir_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: the ranked table, named issuances, disclosures.")
+def trace_cmd(suspect: Path, log_url: str, timeout: float, log_key: str, backbone: Path | None, top: int,
+              disclose: bool, directory: Path, as_json: bool) -> None:
+    """Trace a leaked model to this issuer's issuances with the secret tier (issuer only: needs the
+    marking secret).
+
+    Scores SUSPECT against every issuance this issuer logged with a secret tier (found by a full,
+    root-checked replay of the log) and prints them ranked, with p-values; an issuance is named at
+    p ≤ 10^-6. With --disclose, each named issuance's key is disclosed in a signed attribution entry
+    and the attribution is checked as a public verifier checks it.
+
+    \b
+    Exit codes (spec/cli.md): 0 at least one issuance named (and, with --disclose, disclosed and
+    verified), 1 nothing named, 2 bad input, 3 the log misbehaves, 4 the log is unavailable,
+    5 internal error.
+    """
+    log_url = _log_url(log_url, as_json)
+    from emshield.bundle import LogKeyError, parse_log_key
+    from emshield.issue.keys import load_issuer
+    from emshield.issue.trace import disclose as disclose_fn
+    from emshield.issue.trace import trace
+    from emshield.logclient.http import LogClient
+    from verifier.errors import BadSuspect, LogMisbehaving, LogUnavailable, NotALog
+    from verifier.verify.digest import suspect_sha256
+    from verifier.verify.log_view import open_verified_log
+    from verifier.verify.suspect import load_suspect
+
+    try:
+        verifier = parse_log_key(log_key)
+        keys = load_issuer(directory)
+        client = LogClient(log_url, timeout=timeout)
+        digest = suspect_sha256(suspect)
+        with load_suspect(suspect, backbone) as loaded:
+            log = open_verified_log(client, verifier, progress=not as_json and sys.stderr.isatty())
+            result = trace(loaded, log, keys.marking_secret, digest)
+            if disclose:
+                result.disclosures = disclose_fn(client, verifier, keys, log, loaded, result, digest)
+    except (BadSuspect, NotALog) as exc:
+        raise exit_codes.refuse(str(exc), as_json=as_json) from None
+    except LogMisbehaving as exc:
+        raise exit_codes.refuse(str(exc), exit_codes.LOG_MISBEHAVING, as_json=as_json) from None
+    except LogUnavailable as exc:
+        raise exit_codes.refuse(str(exc), exit_codes.UNAVAILABLE, as_json=as_json) from None
+    except (LogKeyError, *_errors()) as exc:
+        raise exit_codes.refuse(_message(exc), _exit_code_for(exc), as_json=as_json) from None
+    lines = [f"traced {result.issuances_scored} issuances with a secret tier (log size {result.tree_size}); "
+             f"suspect sha256 {result.suspect_sha256}",
+             f"{'rank':>4}  {'leaf':>7}  {'device':36}  {'score':>7}  {'p-value':>9}  named"]
+    shown = result.rows[:top] + [r for r in result.rows[top:] if r.named]
+    lines += [f"{r.rank:>4}  {r.leaf_index:>7}  {r.device_uuid:36}  {r.score:>7.2f}  {r.p_value:>9.2e}  "
+              f"{'NAMED' if r.named else '-'}" for r in shown]
+    lines += [f"note: {n}" for n in result.notes]
+    for d in result.disclosures:
+        state = "appended" if d.created else "already in the log"
+        check = "verified as a public verifier checks it" if d.verified else "NOT verified"
+        lines.append(f"disclosed: device {d.device_uuid} (issuance leaf {d.issuance_index}): attribution at leaf "
+                     f"{d.leaf_index}, {state}, {check}")
+    _emit(as_json, {"ok": True, **result.to_json(top)}, lines)
+    if disclose and any(not d.verified for d in result.disclosures):
+        sys.exit(exit_codes.LOG_MISBEHAVING)
+    if not result.named:
         sys.exit(exit_codes.NEGATIVE)

@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 from emshield.bundle import (
     FILE_SUFFIX,
     Bundle,
@@ -37,17 +40,34 @@ from emshield.core import Core, LoraFactors, core_to_bytes
 from emshield.logclient.http import LogClient
 from emshield.marking import fingerprint as fp_mod
 from emshield.marking import policy as policy_mod
-from emshield.marking.params import MarkingParams, payload_for_device, verification_key, watermark_commitment
+from emshield.marking import secret as secret_mark
+from emshield.marking.params import (
+    MarkingParams,
+    payload_for_device,
+    verification_key,
+    watermark_commitment,
+)
 from emshield.tee.blobformat import Binding
 from emshield.tee.seal import seal_core
 from emshield.tlog.checkpoint import CheckpointError, NoteVerifier, verify_checkpoint
-from emshield.tlog.entry import EntryError, Issuance, decode_entry, sign_entry, verify_entry_signature
+from emshield.tlog.entry import (
+    EntryError,
+    Issuance,
+    decode_entry,
+    sign_entry,
+    verify_entry_signature,
+)
 from emshield.tlog.merkle import ProofError, leaf_hash
 
 from .devices import DeviceTarget
 from .errors import IssueError, LogMisbehavingError
 from .keys import ISSUER_KEY_FILE, IssuerKeys, init_issuer, load_issuer
-from .registration import LoggedRegistration, fetch_registration, marking_params_for, register_issuer
+from .registration import (
+    LoggedRegistration,
+    fetch_registration,
+    marking_params_for,
+    register_issuer,
+)
 
 POLICY_AUTO = "auto"
 POLICY_FINGERPRINT = "fingerprint"
@@ -80,6 +100,9 @@ class IssuanceRun:
     allow_shared_core: bool = False
     task_metric: str = ""  # what task_eval's score is (emshield.model.taskeval: accuracy or token accuracy)
     task_baseline: tuple[float, float] | None = None  # task_eval(core), measured once, on first use
+    # The secret tier (spec/watermark.md, "Secret tier") beside the public watermark: on by default,
+    # since the public tier alone can be stripped by anyone who reads the log.
+    secret_tier: bool = True
 
     def unmarked_task_score(self) -> tuple[float, float] | None:
         """The unmarked core's (score, loss): the same for every device, so measured once per run."""
@@ -95,7 +118,8 @@ class IssuanceRun:
 def prepare_run(client: LogClient, log_verifier: NoteVerifier, keys: IssuerKeys, core: Core, backbone: Path, *,
                    policy: str = POLICY_AUTO, tolerance: policy_mod.Tolerance | None = None,
                    task_data: Path | None = None, task_records: int = DEFAULT_TASK_RECORDS,
-                   allow_shared_core: bool = False, task_prompt_format: str = "plain") -> IssuanceRun:
+                   allow_shared_core: bool = False, task_prompt_format: str = "plain",
+                   secret: bool = True) -> IssuanceRun:
     """Check that the issuer is registered for this backbone and core layout, and read the
     backbone's weight norms for the core's layers (the policy's perturbation measure).
 
@@ -103,7 +127,8 @@ def prepare_run(client: LogClient, log_verifier: NoteVerifier, keys: IssuerKeys,
     watermark only if task accuracy and loss stay within ``tolerance`` on the first
     ``task_records`` records, and draws the input statistics for input-aware embedding from the
     next ``task_records`` (or the same ones when the file is shorter), with prompts in
-    ``task_prompt_format`` (the one the core was trained with)."""
+    ``task_prompt_format`` (the one the core was trained with). ``secret``: embed the secret tier
+    beside the public watermark (the default)."""
     from emshield.model.io import backbone_id as backbone_id_of_path
     from emshield.model.io import open_tensors
 
@@ -127,7 +152,8 @@ def prepare_run(client: LogClient, log_verifier: NoteVerifier, keys: IssuerKeys,
     with open_tensors(backbone) as bb:
         norms = {name: float(bb.get(name).double().norm()) for name in core}
     issuer = IssuanceRun(client, log_verifier, keys, logged, dict(core), bytes.fromhex(bid), policy,
-                    tolerance or policy_mod.Tolerance(), norms, allow_shared_core=allow_shared_core)
+                    tolerance or policy_mod.Tolerance(), norms, allow_shared_core=allow_shared_core,
+                    secret_tier=secret)
     if task_data is not None and policy != POLICY_FINGERPRINT:
         _attach_task(issuer, backbone, Path(task_data), task_records, task_prompt_format)
     return issuer
@@ -164,19 +190,52 @@ class Marked:
     policy: str  # the entry's policy: "both" or "fingerprint"
     commitment: bytes | None
     record: policy_mod.MarkRecord | None  # the policy's figures (None when fingerprint-only was asked for)
+    secret_salt: bytes | None = None  # the secret tier's salt and commitment, when it was embedded
+    secret_commitment: bytes | None = None
+
+    @property
+    def logged(self) -> tuple[bytes, bytes | None, bytes | None]:
+        """What the issuance entry records of this core: fingerprint hash and both tiers' commitments."""
+        return self.fingerprint.hash(), self.commitment, self.secret_commitment
 
 
-def mark_for_device(issuer: IssuanceRun, device: uuid.UUID) -> Marked:
-    """Deterministic: the same core, device and parameters always give the same marked core."""
+def logged_marks(entry: Issuance) -> tuple[bytes | None, bytes | None, bytes | None]:
+    return entry.fingerprint_hash, entry.watermark_commitment, entry.secret_mark_commitment
+
+
+def mark_for_device(issuer: IssuanceRun, device: uuid.UUID, salt: bytes | None) -> Marked:
+    """Deterministic: the same core, device, parameters and salt always give the same marked core.
+
+    ``salt`` (16 bytes) keys the secret tier together with the marking secret; None marks the
+    public tier alone (an issuance logged before the secret tier, or the tier switched off)."""
     params = issuer.params
     if issuer.policy == POLICY_FINGERPRINT:
         return Marked(dict(issuer.core), fp_mod.fingerprint_factors(issuer.core, params), "fingerprint", None, None)
     payload = payload_for_device(issuer.keys.marking_secret, device.bytes)
+    detection = None if salt is None else secret_mark.detection_key(
+        issuer.keys.marking_secret, params.backbone_id, device.bytes, salt)
     result = policy_mod.mark(issuer.core, payload, params, issuer.tolerance, task_eval=issuer.task_eval,
                              backbone_norms=issuer.backbone_norms, input_moments=issuer.input_moments,
-                             baseline=issuer.unmarked_task_score())
-    commitment = watermark_commitment(payload, params) if result.record.mode == policy_mod.MODE_BOTH else None
-    return Marked(result.core, result.fingerprint, result.record.mode, commitment, result.record)
+                             baseline=issuer.unmarked_task_score(), detection=detection)
+    if result.record.mode != policy_mod.MODE_BOTH:
+        return Marked(result.core, result.fingerprint, result.record.mode, None, result.record)
+    return Marked(result.core, result.fingerprint, result.record.mode, watermark_commitment(payload, params),
+                  result.record, None if detection is None else salt,
+                  None if detection is None else detection.commitment)
+
+
+SALT_LABEL = b"emshield/secret-mark-salt/v1"
+
+
+def _new_salt(issuer: IssuanceRun, device: uuid.UUID) -> bytes | None:
+    """A new issuance's secret-mark salt (spec/issue.md §3): HKDF of the marking secret over the
+    backbone and device, so marking stays a function of its inputs (a re-run marks identically),
+    and distinct for every issuance the pipeline makes (one per device and backbone)."""
+    if not issuer.secret_tier or issuer.policy == POLICY_FINGERPRINT:
+        return None
+    bid = issuer.params.backbone_id.encode("utf-8")
+    info = len(bid).to_bytes(2, "big") + bid + device.bytes
+    return HKDF(hashes.SHA256(), secret_mark.SALT_BYTES, SALT_LABEL, info).derive(issuer.keys.marking_secret)
 
 
 def _check_no_collision(issuer: IssuanceRun, device: uuid.UUID) -> None:
@@ -253,6 +312,13 @@ class IssueResult:
     fingerprint_hash: str | None
     watermark_commitment: str | None
     mark: dict | None = None  # the policy's decision and figures, when marked in this run
+    secret_mark_salt: str | None = None  # hex; with the commitment, present when the secret tier was embedded
+    secret_mark_commitment: str | None = None
+
+    @property
+    def salt(self) -> bytes | None:
+        """The logged secret-mark salt: ``mark_for_device(run, device, result.salt)`` gives the issued core."""
+        return None if self.secret_mark_salt is None else bytes.fromhex(self.secret_mark_salt)
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -268,7 +334,8 @@ def _result(status: str, index: int, leaf: bytes, entry: Issuance, path: Path, r
     return IssueResult(entry.device_uuid_text, status, index, leaf_hash(leaf).hex(), entry.policy, str(path),
                        entry.fingerprint_hash.hex() if entry.fingerprint_hash else None,
                        entry.watermark_commitment.hex() if entry.watermark_commitment else None,
-                       mark)
+                       mark, entry.secret_mark_salt.hex() if entry.secret_mark_salt else None,
+                       entry.secret_mark_commitment.hex() if entry.secret_mark_commitment else None)
 
 
 INPUTS_LABEL = b"emshield/issue-inputs/v1\x00"
@@ -279,7 +346,7 @@ def inputs_digest(issuer: IssuanceRun) -> str:
     """What decides the issued core besides the device: the core, the parameters, policy, tolerance
     and task data."""
     h = hashlib.sha256(INPUTS_LABEL + issuer.params.digest())
-    h.update(f"{issuer.policy}\x00{issuer.tolerance!r}\x00{issuer.task_digest}\x00".encode())
+    h.update(f"{issuer.policy}\x00{issuer.tolerance!r}\x00{issuer.task_digest}\x00{issuer.secret_tier}\x00".encode())
     h.update(core_to_bytes(issuer.core))
     return h.hexdigest()
 
@@ -296,8 +363,8 @@ def _existing_bundle(issuer: IssuanceRun, device: DeviceTarget, path: Path) -> I
         raise IssueError("bad-existing-bundle", f"{path} is another device's or issuer's bundle")
     inputs, digest = path.with_name(path.name + INPUTS_SUFFIX), inputs_digest(issuer)
     if not inputs.is_file() or inputs.read_bytes()[:100].strip() != digest.encode():
-        marked = mark_for_device(issuer, device.uuid)
-        if (v.issuance.fingerprint_hash, v.issuance.watermark_commitment) != (marked.fingerprint.hash(), marked.commitment):
+        marked = mark_for_device(issuer, device.uuid, v.issuance.secret_mark_salt)
+        if logged_marks(v.issuance) != marked.logged:
             raise IssueError("issued-otherwise", f"device {device.uuid} was issued a different core at index "
                              f"{v.issuance_index}; refusing a second issuance")
         inputs.write_text(digest + "\n", encoding="ascii")
@@ -313,19 +380,19 @@ def issue_to_device(issuer: IssuanceRun, device: DeviceTarget, out_dir: Path, *,
     earlier = _earlier_issuance(issuer, device.uuid)
     if earlier is None:
         _check_no_collision(issuer, device.uuid)
-    marked = mark_for_device(issuer, device.uuid)
-    logged = (marked.fingerprint.hash(), marked.commitment)
+    marked = mark_for_device(issuer, device.uuid, _new_salt(issuer, device.uuid) if earlier is None else earlier[2].secret_mark_salt)
     if earlier is None:
         _check_not_shared(issuer, device.uuid, marked)
     if earlier is not None:
         index, leaf, entry = earlier
-        if (entry.fingerprint_hash, entry.watermark_commitment) != logged:
+        if logged_marks(entry) != marked.logged:
             raise IssueError("issued-otherwise", f"device {device.uuid} was issued a different core at index {index}; "
                              "refusing a second issuance")
         status = "bundle-rebuilt"
     else:
-        entry = Issuance(device.uuid.bytes, issuer.backbone_id, marked.commitment, logged[0], marked.policy,
-                         int(time.time()) if now is None else now, issuer.keys.key_id)
+        entry = Issuance(device.uuid.bytes, issuer.backbone_id, marked.commitment, marked.fingerprint.hash(),
+                         marked.policy, int(time.time()) if now is None else now, issuer.keys.key_id,
+                         marked.secret_salt, marked.secret_commitment)
         leaf = sign_entry(entry, issuer.keys.signing_key).encode()
         index = issuer.client.append(leaf).index
         status = "issued"

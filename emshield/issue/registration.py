@@ -36,12 +36,12 @@ class LoggedRegistration:
     params: MarkingParams
 
 
-def fetch_registration(client: LogClient, key_id: bytes) -> LoggedRegistration | None:
+def fetch_registration(client: LogClient, key_id: bytes, *, allow_revoked: bool = False) -> LoggedRegistration | None:
     """This issuer's registration as logged (None if not registered), its self-signature checked."""
     info = next((i for i in client.issuers() if i.key_id == key_id), None)
     if info is None:
         return None
-    if info.revoked:
+    if info.revoked and not allow_revoked:
         raise IssueError("revoked", f"issuer {key_id.hex()} was revoked by the log operator: {info.revocation_reason}")
     leaf = client.entries(info.index, info.index + 1)[0]
     try:
@@ -83,3 +83,29 @@ def register_issuer(client: LogClient, keys: IssuerKeys, name: str, params: Mark
         raise IssueError("registration", str(exc)) from exc
     result = client.register_issuer(sign_entry(entry, keys.signing_key).encode())
     return RegisterResult(result.index, result.created, keys.key_id, params)
+
+
+@dataclass(frozen=True)
+class RotateResult:
+    old_key_id: bytes
+    new_key_id: bytes
+    index: int  # the new key's registration
+
+
+def rotate_issuer(client: LogClient, directory, *, name: str | None = None, now: int | None = None) -> RotateResult:
+    """Replace the signing key, keep the marking secret (spec/issue.md §8).
+
+    The new key is registered with the old registration's marking parameters (the same secret gives
+    the same verification key), so every earlier issuance stays traceable: `emshield trace` finds
+    both registrations by that key. Resumable: an interrupted rotation reuses its new key. The old
+    key is kept on disk as a retired file; revoking it in the log is the operator's decision."""
+    from .keys import load_issuer, next_signing_key, retire_current_key
+
+    current = load_issuer(directory)
+    old = fetch_registration(client, current.key_id, allow_revoked=True)
+    if old is None:
+        raise IssueError("not-registered", f"issuer {current.key_id.hex()} is not registered: nothing to rotate")
+    new = next_signing_key(directory)
+    result = register_issuer(client, new, name or old.registration.name, old.params, now=now)
+    old_id, new_id = retire_current_key(directory)
+    return RotateResult(old_id, new_id, result.index)

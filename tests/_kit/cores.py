@@ -8,8 +8,6 @@ tiny backbone carry its tensor names (`tiny_core`, `fixture_core`).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from emshield.core import LoraFactors
@@ -185,23 +183,3 @@ def backbone_core(backbone, modules=("q_proj", "v_proj"), rank: int = 4, scale: 
                                          b=(rng.standard_normal((out, rank)) * magnitude).astype(np.float32),
                                          scale=scale)
     return core
-
-
-def strip(deltas: dict[str, np.ndarray], params: MarkingParams, rounds: int = 3) -> dict[str, np.ndarray]:
-    """The smallest change that sets every code statistic Z_i to 0, with the published parameters."""
-    out = {k: v.copy() for k, v in deltas.items()}
-    big_l = len(params.layers)
-    for _ in range(rounds):
-        z = watermark.extract_from_deltas(out, params).z
-        gram = np.zeros((params.code_bits, params.code_bits))
-        sig = {}
-        for layer in params.layers:
-            d = watermark.directions(params, layer)
-            m, n = out[layer.name].shape
-            sig[layer.name] = np.linalg.norm(out[layer.name]) / math.sqrt(m * n)
-            gram += (d.u @ d.u.T) * (d.v @ d.v.T) / (sig[layer.name] ** 2 * big_l)
-        lam = np.linalg.solve(gram, -z)
-        for layer in params.layers:
-            d = watermark.directions(params, layer)
-            out[layer.name] = out[layer.name] + (d.u.T * lam) @ d.v / (sig[layer.name] * math.sqrt(big_l))
-    return out

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
-
 from _kit.cores import fixture_core
 from _kit.logs import free_port, silent_listener
 from _kit.paths import TINY as BACKBONE
+from click.testing import CliRunner
+
 from emshield.bundle import read_bundle_file, verify_bundle
 from emshield.cli import main
 from emshield.core import core_to_bytes
@@ -23,7 +23,7 @@ from emshield.issue.errors import IssueError
 from emshield.issue.keys import load_issuer
 from emshield.issue.pipeline import issue_to_device, mark_for_device, prepare_run
 from emshield.logclient.http import LogClient
-from emshield.marking import watermark
+from emshield.marking import secret, watermark
 from emshield.marking.fingerprint import Fingerprint
 from emshield.marking.params import watermark_commitment
 from emshield.marking.policy import Tolerance
@@ -91,10 +91,15 @@ def test_issue_install_run_end_to_end(tmp_path, log, core, device):
     # The issued (marked) core carries the device's payload: re-marking is deterministic.
     issuer = prepare_run(client, log.verifier, load_issuer(issuer_dir), core, BACKBONE,
                             tolerance=Tolerance(max_perturbation=0.5))
-    marked = mark_for_device(issuer, device.uuid)
+    marked = mark_for_device(issuer, device.uuid, entry.secret_mark_salt)
     ex = watermark.extract_from_factors(marked.core, issuer.params)
     assert ex.accepted and watermark_commitment(ex.payload, issuer.params) == entry.watermark_commitment
     assert marked.fingerprint.hash() == entry.fingerprint_hash
+    # ... and the secret tier, keyed by the logged salt, whose key the entry commits to.
+    detection = secret.detection_key(issuer.keys.marking_secret, issuer.params.backbone_id, device.uuid.bytes,
+                                     entry.secret_mark_salt)
+    assert detection.commitment == entry.secret_mark_commitment == bytes.fromhex(res["secret_mark_commitment"])
+    assert secret.presence_from_factors(marked.core, detection.key, issuer.params).named
 
     bundled = verify_bundle(read_bundle_file(res["bundle"]), log.verifier)
     assert bundled.fingerprint_record == client.side_record(hit.index) and bundled.issuance_index == hit.index

@@ -90,7 +90,7 @@ def issue(world: World, core: dict[str, LoraFactors], devices: list[uuid.UUID], 
                             core, world.backbone, policy=policy, allow_shared_core=allow_shared_core)
     for device in devices:
         res = issue_to_device(issuer, device_target(device), world.out, now=ISSUED_AT + len(world.issued))
-        marked = mark_for_device(issuer, device)  # deterministic: the core that was sealed into the bundle
+        marked = mark_for_device(issuer, device, res.salt)  # deterministic: the core that was sealed into the bundle
         world.issued.append(Issued(device, marked.core, res.index, res.policy, Path(res.bundle)))
 
 

@@ -12,8 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _kit.cores import (
+    finetune,
+    int8_rows,
+    int_rows,
+    noise,
+    prune,
+    refactorise,
+    tiny_core,
+)
 
-from _kit.cores import finetune, int8_rows, int_rows, noise, prune, refactorise, tiny_core
 from emshield.core import LoraFactors
 from emshield.marking import policy
 from emshield.marking.params import payload_for_device
@@ -334,9 +342,8 @@ def test_function_preserving_rewrites_keep_the_verdict(world, tmp_path: Path, ki
     """A leak rewritten without changing its outputs (heads, MLP units, residual stream, rescaled and
     folded norms, dummy units) names the same device as the unrewritten leak: the verifier aligns
     the suspect to the backbone before differencing (spec/verify.md §2.1)."""
-    from transformers import AutoConfig
-
     from _kit.rewrites import rewrite
+    from transformers import AutoConfig
 
     target = world.issued[0]
     state = {}
@@ -358,9 +365,8 @@ def test_function_preserving_rewrites_keep_the_verdict(world, tmp_path: Path, ki
 def test_re_saved_leaks_are_traced(world, tmp_path: Path, fmt: str) -> None:
     """A merged leak re-saved as a legacy (non-zip) torch pickle or converted to GGUF (llama.cpp's
     names and q/k row order, Q8_0) names its device."""
-    from transformers import AutoConfig
-
     from _kit.formats import save_gguf
+    from transformers import AutoConfig
 
     target = world.issued[2]
     with open_tensors(write_merged(world.backbone, target.core, tmp_path / "merged")) as src:
@@ -381,15 +387,15 @@ def test_the_unmarked_core_a_foreign_key_core_and_a_stripped_leak_name_no_device
     a key that is in no registration; device 0's copy with the mark stripped using the published
     parameters: each carries the core lineage of the three issuances at most, and never a device
     (the fingerprint of one core is shared by all its issuances)."""
-    from _kit.cores import strip
     from emshield.marking import watermark
     from emshield.marking.params import MarkingParams, verification_key
+    from emshield.marking.strip import strip_public_mark
 
     siblings = world.issued[:3]
     foreign = MarkingParams(world.params.backbone_id, verification_key(bytes(range(7, 39)), world.params.backbone_id),
                             world.params.layers)
     foreign_core, _ = watermark.embed(tiny_core(0), 0xF0F0F0F0F0F0, foreign)
-    stripped = strip({k: f.delta() for k, f in siblings[0].core.items()}, world.params)
+    stripped = strip_public_mark({k: f.delta() for k, f in siblings[0].core.items()}, world.params)
     suspects = {"unmarked": merged_with(world, tiny_core(0), tmp_path / "u.safetensors"),
                 "foreign-key": merged_with(world, foreign_core, tmp_path / "f.safetensors"),
                 # ΔW as full-rank "factors" (A = ΔW, B = I) so that merged_with can merge it

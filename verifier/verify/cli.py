@@ -92,9 +92,22 @@ def _text(verdict: Verdict) -> str:
                   f"{i.issued_at_utc}, distance " + ("—" if i.distance is None else f"{i.distance:.4f}")
                   for i in c.issuances]
         proofs = c.proofs
-    else:
+    elif not verdict.disclosed:
         lines.append(f"NO MATCH: {verdict.reason}")
         proofs = {}
+    else:
+        proofs = {}
+    for d in verdict.disclosed:
+        lines += [
+            f"{'ALSO ' if m is not None else ''}MATCH: device {d.device_uuid} named by disclosed key, "
+            f"attribution at leaf {d.attribution_index}",
+            f"  issuer:        {d.issuer} (key id {d.issuer_key_id[:16]}…); attribution signed by "
+            + ("the same key" if d.signed_by_issuing_key else f"{d.signer} (key id {d.signer_key_id[:16]}…)"),
+            f"  issuance:      leaf {d.issuance_index}; the disclosed key opens its secret-mark commitment",
+            f"  secret tier:   presence score {d.score:.2f} over {d.terms} terms recomputed on this suspect "
+            f"(issuer measured {d.disclosed_score:.2f}), p-value {d.p_value:.3g} (threshold {d.threshold_p:.0e})",
+        ]
+        lines += [f"    {k}: {v}" for k, v in d.proofs.items()]
     if proofs:
         lines.append("  proofs:")
         lines += [f"    {k}: {v}" for k, v in proofs.items()]

@@ -10,6 +10,11 @@ Verdicts say what their evidence proves (spec/verify.md §1, §3):
   listed, and no device is named (a fingerprint is a property of the core, and one core goes to
   many devices: measured, the issuances of one core and the unmarked core itself lie within the
   distance that attacks move a fingerprint, spec/notes/attribution-bench.md);
+- **disclosed**: no device is named by the public watermark, but an attribution entry in the log
+  discloses one issuance's secret-tier detection key for this very suspect file, and everything it
+  claims checks out here (emshield.verify.disclosed): the key opens the issuance's logged
+  commitment and its mark is present in the suspect at p ≤ 10^-6. "Device named by disclosed key,
+  attribution at leaf N";
 - **none**: nothing else, including ties and ambiguity.
 
 This module decides; `suspect` loads, `log_view` checks what the log says, `cli` prints. Exit codes
@@ -33,6 +38,8 @@ from emshield.marking.params import watermark_commitment
 from emshield.tlog.checkpoint import Checkpoint
 from emshield.tlog.entry import Issuance
 from verifier.errors import LogMisbehaving, Unreadable
+from verifier.verify.disclosed import DisclosedMatch, RejectedDisclosure, check_disclosures
+from verifier.verify.digest import suspect_sha256
 from verifier.verify.log_view import ProvedIssuance, ProvedIssuer, VerifiedLog
 
 if TYPE_CHECKING:  # loading a suspect imports torch; deciding does not
@@ -47,7 +54,7 @@ EXIT_LOG_UNAVAILABLE = exit_codes.UNAVAILABLE  # the log could not be reached or
 EXIT_INTERNAL = exit_codes.INTERNAL  # a bug in the verifier: reported as such, never as "no match"
 EXIT_CORE = exit_codes.CORE_ONLY  # a core lineage is identified (its issuances listed); no device is named
 
-KIND_DEVICE, KIND_CORE, KIND_NONE = "device", "core", "none"
+KIND_DEVICE, KIND_DISCLOSED, KIND_CORE, KIND_NONE = "device", "disclosed", "core", "none"
 
 # The verifier's own ceiling on the watermark's chance-match p-value, on top of the issuer's
 # published one (marking parameters allow up to 10^-1): at 10^-6 a false accusation needs a
@@ -60,7 +67,7 @@ DEFAULT_MAX_P_VALUE = 1e-6
 FP_LINK = 0.35
 FP_MARGIN = 0.05
 
-VERDICT_VERSION = 2
+VERDICT_VERSION = 3  # 3: the "disclosed" kind and the disclosed / disclosures_rejected lists
 
 
 @dataclass(frozen=True)
@@ -157,16 +164,23 @@ class Verdict:
     fingerprint: dict[str, Any] | None = None  # nearest distance, threshold, how many compared
     issuers_considered: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Attributions in the log for this suspect file that check out, and those that do not (with why).
+    disclosed: list[DisclosedMatch] = field(default_factory=list)
+    disclosures_rejected: list[RejectedDisclosure] = field(default_factory=list)
     # The fingerprint comparisons behind the verdict, for the forensic report (not in the JSON).
     compared: list[Compared] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def kind(self) -> str:
-        return KIND_DEVICE if self.device is not None else KIND_CORE if self.core is not None else KIND_NONE
+        if self.device is not None:
+            return KIND_DEVICE
+        if self.disclosed:
+            return KIND_DISCLOSED
+        return KIND_CORE if self.core is not None else KIND_NONE
 
     @property
     def exit_code(self) -> int:
-        return {KIND_DEVICE: EXIT_DEVICE, KIND_CORE: EXIT_CORE, KIND_NONE: EXIT_NONE}[self.kind]
+        return {KIND_DEVICE: EXIT_DEVICE, KIND_DISCLOSED: EXIT_DEVICE, KIND_CORE: EXIT_CORE, KIND_NONE: EXIT_NONE}[self.kind]
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(replace(self, compared=[]))
@@ -329,12 +343,22 @@ def verify_suspect(suspect: Suspect, log: VerifiedLog, *, scan: bool = True, pro
                    max_p_value: float = DEFAULT_MAX_P_VALUE) -> Verdict:
     """Decide which proved issuance or core lineage, if any, the suspect comes from (raises
     LogMisbehaving / LogUnavailable from the log view, BadSuspect from the suspect)."""
+    verdict = _verify_public(suspect, log, scan=scan, progress=progress, max_p_value=max_p_value)
+    if verdict.kind == KIND_DISCLOSED:
+        named = ", ".join(f"{m.device_uuid} (attribution at leaf {m.attribution_index})" for m in verdict.disclosed)
+        verdict.reason = f"device named by disclosed key: {named}; public evidence: {verdict.reason}"
+    return verdict
+
+
+def _verify_public(suspect: Suspect, log: VerifiedLog, *, scan: bool, progress: bool, max_p_value: float) -> Verdict:
+    """The disclosed attributions, then the public tier and the fingerprint."""
     cp = log.checkpoint
     verdict = Verdict(
         suspect=suspect.describe(),
         log={"url": log.client.url, "mode": log.mode, "origin": cp.origin, "tree_size": cp.size,
              "root_hash": cp.root_hash.hex(), "cosigned_by": list(log.cosigned_by)},
     )
+    _disclosures(suspect, log, verdict, max_p_value)
     candidates: list[ProvedIssuer] = []
     for issuer in log.issuers().values():
         why = issuer.params_error or (suspect.unfit_reason(issuer.params) if issuer.params else None)
@@ -386,6 +410,10 @@ def verify_suspect(suspect: Suspect, log: VerifiedLog, *, scan: bool = True, pro
             named.append(match)
     if len(named) == 1:
         verdict.device = named[0]
+        others = sorted({d.device_uuid for d in verdict.disclosed} - {named[0].device_uuid})
+        if others:
+            verdict.notes.append("disclosed keys also name " + ", ".join(others) + ": the suspect carries the marks "
+                                 "of more than one issuance (a copy mixed from several devices' cores)")
         return verdict
     if len(named) > 1:
         verdict.reason = (f"the watermark leads to {len(named)} proved issuances at once; "
@@ -457,6 +485,17 @@ def _scan(log: VerifiedLog, suspect: Suspect, candidates: list[ProvedIssuer], su
             if published is not None:
                 found.append(Compared(hit, published, fingerprint_check(published, hit, fp)))
     return found
+
+
+def _disclosures(suspect: Suspect, log: VerifiedLog, verdict: Verdict, max_p_value: float) -> None:
+    """Attributions the log holds for this exact suspect file, each re-done (spec/verify.md §3)."""
+    matches, rejected, truncated = check_disclosures(suspect, log, suspect_sha256(suspect.path), max_p_value)
+    verdict.disclosed, verdict.disclosures_rejected = matches, rejected
+    if truncated:
+        verdict.notes.append("the log holds more attributions for this suspect than it returns; the ones returned "
+                             "were checked")
+    for r in rejected:
+        verdict.notes.append(f"the attribution at leaf {r.attribution_index} does not hold for this suspect: {r.reason}")
 
 
 def _no_match_reason(verdict: Verdict, fingerprint_why: str) -> str:

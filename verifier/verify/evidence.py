@@ -11,7 +11,6 @@ proved by the full replay) is fetched and checked here, against the same checkpo
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import shlex
 from dataclasses import dataclass, field
@@ -26,36 +25,13 @@ from emshield.marking import fingerprint as fpmod
 from emshield.marking.params import MarkingParams
 from emshield.tlog import merkle
 from verifier.errors import Unreadable
-from verifier.report.data import BitEvidence, Distance, FileDigest, InclusionRecord, ReportData
+from verifier.report.data import BitEvidence, Distance, InclusionRecord, ReportData
 from verifier.verify.decide import Verdict
+from verifier.verify.digest import suspect_digests
 from verifier.verify.log_view import ProvedIssuer, StaticVerifiedLog, VerifiedLog
 
 if TYPE_CHECKING:  # loading a suspect imports torch; `emshield-verify --help` does not
     from verifier.verify.suspect import Suspect
-
-_CHUNK = 1 << 20
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(_CHUNK):
-            h.update(block)
-    return h.hexdigest()
-
-
-def suspect_digests(path: Path) -> tuple[tuple[FileDigest, ...], str]:
-    """Per-file SHA-256 and the suspect's digest: the file's own, or for a folder the SHA-256 of
-    its `sha256sum` listing (``<hex>  ./<path>`` lines, paths in byte order), which
-    ``find . -type f | LC_ALL=C sort | xargs sha256sum | sha256sum`` reproduces."""
-    if path.is_file():
-        digest = file_sha256(path)
-        return (FileDigest(".", digest, path.stat().st_size),), digest
-    files = sorted((p for p in path.rglob("*") if p.is_file()), key=lambda p: p.relative_to(path).as_posix().encode())
-    out = tuple(FileDigest("./" + p.relative_to(path).as_posix(), file_sha256(p), p.stat().st_size) for p in files)
-    listing = "".join(f"{d.sha256}  {d.path}\n" for d in out)
-    return out, hashlib.sha256(listing.encode()).hexdigest()
-
 
 def bit_evidence(suspect: Suspect, issuer: str, params: MarkingParams) -> BitEvidence | None:
     """Per-bit statistics, the best candidate's signs, and the statistic of each layer alone."""

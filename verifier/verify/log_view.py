@@ -38,6 +38,7 @@ from emshield.tlog import merkle
 from emshield.tlog.checkpoint import Checkpoint, CheckpointError, CosignatureVerifier, NoteVerifier, verify_checkpoint
 from emshield.tlog.tiles import TILE_WIDTH, bundles_for
 from emshield.tlog.entry import (
+    Attribution,
     EntryError,
     Issuance,
     IssuerRegistration,
@@ -78,6 +79,18 @@ class ProvedIssuance:
     entry: Issuance
     issuer: ProvedIssuer
     proof: str  # how inclusion was proved
+
+
+@dataclass(frozen=True)
+class ProvedAttribution:
+    """An attribution entry (a disclosed detection key) whose signer is a proved registered issuer,
+    whose signature verified and whose inclusion in the checkpoint is proved."""
+
+    index: int
+    leaf_hash: bytes
+    entry: Attribution
+    signer: ProvedIssuer
+    proof: str
 
 
 @dataclass(frozen=True)
@@ -303,6 +316,49 @@ class VerifiedLog:
         except fpmod.FingerprintError as exc:
             raise LogMisbehaving(f"{what}: {exc}") from exc
 
+    # -- disclosed attributions -------------------------------------------------------------------
+
+    def _proved_attribution(self, index: int, data: bytes, what: str, proof: str) -> ProvedAttribution:
+        signed = self._decode(data, what)
+        entry = signed.entry
+        if not isinstance(entry, Attribution):
+            raise LogMisbehaving(f"{what}: not an attribution entry")
+        signer = self.issuers().get(entry.issuer_key_id)
+        if signer is None:
+            raise LogMisbehaving(f"{what}: signed by {entry.issuer_key_id.hex()}, which is not a registered issuer")
+        self._check_signature(signed, signer.verifying_key(), what)
+        return ProvedAttribution(index, merkle.leaf_hash(data), entry, signer, proof)
+
+    def attributions(self, suspect_sha256: bytes) -> tuple[list[ProvedAttribution], bool]:
+        """Attribution entries the log's index returns for a suspect digest, each checked and proved,
+        and whether the log said there are more than it returned. Hits beyond the checkpoint are left out."""
+        hits = _call("attributions by suspect digest", self.client.attributions, suspect_sha256=suspect_sha256)
+        out = []
+        for hit in hits:
+            if hit.index >= self.checkpoint.size:
+                continue
+            what = f"attribution at leaf {hit.index}"
+            if merkle.leaf_hash(hit.leaf) != hit.leaf_hash:
+                raise LogMisbehaving(f"{what}: the leaf hash does not match the leaf")
+            proved = self._proved_attribution(hit.index, hit.leaf, what,
+                                              f"inclusion proof at leaf {hit.index} verified against the checkpoint")
+            if proved.entry.suspect_sha256 != suspect_sha256:
+                raise LogMisbehaving(f"{what}: the entry's suspect digest is not the one asked for")
+            self._prove(hit.leaf, hit.index, what)
+            out.append(proved)
+        return out, False
+
+    def issuance_at(self, index: int, leaf_hash: bytes, what: str) -> ProvedIssuance:
+        """The issuance entry at ``index``, which must hash to ``leaf_hash``: signature-checked and proved."""
+        if index >= self.checkpoint.size:
+            raise LogMisbehaving(f"{what}: index {index} is beyond the checkpoint (size {self.checkpoint.size})")
+        data = self._leaf(index, what)
+        if merkle.leaf_hash(data) != leaf_hash:
+            raise LogMisbehaving(f"{what}: the leaf at {index} does not hash to the attributed leaf hash")
+        entry, issuer = self._signed_issuance(self._decode(data, what), what)
+        self._prove(data, index, what)
+        return ProvedIssuance(index, leaf_hash, entry, issuer, f"inclusion proof at leaf {index} verified against the checkpoint")
+
     # -- full replay ----------------------------------------------------------------------------
 
     def scan(self, keep: Callable[[Issuance], bool]) -> ScanResult:
@@ -350,9 +406,9 @@ class StaticVerifiedLog(VerifiedLog):
 
     The first look-up replays the whole tree once from the entry bundles (the root recomputed
     from every leaf must be the checkpoint's, so nothing was left out or changed) and keeps the
-    registered issuers and, per watermark commitment and fingerprint hash, the indices and leaf
-    hashes of the issuances that carry it. A hit's entry is fetched again from its bundle and must
-    hash to the leaf hash the replay saw there."""
+    registered issuers, every leaf hash, and, per watermark commitment and fingerprint hash (and per
+    suspect digest for attributions), the indices of the entries that carry it. A hit's entry is
+    fetched again from its bundle and must hash to the leaf hash the replay saw there."""
 
     mode = "static tiles"
 
@@ -361,7 +417,7 @@ class StaticVerifiedLog(VerifiedLog):
         super().__init__(client, verifier, witnesses=witnesses, progress=progress)
         self.tiles = TileClient(client.url, timeout=client.timeout)
         self._hits: dict[tuple[str, bytes], list[int]] | None = None
-        self._leaf_hashes: dict[int, bytes] = {}
+        self._all_hashes = bytearray()  # every leaf hash the replay saw, 32 bytes per index
 
     def _leaves(self) -> Iterator[tuple[int, bytes]]:
         bundles = bundles_for(0, self.checkpoint.size)
@@ -375,6 +431,7 @@ class StaticVerifiedLog(VerifiedLog):
         registrations: dict[bytes, tuple[int, SignedEntry]] = {}
         tree = merkle.CompactRange()
         size = self.checkpoint.size
+        self._all_hashes = bytearray()
         with tqdm(total=size, desc="replaying tiles", unit="leaf", disable=not self.progress, leave=False) as bar:
             with _answers("replaying the log's tiles"):
                 for index, data in self._leaves():
@@ -387,9 +444,11 @@ class StaticVerifiedLog(VerifiedLog):
                             value = getattr(entry, field)
                             if value is not None:
                                 hits.setdefault((field, value), []).append(index)
-                                self._leaf_hashes[index] = lh
+                    elif isinstance(entry, Attribution):
+                        hits.setdefault(("suspect_sha256", entry.suspect_sha256), []).append(index)
                     elif isinstance(entry, IssuerRegistration) and entry.key_id not in registrations:
                         registrations[entry.key_id] = (index, signed)
+                    self._all_hashes += lh
                     bar.update(1)
         if tree.root() != self.checkpoint.root_hash:
             raise LogMisbehaving(f"the {size} leaves the tiles hold do not hash to the checkpoint's root")
@@ -423,16 +482,34 @@ class StaticVerifiedLog(VerifiedLog):
         out = []
         for index in self._index().get((field, value), []):
             what = f"issuance at leaf {index} (by {field}, from the tiles)"
-            with _answers(what):
-                ((bundle, entries),) = self.tiles.fetch_many(bundles_for(index, index + 1)[-1:])
-            data = entries[index - bundle.index * TILE_WIDTH]
+            data = self._leaf(index, what)
             lh = merkle.leaf_hash(data)
-            if lh != self._leaf_hashes[index]:
-                raise LogMisbehaving(f"{what}: the mirror served other bytes than during the replay")
             entry, issuer = self._signed_issuance(self._decode(data, what), what)
             out.append(ProvedIssuance(index, lh, entry, issuer,
                                       f"full replay of {self.checkpoint.size} leaves from the tiles matches the"
                                       " checkpoint root"))
+        return out, False
+
+    def _leaf(self, index: int, what: str) -> bytes:
+        """The leaf from its entry bundle; it must hash to what the replay saw at that index."""
+        self._index()
+        with _answers(what):
+            ((bundle, entries),) = self.tiles.fetch_many(bundles_for(index, index + 1)[-1:])
+        data = entries[index - bundle.index * TILE_WIDTH]
+        if merkle.leaf_hash(data) != bytes(self._all_hashes[32 * index:32 * index + 32]):
+            raise LogMisbehaving(f"{what}: the mirror served other bytes than during the replay")
+        return data
+
+    def _prove(self, leaf: bytes, index: int, what: str) -> InclusionProof:
+        return self.audit_path(index, merkle.leaf_hash(leaf))
+
+    def attributions(self, suspect_sha256: bytes) -> tuple[list[ProvedAttribution], bool]:
+        out = []
+        for index in self._index().get(("suspect_sha256", suspect_sha256), []):
+            what = f"attribution at leaf {index} (from the tiles)"
+            out.append(self._proved_attribution(index, self._leaf(index, what), what,
+                                                f"full replay of {self.checkpoint.size} leaves from the tiles "
+                                                "matches the checkpoint root"))
         return out, False
 
     def side_fingerprint(self, issuance: ProvedIssuance) -> fpmod.Fingerprint | None:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from emshield.core import CORE_FORMAT, CORE_META_KEY, LoraFactors, ModelFileError
-from emshield.marking import fingerprint, watermark
+from emshield.marking import fingerprint, secret, watermark
 from emshield.marking.params import MarkingParams
 from emshield.model.adapter import load_core, read_peft_adapter
 from emshield.model.canonical import CanonicalError, Canonicaliser, LlamaShape, llama_layout
@@ -145,6 +145,18 @@ class Suspect:
     def fingerprint(self, params: MarkingParams) -> fingerprint.Fingerprint:
         """The suspect's fingerprint under one issuer's parameters."""
         return self._read(params, fingerprint.fingerprint_factors, fingerprint.fingerprint_deltas, "a fingerprint")
+
+    def secret_presence(self, params: MarkingParams, key: bytes) -> secret.Presence:
+        """The secret tier's presence score of one detection key (a disclosed one, or the issuer's own)."""
+        return self._read(params, lambda core, p: secret.presence_from_factors(core, key, p),
+                          lambda deltas, p: secret.presence_from_deltas(deltas, key, p), "the secret tier")
+
+    def secret_scores(self, params: MarkingParams, keys: list[bytes]) -> np.ndarray:
+        """Presence scores of many detection keys at once (the issuer's trace, emshield.trace)."""
+        def deltas(name: str) -> np.ndarray:
+            return self.core[name].delta() if self.core is not None else self.delta(name)
+        return self._read(params, lambda core, p: secret.scores(deltas, keys, p),
+                          lambda _, p: secret.scores(deltas, keys, p), "the secret tier")
 
 
 def _is_core_file(path: Path) -> bool:
