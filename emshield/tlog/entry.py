@@ -1,5 +1,9 @@
 """Log entries: signed, versioned, deterministic CBOR maps (RFC 8949 §4.2.1; schema spec/entry.cddl).
 
+Three types: an issuer registration, an issuance, and an attribution (an issuer's public proof
+that a suspect file carries one issuance's secret mark, by disclosing that issuance's detection
+key; spec/entry.md).
+
 The encoded signed entry is the log leaf data, so its bytes must be unique: the decoder accepts
 only the one canonical encoding (it re-encodes what it decoded and compares), and rejects unknown
 or missing fields, wrong types, out-of-range values, trailing bytes and oversized input with an
@@ -39,6 +43,8 @@ MAX_MARKING_PARAMS_SIZE = 60 * 1024
 MAX_NAME_BYTES = 128
 MAX_MARKING_PARAMS_DEPTH = 16
 MAX_TIME = (1 << 63) - 1
+MAX_UINT = MAX_TIME  # every unsigned integer field of an entry: 2^63-1 (spec/entry.md)
+MAX_TERMS = 65_535  # an attribution's per-layer score terms
 SIGNATURE_LABEL = b"emshield/entry-signature/v1\x00"
 BATCH_SIGNATURE_LABEL = b"emshield/entry-batch-signature/v1\x00"
 MAX_SIGNING_BATCH = 65_536  # 2^16: inclusion proofs of at most 16 hashes (spec/entry.md, "Batch signatures")
@@ -74,6 +80,13 @@ def _time(name: str, value: Any) -> None:
         raise EntryError(f"field {name!r} must be an unsigned integer")
     if not 0 <= value <= MAX_TIME:
         raise EntryError(f"field {name!r} must be in 0..2^63-1, got {value}")
+
+
+def _uint_field(name: str, value: Any, low: int, high: int, high_text: str) -> None:
+    if type(value) is not int:
+        raise EntryError(f"field {name!r} must be an unsigned integer")
+    if not low <= value <= high:
+        raise EntryError(f"field {name!r} must be in {low}..{high_text}, got {value}")
 
 
 def _name(value: Any) -> None:
@@ -186,11 +199,54 @@ class Issuance:
         return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-Entry = IssuerRegistration | Issuance
-_TYPES: dict[str, type[IssuerRegistration] | type[Issuance]] = {t.TYPE: t for t in (IssuerRegistration, Issuance)}
+@dataclass(frozen=True)
+class Attribution:
+    """An issuer's public claim that the file with SHA-256 ``suspect_sha256`` carries the secret
+    mark of the issuance at leaf ``issuance_index``, proven by disclosure: ``detection_key`` and
+    ``detection_nonce`` open that issuance's ``secret_mark_commitment`` (spec/watermark.md, "Secret
+    tier"), so anyone can re-derive the mark's directions and recompute the score on the suspect.
+    ``score_e6`` and ``terms`` are the statistic the issuer measured (floor(T * 10^6) over ``terms``
+    per-layer terms): a claim to recompute, never evidence by itself.
+
+    Signed like an issuance by the key ``issuer_key_id`` names, which need not be the key that
+    signed the issuance (the issuer may have rotated it); never batch-signed."""
+
+    TYPE: ClassVar[str] = "attribution"
+
+    issuer_key_id: bytes
+    issuance_index: int
+    issuance_leaf_hash: bytes
+    detection_key: bytes
+    detection_nonce: bytes
+    suspect_sha256: bytes
+    score_e6: int
+    terms: int
+    attributed_at: int
+
+    def __post_init__(self) -> None:
+        _bytes("issuer_key_id", self.issuer_key_id, 32)
+        _uint_field("issuance_index", self.issuance_index, 0, MAX_UINT, "2^63-1")
+        _bytes("issuance_leaf_hash", self.issuance_leaf_hash, 32)
+        _bytes("detection_key", self.detection_key, 32)
+        _bytes("detection_nonce", self.detection_nonce, 32)
+        _bytes("suspect_sha256", self.suspect_sha256, 32)
+        _uint_field("score_e6", self.score_e6, 0, MAX_UINT, "2^63-1")
+        _uint_field("terms", self.terms, 1, MAX_TERMS, str(MAX_TERMS))
+        _time("attributed_at", self.attributed_at)
+
+    @property
+    def score(self) -> float:
+        """The claimed presence score T (``score_e6`` / 10^6, for display)."""
+        return self.score_e6 / 1e6
+
+
+Entry = IssuerRegistration | Issuance | Attribution
+EntryType = type[IssuerRegistration] | type[Issuance] | type[Attribution]
+_TYPES: dict[str, EntryType] = {t.TYPE: t for t in (IssuerRegistration, Issuance, Attribution)}
 _FIELD_NAMES = {t: tuple(f.name for f in fields(t)) for t in _TYPES.values()}
 _OPTIONAL: dict[type, frozenset[str]] = {
     IssuerRegistration: frozenset(),
+    Attribution: frozenset(),  # never batch-signed: a "batch" field is an unknown field
     Issuance: frozenset({"watermark_commitment", "fingerprint_hash", "secret_mark_salt", "secret_mark_commitment",
                          "batch"}),  # "batch": batch-signed form
 }
@@ -298,7 +354,7 @@ class SignedEntry:
             if type(self.batch) is not BatchProof:
                 raise EntryError("field 'batch' must be a BatchProof")
             if type(self.entry) is not Issuance:
-                raise EntryError("only issuances are batch-signed; a registration carries its own signature")
+                raise EntryError(f"only issuances are batch-signed; an {self.entry.TYPE} entry carries its own signature")
 
     def encode(self) -> bytes:
         return encode_entry(self)
@@ -487,7 +543,7 @@ def _decode_batch(value: Any) -> BatchProof:
     return BatchProof(index, size, tuple(proof))
 
 
-def _entry_type(obj: Any) -> type[IssuerRegistration] | type[Issuance]:
+def _entry_type(obj: Any) -> EntryType:
     """The entry type of a decoded map, or an EntryError naming the first thing that is wrong with
     its shape (keys, nulls, version, type, unknown and missing fields)."""
     if type(obj) is not dict:
@@ -551,12 +607,12 @@ def _decode_strict(data: bytes) -> SignedEntry:
 
 def sign_entry(entry: Entry, private_key: Ed25519PrivateKey) -> SignedEntry:
     """Sign with the issuer key; a registration must be signed by the key it registers, an
-    issuance by the key its issuer_key_id names."""
+    issuance or attribution by the key its issuer_key_id names."""
     public = private_key.public_key().public_bytes_raw()
     if isinstance(entry, IssuerRegistration) and public != entry.issuer_public_key:
         raise EntryError("a registration must be signed by the key it registers")
-    if isinstance(entry, Issuance) and issuer_key_id(public) != entry.issuer_key_id:
-        raise EntryError("signing key does not match the issuance's issuer_key_id")
+    if not isinstance(entry, IssuerRegistration) and issuer_key_id(public) != entry.issuer_key_id:
+        raise EntryError(f"signing key does not match the {entry.TYPE}'s issuer_key_id")
     signed = SignedEntry(entry, private_key.sign(signing_bytes(entry)))
     encode_entry(signed)  # refuse to produce an entry the log would refuse (size)
     return signed
@@ -623,8 +679,8 @@ def _check_signature(signed: SignedEntry, public_key: Ed25519PublicKey, names: t
     entry = signed.entry
     if isinstance(entry, IssuerRegistration) and public != entry.issuer_public_key:
         raise EntryError("a registration is verified with the key it registers")
-    if isinstance(entry, Issuance) and key_id != entry.issuer_key_id:
-        raise EntryError("key does not match the issuance's issuer_key_id")
+    if not isinstance(entry, IssuerRegistration) and key_id != entry.issuer_key_id:
+        raise EntryError(f"key does not match the {entry.TYPE}'s issuer_key_id")
     message = _message(signed)
     batch = signed.batch
     if batch is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -16,6 +17,8 @@ from emshield.tlog.entry import (
     MAX_ENTRY_SIZE,
     MAX_MARKING_PARAMS_SIZE,
     SIGNATURE_LABEL,
+    Attribution,
+    BatchProof,
     EntryError,
     Issuance,
     IssuerRegistration,
@@ -90,6 +93,11 @@ def test_vector_set_covers_the_required_cases() -> None:
     for word in ["unknown field", "missing field", "wrong type", "trailing", "size limit", "non-shortest",
                  "out of order", "indefinite", "float", "tag", "duplicate"]:
         assert word in descs, word
+    # every attribution field is made wrong at least once, and "batch" on an attribution is refused
+    attr = " ".join(v["desc"] for v in VECTORS["malformed"] if v["desc"].startswith("attribution"))
+    for name in [f.name for f in dataclasses.fields(Attribution)] + ["batch field", "unknown field", "missing"]:
+        assert name in attr, name
+    assert [v["type"] for v in VECTORS["valid"]].count("attribution") == 1
 
 
 # --- round trips and rules ----------------------------------------------------------------------------
@@ -217,10 +225,10 @@ def test_cddl_schema_names_exactly_the_fields_the_code_uses() -> None:
     from dataclasses import fields
 
     cddl = (Path(__file__).resolve().parents[2] / "spec" / "entry.cddl").read_text()
-    for cls in (IssuerRegistration, Issuance):
+    for cls in (IssuerRegistration, Issuance, Attribution):
         group = re.search(r"^" + cls.TYPE + r" = \{(.*?)^\}", cddl, re.S | re.M)
         assert group, cls.TYPE
-        keys = set(re.findall(r'"([a-z_]+)":', group.group(1)))
+        keys = set(re.findall(r'"([a-z0-9_]+)":', group.group(1)))
         assert keys == {"v", "type", "sig"} | {f.name for f in fields(cls)}
         assert f'"type": "{cls.TYPE}"' in group.group(1)
 
@@ -242,3 +250,59 @@ def test_issuance_with_secret_mark_fields_round_trips_on_both_paths(policy: str)
         _issuance(policy, secret_mark_salt=b"s" * 16)
     with pytest.raises(EntryError, match="must be absent"):
         _issuance("fingerprint", secret_mark_salt=b"s" * 16, secret_mark_commitment=b"c" * 32)
+
+
+def _attribution(**kw: object) -> Attribution:
+    fields = dict(issuer_key_id=issuer_key_id(PUB), issuance_index=3, issuance_leaf_hash=b"h" * 32,
+                  detection_key=b"k" * 32, detection_nonce=b"n" * 32, suspect_sha256=b"s" * 32, score_e6=7_250_000,
+                  terms=24, attributed_at=1_790_000_400)
+    fields.update(kw)
+    return Attribution(**fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kw", [{}, {"issuance_index": 2 ** 63 - 1, "score_e6": 2 ** 63 - 1, "terms": 65_535,
+                                     "attributed_at": 2 ** 63 - 1}, {"issuance_index": 0, "score_e6": 0, "terms": 1}])
+def test_attribution_round_trip(kw: dict) -> None:
+    """Attributions take the strict path (the issuance recogniser declines them), keep their signed
+    part cut from the leaf bytes, and verify with the key their issuer_key_id names."""
+    from emshield.tlog.entry import _match_issuance
+
+    signed = sign_entry(_attribution(**kw), KEY)
+    data = signed.encode()
+    assert _match_issuance(data) is None
+    back = decode_entry(data)
+    assert back == signed and type(back.entry) is Attribution and back.batch is None
+    assert back.__dict__["_signed_part"] == signing_bytes(back.entry)
+    verify_entry_signature(back, KEY.public_key())
+    assert back.signer_public_key is None
+    assert set(cbor2.loads(data)) == {"v", "type", "sig", *(f.name for f in dataclasses.fields(Attribution))}
+
+
+def test_attribution_is_signed_by_the_key_it_names_and_never_batch_signed() -> None:
+    from emshield.tlog.entry import sign_batch
+
+    other = Ed25519PrivateKey.from_private_bytes(bytes(32))
+    with pytest.raises(EntryError, match="attribution's issuer_key_id"):
+        sign_entry(_attribution(), other)
+    signed = sign_entry(_attribution(), KEY)
+    with pytest.raises(EntryError, match="attribution's issuer_key_id"):
+        verify_entry_signature(signed, other.public_key())
+    with pytest.raises(EntryError, match="only issuances are batch-signed"):
+        SignedEntry(_attribution(), signed.signature, BatchProof(0, 1, ()))
+    with pytest.raises(EntryError, match="only issuances are batch-signed"):
+        sign_batch([_attribution()], KEY)  # type: ignore[list-item]
+    # the signature is bound to every field: the claimed score changed, it no longer verifies
+    forged = SignedEntry(_attribution(score_e6=7_250_001), signed.signature)
+    with pytest.raises(EntryError, match="does not verify"):
+        verify_entry_signature(decode_entry(forged.encode()), KEY.public_key())
+
+
+@pytest.mark.parametrize("kw", [
+    {"issuer_key_id": bytes(31)}, {"issuance_index": -1}, {"issuance_index": 2 ** 63}, {"issuance_index": True},
+    {"issuance_leaf_hash": "h" * 32}, {"detection_key": bytes(33)}, {"detection_nonce": None},
+    {"suspect_sha256": bytearray(32)}, {"score_e6": 1.5}, {"score_e6": -1}, {"terms": 0}, {"terms": 65_536},
+    {"attributed_at": 2 ** 63},
+])
+def test_attribution_fields_are_checked(kw: dict) -> None:
+    with pytest.raises(EntryError):
+        _attribution(**kw)

@@ -30,8 +30,10 @@ from emshield.tlog.checkpoint import (
 from emshield.tlog.entry import (
     MAX_ENTRY_SIZE,
     MAX_SIGNING_BATCH,
+    Attribution,
     Issuance,
     IssuerRegistration,
+    SignedEntry,
     batch_signing_bytes,
     encode_entry,
     issuer_key_id,
@@ -159,10 +161,15 @@ def entries() -> dict:
     secret_tier = sign_entry(Issuance(device, backbone, hashlib.sha256(b"wm").digest(), hashlib.sha256(b"fp").digest(),
                                       "both", 1_790_000_300, issuer_key_id(pub), bytes(range(16)),
                                       hashlib.sha256(b"secret mark").digest()), key)
+    attribution = sign_entry(Attribution(issuer_key_id(pub), 3, leaf_hash(encode_entry(secret_tier)),
+                                         hashlib.sha256(b"test detection key").digest(),
+                                         hashlib.sha256(b"test detection nonce").digest(),
+                                         hashlib.sha256(b"suspect file").digest(), 7_250_000, 24, 1_790_000_400), key)
     valid = []
     for label, signed in [("issuer registration", reg), ("issuance, policy both", both),
                           ("issuance, policy fingerprint (no watermark_commitment)", fp_only),
-                          ("issuance, policy both, with the secret-mark fields", secret_tier)]:
+                          ("issuance, policy both, with the secret-mark fields", secret_tier),
+                          ("attribution of the secret-mark issuance (as if at leaf 3)", attribution)]:
         data = encode_entry(signed)
         valid.append({"desc": label, "cbor_hex": data.hex(), "leaf_hash_hex": leaf_hash(data).hex(),
                       "signing_bytes_hex": signing_bytes(signed.entry).hex(), "type": signed.entry.TYPE})
@@ -249,6 +256,7 @@ def entries() -> dict:
         {"desc": "verified with a key that is not the issuer's", "cbor_hex": encode_entry(both).hex(),
          "public_key_hex": other.public_key().public_bytes_raw().hex(), "error": "issuer_key_id"},
     ]
+    attr_malformed, attr_bad_sigs = attribution_vectors(attribution, pub, other)
     batch, batch_malformed, batch_bad_sigs = batch_vectors(key, backbone)
     return {
         "produced_by": "spec/vectors/tlog/make_vectors.py",
@@ -256,10 +264,57 @@ def entries() -> dict:
         "issuer_public_key_hex": pub.hex(),
         "issuer_key_id_hex": issuer_key_id(pub).hex(),
         "valid": valid,
-        "malformed": malformed + batch_malformed,
-        "bad_signatures": bad_sigs + batch_bad_sigs,
+        "malformed": malformed + attr_malformed + batch_malformed,
+        "bad_signatures": bad_sigs + attr_bad_sigs + batch_bad_sigs,
         "batch": batch,
     }
+
+
+def attribution_vectors(attribution: SignedEntry, pub: bytes, other: Ed25519PrivateKey) -> tuple[list[dict], list[dict]]:
+    """Malformed attributions (every field of the wrong type or size or out of range, missing,
+    an extra field, a "batch" field) and well-formed ones whose signature must not verify."""
+    good = cbor2.loads(encode_entry(attribution))
+
+    def canon(**changes: object) -> bytes:
+        return cbor2.dumps({k: v for k, v in {**good, **changes}.items() if v is not DROP}, canonical=True)
+
+    malformed = [
+        ("attribution: 31-byte issuer_key_id", canon(issuer_key_id=bytes(31)), "must be 32 bytes"),
+        ("attribution: text issuer_key_id", canon(issuer_key_id="00" * 32), "must be a byte string"),
+        ("attribution: text issuance_index", canon(issuance_index="3"), "unsigned integer"),
+        ("attribution: negative issuance_index", canon(issuance_index=-1), "0..2^63-1"),
+        ("attribution: issuance_index 2^63", canon(issuance_index=1 << 63), "0..2^63-1"),
+        ("attribution: 33-byte issuance_leaf_hash", canon(issuance_leaf_hash=bytes(33)), "must be 32 bytes"),
+        ("attribution: 31-byte detection_key", canon(detection_key=bytes(31)), "must be 32 bytes"),
+        ("attribution: integer detection_key", canon(detection_key=1), "must be a byte string"),
+        ("attribution: 16-byte detection_nonce", canon(detection_nonce=bytes(16)), "must be 32 bytes"),
+        ("attribution: text detection_nonce", canon(detection_nonce="nonce"), "must be a byte string"),
+        ("attribution: 20-byte suspect_sha256", canon(suspect_sha256=bytes(20)), "must be 32 bytes"),
+        ("attribution: negative score_e6", canon(score_e6=-7_250_000), "0..2^63-1"),
+        ("attribution: score_e6 2^63", canon(score_e6=1 << 63), "0..2^63-1"),
+        ("attribution: float score_e6", canon(score_e6=7.25), "unsigned integer"),
+        ("attribution: terms 0", canon(terms=0), "1..65535"),
+        ("attribution: terms 65536", canon(terms=65_536), "1..65535"),
+        ("attribution: text terms", canon(terms="24"), "unsigned integer"),
+        ("attribution: negative attributed_at", canon(attributed_at=-1), "0..2^63-1"),
+        ("attribution: bytes attributed_at", canon(attributed_at=bytes(8)), "unsigned integer"),
+        ("attribution: missing field detection_nonce", canon(detection_nonce=DROP), "missing field"),
+        ("attribution: missing field issuance_leaf_hash", canon(issuance_leaf_hash=DROP), "missing field"),
+        ("attribution: missing signature", canon(sig=DROP), "missing field"),
+        ("attribution: unknown field", canon(p_value=1), "unknown field"),
+        ("attribution: an issuance's field", canon(device_uuid=bytes(16)), "unknown field"),
+        ("attribution: batch field (attributions are never batch-signed)", canon(batch=[0, 1, []]), "unknown field"),
+    ]
+    flipped = bytes([good["sig"][0] ^ 1]) + good["sig"][1:]
+    bad_sigs = [
+        ("attribution: signature bit flipped", canon(sig=flipped), pub, "does not verify"),
+        ("attribution: detection key changed after signing", canon(detection_key=bytes(32)), pub, "does not verify"),
+        ("attribution: score changed after signing", canon(score_e6=good["score_e6"] + 1), pub, "does not verify"),
+        ("attribution: verified with a key that is not the signer's", encode_entry(attribution),
+         other.public_key().public_bytes_raw(), "issuer_key_id"),
+    ]
+    return ([{"desc": d, "cbor_hex": b.hex(), "error": e} for d, b, e in malformed],
+            [{"desc": d, "cbor_hex": b.hex(), "public_key_hex": k.hex(), "error": e} for d, b, k, e in bad_sigs])
 
 
 BATCH_POLICIES = ["both", "watermark", "fingerprint", "both", "watermark"]

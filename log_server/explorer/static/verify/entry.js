@@ -27,6 +27,8 @@ const PARAMS_LABEL = concat(utf8.encode("emshield/marking-params/v1"), new Uint8
 
 export const REGISTRATION = "issuer-registration";
 export const ISSUANCE = "issuance";
+export const ATTRIBUTION = "attribution";
+const MAX_TERMS = 65535;
 const POLICIES = { watermark: [true, false], fingerprint: [false, true], both: [true, true] };
 
 const FIELDS = {
@@ -34,6 +36,12 @@ const FIELDS = {
   [ISSUANCE]: {
     required: ["device_uuid", "backbone_id", "policy", "issued_at", "issuer_key_id"],
     optional: ["watermark_commitment", "fingerprint_hash", "secret_mark_salt", "secret_mark_commitment", "batch"],
+  },
+  // never batch-signed: "batch" on an attribution is an unknown field
+  [ATTRIBUTION]: {
+    required: ["issuer_key_id", "issuance_index", "issuance_leaf_hash", "detection_key", "detection_nonce",
+      "suspect_sha256", "score_e6", "terms", "attributed_at"],
+    optional: [],
   },
 };
 
@@ -55,10 +63,11 @@ function bstr(name, value, size) {
   return value;
 }
 
-function uint(name, value, max) {
-  const ok = (typeof value === "number" && value >= 0) || (typeof value === "bigint" && value >= 0n);
+function uint(name, value, max, min = 0n) {
+  const ok = (typeof value === "number" && Number.isInteger(value) && value >= 0) || (typeof value === "bigint" && value >= 0n);
   if (!ok) throw new EntryError(`field '${name}' must be an unsigned integer`);
   if (BigInt(value) > max) throw new EntryError(`field '${name}' must be at most ${max}, got ${value}`);
+  if (BigInt(value) < min) throw new EntryError(`field '${name}' must be at least ${min}, got ${value}`);
   return value;
 }
 
@@ -123,6 +132,13 @@ export function decodeEntry(bytes) {
     }
     decodeStrict(f.marking_params, "field 'marking_params'", PARAMS_DEPTH);
     f.registered_at = uint("registered_at", map.get("registered_at"), MAX_TIME);
+  } else if (type === ATTRIBUTION) {
+    f.issuer_key_id = bstr("issuer_key_id", map.get("issuer_key_id"), 32);
+    f.issuance_index = uint("issuance_index", map.get("issuance_index"), MAX_TIME);
+    for (const k of ["issuance_leaf_hash", "detection_key", "detection_nonce", "suspect_sha256"]) f[k] = bstr(k, map.get(k), 32);
+    f.score_e6 = uint("score_e6", map.get("score_e6"), MAX_TIME);
+    f.terms = uint("terms", map.get("terms"), BigInt(MAX_TERMS), 1n);
+    f.attributed_at = uint("attributed_at", map.get("attributed_at"), MAX_TIME);
   } else {
     f.device_uuid = bstr("device_uuid", map.get("device_uuid"), 16);
     f.backbone_id = bstr("backbone_id", map.get("backbone_id"), 32);
@@ -163,7 +179,7 @@ export function decodeEntry(bytes) {
  * signing bytes, or over the batch message of the batch tree its `batch` proof places it in. */
 export async function verifyEntrySignature(entry, publicKey) {
   if (entry.type === REGISTRATION && !equal(entry.fields.issuer_public_key, publicKey)) return false;
-  if (entry.type === ISSUANCE && !equal(entry.fields.issuer_key_id, await issuerKeyId(publicKey))) return false;
+  if (entry.type !== REGISTRATION && !equal(entry.fields.issuer_key_id, await issuerKeyId(publicKey))) return false;
   if (entry.batch === null) return ed25519Verify(publicKey, entry.sig, entry.signingBytes);
   const { index, size, proof } = entry.batch;
   const root = await rootFromInclusionProof(await leafHash(entry.signingBytes), index, size, proof);
