@@ -14,6 +14,13 @@ the log would, and runs `emshield-verify --json` (in-process) on the result. Col
   codeword on the suspect's ΔW as it is (no canonicalisation) — what a naive reader would see
 - p: the verifier's chance-match p-value; fp: its fingerprint distance
 - acc / loss: task accuracy and mean answer loss of the attacked model on held-out records
+- secret / T: the issuer's secret tier (`emshield trace` with the marking secret, after the public
+  verdict): right / WRONG / none for the devices it names (several for a coalition), "+d" when
+  every naming was disclosed in the log and the disclosure verified as `emshield-verify` checks
+  it; T the highest presence score (named at T ≥ 5.26)
+
+Rows "strip + noise / prune at -1 pp / -5 pp": the published-parameters strip, then a blind attack
+whose strength is the smallest on a grid that costs the task at least 1 (5) accuracy points.
 
 The fixture world uses the committed recipe core (fixtures/cores/financial-lora.safetensors, all
 seven projections, 28 marked layers); `--model smollm2` uses the demo's SmolLM2 core (cached, or
@@ -80,6 +87,7 @@ class World:
     core0: dict[str, LoraFactors]
     devices: dict[str, Device] = field(default_factory=dict)
     client: object = None
+    keys: object = None  # the issuer's IssuerKeys (the secret tier's tracing and disclosure)
 
 
 def _prepare(run_kw: dict, **extra):
@@ -105,7 +113,7 @@ def build_world(log, backbone: Path, core0: dict[str, LoraFactors], core1: dict[
     keys = IssuerKeys(ed25519_key("bench-attacks-issuer"), SECRET)
     params = marking_params_for(keys, backbone_id(backbone), core0)
     register_issuer(client, keys, "Bench Issuer", params)
-    world = World(log.url, log.verifier_key, backbone, params, core0, client=client)
+    world = World(log.url, log.verifier_key, backbone, params, core0, client=client, keys=keys)
     verifier = NoteVerifier.from_verifier_key(log.verifier_key)
     plan = [("auto", core0, ["A", "B", "C"]), ("fingerprint", core1, ["D", "E"])]
     n = 0
@@ -142,6 +150,28 @@ def verify(world: World, suspect: Path, *extra: str, backbone: bool = True, onli
         return json.loads(result.stdout)
     except json.JSONDecodeError:
         return {"verdict": "error", "error": "not json", "detail": (result.stdout + result.stderr)[-300:]}
+
+
+def secret_trace(world: World, suspect: Path, guilty: set[str], backbone: bool = True) -> dict:
+    """The issuer's trace with the secret tier, each naming disclosed and checked publicly."""
+    from emshield.issue.trace import disclose, trace
+    from emshield.tlog.checkpoint import NoteVerifier
+    from verifier.verify.digest import suspect_sha256
+    from verifier.verify.log_view import open_verified_log
+    from verifier.verify.suspect import load_suspect
+
+    names = {str(d.uuid): d.name for d in world.devices.values()}
+    verifier = NoteVerifier.from_verifier_key(world.log_key)
+    digest = suspect_sha256(suspect)
+    with load_suspect(suspect, world.backbone if backbone else None) as loaded:
+        log = open_verified_log(world.client, verifier)
+        result = trace(loaded, log, SECRET, digest)
+        done = disclose(world.client, verifier, world.keys, log, loaded, result, digest)
+    who = sorted(names.get(r.device_uuid, "?") for r in result.named)
+    verdict = "none" if not who else ("WRONG" if set(who) - guilty else "right")
+    if who and all(d.verified for d in done):
+        verdict += "+d"
+    return {"secret": verdict, "secret_who": ",".join(who), "secret_t": result.rows[0].score if result.rows else None}
 
 
 def summarise(out: dict, world: World, guilty: set[str]) -> dict:
@@ -438,7 +468,9 @@ def rows(world: World, tmp: Path, ev: Evaluator, only: set[str] | None, model: s
     for level in (1.0, 3.0):
         add(f"noise {level:.0%} of ΔW std", {n: d + nrng.standard_normal(d.shape) * level * d.std() for n, d in da.items()})
     # stripping and framing
-    add("strip (published parameters)", strip_public_mark(da, params))
+    stripped = strip_public_mark(da, params)
+    add("strip (published parameters)", stripped)
+    blind_after_strip(world, ev, stripped, add, want)
     if want("frame: strip + nudge to B's side record"):
         raw = LogClient(world.url).side_record(world.devices["B"].index)
         fp_b = fingerprint.Fingerprint.from_cbor(raw)
@@ -479,6 +511,37 @@ def fmt(x, spec: str) -> str:
     return format(x, spec)
 
 
+NOISE_GRID = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)  # × ΔW's std per layer
+PRUNE_GRID = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)  # fraction of ΔW's entries zeroed (smallest first)
+
+
+def blind_after_strip(world: World, ev: Evaluator, stripped: dict[str, np.ndarray], add, want) -> None:
+    """The strip, then blind noise / pruning at the smallest grid strength that costs the task at
+    least 1 pp and at least 5 pp of accuracy (a leaker without the secret can only attack blindly)."""
+    acc0, _ = ev(merged_state(world, stripped))
+    attacks = {"noise": (NOISE_GRID, lambda d, x, r: d + r.standard_normal(d.shape) * x * d.std(), "{:g}× ΔW std"),
+               "prune": (PRUNE_GRID, lambda d, x, r: prune(d, x), "{:.0%} of ΔW")}
+    for kind, (grid, attack, label) in attacks.items():
+        if not any(want(f"strip + {kind} (-{pp} pp)") for pp in (1, 5)):
+            continue
+        found: dict[int, tuple[float, dict]] = {}
+        for x in grid:
+            r = np.random.default_rng(7)
+            deltas = {n: attack(d, x, r) for n, d in stripped.items()}
+            acc, _ = ev(merged_state(world, deltas))
+            drop = 100 * (acc0 - acc)
+            print(f"  strip + {kind} {label.format(x)}: accuracy drop {drop:+.1f} pp", file=sys.stderr, flush=True)
+            for pp in (1, 5):
+                if pp not in found and drop >= pp:
+                    found[pp] = (x, deltas)
+            if 5 in found:
+                break
+        for pp in (1, 5):
+            if pp in found:
+                x, deltas = found[pp]
+                add(f"strip + {kind} (-{pp} pp)", deltas, note=f"{kind} {label.format(x)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=("tiny", "smollm2"), default="tiny")
@@ -511,21 +574,24 @@ def main(argv: list[str] | None = None) -> int:
         table = rows(world, tmp, ev, None if not args.only else _Prefix(args.only), args.model)
         results = []
         print(f"\n{'attack':52s} {'verdict':11s} {'named':6s} {'who':6s} {'errs':>4s} {'errsA':>5s} "
-              f"{'p':>9s} {'fp':>6s} {'acc':>6s} {'loss':>7s}  note")
+              f"{'p':>9s} {'fp':>6s} {'acc':>6s} {'loss':>7s} {'secret':8s} {'who':6s} {'T':>6s}  note")
         for row in table:
             t0 = time.perf_counter()
             out = verify(world, row.suspect, *row.extra, backbone=row.backbone, online=row.online)
             s = summarise(out, world, row.guilty)
             acc, loss = ev(row.state) if row.state is not None else (None, None)
+            sec = secret_trace(world, row.suspect, row.guilty, row.backbone) if row.online else \
+                {"secret": "-", "secret_who": "", "secret_t": None}
             secs = time.perf_counter() - t0
             note = row.note + ("; " if row.note else "") + (s["detail"][:90] if s["kind"] in ("none", "no_match") or
                                                            s["kind"].startswith("error") else "")
             print(f"{row.attack:52s} {s['kind']:11s} {s['named']:6s} {s['who']:6s} {fmt(s['errs'], '4d')} "
                   f"{fmt(row.errs_a, '5d')} {fmt(s['p'], '9.1e')} {fmt(s['fp'], '6.3f')} {fmt(acc, '6.3f')} "
-                  f"{fmt(loss, '7.4f')}  {note}", flush=True)
-            results.append({"attack": row.attack, **s, "errs_a": row.errs_a, "accuracy": acc, "loss": loss,
+                  f"{fmt(loss, '7.4f')} {sec['secret']:8s} {sec['secret_who']:6s} {fmt(sec['secret_t'], '6.2f')}  "
+                  f"{note}", flush=True)
+            results.append({"attack": row.attack, **s, **sec, "errs_a": row.errs_a, "accuracy": acc, "loss": loss,
                             "note": row.note, "seconds": round(secs, 1)})
-    wrong = [r["attack"] for r in results if r["named"] == "WRONG"]
+    wrong = [r["attack"] for r in results if r["named"] == "WRONG" or r["secret"].startswith("WRONG")]
     print(f"\n{len(results)} rows, {len(wrong)} wrong device names{': ' + '; '.join(wrong) if wrong else ''}; "
           f"{time.perf_counter() - t_start:.0f} s in all ({args.model})")
     if args.json:

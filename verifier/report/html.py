@@ -17,14 +17,15 @@ from emshield.tlog import merkle
 from verifier.report import plots
 from verifier.report.data import Distance, InclusionRecord, ReportData
 
-KIND_TITLES = {"device": "Device named", "core": "Core identified, no device named", "none": "Nothing named"}
+KIND_TITLES = {"device": "Device named", "disclosed": "Device named by disclosed key",
+               "core": "Core identified, no device named", "none": "Nothing named"}
 
 CSS = """
 body{font:14px/1.45 "DejaVu Sans",sans-serif;color:#1f2328;max-width:1000px;margin:24px auto;padding:0 16px}
 h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #d0d7de}
 h3{font-size:14px;margin:16px 0 6px}
 .verdict{padding:12px 14px;border-radius:6px;border:2px solid;font-size:15px}
-.verdict.device{border-color:#1a7f37;background:#dafbe1} .verdict.core{border-color:#9a6700;background:#fff8c5}
+.verdict.device,.verdict.disclosed{border-color:#1a7f37;background:#dafbe1} .verdict.core{border-color:#9a6700;background:#fff8c5}
 .verdict.none{border-color:#57606a;background:#f6f8fa}
 .kind{font-weight:bold;text-transform:uppercase;font-size:12px;letter-spacing:.05em}
 table{border-collapse:collapse;margin:6px 0;width:100%} td,th{border:1px solid #d0d7de;padding:3px 6px;
@@ -65,6 +66,14 @@ def verdict_sentence(v: dict[str, Any]) -> str:
                 f"scores as high against any of the {w['issuances_counted']} issuances counted with probability at "
                 f"most {w['p_value']:.1e}, and the issuance is signed by the issuer's registered key and proved "
                 f"included in the checkpoint signed by the pinned log key.")
+    if v["verdict"] == "disclosed":
+        named = "; ".join(f"the secret mark of the issuance at leaf {d['issuance_index']} (device {d['device_uuid']}, "
+                          f"issuer {d['issuer']}), disclosed by the attribution at leaf {d['attribution_index']}: "
+                          f"presence score {d['score']:.2f} recomputed on this file, p ≤ {d['p_value']:.1e}"
+                          for d in v["disclosed"])
+        return (f"The suspect carries {named}, in {where}. The disclosed key opens the commitment the issuer logged "
+                "when it issued that copy, so it was fixed before the leak; a model not carrying its mark scores "
+                "this high with at most that probability.")
     if v["verdict"] == "core":
         c = v["core"]
         leaves = ", ".join(str(i["leaf_index"]) for i in c["issuances"])
@@ -99,6 +108,18 @@ def established(v: dict[str, Any]) -> tuple[list[str], list[str]]:
                "Anything about other copies of the same core: each issuance carries its own mark."]
         if m.get("issuer_revoked"):
             no.append("The issuer's key was since revoked by the log operator: weigh the issuance accordingly.")
+    elif v["verdict"] == "disclosed":
+        for d in v["disclosed"]:
+            signer = "the issuance's own key" if d["signed_by_issuing_key"] else f"{d['signer']}'s key {d['signer_key_id']}"
+            yes += [f"The attribution at leaf {d['attribution_index']} is signed by {signer} and included in the "
+                    f"verified checkpoint; it names this file by its SHA-256 and the issuance at leaf "
+                    f"{d['issuance_index']}, which is signed by {d['issuer']}'s registered key and included.",
+                    f"Its disclosed key opens that issuance's logged secret-mark commitment, and the mark's presence "
+                    f"score recomputed on this file from that key is {d['score']:.2f} over {d['terms']} terms "
+                    f"(p ≤ {d['p_value']:.1e}, threshold {d['threshold_p']:.0e}; the issuer claimed "
+                    f"{d['disclosed_score']:.2f})."]
+        no += ["Who leaked the model, or how: the report names the issuances whose secret marks the file carries.",
+               "That the public watermark names anyone: it was not read at the required significance (details below)."]
     elif v["verdict"] == "core":
         c = v["core"]
         yes += [f"The suspect's fingerprint is within the calibrated threshold of the published fingerprint of "
@@ -221,6 +242,12 @@ def _match(v: dict[str, Any]) -> str:
                         ("required margin", c["margin"])] + [(f"proof: {k}", val) for k, val in c["proofs"].items()])
                 + "<table><tr><th>leaf</th><th>device</th><th>policy</th><th>issued</th><th>distance</th></tr>"
                 + rows + "</table>")
+    if v["verdict"] == "disclosed":
+        return "".join(_table([("device", d["device_uuid"]), ("issuer", f"{d['issuer']} (key id {d['issuer_key_id']})"),
+                               ("issuance", f"leaf {d['issuance_index']}, leaf hash {d['issuance_leaf_hash']}"),
+                               ("named by", f"disclosed key, attribution at leaf {d['attribution_index']}"),
+                               ("attribution signed by", f"{d['signer']} (key id {d['signer_key_id']})")]
+                              + [(f"proof: {k}", val) for k, val in d["proofs"].items()]) for d in v["disclosed"])
     return "<p>No issuance and no core is named.</p>"
 
 
@@ -291,6 +318,10 @@ def render(data: ReportData) -> str:
     notes = list(v.get("notes") or []) + list(data.notes)
     if v.get("reason"):
         notes.insert(0, f"reason: {v['reason']}")
+    if v.get("disclosures_rejected"):
+        parts.append("<h2>Attributions that do not hold for this file</h2><ul>" + "".join(
+            f"<li>attribution at leaf {_e(r['attribution_index'])}: {_e(r['reason'])}</li>"
+            for r in v["disclosures_rejected"]) + "</ul>")
     parts.append("<h2>Notes</h2><ul>" + ("".join(f"<li>{_e(n)}</li>" for n in notes) or "<li>none</li>") + "</ul>")
     parts.append("<h2>Re-run the verification</h2>" + "".join(f"<pre>{_e(c)}</pre>" for c in data.commands))
     title = f"EMShield report: {KIND_TITLES.get(kind, kind)}"

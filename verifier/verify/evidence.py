@@ -76,11 +76,16 @@ def _listed(verdict: Verdict) -> list[tuple[str, int, str]]:
     if verdict.core is not None:
         return [(f"issuance to device {i.device_uuid} (leaf {i.leaf_index})", i.leaf_index, i.leaf_hash)
                 for i in verdict.core.issuances]
-    return []
+    out = []
+    for d in verdict.disclosed:
+        out += [(f"attribution disclosing the key of leaf {d.issuance_index} (leaf {d.attribution_index})",
+                 d.attribution_index, d.attribution_leaf_hash),
+                (f"issuance to device {d.device_uuid} (leaf {d.issuance_index})", d.issuance_index, d.issuance_leaf_hash)]
+    return out
 
 
 def _issuer_of(verdict: Verdict, issuers: dict[bytes, ProvedIssuer]) -> ProvedIssuer | None:
-    match = verdict.device or verdict.core
+    match = verdict.device or verdict.core or (verdict.disclosed[0] if verdict.disclosed else None)
     return None if match is None else issuers.get(bytes.fromhex(match.issuer_key_id))
 
 
