@@ -1,9 +1,10 @@
 """Admission checks for entries and side records, run in the request thread before sequencing.
 
 An entry is admitted only if `emshield.tlog.entry.decode_entry` accepts its exact bytes (strict,
-canonical, bounded) and its Ed25519 signature verifies: for an issuance with the registered,
-non-revoked issuer's key; for a registration with the key it registers (proof of possession;
-the operator credential is checked by the route). The admitted bytes are the leaf, unchanged.
+canonical, bounded) and its Ed25519 signature verifies: for an issuance or an attribution with
+the registered, non-revoked issuer's key; for a registration with the key it registers (proof of
+possession; the operator credential is checked by the route). An attribution must also open the
+issuance it names (`_check_attribution`). The admitted bytes are the leaf, unchanged.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from emshield.tlog.entry import (
+    Attribution,
     EntryError,
     EntryPositionError,
     Issuance,
@@ -25,7 +27,7 @@ from emshield.tlog.entry import (
 from emshield.tlog.merkle import leaf_hash
 
 from .errors import Refusal
-from .sequencer import IssuanceFields, PreparedEntry, RegistrationFields
+from .sequencer import AttributionFields, IssuanceFields, PreparedEntry, RegistrationFields
 from .storage import IssuerRecord, LogStore, blob_key
 
 
@@ -55,14 +57,14 @@ class RegisteredIssuers:
     MAX_CACHED = 10_000
 
     def __init__(self, store: LogStore) -> None:
-        self._store = store
+        self.store = store  # also where attributions find the issuance they open
         self._cache: dict[bytes, tuple[IssuerRecord, Ed25519PublicKey]] = {}
 
     def get(self, key_id: bytes) -> tuple[IssuerRecord, Ed25519PublicKey] | None:
         hit = self._cache.get(key_id)
         if hit is not None:
             return hit
-        record = self._store.issuer(key_id)
+        record = self.store.issuer(key_id)
         if record is None:
             return None
         hit = (record, Ed25519PublicKey.from_public_bytes(record.public_key))
@@ -80,13 +82,19 @@ def prepare_issuances(bodies: Sequence[bytes], issuers: RegisteredIssuers) -> li
     checking them one by one would. Each entry is decoded and its issuer checked in turn; then the
     signatures of all entries before the first failure are verified together
     (`verify_entry_signatures`: a complete signing batch costs one tree build and one Ed25519
-    verification instead of an inclusion proof per entry)."""
+    verification instead of an inclusion proof per entry). Attributions are refused here (the
+    batch route): they are appended one at a time (`prepare_entry`)."""
+    return _prepare(bodies, issuers, False)
+
+
+def _prepare(bodies: Sequence[bytes], issuers: RegisteredIssuers, attributions: bool) -> list[PreparedEntry]:
+    """`prepare_issuances`, admitting attributions too if ``attributions``."""
     decoded: list[tuple[SignedEntry, Ed25519PublicKey]] = []
     admitted: list[bytes] = []  # `bodies` may copy each item out of a request body when asked (batch.BatchItems)
     refusal: Refusal | None = None
     for position, body in enumerate(bodies):
         try:
-            decoded.append(_issuance(body, issuers))
+            decoded.append(_issuance(body, issuers, attributions))
         except Refusal as rej:
             rej.position, refusal = position, rej
             break
@@ -100,6 +108,10 @@ def prepare_issuances(bodies: Sequence[bytes], issuers: RegisteredIssuers) -> li
             raise refusal
         finally:  # the traceback holds this frame: without this the two would keep each other alive,
             del refusal  # and the request's body with them, until the collector next runs
+    if attributions:
+        return [_prepared_attribution(body, signed.entry, issuers.store) if type(signed.entry) is Attribution
+                else PreparedEntry(body, leaf_hash(body), Issuance.TYPE, issuance=issuance_fields(signed.entry))
+                for body, (signed, _) in zip(admitted, decoded)]
     return [PreparedEntry(body, leaf_hash(body), Issuance.TYPE, issuance=issuance_fields(signed.entry))
             for body, (signed, _) in zip(admitted, decoded)]
 
@@ -118,13 +130,22 @@ def prepare_issuance(body: bytes, issuers: RegisteredIssuers) -> PreparedEntry:
     return prepare_issuances([body], issuers)[0]
 
 
-def _issuance(body: bytes, issuers: RegisteredIssuers) -> tuple[SignedEntry, Ed25519PublicKey]:
-    """A decoded issuance and its registered, non-revoked issuer's key (the signature is not checked)."""
+def prepare_entry(body: bytes, issuers: RegisteredIssuers) -> PreparedEntry:
+    """The single-entry append (POST /v1/entries): one issuance, checked as `prepare_issuance`
+    checks it, or one attribution."""
+    return _prepare([body], issuers, True)[0]
+
+
+def _issuance(body: bytes, issuers: RegisteredIssuers,
+              attributions: bool = False) -> tuple[SignedEntry, Ed25519PublicKey]:
+    """A decoded issuance (or attribution, if admitted) and its registered, non-revoked issuer's
+    key (the signature is not checked)."""
     signed = _decode(body)
     entry = signed.entry
-    if not isinstance(entry, Issuance):
-        raise Refusal(400, "wrong_entry_type",
-                            f"{entry.TYPE} entries are not appended here (issuer registrations: POST /v1/issuers)")
+    if not isinstance(entry, Issuance) and not (attributions and isinstance(entry, Attribution)):
+        where = ("appended one at a time: POST /v1/entries" if isinstance(entry, Attribution)
+                 else "not appended here (issuer registrations: POST /v1/issuers)")
+        raise Refusal(400, "wrong_entry_type", f"{entry.TYPE} entries are {where}")
     found = issuers.get(entry.issuer_key_id)
     if found is None:
         raise Refusal(403, "unknown_issuer", f"issuer {entry.issuer_key_id.hex()} is not registered")
@@ -132,6 +153,47 @@ def _issuance(body: bytes, issuers: RegisteredIssuers) -> tuple[SignedEntry, Ed2
     if issuer.revoked_at is not None:
         raise Refusal(403, "revoked_issuer", f"issuer {issuer.key_id.hex()} was revoked")
     return signed, public_key
+
+
+def _prepared_attribution(body: bytes, entry: Attribution, store: LogStore) -> PreparedEntry:
+    """A signed attribution, once `_check_attribution` found that it opens its issuance."""
+    _check_attribution(entry, store)
+    return PreparedEntry(body, leaf_hash(body), Attribution.TYPE, attribution=AttributionFields(
+        entry.issuer_key_id, entry.issuance_index, entry.suspect_sha256))
+
+
+def _check_attribution(entry: Attribution, store: LogStore) -> None:
+    """Refuse an attribution unless leaf ``issuance_index`` is logged, is an issuance whose leaf
+    hash is ``issuance_leaf_hash`` and which carries the secret-mark fields, and the disclosed nonce
+    and key open its ``secret_mark_commitment`` (spec/watermark.md, "Secret tier").
+
+    Leaves never change once stored, so what is read here still holds at commit. The signer may be
+    any registered issuer (a rotated key of the issuance's issuer): the evidence is the opening,
+    and verifiers report who signed."""
+    from emshield.marking.secret import commitment  # numpy: loaded only where attributions are appended
+
+    index, size = entry.issuance_index, store.tree_size()
+    leaf = store.leaf(index) if index < size else None  # compared first: index + 1 may overflow SQL integers
+    if leaf is None:
+        raise Refusal(400, "issuance_not_logged", f"no entry at index {index}: the log holds {size} entries")
+    try:
+        issuance = decode_entry(leaf.data).entry
+    except EntryError:  # a leaf of a type this server does not know (a later version's)
+        issuance = None
+    if not isinstance(issuance, Issuance):
+        kind = issuance.TYPE if issuance is not None else "entry of a type this log does not know"
+        raise Refusal(400, "not_an_issuance", f"the entry at index {index} is not an issuance: it is an {kind}")
+    if leaf.leaf_hash != entry.issuance_leaf_hash:
+        raise Refusal(400, "issuance_leaf_mismatch",
+                      f"the issuance at index {index} has leaf hash {leaf.leaf_hash.hex()}, the attribution names"
+                      f" {entry.issuance_leaf_hash.hex()}")
+    if issuance.secret_mark_commitment is None:
+        raise Refusal(400, "no_secret_mark",
+                      f"the issuance at index {index} carries no secret mark (no secret_mark_commitment) to open")
+    if commitment(entry.detection_nonce, entry.detection_key) != issuance.secret_mark_commitment:
+        raise Refusal(400, "commitment_mismatch",
+                      f"the disclosed detection key and nonce do not open the secret-mark commitment of the"
+                      f" issuance at index {index}")
 
 
 def prepare_registration(body: bytes) -> PreparedEntry:

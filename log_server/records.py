@@ -6,7 +6,7 @@ import base64
 from typing import Any
 
 from .sequencer import Appended
-from .storage import IssuanceIndex, IssuerRecord, LeafRecord
+from .storage import AttributionIndex, IssuanceIndex, IssuerRecord, LeafRecord
 
 
 def b64(data: bytes) -> str:
@@ -27,3 +27,8 @@ def issuance_json(row: IssuanceIndex, leaf: LeafRecord, has_side_record: bool) -
     return {"index": row.leaf_index, "leaf_hash": b64(leaf.leaf_hash), "leaf": b64(leaf.data),
             "issuer_key_id": row.issuer_key_id.hex(), "device_uuid": row.device_uuid,
             "has_side_record": has_side_record}
+
+
+def attribution_json(row: AttributionIndex, leaf: LeafRecord) -> dict[str, Any]:
+    return {"index": row.leaf_index, "leaf_hash": b64(leaf.leaf_hash), "leaf": b64(leaf.data),
+            "issuer_key_id": row.issuer_key_id.hex(), "issuance_index": row.issuance_index}

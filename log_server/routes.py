@@ -25,9 +25,9 @@ from .batch import BatchFormatError, decode_batch
 from .cosigning import cosigned_note
 from .errors import Refusal
 from .params import CBOR, hex_param, int_param, only_params
-from .records import appended_json, b64, issuance_json, issuer_json
+from .records import appended_json, attribution_json, b64, issuance_json, issuer_json
 from .state import current
-from .storage import LOOKUP_FIELDS
+from .storage import ATTRIBUTION_LOOKUP_FIELDS, LOOKUP_FIELDS
 
 api = Blueprint("log_api", __name__)
 
@@ -190,6 +190,23 @@ def issuances():
     rows = store.issuances(field, value, log.config.max_lookup)
     out = [issuance_json(r, store.leaf(r.leaf_index), store.side_record(r.leaf_index) is not None) for r in rows]
     return jsonify(issuances=out, truncated=len(rows) == log.config.max_lookup)
+
+
+@api.get("/v1/attributions")
+def attributions():
+    """Attribution entries by the suspect file's SHA-256 or by the attributed issuance's index,
+    with the same caps and parameter rules as /v1/issuances."""
+    q = _params(*ATTRIBUTION_LOOKUP_FIELDS)
+    given = [f for f in ATTRIBUTION_LOOKUP_FIELDS if f in q]
+    if len(given) != 1:
+        raise Refusal(400, "bad_parameter", f"give exactly one of {', '.join(ATTRIBUTION_LOOKUP_FIELDS)}")
+    field = given[0]
+    value = hex_param(q[field], field, 32) if field == "suspect_sha256" else int_param(q, field)
+    log = current()
+    store = log.store
+    rows = store.attributions(field, value, log.config.max_lookup)
+    out = [attribution_json(r, store.leaf(r.leaf_index)) for r in rows]
+    return jsonify(attributions=out, truncated=len(rows) == log.config.max_lookup)
 
 
 @api.get("/v1/issuers")

@@ -39,6 +39,7 @@ from emshield.tlog.merkle import HASH_SIZE, CompactRange, root_node_ids
 from .errors import Refusal
 from .process_thread import ProcessThread
 from .storage import (
+    AttributionRow,
     DuplicateLeaf,
     IssuanceRow,
     IssuerRecord,
@@ -90,14 +91,24 @@ class RegistrationFields(NamedTuple):
     registered_at: int
 
 
+class AttributionFields(NamedTuple):
+    """An attribution's signer and look-up fields (the `attributions` columns after the leaf index)."""
+
+    issuer_key_id: bytes
+    issuance_index: int
+    suspect_sha256: bytes
+
+
 class PreparedEntry(NamedTuple):
-    """An entry whose encoding and signature the request thread has already checked."""
+    """An entry whose encoding and signature the request thread has already checked (for an
+    attribution also the issuance it opens); exactly one of the field records is set."""
 
     data: bytes
     leaf_hash: bytes
     kind: str
     issuance: IssuanceFields | None = None
     registration: RegistrationFields | None = None
+    attribution: AttributionFields | None = None
 
 
 class Appended(NamedTuple):
@@ -262,6 +273,8 @@ class Sequencer:
                     for issuer in group.new_issuers.values():
                         tx.add_issuer(issuer)
                     tx.add_issuances(group.issuances)
+                    if group.attributions:
+                        tx.add_attributions(group.attributions)
                     tx.add_nodes(rng.extend([row[1] for row in group.leaves]))
                     self._add_checkpoint(tx)
         except BaseException:
@@ -328,7 +341,8 @@ class _Group:
     """One commit's state while its units are sequenced: the next index, every leaf hash already
     stored or given an index in this commit, the issuers read so far, and the new rows."""
 
-    __slots__ = ("tx", "size", "existing", "known", "issuers", "new_issuers", "leaves", "issuances", "refused")
+    __slots__ = ("tx", "size", "existing", "known", "issuers", "new_issuers", "leaves", "issuances", "attributions",
+                 "refused")
 
     def __init__(self, tx: WriteTxn, size: int, existing: dict[bytes, int], known: dict[bytes, IssuerRecord]) -> None:
         self.tx = tx
@@ -340,6 +354,7 @@ class _Group:
         self.new_issuers: dict[bytes, IssuerRecord] = {}
         self.leaves: list[LeafRow] = []
         self.issuances: list[IssuanceRow] = []
+        self.attributions: list[AttributionRow] = []
 
     def sequence(self, units: Sequence[Sequence[PreparedEntry]]) -> list[list[Appended] | Refusal]:
         """Each unit's indices, or its refusal (a refused unit leaves no trace in the group)."""
@@ -371,28 +386,33 @@ def _sequence_unit(unit: Sequence[PreparedEntry], group: _Group) -> list[Appende
 
     The writer runs this for every entry on the serial path, so rows are plain tuples (an
     issuance row is its index and its IssuanceFields, in order) and the common case, an issuance
-    of an issuer already looked up, costs a few dict look-ups.
+    of an issuer already looked up, costs a few dict look-ups. An attribution's signer is checked
+    as an issuance's issuer is (the issuance it opens was read from the store, whose leaves never
+    change, by the request thread).
     """
     existing, issuers, issuer = group.existing, group.issuers, group.issuer
     registering: dict[bytes, bytes] = {}
-    for _, h, _, f, r in unit:
+    for _, h, _, f, r, a in unit:
         if h in existing:
             continue
         if f is not None:
             kid = f.issuer_key_id
-            iss = issuers[kid] if kid in issuers else issuer(kid)
-            if iss is None:
-                raise Refusal(403, "unknown_issuer", f"issuer {kid.hex()} is not registered")
-            if iss.revoked_at is not None:
-                raise Refusal(403, "revoked_issuer", f"issuer {kid.hex()} was revoked")
-        elif r is not None:
-            if issuer(r.key_id) is not None or registering.setdefault(r.key_id, h) != h:
+        elif a is not None:
+            kid = a.issuer_key_id
+        else:
+            if r is not None and (issuer(r.key_id) is not None or registering.setdefault(r.key_id, h) != h):
                 raise Refusal(409, "issuer_exists",
                                      f"issuer {r.key_id.hex()} is already registered with a different registration entry")
+            continue
+        iss = issuers[kid] if kid in issuers else issuer(kid)
+        if iss is None:
+            raise Refusal(403, "unknown_issuer", f"issuer {kid.hex()} is not registered")
+        if iss.revoked_at is not None:
+            raise Refusal(403, "revoked_issuer", f"issuer {kid.hex()} was revoked")
     out: list[Appended] = []
     leaves, issuances = group.leaves, group.issuances
     index = group.size + len(leaves)
-    for data, h, kind, f, r in unit:
+    for data, h, kind, f, r, a in unit:
         known = existing.get(h)
         if known is not None:
             out.append(Appended(known, h, False))
@@ -404,6 +424,8 @@ def _sequence_unit(unit: Sequence[PreparedEntry], group: _Group) -> list[Appende
         elif r is not None:
             group.new_issuers[r.key_id] = issuers[r.key_id] = IssuerRecord(r.key_id, r.public_key, r.name, index,
                                                                           r.registered_at)
+        elif a is not None:
+            group.attributions.append((index, *a))
         out.append(Appended(index, h, True))
         index += 1
     return out

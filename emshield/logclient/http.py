@@ -91,6 +91,24 @@ class IssuanceLookup:
 
 
 @dataclass(frozen=True)
+class AttributionHit:
+    """An attribution entry the log indexed (spec/api.md, GET /v1/attributions): its leaf, not
+    yet checked (decode it, verify its signature and inclusion before relying on it)."""
+
+    index: int
+    leaf_hash: bytes
+    leaf: bytes
+    issuer_key_id: bytes
+    issuance_index: int
+
+
+@dataclass(frozen=True)
+class AttributionLookup:
+    hits: list[AttributionHit]
+    truncated: bool  # the server had more hits than it returned
+
+
+@dataclass(frozen=True)
 class IssuerInfo:
     key_id: bytes
     public_key: bytes
@@ -283,6 +301,25 @@ class LogClient:
                 for h in _get(body, "issuances", list)]
         return IssuanceLookup(hits, _get(body, "truncated", bool))
 
+    def attributions(self, *, suspect_sha256: bytes | None = None,
+                     issuance_index: int | None = None) -> list[AttributionHit]:
+        """Attribution entries by exactly one of the suspect file's SHA-256 and the attributed
+        issuance's leaf index (the server caps the number returned)."""
+        return self.attribution_lookup(suspect_sha256=suspect_sha256, issuance_index=issuance_index).hits
+
+    def attribution_lookup(self, *, suspect_sha256: bytes | None = None,
+                           issuance_index: int | None = None) -> AttributionLookup:
+        """Like :meth:`attributions`, with the server's ``truncated`` flag (more hits than it returns)."""
+        if (suspect_sha256 is None) == (issuance_index is None):
+            raise ValueError("give exactly one of suspect_sha256, issuance_index")
+        params = ({"suspect_sha256": bytes(suspect_sha256).hex()} if suspect_sha256 is not None
+                  else {"issuance_index": str(int(issuance_index))})  # type: ignore[arg-type]
+        body = self._json("GET", "/v1/attributions", params=params)
+        hits = [AttributionHit(_int(h, "index"), _b64(h, "leaf_hash", merkle.HASH_SIZE), _b64(h, "leaf"),
+                               _hexfield(h, "issuer_key_id"), _int(h, "issuance_index"))
+                for h in _get(body, "attributions", list)]
+        return AttributionLookup(hits, _get(body, "truncated", bool))
+
     def issuers(self) -> list[IssuerInfo]:
         return [_issuer(i) for i in _get(self._json("GET", "/v1/issuers"), "issuers", list)]
 
@@ -298,7 +335,7 @@ class LogClient:
     # -- writes ---------------------------------------------------------------------------------
 
     def append(self, entry: bytes) -> AppendResult:
-        """Append one encoded issuance entry; returns once it is durable (and in a checkpoint)."""
+        """Append one encoded issuance or attribution entry; returns once it is durable (and in a checkpoint)."""
         return _append_result(self._json("POST", "/v1/entries", data=entry, content_type=CBOR))
 
     def append_batch(self, entries: Sequence[bytes]) -> list[AppendResult]:

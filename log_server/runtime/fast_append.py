@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl
 from emshield.tlog.entry import MAX_ENTRY_SIZE
 from emshield.wsgi_body import read_body
 
-from ..admission import RegisteredIssuers, prepare_issuance
+from ..admission import RegisteredIssuers, prepare_entry
 from ..errors import INTERNAL_ERROR, Refusal, error_json, json_bytes
 from ..params import CBOR, only_params
 from ..records import appended_json
@@ -62,5 +62,5 @@ class AppendFastPath:
         if query:
             only_params(parse_qsl(query, keep_blank_values=True))
         body = read_body(environ, MAX_ENTRY_SIZE, CBOR)
-        (done,) = self.sequencer.submit([prepare_issuance(body, self.issuers)])
+        (done,) = self.sequencer.submit([prepare_entry(body, self.issuers)])
         return (201 if done.created else 200), json_bytes(appended_json(done))

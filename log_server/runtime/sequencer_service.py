@@ -18,10 +18,12 @@ store (`socket_dir_base`; the temp directory if the path would be too long there
 removes those of this user whose server process is gone (`reclaim_stale_socket_dirs`).
 
 Wire format (both ends are in this module): every message is a 4-byte big-endian length, then a
-CBOR array. Request: one unit, [* [data, leaf_hash, kind, issuance / null, registration / null]],
+CBOR array. Request: one unit, [* [data, leaf_hash, kind, issuance / null, registration / null,
+attribution / null]],
 issuance = [issuer_key_id, device_uuid, watermark_commitment / null, fingerprint_hash / null,
 watermark_key / null, fingerprint_key / null, device_key] (IssuanceFields),
-registration = [key_id, public_key, name, registered_at]. Answer: [0, [* index], created] for
+registration = [key_id, public_key, name, registered_at],
+attribution = [issuer_key_id, issuance_index, suspect_sha256] (AttributionFields). Answer: [0, [* index], created] for
 appended (created: one byte per entry, 1 if this request added it, 0 if it was logged already),
 [1, status, code, detail] for refused, [2, message] for a storage failure.
 """
@@ -51,7 +53,7 @@ import cbor2
 
 from ..config import open_sequencer
 from ..errors import Refusal, SequencerUnavailable
-from ..sequencer import Appended, IssuanceFields, PreparedEntry, RegistrationFields, Sequencer
+from ..sequencer import Appended, AttributionFields, IssuanceFields, PreparedEntry, RegistrationFields, Sequencer
 from ..storage import is_postgres
 from .gc_tuning import settle_after_startup
 
@@ -75,8 +77,9 @@ def _decode_unit(items: list) -> list[PreparedEntry]:
     # The unpacking checks the outer arity, so tuple.__new__ builds the PreparedEntry (its own
     # constructor costs twice as much); the field records keep theirs, which check their arity.
     return [_new(PreparedEntry, (data, leaf_hash, kind, None if iss is None else IssuanceFields(*iss),
-                                 None if reg is None else RegistrationFields(*reg)))
-            for data, leaf_hash, kind, iss, reg in items]
+                                 None if reg is None else RegistrationFields(*reg),
+                                 None if att is None else AttributionFields(*att)))
+            for data, leaf_hash, kind, iss, reg, att in items]
 
 
 _new = tuple.__new__

@@ -12,10 +12,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .interface import (
+    ATTRIBUTION_LOOKUP_FIELDS,
     ISSUANCE_KEYS,
     ISSUER_EPOCH_META_KEY,
     LOOKUP_FIELDS,
     SCHEMA_VERSION,
+    AttributionIndex,
+    AttributionRow,
     DuplicateLeaf,
     IssuanceIndex,
     IssuanceRow,
@@ -37,7 +40,7 @@ from .interface import (
 from .sqlite import SqliteStore
 
 __all__ = [
-    "ISSUANCE_KEYS", "ISSUER_EPOCH_META_KEY", "LOOKUP_FIELDS", "SCHEMA_VERSION", "DuplicateLeaf", "IssuanceIndex",
+    "ATTRIBUTION_LOOKUP_FIELDS", "AttributionIndex", "AttributionRow", "ISSUANCE_KEYS", "ISSUER_EPOCH_META_KEY", "LOOKUP_FIELDS", "SCHEMA_VERSION", "DuplicateLeaf", "IssuanceIndex",
     "IssuanceRow", "IssuerRecord", "LeafRecord", "LeafRow", "LogStore", "NodeID", "RoleLock", "SqliteStore",
     "StoreError", "StoreUnavailable", "StoredCheckpoint", "TreeHead", "WriteCtx", "WriteTxn", "blob_key", "check_url", "create_store",
     "device_key",

@@ -23,6 +23,10 @@ What is kept, and why:
   Schema version 2 indexes the issuance look-ups by 64-bit integer prefixes of the values
   (`blob_key`, `device_key`) instead of the values themselves, and every look-up also compares
   the full value: see `ISSUANCE_KEYS`.
+- `attributions`: attribution entries (spec/entry.md) indexed by the suspect file's SHA-256 and by
+  the leaf index of the issuance they attribute, written with the leaf like the issuance index.
+  (Added to schema version 2 in place, as the cosignatures were to version 1: a store without the
+  table gets it, empty, when it is opened; no attribution could have been logged before it.)
 - `side_records`: bytes published beside a leaf (outside the tree) whose hash the leaf commits to.
 - `cosignatures`: witness cosignatures of stored checkpoints (spec/witness.md).
 - `meta`: the schema version, the origin, the operator credential's hash, the issuer epoch.
@@ -82,6 +86,15 @@ class IssuerRecord:
     revocation_reason: str | None = None
 
 
+class AttributionIndex(NamedTuple):
+    """The searchable fields of one attribution entry, in the order of the `attributions` columns."""
+
+    leaf_index: int
+    issuer_key_id: bytes
+    issuance_index: int
+    suspect_sha256: bytes
+
+
 class IssuanceIndex(NamedTuple):
     """The searchable fields of one issuance entry, in the order of the `issuances` columns (a
     row, like `LeafRecord`)."""
@@ -119,6 +132,9 @@ LeafRow = tuple[int, bytes, bytes, str]  # (index, leaf_hash, data, kind): a Lea
 IssuanceRow = tuple[int, bytes, str, bytes | None, bytes | None, int | None, int | None, int]
 
 LOOKUP_FIELDS = ("watermark_commitment", "fingerprint_hash", "device_uuid")
+# (leaf_idx, issuer_key_id, issuance_idx, suspect_sha256): the AttributionIndex fields in order
+AttributionRow = tuple[int, bytes, int, bytes]
+ATTRIBUTION_LOOKUP_FIELDS = ("suspect_sha256", "issuance_index")
 
 
 def blob_key(value: object) -> int | None:
@@ -175,6 +191,7 @@ class WriteTxn(Protocol):
     # Issuance rows carry their index keys (`blob_key`, `device_key` of the values: IssuanceFields.of).
     def add_issuances(self, rows: Sequence[IssuanceRow]) -> None: ...
     def add_issuer(self, issuer: IssuerRecord) -> None: ...
+    def add_attributions(self, rows: Sequence[AttributionRow]) -> None: ...
     def add_nodes(self, nodes: Sequence[tuple[NodeID, bytes]]) -> None: ...
     def add_checkpoint(self, cp: StoredCheckpoint, border: bytes | None = None) -> None: ...
     def revoke_issuer(self, key_id: bytes, at: float, reason: str) -> None: ...
@@ -201,6 +218,8 @@ class LogStore(Protocol):
     def issuer(self, key_id: bytes) -> IssuerRecord | None: ...
     def issuers(self) -> list[IssuerRecord]: ...
     def issuances(self, field: str, value: bytes | str, limit: int) -> list[IssuanceIndex]: ...
+    # field: one of ATTRIBUTION_LOOKUP_FIELDS (value: 32 bytes, or a leaf index); in leaf order
+    def attributions(self, field: str, value: bytes | int, limit: int) -> list[AttributionIndex]: ...
     def side_record(self, leaf_index: int) -> bytes | None: ...
     def role_lock(self, role: str) -> RoleLock: ...
     def describe(self) -> str: ...  # where the store is, for messages (never a password)
@@ -240,6 +259,21 @@ def issuance_rows(rows: Iterable[tuple]) -> list[IssuanceIndex]:
     """(leaf_idx, issuer_key_id, device_uuid, watermark_commitment, fingerprint_hash) rows."""
     return [IssuanceIndex(i, bytes(k), d, None if w is None else bytes(w), None if f is None else bytes(f))
             for i, k, d, w, f in rows]
+
+
+def attribution_rows(rows: Iterable[tuple]) -> list[AttributionIndex]:
+    """(leaf_idx, issuer_key_id, issuance_idx, suspect_sha256) rows."""
+    return [AttributionIndex(i, bytes(k), j, bytes(h)) for i, k, j, h in rows]
+
+
+def attribution_query(field: str) -> str:
+    """Both stores' look-up of attributions by ``field`` (one parameter for the value, one for the
+    limit, in the store's paramstyle "{}"), in leaf order."""
+    column = {"suspect_sha256": "suspect_sha256", "issuance_index": "issuance_idx"}.get(field)
+    if column is None:
+        raise ValueError(f"cannot look attributions up by {field!r}")
+    return ("SELECT leaf_idx, issuer_key_id, issuance_idx, suspect_sha256 FROM attributions"
+            f" WHERE {column} = {{}} ORDER BY leaf_idx LIMIT {{}}")
 
 
 def cosignature_rows(rows: Iterable[tuple]) -> list[tuple[str, bytes, bytes]]:

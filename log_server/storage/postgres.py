@@ -43,6 +43,8 @@ from .interface import (
     ISSUER_EPOCH_META_KEY,
     LOOKUP_FIELDS,
     SCHEMA_VERSION,
+    AttributionIndex,
+    AttributionRow,
     DuplicateLeaf,
     IssuanceIndex,
     IssuanceRow,
@@ -55,6 +57,8 @@ from .interface import (
     StoreUnavailable,
     TreeHead,
     WriteTxn,
+    attribution_query,
+    attribution_rows,
     checkpoint_row,
     cosignature_rows,
     issuance_rows,
@@ -134,12 +138,27 @@ CREATE TABLE cosignatures(
 )
 """
 
+# Attribution entries by suspect SHA-256 and by attributed issuance (interface.py). Added to schema
+# version 2 in place: a store without them gets them, empty, when it is opened (`_add_attributions`).
+_ATTRIBUTIONS = """
+CREATE TABLE IF NOT EXISTS attributions(
+    leaf_idx bigint PRIMARY KEY REFERENCES leaves(idx),
+    issuer_key_id bytea NOT NULL REFERENCES issuers(key_id),
+    issuance_idx bigint NOT NULL REFERENCES leaves(idx),
+    suspect_sha256 bytea NOT NULL
+);
+CREATE INDEX IF NOT EXISTS attributions_by_suspect ON attributions(suspect_sha256, leaf_idx);
+CREATE INDEX IF NOT EXISTS attributions_by_issuance ON attributions(issuance_idx, leaf_idx)
+"""
+
 # Rows go in by binary COPY: psycopg formats them in C, and the server parses no SQL per row
 # (multi-row INSERTs of arrays cost several times more client CPU per commit: adapting the arrays).
 _COPY_LEAVES = ("COPY leaves(idx, leaf_hash, data, kind) FROM STDIN (FORMAT BINARY)", ("int8", "bytea", "bytea", "text"))
 _COPY_ISSUANCES = ("COPY issuances(leaf_idx, issuer_key_id, device_uuid, watermark_commitment, fingerprint_hash,"
                    " watermark_key, fingerprint_key, device_key) FROM STDIN (FORMAT BINARY)",
                    ("int8", "bytea", "text", "bytea", "bytea", "int8", "int8", "int8"))
+_COPY_ATTRIBUTIONS = ("COPY attributions(leaf_idx, issuer_key_id, issuance_idx, suspect_sha256) FROM STDIN"
+                      " (FORMAT BINARY)", ("int8", "bytea", "int8", "bytea"))
 _COPY_NODES = ("COPY nodes(level, idx, hash) FROM STDIN (FORMAT BINARY)", ("int4", "int8", "bytea"))
 _LEAF_HASH_UNIQUE = "leaves_leaf_hash_key"
 # The nodes of a proof in one statement: leaf hashes by the leaves' primary key, inner nodes by a
@@ -199,6 +218,18 @@ class PostgresStore:
         if conn.execute("SHOW fsync").fetchone()[0] != "on":
             raise StoreError(f"{self.describe()}: the PostgreSQL server runs with fsync=off, so a crash could lose"
                              " acknowledged entries; the log refuses such a server")
+        if conn.execute("SELECT to_regclass('attributions') IS NULL").fetchone()[0]:
+            self._add_attributions()
+
+    def _add_attributions(self) -> None:
+        """Give a store created before attributions their table, in one transaction under the
+        sequencer lock (several hosts may open it at once: one adds it, the others find it there)."""
+        try:
+            with self.write():
+                for statement in _ATTRIBUTIONS.split(";"):
+                    self._conn().execute(statement)
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.describe()}: cannot add the attributions table: {_first_line(exc)}") from None
 
     @classmethod
     def create(cls, url: str, meta: Mapping[str, bytes]) -> PostgresStore:
@@ -216,7 +247,7 @@ class PostgresStore:
                 if taken:
                     raise StoreError(f"{_describe(url)} already has a table {taken[0]!r}; refusing to overwrite a"
                                      " log store (use an empty database or schema)")
-                for statement in _SCHEMA.split(";"):
+                for statement in [*_SCHEMA.split(";"), *_ATTRIBUTIONS.split(";")]:
                     conn.execute(statement)
                 conn.execute("INSERT INTO meta(key, value) VALUES ('schema_version', %s)", (str(SCHEMA_VERSION).encode(),))
                 for key, value in meta.items():
@@ -320,6 +351,9 @@ class PostgresStore:
             "SELECT leaf_idx, issuer_key_id, device_uuid, watermark_commitment, fingerprint_hash FROM issuances"
             f" WHERE {column} = %s AND {field} = %s ORDER BY leaf_idx LIMIT %s", (key(value), value, limit))
         return issuance_rows(rows)
+
+    def attributions(self, field: str, value: bytes | int, limit: int) -> list[AttributionIndex]:
+        return attribution_rows(self._all_rows(attribution_query(field).format("%s", "%s"), (value, limit)))
 
     def side_record(self, leaf_index: int) -> bytes | None:
         row = self._one("SELECT data FROM side_records WHERE leaf_idx = %s", (leaf_index,))
@@ -457,6 +491,10 @@ class _PgTxn:
     def add_issuances(self, rows: Sequence[IssuanceRow]) -> None:
         if rows:
             _copy_rows(self._c, _COPY_ISSUANCES, rows, "issuances")
+
+    def add_attributions(self, rows: Sequence[AttributionRow]) -> None:
+        if rows:
+            _copy_rows(self._c, _COPY_ATTRIBUTIONS, rows, "attributions")
 
     def add_issuer(self, issuer: IssuerRecord) -> None:
         self._c.execute(f"INSERT INTO issuers({ISSUER_COLS}) VALUES (%s, %s, %s, %s, %s, %s, %s)",

@@ -34,6 +34,8 @@ from .interface import (
     ISSUER_EPOCH_META_KEY,
     LOOKUP_FIELDS,
     SCHEMA_VERSION,
+    AttributionIndex,
+    AttributionRow,
     DuplicateLeaf,
     IssuanceIndex,
     IssuanceRow,
@@ -45,6 +47,8 @@ from .interface import (
     StoreError,
     TreeHead,
     WriteTxn,
+    attribution_query,
+    attribution_rows,
     blob_key,
     device_key,
     checkpoint_row,
@@ -83,6 +87,19 @@ CREATE TABLE IF NOT EXISTS cosignatures(
     received_at REAL NOT NULL,
     PRIMARY KEY(size, name, key_id)
 ) WITHOUT ROWID"""
+
+# Attribution entries by suspect SHA-256 and by attributed issuance (interface.py). Added to schema
+# version 2 in place: a store without them gets them, empty, when it is opened (`_upgrade`).
+_ATTRIBUTIONS = """
+CREATE TABLE IF NOT EXISTS attributions(
+    leaf_idx INTEGER PRIMARY KEY REFERENCES leaves(idx),
+    issuer_key_id BLOB NOT NULL REFERENCES issuers(key_id),
+    issuance_idx INTEGER NOT NULL REFERENCES leaves(idx),
+    suspect_sha256 BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS attributions_by_suspect ON attributions(suspect_sha256);
+CREATE INDEX IF NOT EXISTS attributions_by_issuance ON attributions(issuance_idx)
+"""
 
 # The border column came after schema version 1 shipped: a version-1 store without it gets it in
 # the upgrade to version 2.
@@ -230,6 +247,7 @@ _INSERT_LEAVES = ("INSERT INTO leaves(idx, leaf_hash, data, kind)", 4)
 _INSERT_ISSUANCES = ("INSERT INTO issuances(leaf_idx, issuer_key_id, device_uuid, watermark_commitment,"
                      " fingerprint_hash, watermark_key, fingerprint_key, device_key)", 8)
 _INSERT_NODES = ("INSERT INTO nodes(level, idx, hash)", 3)
+_INSERT_ATTRIBUTIONS = ("INSERT INTO attributions(leaf_idx, issuer_key_id, issuance_idx, suspect_sha256)", 4)
 
 
 def _pow2_at_least(n: int) -> int:
@@ -331,6 +349,9 @@ class _SqliteTxn:
 
     def add_issuances(self, rows: Sequence[IssuanceRow]) -> None:
         _insert_rows(self._c, _INSERT_ISSUANCES, rows)
+
+    def add_attributions(self, rows: Sequence[AttributionRow]) -> None:
+        _insert_rows(self._c, _INSERT_ATTRIBUTIONS, rows)
 
     def add_issuer(self, issuer: IssuerRecord) -> None:
         self._c.execute(
@@ -560,7 +581,8 @@ def _create_file(p: Path, meta: Mapping[str, bytes]) -> None:
         if conn.execute("PRAGMA page_size").fetchone()[0] != PAGE_SIZE:
             raise StoreError(f"{p}: SQLite did not create the store with {PAGE_SIZE}-byte pages")
         conn.execute("BEGIN IMMEDIATE")
-        for statement in [*_SCHEMA.split(";"), _COSIGNATURES]:  # not executescript(): it would COMMIT first
+        # not executescript(): it would COMMIT first
+        for statement in [*_SCHEMA.split(";"), _COSIGNATURES, *_ATTRIBUTIONS.split(";")]:
             if statement.strip():
                 conn.execute(statement)
         conn.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION).encode(),))
@@ -596,15 +618,16 @@ class SqliteStore:
 
     def _has_later_additions(self) -> bool:
         """Whether the cosignatures table and the checkpoints' border column (added to version 1
-        after it shipped) are there."""
+        after it shipped) and the attributions table (added to version 2) are there."""
         return self._conn().execute(
-            "SELECT (SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'cosignatures')"
-            " + (SELECT count(*) FROM pragma_table_info('checkpoints') WHERE name = 'border')").fetchone()[0] == 2
+            "SELECT (SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('cosignatures', 'attributions'))"
+            " + (SELECT count(*) FROM pragma_table_info('checkpoints') WHERE name = 'border')").fetchone()[0] == 3
 
     def _upgrade(self) -> None:
         """Bring an older store up to date in ONE write transaction: all of it or none.
 
-        A version-1 store gets the later additions it lacks and the issuance keys of version 2.
+        A version-1 store gets the later additions it lacks and the issuance keys of version 2; a
+        version-2 store the attributions table if it lacks it.
         Several processes may open the store at once: the write lock lets one upgrade, and the
         others find it done once they hold the lock. Processes of a version-1 server must be
         stopped first (they would keep inserting issuances without keys, which look-ups then miss).
@@ -613,6 +636,8 @@ class SqliteStore:
         with self.write():
             version = self._schema_version()  # again under the lock: another process may have upgraded it
             conn.execute(_COSIGNATURES)
+            for statement in _ATTRIBUTIONS.split(";"):
+                conn.execute(statement)
             if conn.execute("SELECT 1 FROM pragma_table_info('checkpoints') WHERE name = 'border'").fetchone() is None:
                 conn.execute(_CHECKPOINT_BORDER)
             if version == 1:
@@ -736,6 +761,9 @@ class SqliteStore:
             "SELECT leaf_idx, issuer_key_id, device_uuid, watermark_commitment, fingerprint_hash FROM issuances"
             f" WHERE {column} = ? AND {field} = ? ORDER BY leaf_idx LIMIT ?", (key(value), value, limit))
         return issuance_rows(rows)
+
+    def attributions(self, field: str, value: bytes | int, limit: int) -> list[AttributionIndex]:
+        return attribution_rows(self._conn().execute(attribution_query(field).format("?", "?"), (value, limit)))
 
     def side_record(self, leaf_index: int) -> bytes | None:
         row = self._conn().execute("SELECT data FROM side_records WHERE leaf_idx=?", (leaf_index,)).fetchone()

@@ -104,11 +104,11 @@ def _unknown_entry(db: Path) -> int:
     from log_server.sequencer import PreparedEntry
     from log_server.state import EXTENSION
 
-    data = cbor2.dumps({"v": 1, "type": "attribution", "note": "a future entry type", "opens": 5}, canonical=True)
+    data = cbor2.dumps({"v": 1, "type": "issuer-key-rotation", "note": "a future entry type", "opens": 5}, canonical=True)
     app = create_app(ServerConfig(store=db))
     state = app.extensions[EXTENSION]
     try:
-        (result,) = state.sequencer.integrate([[PreparedEntry(data, merkle.leaf_hash(data), "attribution")]])
+        (result,) = state.sequencer.integrate([[PreparedEntry(data, merkle.leaf_hash(data), "issuer-key-rotation")]])
         assert not isinstance(result, Exception), result
         return result[0].index
     finally:

@@ -138,9 +138,9 @@ def test_honest_log_every_check_is_green(env, open_page) -> None:
     entry = checks(page, "#entry")
     assert entry["entry-inclusion"][0] == "pass"
     assert entry["entry-signature"][0] == "skip" and "unknown" in entry["entry-signature"][1]
-    assert "attribution" in page.text_content("#entry-unknown")
+    assert "issuer-key-rotation" in page.text_content("#entry-unknown")
     page.wait_for_selector("#other-table")
-    assert "attribution" in page.text_content("#other-table")
+    assert "issuer-key-rotation" in page.text_content("#other-table")
     page.screenshot(path=str(SHOTS / "unknown-entry.png"), full_page=True)
 
     page.fill("#consistency-first", "5")

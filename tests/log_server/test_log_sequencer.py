@@ -117,3 +117,22 @@ def test_request_threads_compute_the_index_keys_the_store_defines() -> None:
         fields = issuance_fields(entry)
         assert fields == IssuanceFields.of(entry.issuer_key_id, str(uuid.UUID(bytes=device)), wm, fp)
         assert fields.device_key == int.from_bytes(device[:8], "big", signed=True)
+
+
+def test_an_attribution_whose_signer_was_revoked_after_admission_is_refused_at_commit(log) -> None:
+    """Attributions get the issuance's commit-time issuer check: admitted by the request thread,
+    then the signer revoked, the commit refuses it (403) and stores nothing of it."""
+    from _kit.attributions import attribution, secret_issuance
+    from log_server.admission import prepare_entry
+
+    store, seq = log
+    issuers = RegisteredIssuers(store)
+    first = secret_issuance(KEY, 1)
+    (done,) = seq.submit([prepare_entry(first.leaf, issuers)])
+    prepared = prepare_entry(attribution(KEY, done.index, first.leaf_hash, first.key), issuers)
+    assert prepared.kind == "attribution" and prepared.attribution.issuance_index == done.index
+    with store.write() as tx:
+        tx.revoke_issuer(E.issuer_key_id(PUB), time.time(), "test")
+    (outcome,) = seq.integrate([[prepared]])
+    assert isinstance(outcome, Refusal) and outcome.code == "revoked_issuer"
+    assert _latest_checkpoint_size(store) == 2 and store.attributions("issuance_index", done.index, 10) == []
