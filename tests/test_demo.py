@@ -1,6 +1,8 @@
 """`./run demo` end to end on the tiny fixture model: every stage runs, the core beats the majority
 answer on held-out records and answers the showcase prompt right, and the leaked model is traced to
-the device that leaked it, and to no other."""
+the device that leaked it, and to no other; a copy with its public mark stripped with the published
+parameters, and a two-device average, are traced by the secret tier to their devices only, and
+proven by disclosure to emshield-verify."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ def test_demo_traces_the_leaked_model_to_its_device(tmp_path: Path) -> None:
                          capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert out.returncode == 0, out.stdout + out.stderr
     stages = re.findall(r"^\[(\d+)/(\d+)\] (.*?): ok ", out.stdout, re.M)
-    assert [int(i) for i, _, _ in stages] == list(range(1, 11)), out.stdout
+    assert [int(i) for i, _, _ in stages] == list(range(1, 14)), out.stdout
     assert "WRONG" not in out.stdout and "Demo complete" in out.stdout
     acc = re.search(r"held-out accuracy on (\d+) records: bare ([\d.]+), adapted ([\d.]+), marked ([\d.]+) "
                     r"\(device 0's issued core\); majority answer ([\d.]+)", out.stdout)
@@ -29,13 +31,22 @@ def test_demo_traces_the_leaked_model_to_its_device(tmp_path: Path) -> None:
     issued = re.findall(rf"device ({UUID}) → log index (\d+)", out.stdout)
     assert len({u for u, _ in issued}) == 3, out.stdout
     leaker = re.search(rf"device ({UUID})'s merged model saved", out.stdout).group(1)
-    verify = out.stdout.split("trace the leaked model with emshield-verify: ok", 1)[1].split("[10/10]", 1)[0]
+    verify = out.stdout.split("trace the leaked model with emshield-verify: ok", 1)[1].split("[10/13]", 1)[0]
     named = set(re.findall(UUID, verify))
     assert named == {leaker}, verify
     report = tmp_path / "emshield-demo-report.html"  # the forensic report, beside the cached cores
     assert f"forensic report (open it in a browser): {report}" in verify
     html = report.read_text()
     assert f"device {leaker}" in html and html.count("<svg") >= 4
+
+    uuids = [u for u, _ in issued]
+    stripper = re.search(rf"device ({UUID}) stripped its public mark", out.stdout).group(1)
+    assert stripper == uuids[2] and "public watermark not read" in out.stdout
+    disclosed = re.findall(rf"^\[(\d+)/13\].*?: ok .*?\n      emshield-verify \(no secret\): verdict 'disclosed', (.*)$",
+                           out.stdout, re.M)
+    named = {stage: set(re.findall(rf"device ({UUID}) named by disclosed key", line)) for stage, line in disclosed}
+    assert set(named) == {"11", "12"} and named["11"] == {stripper}, out.stdout
+    assert named["12"] and named["12"] <= {uuids[0], uuids[2]}, out.stdout  # at least one colluder, nobody else
 
 
 def test_a_wrong_result_is_shown_as_wrong_not_ok() -> None:

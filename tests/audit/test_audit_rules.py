@@ -65,3 +65,31 @@ def test_replay_checks_batch_signed_entries_with_one_verification_per_batch() ->
     checks = _check_chunk(entries[:5] + [changed])
     assert [c[0] for c in checks[:5]] == [None] * 5
     assert checks[5][0] == "issuance signature does not verify"
+
+
+def test_replay_checks_attributions_against_the_issuance_they_open() -> None:
+    """An attribution must name an earlier leaf by its hash, and its disclosed key must open that
+    issuance's secret-mark commitment (the log's own admission rule, re-checked by the auditor)."""
+    from _kit.attributions import attribution, secret_issuance
+
+    a, b = ed25519_key("a"), ed25519_key("b")
+    hints = {issuer_key_id(public_bytes(k)): public_bytes(k) for k in (a, b)}
+    iss = secret_issuance(a, 1)
+    base = [registration(a, "A"), registration(b, "B"), iss.leaf]
+    good = attribution(b, 2, iss.leaf_hash, iss.key)  # another registered key may sign it (a rotation)
+    assert _run([*base, good], hints).ok
+
+    def findings(extra: bytes) -> list[str]:
+        return [f.detail for f in _run([*base, extra], hints).findings]
+
+    other = secret_issuance(a, 2).key
+    (detail,) = findings(attribution(a, 2, iss.leaf_hash, other))
+    assert "does not open the secret-mark commitment" in detail
+    (detail,) = findings(attribution(a, 2, merkle.leaf_hash(base[0]), iss.key))
+    assert "not an earlier entry with the leaf hash" in detail
+    (detail,) = findings(attribution(a, 7, iss.leaf_hash, iss.key))
+    assert "not an earlier entry" in detail
+    forged = bytearray(good)
+    forged[-1] ^= 1
+    (detail,) = findings(bytes(forged))
+    assert "attribution signature does not verify" in detail

@@ -81,6 +81,9 @@ def test_a_stripped_leak_is_traced_disclosed_and_verified_by_anyone(world, tmp_p
     code, out = world.verify(suspect, backbone=True)
     assert code == 0 and out["verdict"] == "disclosed", out
     (m,) = out["disclosed"]
+    assert set(m) == {"attribution_index", "attribution_leaf_hash", "issuance_index", "issuance_leaf_hash", "device_uuid",
+                      "issuer", "issuer_key_id", "signer", "signer_key_id", "signed_by_issuing_key", "score", "p_value",
+                      "threshold_p", "terms", "disclosed_score", "attributed_at", "proofs"}  # spec/verify.md §5
     assert m["device_uuid"] == str(leaker.device) and m["issuance_index"] == leaker.index
     assert m["attribution_index"] == d["leaf_index"] and m["signed_by_issuing_key"]
     assert m["p_value"] <= 1e-6 and abs(m["score"] - m["disclosed_score"]) < 1e-3

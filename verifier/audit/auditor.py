@@ -35,7 +35,9 @@ from emshield.logclient.tiles import TileClient, TileFetchError, tile_node_reade
 from emshield import exit_codes
 from emshield.tlog import merkle
 from emshield.tlog.checkpoint import Checkpoint, CheckpointError, NoteError, NoteVerifier, verify_checkpoint
+from emshield.marking import secret
 from emshield.tlog.entry import (
+    Attribution,
     EntryError,
     Issuance,
     IssuerRegistration,
@@ -240,13 +242,15 @@ def check_history(prev: LogState, cp: Checkpoint, note: bytes, url: str, prove: 
 
 # --- replay -------------------------------------------------------------------------------------
 
-# Per entry, a worker returns (error, kind, key_id, public_key, verified):
+# Per entry, a worker returns (error, kind, key_id, public_key, verified, link):
 #   error: why the entry is invalid (strict decoding, bad self-signature) or None;
 #   key_id: the registered key id (registration) or the signer's key id (issuance);
 #   public_key: the registered key (registration only);
 #   verified: True if the signature was checked with a known key, False if the caller must still
-#   check it (an issuance whose issuer the worker had no key for).
-EntryCheck = tuple[str | None, str | None, bytes | None, bytes | None, bool]
+#   check it (an issuance whose issuer the worker had no key for);
+#   link: an issuance's secret-mark commitment (or None); for an attribution, (issuance index,
+#   issuance leaf hash, the commitment its disclosed key and nonce open), checked while folding.
+EntryCheck = tuple[str | None, str | None, bytes | None, bytes | None, bool, Any]
 
 _HINT_KEYS: dict[bytes, Ed25519PublicKey] = {}
 
@@ -271,20 +275,25 @@ def check_entry(data: bytes, verified: set | None = None) -> EntryCheck:
     try:
         signed = decode_entry(data)
     except EntryError as exc:
-        return f"malformed entry: {exc}", None, None, None, False
+        return f"malformed entry: {exc}", None, None, None, False, None
     entry = signed.entry
     if isinstance(entry, IssuerRegistration):
         pub = Ed25519PublicKey.from_public_bytes(entry.issuer_public_key)
         if not _signed_by(signed, pub):
-            return "registration self-signature does not verify", entry.TYPE, entry.key_id, None, True
-        return None, entry.TYPE, entry.key_id, entry.issuer_public_key, True
-    assert isinstance(entry, Issuance)
+            return "registration self-signature does not verify", entry.TYPE, entry.key_id, None, True, None
+        return None, entry.TYPE, entry.key_id, entry.issuer_public_key, True, None
+    if isinstance(entry, Attribution):
+        link = (entry.issuance_index, entry.issuance_leaf_hash, secret.commitment(entry.detection_nonce,
+                                                                                 entry.detection_key))
+    else:
+        assert isinstance(entry, Issuance)
+        link = entry.secret_mark_commitment
     hint = _HINT_KEYS.get(entry.issuer_key_id)
     if hint is None:
-        return None, entry.TYPE, entry.issuer_key_id, None, False
+        return None, entry.TYPE, entry.issuer_key_id, None, False, link
     if not _signed_by(signed, hint, verified):
-        return "issuance signature does not verify", entry.TYPE, entry.issuer_key_id, None, True
-    return None, entry.TYPE, entry.issuer_key_id, None, True
+        return f"{entry.TYPE} signature does not verify", entry.TYPE, entry.issuer_key_id, None, True, link
+    return None, entry.TYPE, entry.issuer_key_id, None, True, link
 
 
 def _check_chunk(entries: list[bytes]) -> list[EntryCheck]:
@@ -300,6 +309,7 @@ class _Replayer:
         self.registered: dict[bytes, tuple[int, bytes]] = {}  # key id -> (index, public key)
         self.seen: dict[bytes, int] = {}  # leaf hash -> first index
         self.leaf_hashes: list[bytes] = []
+        self.secret_commitments: dict[int, bytes] = {}  # issuance index -> its secret-mark commitment (this replay)
         self.start = 0
 
     def resume(self, prefix: ReplayedPrefix) -> None:
@@ -329,7 +339,7 @@ class _Replayer:
         first = self.seen.setdefault(lh, index)
         if first != index:
             found("duplicate_entry", f"entry {index} repeats entry {first}")
-        error, kind, key_id, pub, verified = check
+        error, kind, key_id, pub, verified, link = check
         if error is not None:
             found("bad_entry", f"entry {index}: {error}")
             return
@@ -346,7 +356,22 @@ class _Replayer:
         if reg is None:
             found("bad_entry", f"entry {index}: issuer {key_id.hex()} is not registered earlier in the log")
         elif not verified and not _signed_by(decode_entry(data), Ed25519PublicKey.from_public_bytes(reg[1])):
-            found("bad_entry", f"entry {index}: issuance signature does not verify")
+            found("bad_entry", f"entry {index}: {kind} signature does not verify")
+        if kind == Issuance.TYPE and link is not None:
+            self.secret_commitments[index] = link
+        elif kind == Attribution.TYPE:
+            self._attribution(index, link, found)
+
+    def _attribution(self, index: int, link: tuple[int, bytes, bytes], found: Callable[..., None]) -> None:
+        """The log admits an attribution only for an earlier issuance whose commitment its key opens
+        (spec/api.md); for an issuance in a prefix an earlier replay checked, the leaf hash alone."""
+        target, target_hash, opened = link
+        if target >= index or self.leaf_hashes[target] != target_hash:
+            found("bad_entry", f"entry {index}: attribution names leaf {target}, which is not an earlier entry "
+                               "with the leaf hash it gives")
+        elif target >= self.start and self.secret_commitments.get(target) != opened:
+            found("bad_entry", f"entry {index}: attribution's disclosed key does not open the secret-mark commitment "
+                               f"of the issuance at leaf {target}")
 
 
 def _check_upper_tiles(tiles: TileClient, leaf_hashes: Sequence[bytes], size: int, report: AuditReport) -> None:

@@ -332,9 +332,9 @@ class VerifiedLog:
     def attributions(self, suspect_sha256: bytes) -> tuple[list[ProvedAttribution], bool]:
         """Attribution entries the log's index returns for a suspect digest, each checked and proved,
         and whether the log said there are more than it returned. Hits beyond the checkpoint are left out."""
-        hits = _call("attributions by suspect digest", self.client.attributions, suspect_sha256=suspect_sha256)
+        lookup = _call("attributions by suspect digest", self.client.attribution_lookup, suspect_sha256=suspect_sha256)
         out = []
-        for hit in hits:
+        for hit in lookup.hits:
             if hit.index >= self.checkpoint.size:
                 continue
             what = f"attribution at leaf {hit.index}"
@@ -344,9 +344,11 @@ class VerifiedLog:
                                               f"inclusion proof at leaf {hit.index} verified against the checkpoint")
             if proved.entry.suspect_sha256 != suspect_sha256:
                 raise LogMisbehaving(f"{what}: the entry's suspect digest is not the one asked for")
+            if proved.entry.issuance_index != hit.issuance_index or proved.entry.issuer_key_id != hit.issuer_key_id:
+                raise LogMisbehaving(f"{what}: the index fields disagree with the entry")
             self._prove(hit.leaf, hit.index, what)
             out.append(proved)
-        return out, False
+        return out, lookup.truncated
 
     def issuance_at(self, index: int, leaf_hash: bytes, what: str) -> ProvedIssuance:
         """The issuance entry at ``index``, which must hash to ``leaf_hash``: signature-checked and proved."""
