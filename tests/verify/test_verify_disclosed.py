@@ -89,6 +89,21 @@ def test_a_stripped_leak_is_traced_disclosed_and_verified_by_anyone(world, tmp_p
     assert m["p_value"] <= 1e-6 and abs(m["score"] - m["disclosed_score"]) < 1e-3
     assert out["reason"].startswith("device named by disclosed key")
 
+    # a static tile mirror (no API, no index) finds the attribution by replaying the tiles
+    from _kit.logs import StaticSite, wait_for_mirror
+    from emshield.tlog.checkpoint import NoteVerifier
+
+    wait_for_mirror(world.tiles, world.client.verified_checkpoint(NoteVerifier.from_verifier_key(world.log_key)).size)
+    static = StaticSite(directory=world.tiles).start()
+    try:
+        code, mirrored = world.verify(suspect, log=static.url, backbone=True)
+    finally:
+        static.stop()
+    assert code == 0 and mirrored["verdict"] == "disclosed" and mirrored["log"]["mode"] == "static tiles", mirrored
+    assert [(x["device_uuid"], x["attribution_index"]) for x in mirrored["disclosed"]] == [(m["device_uuid"],
+                                                                                             m["attribution_index"])]
+    assert mirrored["disclosed"][0]["proofs"][f"attribution leaf {m['attribution_index']}"].startswith("full replay")
+
     # disclosing again appends nothing
     code, again = run_trace(world, keys, suspect, "--disclose")
     assert code == 0 and [(x["created"], x["leaf_index"]) for x in again["disclosures"]] == [(False, d["leaf_index"])]

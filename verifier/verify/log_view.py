@@ -51,6 +51,7 @@ from verifier.errors import LogMisbehaving, LogUnavailable, NotALog
 from verifier.witness_policy import WitnessPolicyError, verify_witnessed
 
 T = TypeVar("T")
+E = TypeVar("E", Issuance, Attribution)
 
 
 @dataclass(frozen=True)
@@ -262,15 +263,19 @@ class VerifiedLog:
         except EntryError as exc:
             raise LogMisbehaving(f"{what}: {exc} (the log must refuse such entries)") from exc
 
-    def _signed_issuance(self, signed: SignedEntry, what: str) -> tuple[Issuance, ProvedIssuer]:
+    def _signed_as(self, signed: SignedEntry, kind: type[E], what: str) -> tuple[E, ProvedIssuer]:
+        """The entry, which must be of ``kind``, and the registered issuer whose key signed it."""
         entry = signed.entry
-        if not isinstance(entry, Issuance):
-            raise LogMisbehaving(f"{what}: not an issuance entry")
+        if not isinstance(entry, kind):
+            raise LogMisbehaving(f"{what}: not an {kind.TYPE} entry")
         issuer = self.issuers().get(entry.issuer_key_id)
         if issuer is None:
             raise LogMisbehaving(f"{what}: signed by {entry.issuer_key_id.hex()}, which is not a registered issuer")
         self._check_signature(signed, issuer.verifying_key(), what)
         return entry, issuer
+
+    def _signed_issuance(self, signed: SignedEntry, what: str) -> tuple[Issuance, ProvedIssuer]:
+        return self._signed_as(signed, Issuance, what)
 
     # -- issuance look-ups ----------------------------------------------------------------------
 
@@ -319,14 +324,7 @@ class VerifiedLog:
     # -- disclosed attributions -------------------------------------------------------------------
 
     def _proved_attribution(self, index: int, data: bytes, what: str, proof: str) -> ProvedAttribution:
-        signed = self._decode(data, what)
-        entry = signed.entry
-        if not isinstance(entry, Attribution):
-            raise LogMisbehaving(f"{what}: not an attribution entry")
-        signer = self.issuers().get(entry.issuer_key_id)
-        if signer is None:
-            raise LogMisbehaving(f"{what}: signed by {entry.issuer_key_id.hex()}, which is not a registered issuer")
-        self._check_signature(signed, signer.verifying_key(), what)
+        entry, signer = self._signed_as(self._decode(data, what), Attribution, what)
         return ProvedAttribution(index, merkle.leaf_hash(data), entry, signer, proof)
 
     def attributions(self, suspect_sha256: bytes) -> tuple[list[ProvedAttribution], bool]:
