@@ -1,6 +1,7 @@
 """A served log with something of everything the explorer shows, for its page tests: two issuers
 with real marking parameters, single- and batch-signed issuances across three entry bundles, a
-published fingerprint side record, an entry of a type the explorer does not know, and a real
+published fingerprint side record, an issuance with a secret mark and an attribution that opens
+it, an entry of a type the explorer does not know, and a real
 witness cosigning every checkpoint (`emshield-log serve --witness ... --witness-quorum 1`)."""
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from emshield.tlog import entry as E
 from emshield.tlog import merkle
 from witness.cli import main as witness_cli
 
+from .attributions import attribution, secret_issuance
 from .logs import ServerProcess, ed25519_key, init_log, public_bytes
 from .witnesses import WitnessProcess
 
@@ -144,7 +146,13 @@ def explorer_log(directory: Path) -> Iterator[ExplorerLog]:
         batch = log.append(40, "Beta Labs", batch_signed=True)
         log.facts["batch_entry"] = {"index": batch[7], "device": str(device(log.next_n - 40 + 7))}
         log.facts["single_entry"] = {"index": 100 + 2, "device": str(device(100))}
-        log.wait_for_size(batch[-1] + 1)
+        marked = secret_issuance(log.keys["Acme Models"], 1)
+        issuance_index = client.append(marked.leaf).index
+        data = attribution(log.keys["Acme Models"], issuance_index, marked.leaf_hash, marked.key, b"explorer suspect",
+                           score_e6=12_345_678_901, terms=512)
+        log.facts["attribution"] = {"index": client.append(data).index, "issuance_index": issuance_index,
+                                    "suspect_sha256": hashlib.sha256(b"explorer suspect").hexdigest()}
+        log.wait_for_size(log.facts["attribution"]["index"] + 1)
         yield log
     finally:
         server.stop()

@@ -104,6 +104,9 @@ def test_honest_log_every_check_is_green(env, open_page) -> None:
     rows = {k: v for k, v in home.items() if k.startswith("inclusion:")}
     assert len(rows) == log.size() % 256 or len(rows) == 256
     assert all(s == "pass" for s, _ in rows.values())
+    attributed = page.text_content(f"#browse tr[data-leaf='{log.facts['attribution']['index']}']")
+    assert "attribution" in attributed and f"leaf {log.facts['attribution']['issuance_index']}" in attributed
+    assert "T = 12345.678901" in attributed
     page.screenshot(path=str(SHOTS / "honest-home.png"))
 
     single = log.facts["single_entry"]
@@ -132,6 +135,18 @@ def test_honest_log_every_check_is_green(env, open_page) -> None:
     assert {k: s for k, (s, _) in entry.items()} == {"entry-inclusion": "pass", "entry-signature": "pass",
                                                      "entry-side-record": "pass"}
     page.screenshot(path=str(SHOTS / "honest-entry.png"), full_page=True)
+
+    attributed = log.facts["attribution"]
+    open_entry(page, attributed["index"])
+    entry = checks(page, "#entry")
+    assert {k: s for k, (s, _) in entry.items()} == {"entry-inclusion": "pass", "entry-signature": "pass",
+                                                     "entry-side-record": "skip", "entry-opening": "pass"}, entry
+    assert f"leaf {attributed['issuance_index']}" in entry["entry-opening"][1]
+    assert "Acme Models" in entry["entry-signature"][1]
+    fields = page.text_content("#entry-fields")
+    assert "attribution" in fields and attributed["suspect_sha256"] in fields and "12345.678901 over 512 terms" in fields
+    assert page.get_attribute("#entry-attributed", "href") == f"#entry={attributed['issuance_index']}"
+    page.screenshot(path=str(SHOTS / "attribution-entry.png"), full_page=True)
 
     unknown = log.facts["unknown_index"]
     open_entry(page, unknown)

@@ -24,6 +24,7 @@ export const BATCH_SIGNATURE_LABEL = concat(utf8.encode("emshield/entry-batch-si
 const ISSUER_KEY_ID_LABEL = concat(utf8.encode("emshield/issuer-key-id/v1"), new Uint8Array([0]));
 const FINGERPRINT_LABEL = concat(utf8.encode("emshield/fingerprint/v1"), new Uint8Array([0]));
 const PARAMS_LABEL = concat(utf8.encode("emshield/marking-params/v1"), new Uint8Array([0]));
+const SECRET_COMMITMENT_LABEL = concat(utf8.encode("emshield/secret-mark-commitment/v1"), new Uint8Array([0]));
 
 export const REGISTRATION = "issuer-registration";
 export const ISSUANCE = "issuance";
@@ -51,6 +52,12 @@ export function issuerKeyId(publicKey) {
 
 export function fingerprintHash(sideRecord) {
   return sha256(concat(FINGERPRINT_LABEL, sideRecord));
+}
+
+/** The secret-tier commitment an attribution's disclosed nonce and key must open (spec/watermark.md,
+ * "Secret tier"): SHA-256(label ‖ 0x00 ‖ nonce ‖ key). */
+export function secretMarkCommitment(nonce, key) {
+  return sha256(concat(SECRET_COMMITMENT_LABEL, nonce, key));
 }
 
 export function markingParamsDigest(blob) {

@@ -4,12 +4,14 @@
 
 import { equal, toBase64, toHex, uuidText } from "../../verify/bytes.js";
 import { describe } from "../../verify/cbor.js";
-import { decodeFingerprint, fingerprintHash, ISSUANCE, markingParamsDigest, REGISTRATION } from "../../verify/entry.js";
+import {
+  ATTRIBUTION, decodeEntry, decodeFingerprint, fingerprintHash, ISSUANCE, markingParamsDigest, REGISTRATION, secretMarkCommitment,
+} from "../../verify/entry.js";
 import * as api from "../api.js";
 import { $, check, code, el, NotChecked, replace, settle, when } from "../ui.js";
 import { paramsDetails } from "./issuers.js";
 import { issuerSigned } from "./issuances.js";
-import { decode } from "./rows.js";
+import { decode, score } from "./rows.js";
 
 let shown = 0; // the latest render: an older one still finishing must not draw into the section
 
@@ -47,6 +49,11 @@ export async function renderEntry(session, index) {
   });
   const sideBox = el("div");
   settle(side, () => checkSideRecord(session, index, decoded, proved, sideBox));
+  if (decoded.entry?.type === ATTRIBUTION) {
+    const opening = check("entry-opening");
+    checks.append(opening);
+    settle(opening, () => checkOpening(session, decoded.entry, proved));
+  }
   if (decoded.entry && !decoded.entry.known) {
     proved.then(() => session.noteUnknown(index, decoded.entry, "proved"), () => session.noteUnknown(index, decoded.entry, "not proved"));
   }
@@ -75,6 +82,12 @@ function fieldsOf(decoded) {
     if (f.watermark_commitment) rows.push(["watermark commitment", code(toHex(f.watermark_commitment))]);
     if (f.fingerprint_hash) rows.push(["fingerprint hash", code(toHex(f.fingerprint_hash))]);
     rows.push(["issued at", `${when(f.issued_at)} (as the issuer states)`], ["issuer key id", code(toHex(f.issuer_key_id))]);
+  } else if (e.type === ATTRIBUTION) {
+    rows.push(["attributed issuance", el("a", { href: `#entry=${f.issuance_index}`, id: "entry-attributed" }, `leaf ${f.issuance_index}`)],
+      ["issuance leaf hash", code(toHex(f.issuance_leaf_hash))], ["suspect SHA-256", code(toHex(f.suspect_sha256))],
+      ["score T (claimed)", `${score(f.score_e6)} over ${f.terms} terms (as the issuer measured it; a verifier recomputes it)`],
+      ["detection key (disclosed)", code(toHex(f.detection_key))], ["detection nonce (disclosed)", code(toHex(f.detection_nonce))],
+      ["attributed at", `${when(f.attributed_at)} (as the issuer states)`], ["signer key id", code(toHex(f.issuer_key_id))]);
   } else {
     rows.push(["name", f.name], ["issuer public key", code(toHex(f.issuer_public_key))],
       ["registered at", `${when(f.registered_at)} (as the issuer states)`], ["marking parameters", `${f.marking_params.length} bytes`]);
@@ -95,6 +108,25 @@ async function showProof(box, proved, index) {
   } catch {
     /* the failing check says why */
   }
+}
+
+/** The attribution's disclosed nonce and key open the secret-mark commitment of the issuance it
+ * names, whose leaf is proved in the trusted tree and hashes to the attribution's issuance leaf hash. */
+async function checkOpening(session, e, proved) {
+  await proved;
+  const index = e.fields.issuance_index;
+  const bytes = await api.leaf(index);
+  const p = await session.proveLeaf(bytes, index);
+  if (!equal(p.leafHash, e.fields.issuance_leaf_hash)) throw new Error(`leaf ${index} is not the issuance the attribution names (leaf hash differs)`);
+  const issuance = decodeEntry(bytes);
+  if (issuance.type !== ISSUANCE || !issuance.known) throw new Error(`leaf ${index} is not an issuance`);
+  const want = issuance.fields.secret_mark_commitment;
+  if (!want) throw new Error(`the issuance at leaf ${index} carries no secret mark`);
+  if (!equal(await secretMarkCommitment(e.fields.detection_nonce, e.fields.detection_key), want)) {
+    throw new Error(`the disclosed key and nonce do not open the secret-mark commitment of leaf ${index}`);
+  }
+  return `the disclosed key and nonce open the secret-mark commitment of the issuance at leaf ${index} (proved); ` +
+    "whether the suspect carries the mark is for a verifier to recompute";
 }
 
 async function checkSideRecord(session, index, decoded, proved, box) {

@@ -4,7 +4,7 @@
 // against the query and against their issuer's proved registration key.
 
 import { equal, fromHex, toHex, uuidText } from "../../verify/bytes.js";
-import { ISSUANCE, verifyEntrySignature } from "../../verify/entry.js";
+import { ISSUANCE, REGISTRATION, verifyEntrySignature } from "../../verify/entry.js";
 import { proveBundle } from "../../verify/log.js";
 import { TILE_WIDTH } from "../../verify/tiles.js";
 import * as api from "../api.js";
@@ -173,7 +173,7 @@ export async function issuerSigned(session, decoded) {
   if (decoded.error) throw new Error(`malformed entry: ${decoded.error}`);
   const e = decoded.entry;
   if (!e.known) throw new NotChecked(`not checked: entry type ${JSON.stringify(e.type)} is unknown to this page`);
-  const issuer = e.type === ISSUANCE ? await session.issuer(e.fields.issuer_key_id) : null;
+  const issuer = e.type !== REGISTRATION ? await session.issuer(e.fields.issuer_key_id) : null;
   const key = issuer ? issuer.publicKey : e.fields.issuer_public_key;
   if (!(await verifyEntrySignature(e, key))) throw new Error("the issuer's signature does not verify");
   if (issuer === null) return "self-signed by the key it registers";
