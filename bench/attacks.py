@@ -19,8 +19,9 @@ the log would, and runs `emshield-verify --json` (in-process) on the result. Col
   every naming was disclosed in the log and the disclosure verified as `emshield-verify` checks
   it; T the highest presence score (named at T ≥ 5.26)
 
-Rows "strip + noise / prune at -1 pp / -5 pp": the published-parameters strip, then a blind attack
-whose strength is the smallest on a grid that costs the task at least 1 (5) accuracy points.
+Rows "strip + noise / prune": the published-parameters strip, then a blind attack at the strongest
+grid strength still within 1 accuracy point of the stripped copy, and at the weakest that costs at
+least 1 (5) points.
 
 The fixture world uses the committed recipe core (fixtures/cores/financial-lora.safetensors, all
 seven projections, 28 marked layers); `--model smollm2` uses the demo's SmolLM2 core (cached, or
@@ -511,7 +512,7 @@ def fmt(x, spec: str) -> str:
     return format(x, spec)
 
 
-NOISE_GRID = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)  # × ΔW's std per layer
+NOISE_GRID = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)  # × ΔW's std per layer
 PRUNE_GRID = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)  # fraction of ΔW's entries zeroed (smallest first)
 
 
@@ -522,20 +523,25 @@ def blind_after_strip(world: World, ev: Evaluator, stripped: dict[str, np.ndarra
     attacks = {"noise": (NOISE_GRID, lambda d, x, r: d + r.standard_normal(d.shape) * x * d.std(), "{:g}× ΔW std"),
                "prune": (PRUNE_GRID, lambda d, x, r: prune(d, x), "{:.0%} of ΔW")}
     for kind, (grid, attack, label) in attacks.items():
-        if not any(want(f"strip + {kind} (-{pp} pp)") for pp in (1, 5)):
+        if not any(want(f"strip + {kind} ({w})") for w in ("strongest within 1 pp", "-1 pp", "-5 pp")):
             continue
         found: dict[int, tuple[float, dict]] = {}
+        within: tuple[float, dict] | None = None  # the strongest grid point still within 1 pp
         for x in grid:
             r = np.random.default_rng(7)
             deltas = {n: attack(d, x, r) for n, d in stripped.items()}
             acc, _ = ev(merged_state(world, deltas))
             drop = 100 * (acc0 - acc)
             print(f"  strip + {kind} {label.format(x)}: accuracy drop {drop:+.1f} pp", file=sys.stderr, flush=True)
+            if drop < 1 and 1 not in found:
+                within = (x, deltas)
             for pp in (1, 5):
                 if pp not in found and drop >= pp:
                     found[pp] = (x, deltas)
             if 5 in found:
                 break
+        if within is not None:
+            add(f"strip + {kind} (strongest within 1 pp)", within[1], note=f"{kind} {label.format(within[0])}")
         for pp in (1, 5):
             if pp in found:
                 x, deltas = found[pp]
@@ -609,17 +615,12 @@ class _Prefix:
 
 def smollm2_core() -> tuple[Path, dict[str, LoraFactors]]:
     """SmolLM2 and the demo's core (the demo's cache, or trained once with the demo recipe)."""
-    from emshield.demo import DATASET, DEMO_RECIPE, demo_core_cache
+    from emshield.demo import demo_core
     from emshield.model.adapter import load_core
-    from emshield.model.io import backbone_id
-    from emshield.model.smollm2 import cache_root, ensure_smollm2
-    from emshield.model.train import TrainConfig, train
+    from emshield.model.smollm2 import cache_root
 
-    backbone = ensure_smollm2(progress=True)
-    cache = demo_core_cache(cache_root(), backbone_id(backbone))
-    if not (cache / "core.safetensors").is_file():
-        cfg = TrainConfig(backbone=str(backbone), dataset=str(DATASET), output_dir=str(cache), **DEMO_RECIPE)
-        train(cfg, progress=True)
+    backbone, cache, line = demo_core("smollm2", cache_root())
+    print(line, file=sys.stderr)
     return backbone, load_core(cache / "core.safetensors")
 
 

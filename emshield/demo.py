@@ -130,6 +130,34 @@ def demo_core_cache(root: Path, backbone_id: str, recipe: dict) -> Path:
     return root / "demo-cores" / key
 
 
+def demo_core(model: str, root: Path) -> tuple[Path, Path, str]:
+    """The demo's trained core for ``model`` (from its recipe): (backbone, cache folder holding
+    core.safetensors, what was done). Trained once and cached by recipe and backbone id; the
+    attack bench (bench/attacks.py) uses the same core."""
+    from dataclasses import asdict, replace
+
+    from emshield.model.backbones import resolve_backbone
+    from emshield.model.io import backbone_id
+    from emshield.model.train import TrainConfig, train
+
+    recipe = TrainConfig.from_yaml(RECIPES[model])
+    backbone = resolve_backbone(recipe.backbone, progress=True)
+    bid = backbone_id(backbone)
+    key = {k: v for k, v in asdict(recipe).items() if k != "output_dir"}
+    cache = demo_core_cache(root, bid, key)
+    core = cache / "core.safetensors"
+    command = f"emshield decouple train {RECIPES[model].relative_to(REPO)} --out {cache}"
+    if core.is_file():
+        return backbone, cache, f"reused cached core {core} (backbone {bid[:16]}…; made by `{command}`)"
+    tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    result = train(replace(recipe, output_dir=str(tmp)), progress=True)
+    shutil.rmtree(cache, ignore_errors=True)
+    tmp.rename(cache)  # publish the cache only once training finished
+    return backbone, cache, (f"`{command}`: {result.steps} steps in {result.seconds:.0f} s, loss {result.first_loss:.2f} → "
+                             f"{result.final_loss:.2f}; core cached at {core}")
+
+
 def _cpu_seconds() -> float:
     """CPU time of this process and its finished children (the servers and CLIs it ran)."""
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -176,31 +204,11 @@ class Demo:
         return f"{self.url}, verifier key {self.vkey}; signed checkpoint verified (size {cp.size})"
 
     def train_core(self) -> str:
-        from dataclasses import asdict, replace
-
-        from emshield.model.backbones import resolve_backbone
-        from emshield.model.io import backbone_id
         from emshield.model.smollm2 import cache_root
-        from emshield.model.train import TrainConfig, train
 
-        recipe = TrainConfig.from_yaml(RECIPES[self.model])
-        self.backbone = resolve_backbone(recipe.backbone, progress=True)
-        bid = backbone_id(self.backbone)
-        key = {k: v for k, v in asdict(recipe).items() if k != "output_dir"}
-        cache = self.core_cache = demo_core_cache(self.cache or cache_root(), bid, key)
-        core = cache / "core.safetensors"
-        command = f"emshield decouple train {RECIPES[self.model].relative_to(REPO)} --out {cache}"
-        if core.is_file():
-            self.core = core
-            return f"reused cached core {core} (backbone {bid[:16]}…; made by `{command}`)"
-        tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        result = train(replace(recipe, output_dir=str(tmp)), progress=True)
-        shutil.rmtree(cache, ignore_errors=True)
-        tmp.rename(cache)  # publish the cache only once training finished
-        self.core = core
-        return (f"`{command}`: {result.steps} steps in {result.seconds:.0f} s, loss {result.first_loss:.2f} → "
-                f"{result.final_loss:.2f}; core cached at {core}")
+        self.backbone, cache, line = demo_core(self.model, self.cache or cache_root())
+        self.core_cache, self.core = cache, cache / "core.safetensors"
+        return line
 
     def register_issuer(self) -> str:
         keys = _json(_cli("emshield", "issuer", "init", "--json", env=self.env))
