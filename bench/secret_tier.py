@@ -2,7 +2,7 @@
 and tracing cost, on random cores of the fixture core's shapes (28 layers of 128×128 / 64×128, r 8).
 
 `.venv/bin/python bench/secret_tier.py [--issuances 50] [--coalitions 200] [--foreign 1000]
-[--trace 10000]`. Library level: the cores are random (no task model), so attack strengths are
+[--trace 10000] [--subset 200] [--trace-only]`. Library level: the cores are random (no task model), so attack strengths are
 stated as fractions of ΔW, not as task accuracy; the fixture-task fidelity of both tiers is
 `bench/marking.py --fidelity --policy --secret-tier`.
 """
@@ -10,6 +10,7 @@ stated as fractions of ΔW, not as task accuracy; the fixture-task fidelity of b
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the test kit: cores and attacks share
 
 from _kit.cores import DELTA_RMS, int_rows, make_params, noise, prune, random_core, strip_public  # noqa: E402
 from emshield.marking import secret, watermark  # noqa: E402
+from emshield.marking.chaos import ChaosStream  # noqa: E402
 
 DIMS = [(128, 128), (64, 128)] * 14
 ISSUER = bytes(range(32))
@@ -109,23 +111,54 @@ def stripping(params, keys, deltas, rng) -> None:
               f"{np.max(others):>15.2f}", flush=True)
 
 
-def trace_cost(n: int, dims: list[tuple[int, int]], label: str) -> None:
+def _previous_rule_presence(suspect: dict, k: bytes, params) -> float:
+    """The draw rule this branch replaced (kept here only as the baseline): two chaos streams per
+    keyed layer, keyed layers from a Fisher–Yates permutation with rejection sampling."""
+    layers = params.layers
+    if len(layers) > secret.MAX_LAYERS:
+        perm = ChaosStream(k, params.backbone_id, "", secret.PURPOSE_LAYERS).permutation(len(layers))
+        layers = tuple(layers[i] for i in sorted(int(p) for p in perm[: secret.MAX_LAYERS]))
+    extra = watermark.ExtraStatistics({
+        lay.name: watermark.draw_directions(k, params.backbone_id, lay, secret.STATISTICS, secret.PURPOSE_U,
+                                            secret.PURPOSE_V) for lay in layers}, secret.TAU)
+    return secret.presence(watermark.extra_terms_from_deltas(suspect, extra)).score
+
+
+def trace_cost(n: int, dims: list[tuple[int, int]], label: str, subset: int) -> None:
     params = make_params(dims)
     rng = np.random.default_rng(1)
     suspect = {lay.name: 1e-3 * rng.standard_normal((lay.out_features, lay.in_features)).astype(np.float32)
                for lay in params.layers}
+    t0 = time.perf_counter()
     keys = [key(j, salt=7) for j in range(n)]
+    t_keys = time.perf_counter() - t0
+    prof: dict[str, float] = {}
+    t0 = time.perf_counter()
+    got = secret.scores(suspect, keys, params, profile=prof)
+    t_all = time.perf_counter() - t0
+    keyed = min(len(dims), secret.MAX_LAYERS)
+    flops = 2.0 * n * secret.STATISTICS * keyed * float(np.mean([m * k for m, k in dims]))  # u·ΔW, roughly
+    # baselines on a subset, extrapolated linearly (each costs the same per issuance)
+    sub = keys[:subset]
     secret.directions.cache_clear()
     t0 = time.perf_counter()
-    extras = [secret.directions.__wrapped__(k, params) for k in keys]
-    t_dirs = time.perf_counter() - t0
-    rows = sum(len(e.layers) for e in extras) * secret.STATISTICS
-    del extras
+    single = [secret.presence(watermark.extra_terms_from_deltas(suspect, secret.directions.__wrapped__(k, params))).score
+              for k in sub]
+    t_single = (time.perf_counter() - t0) * n / len(sub)
     t0 = time.perf_counter()
-    secret.scores(suspect, keys, params)  # draws the directions again (the cache holds 64): the whole trace
-    t_all = time.perf_counter() - t0
-    print(f"trace {label}: {n} issuances × {min(len(dims), secret.MAX_LAYERS)} keyed layers × {secret.STATISTICS} "
-          f"pairs = {rows} direction pairs: directions {t_dirs:.1f} s, whole trace {t_all:.1f} s", flush=True)
+    for k in sub:
+        _previous_rule_presence(suspect, k, params)
+    t_prev = (time.perf_counter() - t0) * n / len(sub)
+    err = float(np.max(np.abs(got[:subset] - np.array(single))))
+    print(f"trace {label}: {n} issuances × {keyed} keyed layers × {secret.STATISTICS} pairs (≈ {flops / 1e9:.0f} GFLOP "
+          f"of products)", flush=True)
+    print(f"  lock-step (secret.scores): {t_keys + t_all:.1f} s = detection keys {t_keys:.2f} s + stream set-up "
+          f"{prof['keys']:.2f} s + words {prof['words']:.2f} s + signs and products {prof['products']:.2f} s "
+          f"(≈ {flops / prof['products'] / 1e9:.0f} GFLOP/s)")
+    print(f"  baseline, one read-out per issuance (presence_from_deltas, same draw rule; {len(sub)} issuances "
+          f"timed, extrapolated to {n}): {t_single:.1f} s → ×{t_single / (t_keys + t_all):.1f}; max |ΔT| {err:.1e}")
+    print(f"  baseline, previous draw rule (two streams per layer, one read-out per issuance; {len(sub)} timed, "
+          f"extrapolated): {t_prev:.1f} s → ×{t_prev / (t_keys + t_all):.1f}", flush=True)
 
 
 def main() -> None:
@@ -134,21 +167,24 @@ def main() -> None:
     ap.add_argument("--coalitions", type=int, default=200)
     ap.add_argument("--foreign", type=int, default=1000)
     ap.add_argument("--trace", type=int, default=10_000, help="issuances for the trace cost (0: skip)")
+    ap.add_argument("--subset", type=int, default=200, help="issuances the per-issuance baselines are timed on")
+    ap.add_argument("--trace-only", action="store_true", help="skip collusion, false accusation and stripping")
     args = ap.parse_args()
-    rng = np.random.default_rng(17)
-    params = make_params(DIMS)
-    t0 = time.perf_counter()
-    core, keys, deltas = issue(args.issuances, params, rng)
-    print(f"issued one random core ({len(DIMS)} layers, r 8) to {args.issuances} devices with both tiers "
-          f"({time.perf_counter() - t0:.0f} s)")
-    collusion(params, keys, deltas, args.coalitions, rng)
-    false_accusation(params, core, deltas, args.foreign)
-    stripping(params, keys, deltas, rng)
+    if not args.trace_only:
+        rng = np.random.default_rng(17)
+        params = make_params(DIMS)
+        t0 = time.perf_counter()
+        core, keys, deltas = issue(args.issuances, params, rng)
+        print(f"issued one random core ({len(DIMS)} layers, r 8) to {args.issuances} devices with both tiers "
+              f"({time.perf_counter() - t0:.0f} s)")
+        collusion(params, keys, deltas, args.coalitions, rng)
+        false_accusation(params, core, deltas, args.foreign)
+        stripping(params, keys, deltas, rng)
     if args.trace:
-        print("== trace cost (one suspect, dense ΔW, float32; on this machine)")
-        trace_cost(args.trace, DIMS, "fixture shapes (28 layers)")
-        trace_cost(max(args.trace // 10, 1), [(576, 576), (192, 576)] * 30, "SmolLM2 q/v shapes (60 layers)")
-
+        threads = os.environ.get("OPENBLAS_NUM_THREADS", f"unset (OpenBLAS default: {os.cpu_count()} cores)")
+        print(f"== trace cost (one suspect, dense ΔW, float32; OPENBLAS_NUM_THREADS {threads})")
+        trace_cost(args.trace, DIMS, "fixture shapes (28 layers)", args.subset)
+        trace_cost(args.trace, [(576, 576), (192, 576)] * 30, "SmolLM2 q/v shapes (60 layers)", max(args.subset // 4, 1))
 
 if __name__ == "__main__":
     main()

@@ -30,6 +30,7 @@ ROTATIONS = (7, 13, 19, 29, 31, 41, 53, 59)
 # Words per context before the generator refuses: keeps the ChaCha20 32-bit block counter from wrapping.
 MAX_WORDS = (1 << 32) * 4
 _CHUNK_WORDS = 4096
+_LANE_STEPS = 256  # steps per keystream block of ChaosLanes
 
 
 def _context_bytes(fields: Sequence[str]) -> bytes:
@@ -42,21 +43,29 @@ def _context_bytes(fields: Sequence[str]) -> bytes:
     return bytes(out)
 
 
+def _seed(key: bytes, info: bytes) -> tuple[object, int, int]:
+    """(keystream encryptor, x0, s0) of one stream: the HKDF split of spec/chaos.md "Keying"."""
+    if len(key) < MIN_KEY_BYTES:
+        raise ValueError(f"chaos key must be at least {MIN_KEY_BYTES} bytes")
+    okm = HKDF(algorithm=hashes.SHA256(), length=41, salt=LABEL, info=info).derive(key)
+    keystream = Cipher(algorithms.ChaCha20(okm[:32], bytes(16)), mode=None).encryptor()
+    return keystream, int.from_bytes(okm[32:40], "big"), okm[40] % N_STATES
+
+
+def _info(backbone_id: str, layer: str, purpose: str) -> bytes:
+    return LABEL + b"\x00" + _context_bytes((backbone_id, layer, purpose))
+
+
+def _rotate_whiten(xs: np.ndarray, ss: np.ndarray, whiten: np.ndarray) -> np.ndarray:
+    rot = np.array(ROTATIONS, dtype=np.uint64)[ss.astype(np.intp)]
+    return ((xs << rot) | (xs >> (np.uint64(64) - rot))) ^ whiten
+
+
 class ChaosStream:
-    """One keyed stream for one context (backbone id, layer name, purpose)."""
+    """One keyed stream for one context (backbone id, layer name, purpose). The reference evaluation."""
 
     def __init__(self, key: bytes, backbone_id: str, layer: str, purpose: str) -> None:
-        if len(key) < MIN_KEY_BYTES:
-            raise ValueError(f"chaos key must be at least {MIN_KEY_BYTES} bytes")
-        okm = HKDF(
-            algorithm=hashes.SHA256(),
-            length=41,
-            salt=LABEL,
-            info=LABEL + b"\x00" + _context_bytes((backbone_id, layer, purpose)),
-        ).derive(key)
-        self._keystream = Cipher(algorithms.ChaCha20(okm[:32], bytes(16)), mode=None).encryptor()
-        self._x = int.from_bytes(okm[32:40], "big")
-        self._s = okm[40] % N_STATES
+        self._keystream, self._x, self._s = _seed(key, _info(backbone_id, layer, purpose))
         self._produced = 0
 
     def words(self, n: int) -> np.ndarray:
@@ -93,10 +102,7 @@ class ChaosStream:
 
     def _chunk(self, m: int) -> np.ndarray:
         xs, ss, whiten = self._steps(m)
-        xa = np.array(xs, dtype=np.uint64)
-        rot = np.array(ROTATIONS, dtype=np.uint64)[np.array(ss, dtype=np.intp)]
-        rotated = (xa << rot) | (xa >> (np.uint64(64) - rot))
-        return rotated ^ whiten
+        return _rotate_whiten(np.array(xs, dtype=np.uint64), np.array(ss, dtype=np.intp), whiten)
 
     def states(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Trace of the next n steps as (map states, machine states), for analysis; advances like words(n)."""
@@ -133,3 +139,72 @@ class ChaosStream:
             j = self.below(i + 1)
             p[i], p[j] = p[j], p[i]
         return np.array(p, dtype=np.int64)
+
+
+_M32 = np.uint64(0xFFFFFFFF)
+_HALF = np.uint64(1 << 63)
+
+
+def logistic_step(x: np.ndarray) -> np.ndarray:
+    """min(2^64 − 1, ⌊x·(2^64 − x) / 2^62⌋) for a uint64 array, without the perturbation.
+
+    numpy has no 128-bit product, so the high bits come from four 32×32-bit limb products. The
+    product x·(2^64 − x) is below 2^126 except at x = 2^63 (exactly 2^126, the clamp); at x = 0 the
+    wrapped 2^64 − x is 0, which gives the right product 0."""
+    x = np.asarray(x, dtype=np.uint64)
+    y = ~x + np.uint64(1)  # 2^64 − x mod 2^64
+    x0, x1, y0, y1 = x & _M32, x >> np.uint64(32), y & _M32, y >> np.uint64(32)
+    p00, p01, p10 = x0 * y0, x0 * y1, x1 * y0
+    mid = (p00 >> np.uint64(32)) + (p01 & _M32) + (p10 & _M32)
+    hi = x1 * y1 + (p01 >> np.uint64(32)) + (p10 >> np.uint64(32)) + (mid >> np.uint64(32))
+    lo_top = (mid & _M32) >> np.uint64(30)  # bits 62, 63 of the product
+    out = (hi << np.uint64(2)) | lo_top
+    return np.where(x == _HALF, np.uint64(MASK64), out)
+
+
+class ChaosLanes:
+    """Many ChaosStreams of one context under different keys, evaluated in lock step.
+
+    The same function as ChaosStream for every lane (spec/chaos.md): each lane keeps its own HKDF
+    seed and ChaCha20 keystream; only the serial map-and-machine loop runs once per step over all
+    lanes as numpy arrays, which is what makes tracing many issuances affordable."""
+
+    def __init__(self, keys: Sequence[bytes], backbone_id: str, layer: str, purpose: str) -> None:
+        info = _info(backbone_id, layer, purpose)
+        seeds = [_seed(key, info) for key in keys]
+        self._keystreams = [k for k, _, _ in seeds]
+        self._x = np.array([x for _, x, _ in seeds], dtype=np.uint64)
+        self._s = np.array([s for _, _, s in seeds], dtype=np.uint64)
+        self._produced = 0
+
+    def __len__(self) -> int:
+        return len(self._keystreams)
+
+    def words(self, n: int) -> np.ndarray:
+        """Next n output words of every lane: uint64 [lanes, n], row i = lane i's ChaosStream.words(n)."""
+        if n < 0:
+            raise ValueError("negative word count")
+        if self._produced + n > MAX_WORDS:
+            raise ValueError("chaos stream exhausted for this context")
+        out = np.empty((len(self), n), dtype=np.uint64)
+        for done in range(0, n, _LANE_STEPS):  # bounded keystream buffers however many lanes
+            m = min(_LANE_STEPS, n - done)
+            out[:, done:done + m] = self._block(m)
+        return out
+
+    def _block(self, m: int) -> np.ndarray:
+        zeros = bytes(16 * m)
+        ks = np.frombuffer(b"".join(k.update(zeros) for k in self._keystreams), dtype="<u8")
+        ks = ks.reshape(len(self), m, 2).transpose(1, 0, 2)  # [step, lane, (k_t, w_t)]
+        perturb = ks[:, :, 0] & np.uint64(PERTURB_MASK)
+        xs = np.empty((m, len(self)), dtype=np.uint64)
+        ss = np.empty((m, len(self)), dtype=np.uint64)
+        x, s = self._x, self._s
+        for t in range(m):  # the step of spec/chaos.md for all lanes at once
+            x = logistic_step(x) ^ perturb[t]
+            s = (np.uint64(5) * s + (x >> np.uint64(61)) + np.uint64(1)) & np.uint64(N_STATES - 1)
+            xs[t] = x
+            ss[t] = s
+        self._x, self._s = x, s
+        self._produced += m
+        return _rotate_whiten(xs, ss, ks[:, :, 1]).T

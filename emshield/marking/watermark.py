@@ -49,21 +49,25 @@ class Directions:
     def v32(self) -> np.ndarray:
         return self.v.astype(np.float32)
 
+    @classmethod
+    def from_signs(cls, u: np.ndarray, v: np.ndarray) -> Directions:
+        """Read-only directions ±1/√out, ±1/√in from sign arrays [rows, out] and [rows, in]."""
+        d = cls(u / math.sqrt(u.shape[1]), v / math.sqrt(v.shape[1]))
+        d.u.flags.writeable = False
+        d.v.flags.writeable = False
+        return d
+
 
 def draw_directions(key: bytes, backbone_id: str, layer: LayerSpec, rows: int, purpose_u: str,
                     purpose_v: str) -> Directions:
-    """``rows`` direction pairs on one layer: row-major sign draws from two chaos streams keyed by ``key``.
-
-    The one way every tier draws its directions (public: the verification key; secret tier: a
-    per-issuance detection key, spec/watermark.md "Secret tier")."""
+    """``rows`` direction pairs on one layer: row-major sign draws from two chaos streams keyed by
+    ``key`` and the layer's name (the public tier; the secret tier draws all its layers from one
+    pair of streams per issuance, emshield.marking.secret)."""
     su = ChaosStream(key, backbone_id, layer.name, purpose_u)
     sv = ChaosStream(key, backbone_id, layer.name, purpose_v)
     u = su.rademacher(rows * layer.out_features).reshape(rows, layer.out_features)
     v = sv.rademacher(rows * layer.in_features).reshape(rows, layer.in_features)
-    d = Directions(u / math.sqrt(layer.out_features), v / math.sqrt(layer.in_features))
-    d.u.flags.writeable = False
-    d.v.flags.writeable = False
-    return d
+    return Directions.from_signs(u, v)
 
 
 @functools.lru_cache(maxsize=128)

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from emshield.marking.chaos import MAX_WORDS, ChaosStream
+from emshield.marking.chaos import MASK64, MAX_WORDS, ChaosLanes, ChaosStream, logistic_step
 
 VECTORS = json.loads((Path(__file__).parents[2] / "spec/vectors/marking/chaos.json").read_text())
 KEY = bytes(range(32))
@@ -138,3 +138,33 @@ def test_permutations_are_uniform() -> None:
     assert len(counts) == 24
     chi2 = sum((c - 100) ** 2 / 100 for c in counts.values())
     assert chi2 < 49.7  # 23 degrees of freedom, p = 0.001
+
+
+def test_logistic_step_matches_integer_arithmetic_on_edges_and_random_values() -> None:
+    """The limb-emulated 128-bit product, including x = 0 (2^64 − x wraps) and the clamp at x = 2^63."""
+    edges = [0, 1, 2, 3, (1 << 62) - 1, 1 << 62, (1 << 63) - 1, 1 << 63, (1 << 63) + 1, 3 << 62,
+             (1 << 64) - 2, (1 << 64) - 1, 0xFFFFFFFF, 1 << 32, (1 << 32) + 1]
+    rng = np.random.default_rng(4)
+    values = edges + [int(v) for v in rng.integers(0, MASK64, 5000, dtype=np.uint64, endpoint=True)]
+    got = logistic_step(np.array(values, dtype=np.uint64))
+    assert [int(g) for g in got] == [min(MASK64, (x * ((1 << 64) - x)) >> 62) for x in values]
+    assert int(logistic_step(np.array([1 << 63], dtype=np.uint64))[0]) == MASK64
+
+
+def test_lanes_equal_the_serial_stream_for_every_lane() -> None:
+    """Random keys (16 to 64 bytes), contexts and call lengths, across the lanes' 256-step blocks."""
+    rng = np.random.default_rng(11)
+    for trial in range(4):
+        keys = [bytes(rng.integers(0, 256, int(rng.integers(16, 65)), dtype=np.uint8)) for _ in range(int(rng.integers(1, 40)))]
+        context = (f"bb-{trial}", ["", "layers.3.q_proj.weight", "é"][trial % 3], f"purpose-{trial}")
+        lengths = [int(n) for n in rng.integers(0, 400, 3)]
+        lanes = ChaosLanes(keys, *context)
+        got = np.hstack([lanes.words(n) for n in lengths])
+        assert got.shape == (len(keys), sum(lengths))
+        for i, key in enumerate(keys):
+            stream = ChaosStream(key, *context)
+            np.testing.assert_array_equal(got[i], np.concatenate([stream.words(n) for n in lengths]))
+    with pytest.raises(ValueError):
+        ChaosLanes([KEY, bytes(15)], "b", "l", "p")
+    with pytest.raises(ValueError):
+        ChaosLanes([KEY], "b", "l", "p").words(-1)

@@ -89,6 +89,45 @@ def test_both_tiers_embedded_jointly() -> None:
     assert max(r1.relative_change.values()) < 1.5 * max(r0.relative_change.values())
 
 
+# 40 layers (> MAX_LAYERS: a keyed choice), shapes whose STATISTICS·m is not a whole number of words
+ODD_DIMS = [(5, 7), (12, 3), (9, 16), (64, 33)] * 10
+
+
+def test_stacked_directions_are_the_single_key_directions() -> None:
+    """What the lanes draw for each key, layer by layer, is exactly directions(key) (the embedding's)."""
+    params = make_params(ODD_DIMS)
+    keys = [_key(j).key for j in range(13)]
+    seen = {j: {} for j in range(len(keys))}
+    for layer, rows, u, v in secret.stacked_directions(keys, params):
+        assert u.dtype == v.dtype == np.float32
+        for b, j in enumerate(rows.tolist()):
+            block = slice(b * secret.STATISTICS, (b + 1) * secret.STATISTICS)
+            seen[j][layer.name] = (u[block], v[block])
+    for j, key in enumerate(keys):
+        extra = secret.directions(key, params)
+        assert list(seen[j]) == list(extra.layers) == [lay.name for lay in secret.keyed_layers(key, params)]
+        assert len(extra.layers) == secret.MAX_LAYERS
+        for name, d in extra.layers.items():
+            np.testing.assert_array_equal(seen[j][name][0], d.u32)
+            np.testing.assert_array_equal(seen[j][name][1], d.v32)
+
+
+def test_scores_equal_single_reads_on_odd_shapes_and_keyed_layer_choice() -> None:
+    params = make_params(ODD_DIMS)
+    rng = np.random.default_rng(12)
+    suspect = {lay.name: rng.standard_normal((lay.out_features, lay.in_features)) for lay in params.layers}
+    keys = [_key(j, salt=2).key for j in range(30)]
+    profile: dict[str, float] = {}
+    got = secret.scores(suspect, keys, params, profile=profile)
+    single = [secret.presence_from_deltas(suspect, k, params).score for k in keys]
+    np.testing.assert_allclose(got, single, rtol=1e-5, atol=1e-5)
+    assert set(profile) == {"keys", "words", "products"}
+    with pytest.raises(ValueError):
+        secret.scores(suspect, keys[:2] + [bytes(31)], params)
+    with pytest.raises(ValueError):
+        secret.scores({**suspect, params.layers[0].name: np.zeros((5, 7))}, keys, params)
+
+
 @pytest.fixture(scope="module")
 def issued() -> tuple[MarkingParams, dict, list[bytes], list[dict[str, np.ndarray]]]:
     """One core issued to 8 devices with both tiers (shared by the tests below: embedding is the cost)."""
