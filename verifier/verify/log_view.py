@@ -30,7 +30,14 @@ from typing import TypeVar
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from tqdm import tqdm
 
-from emshield.logclient.http import InclusionProof, IssuerInfo, LogClient, LogClientError
+from emshield.logclient.http import (
+    AttributionHit,
+    InclusionProof,
+    IssuanceHit,
+    IssuerInfo,
+    LogClient,
+    LogClientError,
+)
 from emshield.logclient.tiles import TileClient, TileFetchError, tile_node_reader
 from emshield.marking import fingerprint as fpmod
 from emshield.marking.params import MarkingParams, ParamsError
@@ -52,6 +59,7 @@ from verifier.witness_policy import WitnessPolicyError, verify_witnessed
 
 T = TypeVar("T")
 E = TypeVar("E", Issuance, Attribution)
+H = TypeVar("H", IssuanceHit, AttributionHit)
 
 
 @dataclass(frozen=True)
@@ -279,6 +287,17 @@ class VerifiedLog:
 
     # -- issuance look-ups ----------------------------------------------------------------------
 
+    def _index_hits(self, hits: list[H], what: str) -> Iterator[tuple[H, str]]:
+        """An index answer's hits inside the verified checkpoint, each hashing to its leaf hash (with
+        ``what`` naming it, ``{}`` = its index); hits beyond the checkpoint (appended since) are skipped."""
+        for hit in hits:
+            if hit.index >= self.checkpoint.size:
+                continue
+            name = what.format(hit.index)
+            if merkle.leaf_hash(hit.leaf) != hit.leaf_hash:
+                raise LogMisbehaving(f"{name}: the leaf hash does not match the leaf")
+            yield hit, name
+
     def issuances(self, *, watermark_commitment: bytes | None = None,
                   fingerprint_hash: bytes | None = None) -> tuple[list[ProvedIssuance], bool]:
         """Issuances the log's index returns for one field, each checked and proved, and whether
@@ -290,12 +309,7 @@ class VerifiedLog:
                         else ("fingerprint_hash", fingerprint_hash))
         lookup = _call(f"issuances by {field}", self.client.issuance_lookup, **{field: value})
         out = []
-        for hit in lookup.hits:
-            if hit.index >= self.checkpoint.size:
-                continue
-            what = f"issuance at leaf {hit.index} (by {field})"
-            if merkle.leaf_hash(hit.leaf) != hit.leaf_hash:
-                raise LogMisbehaving(f"{what}: the leaf hash does not match the leaf")
+        for hit, what in self._index_hits(lookup.hits, f"issuance at leaf {{}} (by {field})"):
             signed = self._decode(hit.leaf, what)
             entry, issuer = self._signed_issuance(signed, what)
             if getattr(entry, field) != value:
@@ -332,12 +346,7 @@ class VerifiedLog:
         and whether the log said there are more than it returned. Hits beyond the checkpoint are left out."""
         lookup = _call("attributions by suspect digest", self.client.attribution_lookup, suspect_sha256=suspect_sha256)
         out = []
-        for hit in lookup.hits:
-            if hit.index >= self.checkpoint.size:
-                continue
-            what = f"attribution at leaf {hit.index}"
-            if merkle.leaf_hash(hit.leaf) != hit.leaf_hash:
-                raise LogMisbehaving(f"{what}: the leaf hash does not match the leaf")
+        for hit, what in self._index_hits(lookup.hits, "attribution at leaf {}"):
             proved = self._proved_attribution(hit.index, hit.leaf, what,
                                               f"inclusion proof at leaf {hit.index} verified against the checkpoint")
             if proved.entry.suspect_sha256 != suspect_sha256:
