@@ -224,7 +224,7 @@ def policy_table(core: dict, bid: str, layers: tuple, task_eval, moments: dict, 
         key = "zero" if secret == bytes(32) else "test"
         baseline_met += r.embedding == policy.CANDIDATES[0].name  # the first candidate alone met it
         print(f"{key} {payload:012x}: {r.mode:<11} {r.embedding or '-':<22} ({t_mark:.0f} s) "
-              + (f"secret score {r.secret_score:.2f} " if r.secret_score is not None else "")
+              + (f"secret tau {r.secret_tau:g} score {r.secret_score:.2f} " if r.secret_score is not None else "")
               + "tried: " + "; ".join(r.candidates_tried))
         if r.mode != policy.MODE_BOTH:
             continue

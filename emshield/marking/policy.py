@@ -86,6 +86,7 @@ class MarkRecord:
     candidates_tried: tuple[str, ...] = ()  # "name: outcome" per candidate, in order
     secret_commitment: str | None = None  # hex, the secret tier's commitment when it was embedded
     secret_score: float | None = None  # the secret tier's presence score on the issued core
+    secret_tau: float | None = None  # the margin the secret tier was embedded at (secret.STRENGTHS)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -96,6 +97,19 @@ class MarkResult:
     core: dict[str, LoraFactors]  # the core to issue (marked or untouched)
     fingerprint: fingerprint.Fingerprint
     record: MarkRecord
+
+
+def attempts(candidates: Sequence[Embedding], secret_tier: bool) -> list[tuple[Embedding, float | None]]:
+    """(embedding, secret-tier margin) pairs in the order the policy tries them.
+
+    Without the secret tier: the candidates. With it: the first candidate at each margin of
+    secret.STRENGTHS stronger than the floor, strongest first, then every candidate at the floor, so
+    a core that tolerates a strong mark gets one at the cost of a few more evaluations, and a core
+    that does not is marked exactly as it would be at the floor alone."""
+    if not secret_tier:
+        return [(c, None) for c in candidates]
+    *stronger, floor = secret.STRENGTHS
+    return [(candidates[0], tau) for tau in stronger] + [(c, floor) for c in candidates]
 
 
 def output_perturbation(
@@ -136,7 +150,11 @@ def mark(
     task evaluation only the first candidate is measured. ``baseline`` is ``task_eval(core)`` when
     the caller measured it already: the unmarked core is the same for every device it is issued to.
     With ``detection`` (the issuance's secret-tier key) every candidate embeds both tiers jointly and
-    the tolerance is measured with both present (spec/watermark.md, "Secret tier").
+    the tolerance is measured with both present (spec/watermark.md, "Secret tier"). The secret tier
+    is the only mark a leaker who read the log cannot locate, so its one enemy is blind damage, whose
+    reach the task's own tolerance bounds: the policy embeds it as strongly as the tolerance allows,
+    trying the stronger margins of :data:`secret.STRENGTHS` with the first candidate, then the
+    floor margin with every candidate (see :func:`attempts`).
     """
     if candidates is None:
         candidates = CANDIDATES if input_moments is not None else (Embedding(None),)
@@ -154,15 +172,17 @@ def mark(
         baseline = task_eval(core)
     tried: list[str] = []
     failed: tuple[str, str, float | None, float, dict] | None = None
-    extra = None if detection is None else secret.directions(detection.key, params)
-    for cand in candidates:
+    directions = None if detection is None else secret.directions(detection.key, params)
+    for cand, tau in attempts(candidates, directions is not None):
+        extra = None if directions is None else secret.at_strength(directions, tau)
+        name = cand.name if tau is None else f"{cand.name}, secret tau={tau:g}"
         try:
             if cand.ridge is None:
                 marked, report = watermark.embed(core, payload, params, extra=extra)
             else:
                 marked, report = watermark.embed(core, payload, params, input_moments, cand.ridge, extra=extra)
         except watermark.CapacityError as exc:
-            tried.append(f"{cand.name}: does not fit")
+            tried.append(f"{name}: does not fit")
             failed = (f"watermark does not fit: {exc}", "capacity", None, tolerance.max_perturbation, {})
             continue
         change = max(report.relative_change.values())
@@ -192,13 +212,14 @@ def mark(
             outcome = f"{metric} {measured:.4f}"
             failed = (f"watermark {metric} {measured:.4f} above {limit}", metric, measured, limit, figures) \
                 if measured > limit else None
-        tried.append(f"{cand.name}: {outcome}" + (" (over tolerance)" if failed else ""))
+        tried.append(f"{name}: {outcome}" + (" (over tolerance)" if failed else ""))
         if failed is None:
             fp = fingerprint.fingerprint_factors(marked, params)
             figures.pop("change"), figures.pop("margin")
             secret_figures = {} if detection is None else {
                 "secret_commitment": detection.commitment.hex(),
                 "secret_score": secret.presence(report.extra_terms_after).score,
+                "secret_tau": tau,
             }
             record = MarkRecord(
                 MODE_BOTH, "within tolerance", metric, measured, limit, payload,

@@ -15,6 +15,7 @@ is bounded by Hoeffding's inequality from the directions' sign symmetry alone.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import math
@@ -40,7 +41,8 @@ KEY_BYTES = 32
 NONCE_BYTES = 32
 STATISTICS = 16  # presence statistics per issuance
 MAX_LAYERS = 32  # keyed layers per issuance (all marked layers when there are fewer)
-TAU = 6.0  # margin each statistic is embedded at (energy 16·6² ≈ half the public tier's 128·3²)
+TAU = 6.0  # the floor margin (energy 16·6² ≈ half the public tier's 128·3²); ``directions`` carries it
+STRENGTHS = (16.0, 10.0, TAU)  # margins the policy tries, strongest first (spec/watermark.md, "Strength")
 PURPOSE_U = "secret-mark-u"
 PURPOSE_V = "secret-mark-v"
 PURPOSE_LAYERS = "secret-mark-layers"
@@ -140,6 +142,14 @@ def directions(key: bytes, params: MarkingParams) -> watermark.ExtraStatistics:
         layers[layer.name] = watermark.Directions.from_signs(su.rademacher(STATISTICS * m).reshape(STATISTICS, m),
                                                             sv.rademacher(STATISTICS * n).reshape(STATISTICS, n))
     return watermark.ExtraStatistics(layers, TAU)
+
+
+def at_strength(extra: watermark.ExtraStatistics, tau: float) -> watermark.ExtraStatistics:
+    """The same directions embedded at margin ``tau``: the read-out never uses the margin (the
+    presence score and its bound depend on the directions alone), so the issuer may choose it."""
+    if not tau > 0:
+        raise ValueError("a secret-tier margin must be positive")
+    return dataclasses.replace(extra, tau=float(tau))
 
 
 @dataclass(frozen=True)
