@@ -217,7 +217,7 @@ def summarise(out: dict, world: World, guilty: set[str]) -> dict:
 
 
 class _Delta:
-    """ΔW as a core layer for TaskModel.use (which needs only shape and delta())."""
+    """ΔW as a core layer for TaskModel.use and delta_drift (which need only shape and delta())."""
 
     def __init__(self, d: np.ndarray) -> None:
         self._d = d
@@ -352,9 +352,10 @@ def quantise_groups(w: np.ndarray, bits: int, group: int = 32) -> np.ndarray:
 
 def as_lora(deltas: dict[str, np.ndarray], seed: int = 0) -> tuple[dict[str, LoraFactors], int]:
     """ΔW re-expressed as LoRA factors of one rank R and scale 1 for every layer (what finetune_core
-    needs), and R: each layer's SVD at its numerical rank (singular values above 1e-9·σ₁: the rest is
-    float64 rounding; recover.factorise, balanced factors), R the largest of those ranks. A layer of lower rank is padded as peft initialises a LoRA: zero columns
-    of B (ΔW unchanged) and random rows of A, so the fine-tune can use them."""
+    needs), and R: each layer's SVD at its numerical rank (singular values above 1e-9·σ₁; the rest
+    is float64 rounding; recover.factorise, balanced factors), R the largest of those ranks. A layer
+    of lower rank is padded as peft initialises a LoRA: zero columns of B (ΔW unchanged) and random
+    rows of A, so the fine-tune can use them."""
     from emshield.model.recover import factorise
 
     own = {n: factorise(torch.from_numpy(np.asarray(d, dtype=np.float64)), None, full_svd=True, max_rank=min(d.shape),
@@ -370,9 +371,10 @@ def as_lora(deltas: dict[str, np.ndarray], seed: int = 0) -> tuple[dict[str, Lor
 
 
 def relative_change(before: dict[str, np.ndarray], after: dict[str, np.ndarray]) -> float:
-    """‖after − before‖_F / ‖before‖_F over all layers together."""
-    return math.sqrt(sum(float(np.sum((after[n] - d) ** 2)) for n, d in before.items())
-                     / sum(float(np.sum(d ** 2)) for d in before.values()))
+    """taskeval.delta_drift of two ΔW dicts: ‖after − before‖_F / ‖before‖_F over all layers."""
+    from emshield.model.taskeval import delta_drift
+
+    return delta_drift({n: _Delta(d) for n, d in before.items()}, {n: _Delta(d) for n, d in after.items()})
 
 
 def low_rank(d: np.ndarray, rank: int) -> np.ndarray:
