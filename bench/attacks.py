@@ -21,7 +21,10 @@ the log would, and runs `emshield-verify --json` (in-process) on the result. Col
 
 Rows "strip + noise / prune": the published-parameters strip, then a blind attack at the strongest
 grid strength still within 1 accuracy point of the stripped copy, and at the weakest that costs at
-least 1 (5) points.
+least 1 (5) points. Rows "strip, then fine-tune": the stripped ΔW (no longer rank r) re-expressed
+exactly as one-rank LoRA factors (`as_lora`), then fine-tuned like the "fine-tune" rows; rows
+"strip after fine-tune ...": the fine-tuned copy stripped. Their note gives the public tier's
+largest |z| on the suspect (`public |z|`; 0 right after a strip) and how far the fine-tune moved ΔW.
 
 The fixture world uses the committed recipe core (fixtures/cores/financial-lora.safetensors, all
 seven projections, 28 marked layers); `--model smollm2` uses the demo's SmolLM2 core (cached, or
@@ -214,7 +217,7 @@ def summarise(out: dict, world: World, guilty: set[str]) -> dict:
 
 
 class _Delta:
-    """ΔW as a core layer for TaskModel.use (which needs only shape and delta())."""
+    """ΔW as a core layer for TaskModel.use and delta_drift (which need only shape and delta())."""
 
     def __init__(self, d: np.ndarray) -> None:
         self._d = d
@@ -347,6 +350,33 @@ def quantise_groups(w: np.ndarray, bits: int, group: int = 32) -> np.ndarray:
     return (np.clip(np.rint(g / scale), -top, top) * scale).reshape(rows, cols)
 
 
+def as_lora(deltas: dict[str, np.ndarray], seed: int = 0) -> tuple[dict[str, LoraFactors], int]:
+    """ΔW re-expressed as LoRA factors of one rank R and scale 1 for every layer (what finetune_core
+    needs), and R: each layer's SVD at its numerical rank (singular values above 1e-9·σ₁; the rest
+    is float64 rounding; recover.factorise, balanced factors), R the largest of those ranks. A layer
+    of lower rank is padded as peft initialises a LoRA: zero columns of B (ΔW unchanged) and random
+    rows of A, so the fine-tune can use them."""
+    from emshield.model.recover import factorise
+
+    own = {n: factorise(torch.from_numpy(np.asarray(d, dtype=np.float64)), None, full_svd=True, max_rank=min(d.shape),
+                        rel_tol=1e-9)[0] for n, d in deltas.items()}
+    rank = max(f.rank for f in own.values())
+    rng = np.random.default_rng(seed)
+    out = {}
+    for n, f in own.items():
+        pad = rank - f.rank
+        a = np.vstack([f.a, (rng.standard_normal((pad, f.shape[1])) / math.sqrt(f.shape[1])).astype(np.float32)])
+        out[n] = LoraFactors(a, np.hstack([f.b, np.zeros((f.shape[0], pad), np.float32)]), 1.0)
+    return out, rank
+
+
+def relative_change(before: dict[str, np.ndarray], after: dict[str, np.ndarray]) -> float:
+    """taskeval.delta_drift of two ΔW dicts: ‖after − before‖_F / ‖before‖_F over all layers."""
+    from emshield.model.taskeval import delta_drift
+
+    return delta_drift({n: _Delta(d) for n, d in before.items()}, {n: _Delta(d) for n, d in after.items()})
+
+
 def low_rank(d: np.ndarray, rank: int) -> np.ndarray:
     u, s, vt = np.linalg.svd(d, full_matrices=False)
     return (u[:, :rank] * s[:rank]) @ vt[:rank]
@@ -385,6 +415,11 @@ def fine_tuned(world: World, records: list[dict], steps: int, lr: float, name: s
     from emshield.model.taskeval import finetune_core
 
     return finetune_core(world.backbone, world.devices[name].core, records, steps, lr)
+
+
+def public_reading(deltas: dict[str, np.ndarray], params: MarkingParams) -> str:
+    """The public tier's largest |z| on ΔW as it is (the strip leaves 0; τ is the embedding margin)."""
+    return f"public |z| ≤ {float(np.max(np.abs(z_of(deltas, params)))):.2f} (τ {params.tau:g})"
 
 
 def rows(world: World, tmp: Path, ev: Evaluator, only: set[str] | None, model: str) -> list[Row]:
@@ -441,11 +476,16 @@ def rows(world: World, tmp: Path, ev: Evaluator, only: set[str] | None, model: s
     for lr in lrs:
         for label, recs in ((f"fine-tune other data, {steps} steps, lr {lr:g}", other),
                             (f"fine-tune other+task data, {steps} steps, lr {lr:g}", mixed)):
-            if want(label):
+            then_strip = f"strip after {label.removeprefix('fine-tune ')}" if recs is mixed else None
+            if want(label) or (then_strip and want(then_strip)):
                 t0 = time.perf_counter()
-                tuned = fine_tuned(world, recs, steps, lr, "A")
+                tuned = deltas_of(fine_tuned(world, recs, steps, lr, "A"))
                 print(f"  fine-tuned ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
-                add(label, deltas_of(tuned))
+                add(label, tuned)
+                if then_strip:
+                    stripped = strip_public_mark(tuned, params)
+                    add(then_strip, stripped, note=f"{public_reading(stripped, params)}; "
+                        f"fine-tune moved ΔW {relative_change(da, tuned):.1%}, strip {relative_change(tuned, stripped):.1%}")
     # collusion
     db, dc = deltas_of(world.devices["B"].core), deltas_of(world.devices["C"].core)
     add("collusion: average A,B", {n: (da[n] + db[n]) / 2 for n in da}, guilty={"A", "B"})
@@ -472,6 +512,7 @@ def rows(world: World, tmp: Path, ev: Evaluator, only: set[str] | None, model: s
     stripped = strip_public_mark(da, params)
     add("strip (published parameters)", stripped)
     blind_after_strip(world, ev, stripped, add, want)
+    strip_then_fine_tune(world, stripped, mixed, steps, lrs, add, want)
     if want("frame: strip + nudge to B's side record"):
         raw = LogClient(world.url).side_record(world.devices["B"].index)
         fp_b = fingerprint.Fingerprint.from_cbor(raw)
@@ -546,6 +587,26 @@ def blind_after_strip(world: World, ev: Evaluator, stripped: dict[str, np.ndarra
             if pp in found:
                 x, deltas = found[pp]
                 add(f"strip + {kind} (-{pp} pp)", deltas, note=f"{kind} {label.format(x)}")
+
+
+def strip_then_fine_tune(world: World, stripped: dict[str, np.ndarray], records: list[dict], steps: int,
+                         lrs: tuple[float, ...], add, want) -> None:
+    """The strip, then fine-tuning to wash out what is left or repair the task: the stripped ΔW as
+    exact LoRA factors (one rank R for all layers), fine-tuned as the "fine-tune" rows are."""
+    from emshield.model.taskeval import finetune_core
+
+    labels = {lr: f"strip, then fine-tune other+task data, {steps} steps, lr {lr:g}" for lr in lrs}
+    if not any(want(label) for label in labels.values()):
+        return
+    core, rank = as_lora(stripped)
+    exact = relative_change(stripped, deltas_of(core))
+    for lr, label in labels.items():
+        if want(label):
+            t0 = time.perf_counter()
+            tuned = deltas_of(finetune_core(world.backbone, core, records, steps, lr))
+            print(f"  fine-tuned the stripped core, rank {rank} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr)
+            add(label, tuned, note=f"{public_reading(tuned, world.params)}; rank {rank} (re-expressed to "
+                f"{exact:.0e}); fine-tune moved ΔW {relative_change(stripped, tuned):.1%}")
 
 
 def main(argv: list[str] | None = None) -> int:
