@@ -102,13 +102,15 @@ def _prepare(run_kw: dict, **extra):
 
 
 def build_world(log, backbone: Path, core0: dict[str, LoraFactors], core1: dict[str, LoraFactors],
-                out: Path) -> World:
+                out: Path, task_records: int) -> World:
+    """Five issuances through `emshield.issue`: core0 to A, B, C under policy auto, judged on the task
+    (the first ``task_records`` of financial-test.json, as `emshield issue --task-data` judges it:
+    ≤ 0.5 pp accuracy, ≤ 1 % loss, both tiers present), and core1 fingerprint-only to D, E."""
     from emshield.issue.devices import DeviceTarget
     from emshield.issue.keys import IssuerKeys
     from emshield.issue.pipeline import issue_to_device, mark_for_device
     from emshield.issue.registration import marking_params_for, register_issuer
     from emshield.logclient.http import LogClient
-    from emshield.marking.policy import Tolerance
     from emshield.model.io import backbone_id
     from emshield.tee.devicekey import DevicePublicKey
     from emshield.tlog.checkpoint import NoteVerifier
@@ -123,7 +125,7 @@ def build_world(log, backbone: Path, core0: dict[str, LoraFactors], core1: dict[
     n = 0
     for policy, core, names in plan:
         base = dict(client=client, log_verifier=verifier, keys=keys, core=core, backbone=backbone, policy=policy,
-                    tolerance=Tolerance(max_perturbation=1.0))
+                    task_data=DATA / "financial-test.json", task_records=task_records)
         run = _prepare(base, allow_shared_core=True)
         for name in names:
             n += 1
@@ -133,6 +135,10 @@ def build_world(log, backbone: Path, core0: dict[str, LoraFactors], core1: dict[
             marked = mark_for_device(run, dev, res.salt)
             payload = payload_for_device(SECRET, dev.bytes) if res.policy == "both" else None
             world.devices[name] = Device(name, dev, marked.core, res.index, res.policy, Path(res.bundle), payload)
+            rec = marked.record
+            print(f"  {name}: policy {res.policy}" + (f", {rec.embedding}, secret tau {rec.secret_tau}, accuracy "
+                  f"{rec.accuracy_unmarked:.4f} -> {rec.accuracy_marked:.4f}, loss {rec.loss_unmarked:.4f} -> "
+                  f"{rec.loss_marked:.4f}" if rec is not None and rec.mode == "both" else ""), file=sys.stderr)
     return world
 
 
@@ -382,6 +388,22 @@ def low_rank(d: np.ndarray, rank: int) -> np.ndarray:
     return (u[:, :rank] * s[:rank]) @ vt[:rank]
 
 
+def subspace_noise(d: np.ndarray, rank: int, level: float, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian noise projected onto the tangent space of d's top-``rank`` singular subspaces
+    (P_U·N + N·P_V − P_U·N·P_V), scaled to ``level`` × d's entry std in RMS."""
+    u, _, vt = np.linalg.svd(d.astype(np.float64), full_matrices=False)
+    pu, pv = u[:, :rank], vt[:rank].T
+    n = rng.standard_normal(d.shape)
+    t = pu @ (pu.T @ n) + (n @ pv) @ pv.T - pu @ ((pu.T @ n) @ pv) @ pv.T
+    return t * (level * d.std() / np.sqrt(np.mean(t * t)))
+
+
+def quantise_merged(w0: np.ndarray, d: np.ndarray, bits: int) -> np.ndarray:
+    """ΔW after the merged weight W0 + ΔW is quantised group-wise to ``bits`` (float32 W0)."""
+    w0 = w0.astype(np.float32)
+    return quantise_groups((w0 + d).astype(np.float32), bits).astype(np.float64) - w0
+
+
 def prune(d: np.ndarray, fraction: float) -> np.ndarray:
     cut = np.quantile(np.abs(d), fraction)
     return np.where(np.abs(d) <= cut, 0.0, d)
@@ -555,14 +577,26 @@ def fmt(x, spec: str) -> str:
 
 NOISE_GRID = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)  # × ΔW's std per layer
 PRUNE_GRID = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)  # fraction of ΔW's entries zeroed (smallest first)
+QUANT_GRID = (8, 6, 5, 4, 3, 2)  # bits of the merged marked layers' group-32 quantisation
 
 
 def blind_after_strip(world: World, ev: Evaluator, stripped: dict[str, np.ndarray], add, want) -> None:
-    """The strip, then blind noise / pruning at the smallest grid strength that costs the task at
-    least 1 pp and at least 5 pp of accuracy (a leaker without the secret can only attack blindly)."""
+    """The strip, then blind attacks at the strongest grid strength still within 1 pp of accuracy and
+    the weakest that costs at least 1 pp and at least 5 pp (a leaker without the secret can only
+    attack blindly): Gaussian noise; noise confined to the stripped ΔW's own rank-r row and column
+    spaces (where the core, and so the secret mark, lives: the adaptive choice of a leaker who read
+    the spec, since noise there is not diluted over directions the core never uses); pruning; and
+    group-32 quantisation of the marked layers' merged weights."""
     acc0, _ = ev(merged_state(world, stripped))
-    attacks = {"noise": (NOISE_GRID, lambda d, x, r: d + r.standard_normal(d.shape) * x * d.std(), "{:g}× ΔW std"),
-               "prune": (PRUNE_GRID, lambda d, x, r: prune(d, x), "{:.0%} of ΔW")}
+    rank = next(iter(world.core0.values())).rank
+    bb = backbone_state(world)
+    attacks = {
+        "noise": (NOISE_GRID, lambda n, d, x, r: d + r.standard_normal(d.shape) * x * d.std(), "{:g}× ΔW std"),
+        "subspace noise": (NOISE_GRID, lambda n, d, x, r: d + subspace_noise(d, rank, x, r),
+                           "{:g}× ΔW std, in ΔW's rank-%d row/column spaces" % rank),
+        "prune": (PRUNE_GRID, lambda n, d, x, r: prune(d, x), "{:.0%} of ΔW"),
+        "quantise": (QUANT_GRID, lambda n, d, x, r: quantise_merged(bb[n].numpy(), d, x), "int{:d} group-32, merged"),
+    }
     for kind, (grid, attack, label) in attacks.items():
         if not any(want(f"strip + {kind} ({w})") for w in ("strongest within 1 pp", "-1 pp", "-5 pp")):
             continue
@@ -570,7 +604,7 @@ def blind_after_strip(world: World, ev: Evaluator, stripped: dict[str, np.ndarra
         within: tuple[float, dict] | None = None  # the strongest grid point still within 1 pp
         for x in grid:
             r = np.random.default_rng(7)
-            deltas = {n: attack(d, x, r) for n, d in stripped.items()}
+            deltas = {n: attack(n, d, x, r) for n, d in stripped.items()}
             acc, _ = ev(merged_state(world, deltas))
             drop = 100 * (acc0 - acc)
             print(f"  strip + {kind} {label.format(x)}: accuracy drop {drop:+.1f} pp", file=sys.stderr, flush=True)
@@ -634,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="emshield-attacks-") as tmpdir, running_log(Path(tmpdir)) as log:
         tmp = Path(tmpdir)
         t0 = time.perf_counter()
-        world = build_world(log, backbone, core0, core1, tmp / "bundles")
+        world = build_world(log, backbone, core0, core1, tmp / "bundles", n_rec)
         print(f"world: {len(world.devices)} issuances in {time.perf_counter() - t0:.0f} s; policies "
               + ", ".join(f"{d.name}={d.policy}" for d in world.devices.values()), file=sys.stderr)
         ev = Evaluator(backbone, records)
