@@ -110,9 +110,9 @@ def stripping(params, keys, deltas, rng) -> None:
               f"{np.max(others):>15.2f}", flush=True)
 
 
-def numpy_products_scores(suspect: dict, keys: list[bytes], params, profile: dict[str, float]) -> np.ndarray:
-    """The baseline: batched.scores with the products it had before (float32 direction rows, numpy
-    matrix products through OpenBLAS), on the same lock-step streams."""
+def numpy_products(suspect: dict, keys: list[bytes], params) -> tuple[np.ndarray, float]:
+    """The baseline: the products batched.scores had before (float32 direction rows, numpy matrix
+    products through OpenBLAS) on the same streams; the scores and the seconds of products alone."""
     spent = {"keys": 0.0, "words": 0.0}
     total, square = np.zeros(len(keys)), np.zeros(len(keys))
     t0 = time.perf_counter()
@@ -122,14 +122,12 @@ def numpy_products_scores(suspect: dict, keys: list[bytes], params, profile: dic
         z = (np.einsum("ij,ij->i", u @ delta, v).astype(np.float64) / sigma).reshape(rows.size, secret.STATISTICS)
         total[rows] += z.sum(axis=1)
         square[rows] += (z * z).sum(axis=1)
-    profile.update(spent, products=time.perf_counter() - t0 - spent["keys"] - spent["words"])
-    return total / np.sqrt(square)
+    return total / np.sqrt(square), time.perf_counter() - t0 - spent["keys"] - spent["words"]
 
 
-def _parts(seconds_keys: float, prof: dict[str, float], scale: float = 1.0) -> str:
-    total = seconds_keys + scale * sum(prof.values())
-    return (f"{total:.1f} s = detection keys {seconds_keys:.2f} s + stream set-up {scale * prof['keys']:.2f} s + words "
-            f"{scale * prof['words']:.2f} s + signs and products {scale * prof['products']:.2f} s")
+def _parts(seconds_keys: float, setup: float, words: float, products: float) -> str:
+    return (f"{seconds_keys + setup + words + products:.1f} s = detection keys {seconds_keys:.2f} s + stream set-up "
+            f"{setup:.2f} s + words {words:.2f} s + signs and products {products:.2f} s")
 
 
 def trace_cost(n: int, dims: list[tuple[int, int]], label: str, subset: int) -> None:
@@ -147,18 +145,23 @@ def trace_cost(n: int, dims: list[tuple[int, int]], label: str, subset: int) -> 
     prof: dict[str, float] = {}
     t0 = time.perf_counter()
     got = batched.scores(suspect, keys, params, profile=prof)
-    t_all = t_keys + time.perf_counter() - t0
-    print(f"  after (batched.scores, {batched.DIGITS} int8 digits, {batched.PRODUCT_WORKERS} product workers): "
-          f"{_parts(t_keys, prof)}", flush=True)
-    prof2: dict[str, float] = {}
-    got2 = batched.scores(suspect, keys, params, profile=prof2, digits=2)
-    # the baselines on a subset, extrapolated linearly (each issuance costs the same)
+    t_after = t_keys + time.perf_counter() - t0
+    print(f"  after (batched.scores: {batched.DIGITS} int8 digits on {batched.PRODUCT_WORKERS} product workers while "
+          f"this thread draws words): {_parts(t_keys, prof['keys'], prof['words'], prof['products'])}", flush=True)
+    # the baseline: the same streams alone (all keys), then numpy products on a subset, extrapolated linearly
+    alone = {"keys": 0.0, "words": 0.0}
+    for _ in batched._stacked_words(keys, params, alone):
+        pass
     base = keys[:subset]
-    prof_np: dict[str, float] = {}
-    before = numpy_products_scores(suspect, base, params, prof_np)
-    t_before = t_keys + sum(prof_np.values()) * n / len(base)
-    print(f"  before (numpy float32 products, the same streams; {len(base)} issuances timed, extrapolated to {n}): "
-          f"{_parts(t_keys, prof_np, n / len(base))} → after ×{t_before / t_all:.1f} faster", flush=True)
+    before, t_numpy = numpy_products(suspect, base, params)
+    t_before = t_keys + alone["keys"] + alone["words"] + t_numpy * n / len(base)
+    print(f"  before (numpy float32 products on the same streams; streams drawn alone for all {n}, products timed on "
+          f"{len(base)} and extrapolated): {_parts(t_keys, alone['keys'], alone['words'], t_numpy * n / len(base))} "
+          f"→ after ×{t_before / t_after:.1f} faster", flush=True)
+    prof2: dict[str, float] = {}
+    t0 = time.perf_counter()
+    got2 = batched.scores(suspect, keys, params, profile=prof2, digits=2)
+    t_two = t_keys + time.perf_counter() - t0
     sub = keys[:max(subset // 4, 1)]
     secret.directions.cache_clear()
     t0 = time.perf_counter()
@@ -166,10 +169,11 @@ def trace_cost(n: int, dims: list[tuple[int, int]], label: str, subset: int) -> 
                        for k in sub])
     t_single = (time.perf_counter() - t0) * n / len(sub)
     print(f"  one read-out per issuance (presence_from_deltas, the statistic of record; {len(sub)} timed, extrapolated): "
-          f"{t_single:.1f} s → after ×{t_single / t_all:.1f} faster")
+          f"{t_single:.1f} s → after ×{t_single / t_after:.1f} faster")
     print(f"  max |T − T_single| over those {len(sub)}: after {np.max(np.abs(got[:len(sub)] - single)):.1e} (stated bound "
-          f"{batched.SCORE_ERROR:g}); 2 digits {np.max(np.abs(got2[:len(sub)] - single)):.1e} "
-          f"(time {_parts(t_keys, prof2)}); numpy baseline {np.max(np.abs(before[:len(sub)] - single)):.1e}", flush=True)
+          f"{batched.SCORE_ERROR:g}); numpy baseline {np.max(np.abs(before[:len(sub)] - single)):.1e}; 2 digits "
+          f"{np.max(np.abs(got2[:len(sub)] - single)):.1e} in {t_two:.1f} s (words {prof2['words']:.2f} s + products "
+          f"{prof2['products']:.2f} s)", flush=True)
 
 
 def main() -> None:

@@ -88,7 +88,7 @@ def stacked_directions(keys: Sequence[bytes], params: MarkingParams, spent: dict
                        ) -> Iterator[tuple[LayerSpec, np.ndarray, np.ndarray, np.ndarray]]:
     """(layer, key indices, u, v) blocks: the float32 rows ``directions(keys[j], params)`` has on
     that layer (u32, v32), stacked for up to BLOCK_KEYS keys j, STATISTICS rows per key: the signs
-    ``scores`` multiplies, as the single read-out scales them. ``spent`` as in _stacked_bits."""
+    ``scores`` multiplies, as the single read-out scales them. ``spent`` as in _stacked_words."""
     spent = {"keys": 0.0, "words": 0.0} if spent is None else spent
     for layer, rows, words_u, words_v in _stacked_words(keys, params, spent):
         yield layer, rows, _scaled(_bits(words_u, layer.out_features)), _scaled(_bits(words_v, layer.in_features))
