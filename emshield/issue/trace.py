@@ -7,6 +7,10 @@ by their verification key (derived from S, so a rotated signing key is found too
 key is re-derived from S and the logged salt, and a key that does not open its issuance's logged
 commitment is not ours and is left out. One batched product per layer scores all keys at once.
 
+Every batched score within REREAD_BAND of the naming line, or above it, is re-read with the
+single-key read-out (the statistic a public verifier recomputes), which decides: the batched
+products agree with it to within batched.SCORE_ERROR, a thousandth of the band.
+
 Naming: p ≤ 10^-6 per issuance (the per-innocent bound of the presence score, which holds for any
 suspect whose weights do not depend on that issuance's key: an unmarked core, another device's
 core, any mix of other devices' cores). Over N issuances at most N·10^-6 innocents are named in
@@ -25,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from emshield.logclient.http import LogClient
-from emshield.marking import secret
+from emshield.marking import batched, secret
 from emshield.marking.params import MarkingParams, verification_key
 from emshield.tlog.checkpoint import NoteVerifier
 from emshield.tlog.entry import Attribution, decode_entry, sign_entry
@@ -36,6 +40,9 @@ from .keys import IssuerKeys
 if TYPE_CHECKING:
     from verifier.verify.log_view import ProvedIssuance, ProvedIssuer, VerifiedLog
     from verifier.verify.suspect import Suspect
+
+
+REREAD_BAND = 1.0  # batched scores this far below the naming line and above are re-read singly
 
 
 @dataclass(frozen=True)
@@ -144,9 +151,11 @@ def trace(suspect: Suspect, log: VerifiedLog, marking_secret: bytes, digest: byt
             continue
         scores = suspect.secret_scores(params, [t.detection.key for t in group])
         scored += [(float(s), t) for s, t in zip(scores, group)]
-    # Near the line (and above it) the single-key read decides: the batched products are float32.
-    scored = [(suspect.secret_presence(t.params, t.detection.key).score if secret.p_value(s) <= 10 * secret.NAME_ALPHA
-               else s, t) for s, t in scored]
+    # Near the line (and above it) the single-key read decides: the batched score is within
+    # batched.SCORE_ERROR of it, and the band re-read is REREAD_BAND wide, a thousand times that.
+    reread = [(s, t) for s, t in scored if s >= secret.NAME_THRESHOLD - REREAD_BAND]
+    scored = [(suspect.secret_presence(t.params, t.detection.key).score, t) for _, t in reread] + \
+        [(s, t) for s, t in scored if s < secret.NAME_THRESHOLD - REREAD_BAND]
     scored.sort(key=lambda st: (-st[0], st[1].issuance.index))
     rows = []
     for rank, (score, t) in enumerate(scored, start=1):
@@ -156,6 +165,8 @@ def trace(suspect: Suspect, log: VerifiedLog, marking_secret: bytes, digest: byt
     if rows:
         notes.append(f"each issuance is named at p ≤ {secret.NAME_ALPHA:g}; over {len(rows)} issuances at most "
                      f"{len(rows) * secret.NAME_ALPHA:.2g} innocent namings are expected")
+        notes.append(f"{len(reread)} scores at T ≥ {secret.NAME_THRESHOLD - REREAD_BAND:.2f} re-read with the single-key "
+                     f"read-out, which decides; the others are the batched read (within {batched.SCORE_ERROR:g} of it)")
     return TraceResult(digest.hex(), log.checkpoint.size, len(rows), secret.NAME_ALPHA, rows, notes)
 
 

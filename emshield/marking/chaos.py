@@ -143,23 +143,73 @@ class ChaosStream:
 
 _M32 = np.uint64(0xFFFFFFFF)
 _HALF = np.uint64(1 << 63)
+_U = {k: np.uint64(k) for k in (1, 2, 3, 5, 30, 32, 61, N_STATES - 1)}
+_ROT_LEFT = np.array(ROTATIONS, dtype=np.uint64)
+_ROT_RIGHT = np.uint64(64) - _ROT_LEFT
+
+
+class _LaneStep:
+    """The step of spec/chaos.md on uint64 arrays of one width, in place on preallocated buffers.
+
+    numpy has no 128-bit product, so the high bits of x·(2^64 − x) come from four 32×32-bit limb
+    products. The product is below 2^126 except at x = 2^63 (exactly 2^126, the clamp); at x = 0 the
+    wrapped 2^64 − x is 0, which gives the right product 0. Working in place keeps every operand of
+    a step in cache, which is most of the lock-step's cost at thousands of lanes."""
+
+    def __init__(self, width: int) -> None:
+        self._buf = np.empty((9, width), dtype=np.uint64)
+        self._half = np.empty(width, dtype=bool)
+
+    def logistic(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """out = min(2^64 − 1, ⌊x·(2^64 − x) / 2^62⌋), without the perturbation (out may not be x)."""
+        y, x0, x1, y0, y1, p, mid, t, _ = self._buf
+        np.negative(x, out=y)  # 2^64 − x mod 2^64
+        np.bitwise_and(x, _M32, out=x0)
+        np.right_shift(x, _U[32], out=x1)
+        np.bitwise_and(y, _M32, out=y0)
+        np.right_shift(y, _U[32], out=y1)
+        np.multiply(x1, y1, out=out)  # the high limb product, then the carries into it
+        np.multiply(x0, y0, out=mid)
+        np.right_shift(mid, _U[32], out=mid)
+        for a, b in ((x0, y1), (x1, y0)):
+            np.multiply(a, b, out=p)
+            np.right_shift(p, _U[32], out=t)
+            out += t
+            p &= _M32
+            mid += p
+        np.right_shift(mid, _U[32], out=t)
+        out += t
+        np.right_shift(mid, _U[30], out=mid)  # bits 62, 63 of the product
+        mid &= _U[3]
+        np.left_shift(out, _U[2], out=out)
+        out |= mid
+        np.equal(x, _HALF, out=self._half)  # the only x whose result wrapped to 0 instead of 2^64 − 1
+        out -= self._half
+        return out
+
+    def run(self, x: np.ndarray, s: np.ndarray, perturb: np.ndarray, words: np.ndarray) -> None:
+        """len(perturb) steps from (x, s), updated in place; words[t] = the rotated map state of step t
+        (before whitening)."""
+        nxt, rot = self._buf[8], self._buf[0]
+        for t in range(perturb.shape[0]):
+            self.logistic(x, nxt)
+            np.bitwise_xor(nxt, perturb[t], out=x)
+            np.multiply(s, _U[5], out=s)
+            np.right_shift(x, _U[61], out=nxt)
+            s += nxt
+            s += _U[1]
+            s &= _U[N_STATES - 1]
+            np.take(_ROT_LEFT, s, out=rot)
+            np.left_shift(x, rot, out=nxt)
+            np.take(_ROT_RIGHT, s, out=rot)
+            np.right_shift(x, rot, out=words[t])
+            words[t] |= nxt
 
 
 def logistic_step(x: np.ndarray) -> np.ndarray:
-    """min(2^64 − 1, ⌊x·(2^64 − x) / 2^62⌋) for a uint64 array, without the perturbation.
-
-    numpy has no 128-bit product, so the high bits come from four 32×32-bit limb products. The
-    product x·(2^64 − x) is below 2^126 except at x = 2^63 (exactly 2^126, the clamp); at x = 0 the
-    wrapped 2^64 − x is 0, which gives the right product 0."""
-    x = np.asarray(x, dtype=np.uint64)
-    y = ~x + np.uint64(1)  # 2^64 − x mod 2^64
-    x0, x1, y0, y1 = x & _M32, x >> np.uint64(32), y & _M32, y >> np.uint64(32)
-    p00, p01, p10 = x0 * y0, x0 * y1, x1 * y0
-    mid = (p00 >> np.uint64(32)) + (p01 & _M32) + (p10 & _M32)
-    hi = x1 * y1 + (p01 >> np.uint64(32)) + (p10 >> np.uint64(32)) + (mid >> np.uint64(32))
-    lo_top = (mid & _M32) >> np.uint64(30)  # bits 62, 63 of the product
-    out = (hi << np.uint64(2)) | lo_top
-    return np.where(x == _HALF, np.uint64(MASK64), out)
+    """min(2^64 − 1, ⌊x·(2^64 − x) / 2^62⌋) for a uint64 array, without the perturbation."""
+    x = np.ascontiguousarray(x, dtype=np.uint64)
+    return _LaneStep(x.size).logistic(x.ravel(), np.empty(x.size, dtype=np.uint64)).reshape(x.shape)
 
 
 class ChaosLanes:
@@ -167,7 +217,9 @@ class ChaosLanes:
 
     The same function as ChaosStream for every lane (spec/chaos.md): each lane keeps its own HKDF
     seed and ChaCha20 keystream; only the serial map-and-machine loop runs once per step over all
-    lanes as numpy arrays, which is what makes tracing many issuances affordable."""
+    lanes as numpy arrays, which is what makes tracing many issuances affordable. A call may
+    advance a subset of the lanes (the others keep their place), so lanes that need different
+    numbers of words never step for nothing."""
 
     def __init__(self, keys: Sequence[bytes], backbone_id: str, layer: str, purpose: str) -> None:
         info = _info(backbone_id, layer, purpose)
@@ -175,36 +227,33 @@ class ChaosLanes:
         self._keystreams = [k for k, _, _ in seeds]
         self._x = np.array([x for _, x, _ in seeds], dtype=np.uint64)
         self._s = np.array([s for _, _, s in seeds], dtype=np.uint64)
-        self._produced = 0
+        self._produced = np.zeros(len(seeds), dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self._keystreams)
 
-    def words(self, n: int) -> np.ndarray:
-        """Next n output words of every lane: uint64 [lanes, n], row i = lane i's ChaosStream.words(n)."""
+    def words(self, n: int, lanes: np.ndarray | None = None) -> np.ndarray:
+        """Next n output words of every lane, or of the lanes at indices ``lanes`` (distinct) only:
+        uint64 [lanes, n], row i = that lane's ChaosStream.words(n)."""
         if n < 0:
             raise ValueError("negative word count")
-        if self._produced + n > MAX_WORDS:
+        idx = np.arange(len(self)) if lanes is None else np.asarray(lanes, dtype=np.intp)
+        if idx.size and np.unique(idx).size != idx.size:
+            raise ValueError("lanes must be distinct")
+        if idx.size and int(self._produced[idx].max()) + n > MAX_WORDS:
             raise ValueError("chaos stream exhausted for this context")
-        out = np.empty((len(self), n), dtype=np.uint64)
+        out = np.empty((idx.size, n), dtype=np.uint64)
+        streams = [self._keystreams[i] for i in idx.tolist()]
+        x, s = self._x[idx], self._s[idx]
+        step = _LaneStep(idx.size)
+        rotated = np.empty((min(_LANE_STEPS, n), idx.size), dtype=np.uint64)
         for done in range(0, n, _LANE_STEPS):  # bounded keystream buffers however many lanes
             m = min(_LANE_STEPS, n - done)
-            out[:, done:done + m] = self._block(m)
+            zeros = bytes(16 * m)
+            ks = np.frombuffer(b"".join(k.update(zeros) for k in streams), dtype="<u8").reshape(idx.size, m, 2)
+            perturb = np.ascontiguousarray((ks[:, :, 0] & np.uint64(PERTURB_MASK)).T)  # [step, lane]
+            step.run(x, s, perturb, rotated[:m])
+            np.bitwise_xor(rotated[:m].T, ks[:, :, 1], out=out[:, done:done + m])
+        self._x[idx], self._s[idx] = x, s
+        self._produced[idx] += n
         return out
-
-    def _block(self, m: int) -> np.ndarray:
-        zeros = bytes(16 * m)
-        ks = np.frombuffer(b"".join(k.update(zeros) for k in self._keystreams), dtype="<u8")
-        ks = ks.reshape(len(self), m, 2).transpose(1, 0, 2)  # [step, lane, (k_t, w_t)]
-        perturb = ks[:, :, 0] & np.uint64(PERTURB_MASK)
-        xs = np.empty((m, len(self)), dtype=np.uint64)
-        ss = np.empty((m, len(self)), dtype=np.uint64)
-        x, s = self._x, self._s
-        for t in range(m):  # the step of spec/chaos.md for all lanes at once
-            x = logistic_step(x) ^ perturb[t]
-            s = (np.uint64(5) * s + (x >> np.uint64(61)) + np.uint64(1)) & np.uint64(N_STATES - 1)
-            xs[t] = x
-            ss[t] = s
-        self._x, self._s = x, s
-        self._produced += m
-        return _rotate_whiten(xs, ss, ks[:, :, 1]).T

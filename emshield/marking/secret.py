@@ -19,8 +19,6 @@ import dataclasses
 import functools
 import hashlib
 import math
-import time
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +27,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from emshield.core import Core
 from emshield.marking import watermark
-from emshield.marking.chaos import ChaosLanes, ChaosStream
+from emshield.marking.chaos import ChaosStream
 from emshield.marking.params import LayerSpec, MarkingParams, check_secret
 
 ALG = "emshield-wm-secret-v1"
@@ -190,101 +188,6 @@ def presence_from_factors(core: Core, key: bytes, params: MarkingParams) -> Pres
 
 def presence_from_deltas(deltas: watermark.DeltaSource, key: bytes, params: MarkingParams) -> Presence:
     return presence(watermark.extra_terms_from_deltas(deltas, directions(key, params)))
-
-
-WORDS_BYTES = 128 << 20  # bound on one chunk's drawn words in scores
-BLOCK_KEYS = 1024  # keys per stacked product in scores
-
-
-def scores(deltas: watermark.DeltaSource, keys: Sequence[bytes], params: MarkingParams,
-           profile: dict[str, float] | None = None) -> np.ndarray:
-    """Presence scores T_j of many detection keys on one suspect, one batched product per layer.
-
-    Equals ``presence_from_deltas(deltas, key, params).score`` for each key (float32 products, as
-    the single read-out): on each layer, a block of keys' direction rows (stacked_directions) meets
-    the layer's ΔW, read once, in one matrix product, rather than one read-out per issuance.
-    ``profile``, if given, receives the seconds spent in stream set-up ("keys"), drawing words
-    ("words") and expanding signs and multiplying ("products")."""
-    get = deltas if callable(deltas) else deltas.__getitem__
-    spent = {"keys": 0.0, "words": 0.0}
-    total = np.zeros(len(keys))  # Σ z
-    square = np.zeros(len(keys))  # Σ z²
-    read: dict[str, tuple[np.ndarray, float]] = {}
-    t0 = time.perf_counter()
-    for layer, rows, u, v in stacked_directions(keys, params, spent):
-        if layer.name not in read:
-            read[layer.name] = _read_layer(get(layer.name), layer)
-        delta, sigma = read[layer.name]
-        z = (np.einsum("ij,ij->i", u @ delta, v).astype(np.float64) / sigma).reshape(rows.size, STATISTICS)
-        total[rows] += z.sum(axis=1)
-        square[rows] += (z * z).sum(axis=1)
-    if profile is not None:
-        profile.update(spent, products=time.perf_counter() - t0 - spent["keys"] - spent["words"])
-    norms = np.sqrt(square)
-    return np.where(norms > 0, total / np.where(norms > 0, norms, 1.0), 0.0)
-
-
-def stacked_directions(keys: Sequence[bytes], params: MarkingParams, spent: dict[str, float] | None = None
-                       ) -> Iterator[tuple[LayerSpec, np.ndarray, np.ndarray, np.ndarray]]:
-    """(layer, key indices, u, v) blocks: the float32 rows ``directions(keys[j], params)`` has on
-    that layer (u32, v32), stacked for up to BLOCK_KEYS keys j, STATISTICS rows per key.
-
-    Keys are taken in chunks whose words fit WORDS_BYTES; per chunk, the layers, u- and v-streams
-    of all keys run in lock step (ChaosLanes: the same streams as ChaosStream). ``spent``, if
-    given, accumulates seconds under "keys" (stream set-up) and "words"."""
-    for k in keys:
-        if len(k) != KEY_BYTES:
-            raise ValueError(f"detection key must be {KEY_BYTES} bytes")
-    spent = {"keys": 0.0, "words": 0.0} if spent is None else spent
-    layers = params.layers
-    wu, wv = _word_counts(params)
-    most = int(np.sort(wu + wv)[::-1][:MAX_LAYERS].sum())  # words one key can need
-    chunk = max(BLOCK_KEYS, WORDS_BYTES // (8 * most))
-    for start in range(0, len(keys), chunk):
-        part = list(keys[start:start + chunk])
-        t0 = time.perf_counter()
-        su, sv = (ChaosLanes(part, params.backbone_id, "", purpose) for purpose in (PURPOSE_U, PURPOSE_V))
-        chooser = ChaosLanes(part, params.backbone_id, "", PURPOSE_LAYERS) if len(layers) > MAX_LAYERS else None
-        t1 = time.perf_counter()
-        mask = np.ones((len(part), len(layers)), bool) if chooser is None else _chosen(chooser.words(len(layers)))
-        off_u = np.cumsum(mask * wu, axis=1) - mask * wu  # first word of each keyed layer in the key's u-stream
-        off_v = np.cumsum(mask * wv, axis=1) - mask * wv
-        words_u = su.words(int((mask * wu).sum(axis=1).max()))
-        words_v = sv.words(int((mask * wv).sum(axis=1).max()))
-        spent["keys"] += t1 - t0
-        spent["words"] += time.perf_counter() - t1
-        for i, layer in enumerate(layers):
-            owners = np.flatnonzero(mask[:, i])
-            for b in range(0, owners.size, BLOCK_KEYS):  # blocks small enough to stay in cache
-                own = owners[b:b + BLOCK_KEYS]
-                yield (layer, start + own, _signs(words_u, own, off_u[own, i], int(wu[i]), layer.out_features),
-                       _signs(words_v, own, off_v[own, i], int(wv[i]), layer.in_features))
-
-
-def _read_layer(delta, layer: LayerSpec) -> tuple[np.ndarray, float]:
-    delta = np.asarray(delta, dtype=np.float32)
-    if delta.shape != (layer.out_features, layer.in_features):
-        raise ValueError(f"layer {layer.name}: ΔW shape {delta.shape} does not match parameters")
-    sigma = float(np.linalg.norm(delta.astype(np.float64).ravel()) / math.sqrt(delta.size))
-    if not sigma > 0.0:
-        raise ValueError(f"layer {layer.name}: ΔW is zero, nothing to read or mark")
-    return delta, sigma
-
-
-def _signs(words: np.ndarray, owners: np.ndarray, first: np.ndarray, count: int, width: int) -> np.ndarray:
-    """The owners' direction rows on one layer, float32 [owners · STATISTICS, width] of ±1/√width:
-    ``count`` words from each owner's ``first``, most significant bit first (ChaosStream.rademacher)."""
-    raw = words[owners[:, None], first[:, None] + np.arange(count)].astype(">u8").view(np.uint8)
-    signs = _byte_signs(width)[raw].reshape(owners.size, count * 64)[:, :STATISTICS * width]
-    return signs.reshape(-1, width)
-
-
-@functools.lru_cache(maxsize=32)
-def _byte_signs(width: int) -> np.ndarray:
-    """[256, 8] float32: byte → its 8 bits, most significant first, as ±1/√width (one gather per byte)."""
-    bits = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1)
-    scale = np.float32(1.0 / math.sqrt(width))
-    return np.where(bits == 1, scale, -scale).astype(np.float32)
 
 
 def p_value(score: float) -> float:

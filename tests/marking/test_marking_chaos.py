@@ -168,3 +168,24 @@ def test_lanes_equal_the_serial_stream_for_every_lane() -> None:
         ChaosLanes([KEY, bytes(15)], "b", "l", "p")
     with pytest.raises(ValueError):
         ChaosLanes([KEY], "b", "l", "p").words(-1)
+
+
+def test_lanes_advanced_in_subsets_equal_the_serial_stream_for_every_lane() -> None:
+    """Each call advances only the lanes it names; every lane's words are still its ChaosStream's."""
+    rng = np.random.default_rng(12)
+    keys = [bytes(rng.integers(0, 256, 32, dtype=np.uint8)) for _ in range(17)]
+    lanes = ChaosLanes(keys, "bb", "", "purpose")
+    drawn: list[list[np.ndarray]] = [[] for _ in keys]
+    for _ in range(6):
+        subset = np.flatnonzero(rng.random(len(keys)) < 0.5)
+        n = int(rng.integers(0, 300))
+        words = lanes.words(n, subset)
+        assert words.shape == (subset.size, n)
+        for row, i in enumerate(subset.tolist()):
+            drawn[i].append(words[row])
+    for i, key in enumerate(keys):
+        total = sum(w.size for w in drawn[i])
+        expect = ChaosStream(key, "bb", "", "purpose").words(total)
+        np.testing.assert_array_equal(np.concatenate(drawn[i] or [np.empty(0, np.uint64)]), expect)
+    with pytest.raises(ValueError):
+        lanes.words(3, np.array([1, 1]))

@@ -11,8 +11,8 @@ import pytest
 
 from _kit.cores import DELTA_RMS, factors_from_hex, make_params, noise, random_core, strip_public
 from emshield.core import LoraFactors
-from emshield.marking import secret, watermark
-from emshield.marking.params import MarkingParams
+from emshield.marking import batched, secret, watermark
+from emshield.marking.params import LayerSpec, MarkingParams
 
 VECTORS = json.loads((Path(__file__).parents[2] / "spec/vectors/marking/secret.json").read_text())
 WM_VECTORS = json.loads((Path(__file__).parents[2] / "spec/vectors/marking/watermark.json").read_text())
@@ -98,7 +98,7 @@ def test_stacked_directions_are_the_single_key_directions() -> None:
     params = make_params(ODD_DIMS)
     keys = [_key(j).key for j in range(13)]
     seen = {j: {} for j in range(len(keys))}
-    for layer, rows, u, v in secret.stacked_directions(keys, params):
+    for layer, rows, u, v in batched.stacked_directions(keys, params):
         assert u.dtype == v.dtype == np.float32
         for b, j in enumerate(rows.tolist()):
             block = slice(b * secret.STATISTICS, (b + 1) * secret.STATISTICS)
@@ -118,14 +118,14 @@ def test_scores_equal_single_reads_on_odd_shapes_and_keyed_layer_choice() -> Non
     suspect = {lay.name: rng.standard_normal((lay.out_features, lay.in_features)) for lay in params.layers}
     keys = [_key(j, salt=2).key for j in range(30)]
     profile: dict[str, float] = {}
-    got = secret.scores(suspect, keys, params, profile=profile)
+    got = batched.scores(suspect, keys, params, profile=profile)
     single = [secret.presence_from_deltas(suspect, k, params).score for k in keys]
     np.testing.assert_allclose(got, single, rtol=1e-5, atol=1e-5)
     assert set(profile) == {"keys", "words", "products"}
     with pytest.raises(ValueError):
-        secret.scores(suspect, keys[:2] + [bytes(31)], params)
+        batched.scores(suspect, keys[:2] + [bytes(31)], params)
     with pytest.raises(ValueError):
-        secret.scores({**suspect, params.layers[0].name: np.zeros((5, 7))}, keys, params)
+        batched.scores({**suspect, params.layers[0].name: np.zeros((5, 7))}, keys, params)
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +146,7 @@ def issued() -> tuple[MarkingParams, dict, list[bytes], list[dict[str, np.ndarra
 def test_batched_scores_equal_single_reads_and_name_the_device(issued) -> None:
     params, _, keys, deltas = issued
     others = [_key(100 + j).key for j in range(20)]
-    got = secret.scores(deltas[2], keys + others, params)
+    got = batched.scores(deltas[2], keys + others, params)
     single = [secret.presence_from_deltas(deltas[2], k, params).score for k in keys + others]
     np.testing.assert_allclose(got, single, rtol=1e-5, atol=1e-5)
     assert [j for j, t in enumerate(got) if t >= secret.NAME_THRESHOLD] == [2]
@@ -157,7 +157,7 @@ def test_presence_p_value_is_calibrated_on_cores_without_the_key(issued) -> None
     params, core, _, deltas = issued
     unmarked = {name: f.delta() for name, f in core.items()}
     foreign = [_key(10_000 + j, salt=1).key for j in range(500)]
-    t = np.concatenate([secret.scores(unmarked, foreign, params), secret.scores(deltas[0], foreign, params)])
+    t = np.concatenate([batched.scores(unmarked, foreign, params), batched.scores(deltas[0], foreign, params)])
     p = np.array([secret.p_value(x) for x in t])
     assert not np.any(p <= secret.NAME_ALPHA)
     for alpha in (0.5, 0.2, 0.1, 0.05, 0.01):
@@ -178,7 +178,7 @@ def test_collusion_names_a_colluder_and_no_innocent(issued, size: int) -> None:
         for suspect in ({n: sum(deltas[c][n] for c in coalition) / size for n in names},
                         {n: sum(w * deltas[c][n] for w, c in zip(weights, coalition)) for n in names},
                         {n: deltas[coalition[pick[i]]][n] for i, n in enumerate(names)}):
-            t = secret.scores(suspect, keys, params)
+            t = batched.scores(suspect, keys, params)
             named = set(np.flatnonzero(t >= secret.NAME_THRESHOLD).tolist())
             assert named and named <= set(coalition.tolist())
 
@@ -191,7 +191,7 @@ def test_stripping_the_public_mark_leaves_the_secret_tier(issued) -> None:
     rng = np.random.default_rng(9)
     noisy = {n: noise(d, 0.5, rng) for n, d in stripped.items()}
     for suspect in (stripped, noisy):
-        t = secret.scores(suspect, keys, params)
+        t = batched.scores(suspect, keys, params)
         assert [j for j, x in enumerate(t) if x >= secret.NAME_THRESHOLD] == [1]
 
 
@@ -209,3 +209,90 @@ def test_policy_measures_and_records_both_tiers() -> None:
     assert secret.presence_from_factors(res.core, dk.key, params).named
     plain = policy.mark(core, 0x0A0B0C0D0E0F, params, policy.Tolerance(max_perturbation=1.0))
     assert plain.record.secret_commitment is None and not secret.presence_from_factors(plain.core, dk.key, params).named
+
+
+# Batched products (batched.scores) against the statistic of record (presence_from_deltas).
+QV_DIMS = [(48, 48), (16, 48), (40, 24)] * 3  # q/v-like shapes; m < n and m > n: either side contracted
+
+
+def _hostile_suspects(params: MarkingParams, rng: np.random.Generator) -> dict[str, dict[str, np.ndarray]]:
+    """Random ΔW, and ΔW whose dynamic range defeats a single shared scale."""
+    shapes = {lay.name: (lay.out_features, lay.in_features) for lay in params.layers}
+    base = {n: DELTA_RMS * rng.standard_normal(s) for n, s in shapes.items()}
+    huge = {n: d.copy() for n, d in base.items()}
+    columns = {n: d.copy() for n, d in base.items()}
+    for n, (m, k) in shapes.items():
+        huge[n][1, 2] = 1e4 * DELTA_RMS  # one entry carries nearly all of σ
+        columns[n][rng.integers(0, m, k), np.arange(k)] = 100 * DELTA_RMS  # one outlier in every column
+    names = list(shapes)
+    zeroish = dict(base)
+    zeroish[names[0]] = 1e-30 * base[names[0]]
+    zeroish[names[1]] = np.zeros(shapes[names[1]])
+    zeroish[names[1]][-1, -1] = 1e-20  # a single nonzero entry
+    return {"gaussian": base, "one huge entry": huge, "an outlier per column": columns, "zero-ish layers": zeroish,
+            "heavy tails": {n: DELTA_RMS * rng.standard_t(1.2, s) for n, s in shapes.items()},
+            "constant offset": {n: d + 30 * DELTA_RMS for n, d in base.items()},
+            "sparse": {n: np.where(rng.random(d.shape) < 0.02, d, 0.0) + np.eye(*d.shape) * DELTA_RMS
+                       for n, d in base.items()}}
+
+
+@pytest.mark.parametrize("dims", [QV_DIMS, ODD_DIMS], ids=["qv", "odd-40-layers"])
+def test_batched_scores_are_within_the_stated_bound_of_the_single_read(dims) -> None:
+    params = make_params(dims)
+    keys = [_key(j, salt=5).key for j in range(24)]
+    for name, suspect in _hostile_suspects(params, np.random.default_rng(21)).items():
+        got = batched.scores(suspect, keys, params)
+        single = np.array([secret.presence_from_deltas(suspect, k, params).score for k in keys])
+        assert np.max(np.abs(got - single)) <= batched.SCORE_ERROR, name
+
+
+def test_batched_scores_do_not_depend_on_key_order_blocks_or_chunks(monkeypatch) -> None:
+    params = make_params(ODD_DIMS)
+    rng = np.random.default_rng(22)
+    suspect = {lay.name: rng.standard_normal((lay.out_features, lay.in_features)) for lay in params.layers}
+    keys = [_key(j, salt=6).key for j in range(23)]
+    reference = batched.scores(suspect, keys, params)
+    np.testing.assert_allclose(batched.scores(suspect, keys[::-1], params)[::-1], reference, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(batched.scores(suspect, keys[:3] + keys[:3], params), np.tile(reference[:3], 2),
+                               rtol=0, atol=1e-9)
+    monkeypatch.setattr(batched, "BLOCK_KEYS", 4)
+    monkeypatch.setattr(batched, "WORDS_BYTES", 1)  # chunks of BLOCK_KEYS keys, each with its own lanes
+    np.testing.assert_allclose(batched.scores(suspect, keys, params), reference, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("digits", [1, 2, 3])
+def test_integer_products_are_exact_up_to_the_stated_rounding(digits: int) -> None:
+    """terms(u, v) against uᵀ·A·v in float64: off by at most Σ|A − s·N| ≤ k·Σ_c max|A_·c|/(2·127^d), the
+    rounding of A alone (plus float32 slack), on both orientations. A wrong zero point, scale, digit
+    or transposition, or a saturating int8 kernel, is off by far more."""
+    rng = np.random.default_rng(23)
+    for m, n in ((40, 24), (24, 40)):
+        layer = LayerSpec("l", m, n)
+        delta = rng.standard_t(2.0, (m, n))
+        delta[0, 0] = 300.0
+        op = batched._Operand.of(delta, layer, digits)
+        u_bits = rng.integers(0, 2, (64, m), dtype=np.uint8)
+        v_bits = rng.integers(0, 2, (64, n), dtype=np.uint8)
+        a = delta.astype(np.float32).astype(np.float64)
+        a /= np.sqrt(np.sum(a * a))  # ΔW / (σ·√(mn))
+        exact = np.einsum("ia,ab,ib->i", 2.0 * u_bits - 1, a, 2.0 * v_bits - 1)
+        contracted = a if m >= n else a.T  # columns: the product's outputs
+        rounding = contracted.shape[0] * np.sum(np.abs(contracted).max(axis=0)) / (2 * batched.DIGIT ** digits)
+        got = op.terms(u_bits, v_bits)
+        assert np.max(np.abs(got - exact)) <= rounding + 1e-5 * (1 + np.max(np.abs(exact)))
+        if digits == 3:
+            assert np.max(np.abs(got - exact)) < 1e-4
+
+
+def test_batched_scores_refuse_non_finite_and_restore_torch_threads() -> None:
+    import torch
+
+    params = make_params(QV_DIMS)
+    rng = np.random.default_rng(24)
+    suspect = {lay.name: rng.standard_normal((lay.out_features, lay.in_features)) for lay in params.layers}
+    threads = torch.get_num_threads()
+    bad = dict(suspect)
+    bad[params.layers[2].name] = np.where(np.eye(40, 24) > 0, np.inf, bad[params.layers[2].name])
+    with pytest.raises(ValueError, match="non-finite"):
+        batched.scores(bad, [_key(0).key], params)
+    assert torch.get_num_threads() == threads

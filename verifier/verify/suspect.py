@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from emshield.core import CORE_FORMAT, CORE_META_KEY, LoraFactors, ModelFileError
-from emshield.marking import fingerprint, secret, watermark
+from emshield.marking import batched, fingerprint, secret, watermark
 from emshield.marking.params import MarkingParams
 from emshield.model.adapter import load_core, read_peft_adapter
 from emshield.model.canonical import CanonicalError, Canonicaliser, LlamaShape, llama_layout
@@ -155,8 +155,8 @@ class Suspect:
         """Presence scores of many detection keys at once (the issuer's trace, emshield.trace)."""
         def deltas(name: str) -> np.ndarray:
             return self.core[name].delta() if self.core is not None else self.delta(name)
-        return self._read(params, lambda core, p: secret.scores(deltas, keys, p),
-                          lambda _, p: secret.scores(deltas, keys, p), "the secret tier")
+        return self._read(params, lambda core, p: batched.scores(deltas, keys, p),
+                          lambda _, p: batched.scores(deltas, keys, p), "the secret tier")
 
 
 def _is_core_file(path: Path) -> bool:
