@@ -42,7 +42,7 @@ def test_demo_traces_the_leaked_model_to_its_device(tmp_path: Path) -> None:
     uuids = [u for u, _ in issued]
     stripper = re.search(rf"device ({UUID}) stripped its public mark", out.stdout).group(1)
     assert stripper == uuids[2] and "public watermark not read" in out.stdout
-    disclosed = re.findall(rf"^\[(\d+)/13\].*?: ok .*?\n      emshield-verify \(no secret\): verdict 'disclosed', (.*)$",
+    disclosed = re.findall(r"^\[(\d+)/13\].*?: ok .*?\n      emshield-verify \(no secret\): verdict 'disclosed', (.*)$",
                            out.stdout, re.M)
     named = {stage: set(re.findall(rf"device ({UUID}) named by disclosed key", line)) for stage, line in disclosed}
     assert set(named) == {"11", "12"} and named["11"] == {stripper}, out.stdout

@@ -16,7 +16,7 @@ import torch
 
 from _kit.cores import DELTA_RMS, finetune, make_params, noise, random_core
 from emshield.core import LoraFactors
-from emshield.marking import secret, watermark
+from emshield.marking import batched, secret, watermark
 from emshield.marking.strip import strip_public_mark
 from emshield.model.recover import factorise
 from emshield.model.taskeval import delta_drift
@@ -87,7 +87,7 @@ def test_owner_named_after_strip_and_fine_tune(issued, order: str) -> None:
     suspect, moved, left = _attack(marked, params, order)
     assert moved > 0.4 and left < 0.2  # the fine-tune really moved ΔW, most of the way to its optimum
     assert not watermark.extract_from_deltas(suspect, params).accepted  # the public tier names nobody
-    t = secret.scores(suspect, keys, params)
+    t = batched.scores(suspect, keys, params)
     assert [j for j, x in enumerate(t) if x >= secret.NAME_THRESHOLD] == [0]  # T 10.2 / 8.3 (10.7 before the attack)
 
 
@@ -95,4 +95,4 @@ def test_same_attack_on_the_unmarked_core_names_nobody(issued) -> None:
     params, core, _, keys = issued
     for order in ("strip, then fine-tune", "fine-tune, then strip"):
         suspect, _, _ = _attack(core, params, order)
-        assert float(np.max(secret.scores(suspect, keys, params))) < secret.NAME_THRESHOLD
+        assert float(np.max(batched.scores(suspect, keys, params))) < secret.NAME_THRESHOLD

@@ -70,5 +70,6 @@ def test_a_stronger_margin_names_the_owner_through_noise_the_floor_does_not_surv
         d = {n: f.delta() for n, f in marked.items()}
         stripped = {lay.name: strip_public(d[lay.name], params, i) for i, lay in enumerate(params.layers)}
         rng = np.random.default_rng(9)
-        scores[tau] = float(secret.scores({n: noise(x, 4.0, rng) for n, x in stripped.items()}, [dk.key], params)[0])
+        suspect = {n: noise(x, 4.0, rng) for n, x in stripped.items()}
+        scores[tau] = secret.presence_from_deltas(suspect, dk.key, params).score
     assert scores[10.0] >= secret.NAME_THRESHOLD > scores[secret.TAU], scores
