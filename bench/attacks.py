@@ -432,6 +432,12 @@ class Row:
     online: bool = True
     backbone: bool = True
 
+    def __post_init__(self) -> None:
+        # float32, as Evaluator loads it and save_state writes it: half the memory of the float64
+        # merge (SmolLM2: a row's state is 0.5 GB instead of 1.1 GB), the same figures
+        if self.state is not None:
+            self.state = {k: v.to(torch.float32) for k, v in self.state.items()}
+
 
 def fine_tuned(world: World, records: list[dict], steps: int, lr: float, name: str) -> dict[str, LoraFactors]:
     from emshield.model.taskeval import finetune_core
