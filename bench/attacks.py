@@ -92,6 +92,15 @@ class World:
     devices: dict[str, Device] = field(default_factory=dict)
     client: object = None
     keys: object = None  # the issuer's IssuerKeys (the secret tier's tracing and disclosure)
+    backbone32: dict = field(default_factory=dict)  # the backbone's tensors in float32, loaded once
+
+
+def _backbone32(world: World) -> dict[str, torch.Tensor]:
+    if not world.backbone32:
+        from emshield.model.io import load_tensors
+
+        world.backbone32.update({k: v.to(torch.float32) for k, v in load_tensors(world.backbone).items()})
+    return world.backbone32
 
 
 def _prepare(run_kw: dict, **extra):
@@ -240,9 +249,11 @@ def backbone_state(world: World) -> dict[str, torch.Tensor]:
 
 
 def merged_state(world: World, deltas: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    state = backbone_state(world)
+    """W0 + ΔW per layer, merged in float64 and kept in float32 (as Evaluator loads it and save_state
+    writes it); the other tensors are the one float32 backbone copy, shared by every row."""
+    state = dict(_backbone32(world))
     for name, d in deltas.items():
-        state[name] = state[name] + torch.from_numpy(np.asarray(d, dtype=np.float64))
+        state[name] = (state[name].to(torch.float64) + torch.from_numpy(np.asarray(d, dtype=np.float64))).to(torch.float32)
     return state
 
 
