@@ -34,6 +34,11 @@ from .runtime.sequencer_service import sequencer_process
 SERVERS = ("granian", "gunicorn")
 # Connections one worker keeps open at once (slow clients included: each costs a coroutine).
 MAX_CONNECTIONS_PER_WORKER = 4096
+# Seconds a stopping server waits for a worker to finish gracefully before killing it (both servers).
+# Bounded, because Granian otherwise waits forever: a SIGTERM sent to the whole process group can
+# reach a worker before its main process, which then respawns it; the new worker never saw the
+# signal and may miss the main process's own stop while it is still loading the app.
+GRACEFUL_TIMEOUT_S = 30
 
 
 class AddressInUse(RuntimeError):
@@ -100,7 +105,7 @@ def _serve_gunicorn(config: ServerConfig, host: str, port: int, workers: int, th
         "preload_app": False,  # each worker builds its app after the fork
         "keepalive": 30,
         "timeout": 120,
-        "graceful_timeout": 30,
+        "graceful_timeout": GRACEFUL_TIMEOUT_S,
         "loglevel": log_level,
         "accesslog": None,
         "proc_name": "emshield-log",
@@ -147,4 +152,5 @@ def _serve_granian(config: ServerConfig, host: str, port: int, workers: int, thr
         log_level=LogLevels(log_level),
         log_access=False,
         respawn_failed_workers=True,
+        workers_kill_timeout=GRACEFUL_TIMEOUT_S,
     ).serve(target_loader=partial(_load_app, config, threads))
