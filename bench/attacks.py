@@ -444,8 +444,8 @@ class Row:
     backbone: bool = True
 
     def __post_init__(self) -> None:
-        # float32, as Evaluator loads it and save_state writes it: half the memory of the float64
-        # merge (SmolLM2: a row's state is 0.5 GB instead of 1.1 GB), the same figures
+        # float32, as Evaluator loads it and save_state writes it (merged_state already is; the
+        # rewrites' states are float64): half their memory, the same figures
         if self.state is not None:
             self.state = {k: v.to(torch.float32) for k, v in self.state.items()}
 
@@ -491,6 +491,7 @@ def rows(world: World, tmp: Path, ev: Evaluator, only: set[str] | None, model: s
                        raw_errors(da, params, a.payload), backbone=False))
     # function-preserving rewrites
     base = merged_state(world, da)
+    bb = backbone_state(world)  # float64, for the rewrites' raw bit errors (loaded once, not per layer)
     for label, kw in [("rewrite: heads (GQA) + v/o dims", dict(heads=True)), ("rewrite: MLP units", dict(mlp=True)),
                       ("rewrite: residual signed perm", dict(resid=True)),
                       ("rewrite: rescale + fold norms + RoPE rot", dict(scale=True)),
@@ -500,7 +501,7 @@ def rows(world: World, tmp: Path, ev: Evaluator, only: set[str] | None, model: s
             continue
         st = rewrite(base, ev.config, rng, **kw)
         diff = float((ev.logits(st) - ev.logits(base)).abs().max())
-        raw = {n: (st[n].numpy() - backbone_state(world)[n].numpy()) if st[n].shape == base[n].shape else None
+        raw = {n: (st[n].numpy() - bb[n].numpy()) if st[n].shape == base[n].shape else None
                for n in da}
         errs = raw_errors({n: d for n, d in raw.items()}, params, a.payload) if all(
             d is not None for d in raw.values()) else None
@@ -534,7 +535,6 @@ def rows(world: World, tmp: Path, ev: Evaluator, only: set[str] | None, model: s
     add("collusion: layers alternate A,B", {n: (da if i % 2 else db)[n] for i, n in enumerate(sorted(da))},
         guilty={"A", "B"})
     # quantisation, low rank, pruning, noise
-    bb = backbone_state(world)
     for bits in (4, 3):
         label = f"int{bits} group-32 quantisation (all linear weights)"
         if want(label):
@@ -606,7 +606,7 @@ def blind_after_strip(world: World, ev: Evaluator, stripped: dict[str, np.ndarra
     group-32 quantisation of the marked layers' merged weights."""
     acc0, _ = ev(merged_state(world, stripped))
     rank = next(iter(world.core0.values())).rank
-    bb = backbone_state(world)
+    bb = _backbone32(world)  # quantise_merged rounds W0 to float32: the shared copy, not another float64 load
     attacks = {
         "noise": (NOISE_GRID, lambda n, d, x, r: d + r.standard_normal(d.shape) * x * d.std(), "{:g}× ΔW std"),
         "subspace noise": (NOISE_GRID, lambda n, d, x, r: d + subspace_noise(d, rank, x, r),
